@@ -1,0 +1,330 @@
+//! The lake: discovery of Delta tables under the root and fresh snapshots of each.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use deltalake::logstore::{LogStoreRef, ObjectStoreRef};
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use futures::future::try_join_all;
+use object_store::path::Path;
+use url::Url;
+
+use crate::CatalogError;
+use lake_config::{LakeConfig, TableOverride};
+
+/// The Delta table property naming a table's subject key.
+pub const SUBJECT_KEY_PROPERTY: &str = "lakegate.subject_key";
+
+/// A table of the lake, named as in SQL: `lake.<schema>.<table>`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableRef {
+    /// The schema: a department.
+    pub schema: String,
+    /// The table within it.
+    pub table: String,
+}
+
+impl TableRef {
+    /// A reference to `schema.table`.
+    pub fn new(schema: impl Into<String>, table: impl Into<String>) -> Self {
+        Self {
+            schema: schema.into(),
+            table: table.into(),
+        }
+    }
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// One committed version of a table, as one query reads it.
+#[derive(Clone, Debug)]
+pub struct TableSnapshot {
+    /// Which table.
+    pub table: TableRef,
+    /// The Delta version this snapshot is pinned to.
+    pub version: u64,
+    /// The columns, as the Delta scan yields them.
+    pub schema: SchemaRef,
+    /// The column identifying a person or enterprise, from the table property
+    /// `lakegate.subject_key` or the configuration's override.
+    pub subject_key: Option<String>,
+    /// The raw Delta scan, pinned to `version`. Only the gateway's secure scan may wrap it.
+    pub provider: Arc<dyn TableProvider>,
+}
+
+/// The lake under one root URI. Cheap to share (`Arc<Lake>`); all methods take `&self`.
+pub struct Lake {
+    root: Url,
+    options: HashMap<String, String>,
+    store: ObjectStoreRef,
+    overrides: BTreeMap<String, TableOverride>,
+    /// Discovered tables; a table is opened on first use and refreshed on every use after.
+    tables: RwLock<BTreeMap<TableRef, Arc<tokio::sync::Mutex<Option<DeltaTable>>>>>,
+}
+
+impl fmt::Debug for Lake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Options hold credentials: never print them.
+        f.debug_struct("Lake")
+            .field("root", &self.root.as_str())
+            .finish()
+    }
+}
+
+/// Folder names that can be SQL identifiers and object-store path segments: no separators, no
+/// dot-dot, nothing hidden (`_delta_log`, `.tmp`).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(['_', '.'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl Lake {
+    /// Opens the lake described by `config` and discovers its tables.
+    pub async fn open(config: &LakeConfig) -> Result<Self, CatalogError> {
+        let options: HashMap<String, String> = config
+            .s3
+            .as_ref()
+            .map(|s| s.storage_options().into_iter().collect())
+            .unwrap_or_default();
+        Self::open_with_options(config.root.clone(), options, config.tables.clone()).await
+    }
+
+    /// Opens a lake at `root` with raw object-store options (the keys `object_store` and
+    /// delta-rs understand).
+    pub async fn open_with_options(
+        root: Url,
+        options: HashMap<String, String>,
+        overrides: BTreeMap<String, TableOverride>,
+    ) -> Result<Self, CatalogError> {
+        let open_err = |source| CatalogError::Open {
+            root: root.to_string(),
+            source,
+        };
+        let log_store: LogStoreRef = DeltaTableBuilder::from_url(root.clone())
+            .map_err(open_err)?
+            .with_storage_options(options.clone())
+            .build_storage()
+            .map_err(open_err)?;
+        let lake = Lake {
+            store: log_store.object_store(None),
+            root,
+            options,
+            overrides,
+            tables: RwLock::new(BTreeMap::new()),
+        };
+        lake.refresh().await?;
+        Ok(lake)
+    }
+
+    /// The root URI (ends with `/`).
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// The raw object-store options (may hold credentials).
+    pub fn storage_options(&self) -> &HashMap<String, String> {
+        &self.options
+    }
+
+    /// The URI of a table's folder.
+    pub fn table_url(&self, t: &TableRef) -> Url {
+        // Names were checked by `valid_name`, so joining cannot escape the root.
+        self.root
+            .join(&format!("{}/{}/", t.schema, t.table))
+            .expect("valid names join onto the root")
+    }
+
+    /// Lists the root again: tables that appeared are added, tables that are gone are dropped.
+    pub async fn refresh(&self) -> Result<(), CatalogError> {
+        let found = self.discover().await?;
+        let mut tables = self.tables.write().expect("lake table map poisoned");
+        tables.retain(|t, _| found.contains(t));
+        for t in found {
+            tables.entry(t).or_default();
+        }
+        Ok(())
+    }
+
+    /// The schemas (departments) known since the last discovery.
+    pub fn schema_names(&self) -> Vec<String> {
+        let tables = self.tables.read().expect("lake table map poisoned");
+        let names: BTreeSet<&String> = tables.keys().map(|t| &t.schema).collect();
+        names.into_iter().cloned().collect()
+    }
+
+    /// The tables known since the last discovery, in name order.
+    pub fn tables(&self) -> Vec<TableRef> {
+        let tables = self.tables.read().expect("lake table map poisoned");
+        tables.keys().cloned().collect()
+    }
+
+    /// Whether `t` was found by the last discovery.
+    pub fn contains(&self, t: &TableRef) -> bool {
+        let tables = self.tables.read().expect("lake table map poisoned");
+        tables.contains_key(t)
+    }
+
+    /// The newest committed version of `t`, or `None` when there is no such table. A table that
+    /// appeared since the last discovery is found here too.
+    pub async fn snapshot(&self, t: &TableRef) -> Result<Option<TableSnapshot>, CatalogError> {
+        if !valid_name(&t.schema) || !valid_name(&t.table) {
+            return Ok(None);
+        }
+        let slot = {
+            let tables = self.tables.read().expect("lake table map poisoned");
+            tables.get(t).cloned()
+        };
+        let slot = match slot {
+            Some(s) => s,
+            None => {
+                if !self.is_delta_table(&t.schema, &t.table).await? {
+                    return Ok(None);
+                }
+                let mut tables = self.tables.write().expect("lake table map poisoned");
+                tables.entry(t.clone()).or_default().clone()
+            }
+        };
+        let delta_err = |source| CatalogError::Delta {
+            table: t.to_string(),
+            url: self.table_url(t).to_string(),
+            source,
+        };
+        let table = {
+            let mut guard = slot.lock().await;
+            match guard.as_mut() {
+                // One LIST of the log when nothing changed.
+                Some(table) => table.update_state().await.map_err(delta_err)?,
+                None => {
+                    let table = DeltaTableBuilder::from_url(self.table_url(t))
+                        .map_err(delta_err)?
+                        .with_storage_options(self.options.clone())
+                        .load()
+                        .await
+                        .map_err(delta_err)?;
+                    *guard = Some(table);
+                }
+            }
+            guard.clone().expect("set above")
+        };
+        let version = table.version().unwrap_or_default();
+        let subject_key = self.subject_key(t, &table).map_err(delta_err)?;
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(|e| CatalogError::Delta {
+                table: t.to_string(),
+                url: self.table_url(t).to_string(),
+                source: deltalake::DeltaTableError::from(e),
+            })?;
+        let schema = provider.schema();
+        if let Some(key) = &subject_key {
+            if schema.field_with_name(key).is_err() {
+                return Err(CatalogError::SubjectKey {
+                    table: t.to_string(),
+                    key: key.clone(),
+                });
+            }
+        }
+        Ok(Some(TableSnapshot {
+            table: t.clone(),
+            version,
+            schema,
+            subject_key,
+            provider,
+        }))
+    }
+
+    fn subject_key(
+        &self,
+        t: &TableRef,
+        table: &DeltaTable,
+    ) -> Result<Option<String>, deltalake::DeltaTableError> {
+        if let Some(key) = self
+            .overrides
+            .get(&t.to_string())
+            .and_then(|o| o.subject_key.clone())
+        {
+            return Ok(Some(key));
+        }
+        let snapshot = table.snapshot()?;
+        Ok(snapshot
+            .metadata()
+            .configuration()
+            .get(SUBJECT_KEY_PROPERTY)
+            .cloned())
+    }
+
+    async fn discover(&self) -> Result<BTreeSet<TableRef>, CatalogError> {
+        let schemas = self.child_folders(None).await?;
+        let per_schema = try_join_all(schemas.iter().map(|schema| async move {
+            let tables = self.child_folders(Some(schema)).await?;
+            let mut found = Vec::new();
+            for table in tables {
+                if self.is_delta_table(schema, &table).await? {
+                    found.push(TableRef::new(schema.clone(), table));
+                }
+            }
+            Ok::<_, CatalogError>(found)
+        }))
+        .await?;
+        Ok(per_schema.into_iter().flatten().collect())
+    }
+
+    /// Folders directly under `parent` (the root when `None`) whose names are valid.
+    async fn child_folders(&self, parent: Option<&str>) -> Result<Vec<String>, CatalogError> {
+        let prefix = parent.map(Path::from);
+        let listing = self
+            .store
+            .list_with_delimiter(prefix.as_ref())
+            .await
+            .map_err(|source| self.list_err(source))?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .filter(|n| valid_name(n))
+            .collect())
+    }
+
+    async fn is_delta_table(&self, schema: &str, table: &str) -> Result<bool, CatalogError> {
+        let log = Path::from_iter([schema, table, "_delta_log"]);
+        match self.store.list_with_delimiter(Some(&log)).await {
+            Ok(listing) => Ok(!listing.objects.is_empty() || !listing.common_prefixes.is_empty()),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(self.list_err(source)),
+        }
+    }
+
+    fn list_err(&self, source: object_store::Error) -> CatalogError {
+        CatalogError::ListRoot {
+            root: self.root.to_string(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_name;
+
+    #[test]
+    fn names_that_could_escape_or_hide_are_not_tables() {
+        for bad in ["", "..", "a/b", "_delta_log", ".hidden", "a b", "x\u{0}"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        for good in ["health", "social_security", "building-energy", "t1"] {
+            assert!(valid_name(good), "{good:?}");
+        }
+    }
+}

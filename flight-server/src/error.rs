@@ -1,0 +1,36 @@
+//! The one place where errors become gRPC statuses.
+
+use datafusion::error::DataFusionError;
+use gateway::GatewayError;
+use tonic::Status;
+
+/// Chooses the status code by the error's kind; the text is the error's own message, without
+/// backtraces.
+pub fn to_status(e: GatewayError) -> Status {
+    let text = match &e {
+        GatewayError::Sql(d) | GatewayError::Execution(d) => d.strip_backtrace(),
+        other => other.to_string(),
+    };
+    match e {
+        GatewayError::NoScenario => Status::failed_precondition(text),
+        GatewayError::UnknownScenario(_) => Status::invalid_argument(text),
+        GatewayError::ReadOnly(_) => Status::permission_denied(text),
+        GatewayError::Sql(_) | GatewayError::Parameters(_) => Status::invalid_argument(text),
+        GatewayError::Execution(d) => match d.find_root() {
+            DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => {
+                Status::unavailable(text)
+            }
+            DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(text),
+            _ => Status::invalid_argument(text),
+        },
+        GatewayError::Catalog(_) => Status::unavailable(text),
+        GatewayError::Policy(_) => Status::internal(text),
+    }
+}
+
+/// The refusal for every write path of the protocol.
+pub fn read_only(what: &str) -> Status {
+    Status::permission_denied(format!(
+        "lakegate is read-only: {what} is not accepted; send a SELECT, WITH or EXPLAIN statement"
+    ))
+}

@@ -1,0 +1,16 @@
+//! The Arrow Flight SQL face of lakegate and the `lakegate` binary.
+//!
+//! This crate owns the protocol: authentication (handshake → bearer token), sessions and the
+//! scenario a session works under, mapping Flight SQL commands to gateway calls, and turning
+//! errors into gRPC statuses. How policies are decided is the gateway's business.
+
+pub mod auth;
+pub mod demo;
+mod error;
+mod metadata;
+mod server;
+mod service;
+pub mod session_options;
+
+pub use server::{serve, Server};
+pub use service::{LakegateService, SCENARIO_HEADER, SCENARIO_OPTION};

@@ -1,0 +1,150 @@
+//! `lakegate`: serve a lake over Arrow Flight SQL, build the demo, manage policies.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use flight_server::demo::{connection_help, DemoLake};
+use lake_config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "lakegate",
+    version,
+    about = "A policy-enforcing Flight SQL gateway over a Delta lake"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the lake named by a configuration file.
+    Serve {
+        /// The configuration file (lakegate.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen here instead of the configured [server] listen.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Build a demo lake with users, scenarios and policies (or reuse it), then serve it.
+    Demo {
+        /// The demo folder.
+        #[arg(long, default_value = "demo-lake")]
+        dir: PathBuf,
+        /// Listen here instead of 127.0.0.1:50051.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Rows of the largest tables when the lake is built.
+        #[arg(long, default_value_t = 20_000)]
+        rows: usize,
+        /// Build the demo folder and exit without serving.
+        #[arg(long)]
+        build_only: bool,
+    },
+    /// Policy files: check them, or print the composed Cedar schema.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Print an argon2id hash for a [[users]] password_hash (reads the password from stdin).
+    HashPassword,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Parse and validate the policy folder against the schema composed with the lake's tables.
+    Check {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the composed Cedar schema (generated lake part, then the admin's files).
+    Schema {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAKEGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load(config: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load(config)?)
+}
+
+async fn load_policies(config: &Config) -> anyhow::Result<policy::PolicySet> {
+    let lake = catalog::Lake::open(&config.lake).await?;
+    let description = gateway::describe_lake(&lake).await?;
+    Ok(policy::PolicySet::load(&config.policy.dir, &description)?)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logging();
+    match Cli::parse().command {
+        Command::Serve { config, listen } => {
+            let config = load(&config)?;
+            flight_server::serve(&config, listen).await
+        }
+        Command::Demo {
+            dir,
+            listen,
+            rows,
+            build_only,
+        } => {
+            let path = DemoLake::new(dir).with_rows(rows).build().await?;
+            if build_only {
+                println!("demo configuration: {}", path.display());
+                return Ok(());
+            }
+            let config = load(&path)?;
+            let server = flight_server::Server::bind(&config, listen).await?;
+            println!("{}", connection_help(&server.local_addr()?.to_string()));
+            server
+                .run(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+        }
+        Command::Policy { command } => match command {
+            PolicyCommand::Check { config } => {
+                let config = load(&config)?;
+                let set = load_policies(&config).await?;
+                println!(
+                    "ok: {} policies validate against the composed schema (policy set {})",
+                    set.policy_count(),
+                    set.hash()
+                );
+                Ok(())
+            }
+            PolicyCommand::Schema { config } => {
+                let config = load(&config)?;
+                print!("{}", load_policies(&config).await?.schema_text());
+                Ok(())
+            }
+        },
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_to_string(&mut password)
+                .context("cannot read the password from stdin")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "the password is empty");
+            println!("{}", flight_server::auth::hash_password(password));
+            Ok(())
+        }
+    }
+}

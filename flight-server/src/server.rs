@@ -1,0 +1,68 @@
+//! Binding and serving.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use gateway::Gateway;
+use lake_config::Config;
+
+use crate::auth::Sessions;
+use crate::LakegateService;
+
+/// A bound, not yet serving, lakegate server.
+pub struct Server {
+    listener: TcpListener,
+    service: LakegateService,
+}
+
+impl Server {
+    /// Opens the gateway for `config` and binds `listen` (or the configured address).
+    pub async fn bind(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<Self> {
+        let gateway = Arc::new(Gateway::open(config).await?);
+        let ttl = Duration::from_secs(config.server.token_ttl_secs);
+        let sessions = Arc::new(Sessions::new(&config.users, ttl));
+        let service = LakegateService::new(gateway, sessions, ttl);
+        let addr = listen.unwrap_or(config.server.listen);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        Ok(Self { listener, service })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        // The one line operators and tests wait for.
+        println!("lakegate listening on {addr}");
+        tracing::info!(%addr, "lakegate listening");
+        tonic::transport::Server::builder()
+            .add_service(
+                FlightServiceServer::new(self.service)
+                    .max_decoding_message_size(64 * 1024 * 1024)
+                    .max_encoding_message_size(64 * 1024 * 1024),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Binds and serves until Ctrl-C.
+pub async fn serve(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let server = Server::bind(config, listen).await?;
+    server
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}

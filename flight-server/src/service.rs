@@ -1,0 +1,862 @@
+//! The Flight SQL protocol over the gateway: a thin layer that authenticates every call, maps each
+//! command to a gateway call, and binds tickets and prepared-statement handles to the caller.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::{
+    GetCatalogsBuilder, GetDbSchemasBuilder, GetTablesBuilder, SqlInfoData, XdbcTypeInfoData,
+};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionBeginSavepointRequest, ActionBeginSavepointResult, ActionBeginTransactionRequest,
+    ActionBeginTransactionResult, ActionClosePreparedStatementRequest,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    ActionCreatePreparedSubstraitPlanRequest, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest,
+    CommandStatementQuery, CommandStatementSubstraitPlan, CommandStatementUpdate,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, ActionType, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
+};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use datafusion::common::ScalarValue;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use futures::{Stream, TryStreamExt};
+use prost::Message;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Request, Response, Status, Streaming};
+
+use gateway::{Gateway, GatewayError, Principal, Query};
+
+use crate::auth::{AuthError, Sessions};
+use crate::error::{read_only, to_status};
+use crate::metadata::{sql_info, xdbc_type_info, TABLE_TYPE};
+use crate::session_options::{self as so, OptionValue, SessionOptionValue};
+
+/// The header that sets the scenario for one call (overrides the session option).
+pub const SCENARIO_HEADER: &str = "x-lakegate-scenario";
+/// The session option that sets the scenario.
+pub const SCENARIO_OPTION: &str = "scenario";
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
+
+/// Who is calling: the session token and the principal it acts as.
+struct Caller {
+    token: String,
+    principal: Principal,
+}
+
+/// A statement ticket or prepared statement, bound to the user and scenario that created it.
+struct Handle {
+    user: String,
+    scenario: Option<String>,
+    created: Instant,
+    kind: HandleKind,
+}
+
+enum HandleKind {
+    /// A planned statement waiting for its one DoGet.
+    Statement(Query),
+    /// A prepared statement with, once parameters were put, its bound form.
+    Prepared { query: Query, bound: Option<Query> },
+}
+
+/// The lakegate Flight SQL service.
+pub struct LakegateService {
+    gateway: Arc<Gateway>,
+    sessions: Arc<Sessions>,
+    handles: Mutex<HashMap<String, Handle>>,
+    handle_ttl: Duration,
+    sql_info: SqlInfoData,
+    xdbc: XdbcTypeInfoData,
+}
+
+impl LakegateService {
+    /// A service over `gateway`, authenticating against `sessions`.
+    pub fn new(gateway: Arc<Gateway>, sessions: Arc<Sessions>, handle_ttl: Duration) -> Self {
+        Self {
+            gateway,
+            sessions,
+            handles: Mutex::new(HashMap::new()),
+            handle_ttl,
+            sql_info: sql_info(),
+            xdbc: xdbc_type_info(),
+        }
+    }
+
+    /// Authenticates a call by its bearer token and works out its scenario.
+    fn caller(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        let token = bearer(metadata).ok_or_else(|| auth_status(AuthError::NoToken))?;
+        let session = self.sessions.resolve(&token).map_err(auth_status)?;
+        let header = metadata
+            .get(SCENARIO_HEADER)
+            .map(|v| {
+                v.to_str()
+                    .map(str::to_string)
+                    .map_err(|_| Status::invalid_argument("x-lakegate-scenario is not ASCII text"))
+            })
+            .transpose()?
+            .filter(|s| !s.is_empty());
+        Ok(Caller {
+            token,
+            principal: Principal {
+                user: session.user,
+                scenario: header.or(session.scenario),
+            },
+        })
+    }
+
+    fn store(&self, caller: &Caller, kind: HandleKind) -> String {
+        let handle = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+        let now = Instant::now();
+        let mut handles = self.handles.lock().expect("handle map poisoned");
+        handles.retain(|_, h| now.duration_since(h.created) < self.handle_ttl);
+        handles.insert(
+            handle.clone(),
+            Handle {
+                user: caller.principal.user.clone(),
+                scenario: caller.principal.scenario.clone(),
+                created: now,
+                kind,
+            },
+        );
+        handle
+    }
+
+    /// Runs `f` on the handle if it belongs to the caller. A handle of another user or
+    /// scenario fails exactly as an unknown one.
+    fn with_handle<T>(
+        &self,
+        caller: &Caller,
+        handle: &[u8],
+        f: impl FnOnce(&mut HashMap<String, Handle>, String) -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        let key = std::str::from_utf8(handle).unwrap_or_default().to_string();
+        let mut handles = self.handles.lock().expect("handle map poisoned");
+        let owned = handles.get(&key).is_some_and(|h| {
+            h.user == caller.principal.user
+                && h.scenario == caller.principal.scenario
+                && h.created.elapsed() < self.handle_ttl
+        });
+        if !owned {
+            return Err(Status::not_found(
+                "unknown or expired statement handle: prepare or execute the statement again",
+            ));
+        }
+        f(&mut handles, key)
+    }
+
+    fn prepared(&self, caller: &Caller, handle: &[u8]) -> Result<Query, Status> {
+        self.with_handle(caller, handle, |handles, key| match &handles[&key].kind {
+            HandleKind::Prepared { query, bound } => Ok(bound.clone().unwrap_or(query.clone())),
+            HandleKind::Statement(_) => Err(Status::not_found(
+                "unknown or expired statement handle: prepare or execute the statement again",
+            )),
+        })
+    }
+
+    async fn execute(&self, query: &Query) -> Result<Response<DoGetStream>, Status> {
+        let stream = query.execute().await.map_err(to_status)?;
+        Ok(Response::new(encode(query.schema(), stream)))
+    }
+}
+
+fn bearer(metadata: &MetadataMap) -> Option<String> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+fn auth_status(e: AuthError) -> Status {
+    Status::unauthenticated(e.to_string())
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+/// The IPC bytes of a schema, as FlightInfo and prepared-statement results carry it.
+fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e| internal("cannot encode schema", e))?;
+    Ok(bytes)
+}
+
+fn flight_info(
+    schema: &Schema,
+    ticket: Vec<u8>,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| internal("cannot encode schema", e))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+        .with_descriptor(descriptor)
+        .with_ordered(true);
+    Ok(Response::new(info))
+}
+
+/// Encodes a result stream. An error in the middle of the stream ends it with a status.
+fn encode(schema: SchemaRef, stream: SendableRecordBatchStream) -> DoGetStream {
+    let batches =
+        stream.map_err(|e| FlightError::Tonic(Box::new(to_status(GatewayError::Execution(e)))));
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(Status::from),
+    )
+}
+
+fn one_batch(batch: RecordBatch) -> DoGetStream {
+    let schema = batch.schema();
+    let stream = futures::stream::once(async move { Ok(batch) });
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(stream)
+            .map_err(Status::from),
+    )
+}
+
+fn action_result(body: Vec<u8>) -> Response<<LakegateService as FlightService>::DoActionStream> {
+    let out = futures::stream::once(async move { Ok(arrow_flight::Result { body: body.into() }) });
+    Response::new(Box::pin(out))
+}
+
+impl LakegateService {
+    async fn visible(&self, caller: &Caller) -> Result<Vec<gateway::VisibleTable>, Status> {
+        self.gateway
+            .visible_tables(&caller.principal)
+            .await
+            .map_err(to_status)
+    }
+
+    async fn tables_batch(
+        &self,
+        caller: &Caller,
+        cmd: CommandGetTables,
+    ) -> Result<RecordBatch, Status> {
+        let tables = self.visible(caller).await?;
+        let mut builder: GetTablesBuilder = cmd.into_builder();
+        for t in &tables {
+            builder
+                .append(
+                    catalog::LAKE_CATALOG,
+                    &t.table.schema,
+                    &t.table.table,
+                    TABLE_TYPE,
+                    &t.schema,
+                )
+                .map_err(|e| internal("cannot list tables", e))?;
+        }
+        builder
+            .build()
+            .map_err(|e| internal("cannot list tables", e))
+    }
+
+    async fn schemas_batch(
+        &self,
+        caller: &Caller,
+        cmd: CommandGetDbSchemas,
+    ) -> Result<RecordBatch, Status> {
+        let tables = self.visible(caller).await?;
+        let mut builder: GetDbSchemasBuilder = cmd.into_builder();
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &tables {
+            if seen.insert(t.table.schema.clone()) {
+                builder.append(catalog::LAKE_CATALOG, &t.table.schema);
+            }
+        }
+        builder
+            .build()
+            .map_err(|e| internal("cannot list schemas", e))
+    }
+
+    fn catalogs_batch(&self) -> Result<RecordBatch, Status> {
+        let mut builder = GetCatalogsBuilder::new();
+        builder.append(catalog::LAKE_CATALOG);
+        builder
+            .build()
+            .map_err(|e| internal("cannot list catalogs", e))
+    }
+
+    fn table_types_batch(&self) -> Result<RecordBatch, Status> {
+        let mut builder = CommandGetTableTypes {}.into_builder();
+        builder.append(TABLE_TYPE);
+        builder
+            .build()
+            .map_err(|e| internal("cannot list table types", e))
+    }
+
+    fn set_session_options(
+        &self,
+        caller: &Caller,
+        body: &[u8],
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let request = so::SetSessionOptionsRequest::decode(body)
+            .map_err(|e| Status::invalid_argument(format!("bad SetSessionOptionsRequest: {e}")))?;
+        let mut result = so::SetSessionOptionsResult::default();
+        for (name, value) in request.session_options {
+            if name != SCENARIO_OPTION {
+                result.errors.insert(
+                    name,
+                    so::SetSessionOptionsError {
+                        value: so::ERROR_INVALID_NAME,
+                    },
+                );
+                continue;
+            }
+            let scenario = match value.option_value {
+                None => None,
+                Some(OptionValue::StringValue(s)) if s.is_empty() => None,
+                Some(OptionValue::StringValue(s)) => {
+                    self.gateway.check_scenario(&s).map_err(to_status)?;
+                    Some(s)
+                }
+                Some(_) => return Err(Status::invalid_argument(
+                    "the session option `scenario` takes a string: the id of an approved scenario",
+                )),
+            };
+            self.sessions
+                .set_scenario(&caller.token, scenario)
+                .map_err(auth_status)?;
+        }
+        Ok(action_result(result.encode_to_vec()))
+    }
+
+    fn get_session_options(
+        &self,
+        caller: &Caller,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let session = self.sessions.resolve(&caller.token).map_err(auth_status)?;
+        let mut result = so::GetSessionOptionsResult::default();
+        if let Some(s) = session.scenario {
+            result.session_options.insert(
+                SCENARIO_OPTION.to_string(),
+                SessionOptionValue {
+                    option_value: Some(OptionValue::StringValue(s)),
+                },
+            );
+        }
+        Ok(action_result(result.encode_to_vec()))
+    }
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for LakegateService {
+    type FlightService = LakegateService;
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "the handshake needs basic credentials: authorization: Basic base64(user:password)",
+                )
+            })?;
+        let (scheme, encoded) = header.split_once(' ').unwrap_or(("", ""));
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return Err(Status::unauthenticated(
+                "the handshake needs basic credentials: authorization: Basic base64(user:password)",
+            ));
+        }
+        let decoded = STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| {
+                Status::unauthenticated("the basic credentials are not valid base64 text")
+            })?;
+        let (user, password) = decoded.split_once(':').ok_or_else(|| {
+            Status::unauthenticated("the basic credentials are not user:password")
+        })?;
+        let sessions = self.sessions.clone();
+        let (user, password) = (user.to_string(), password.to_string());
+        let logged_user = user.clone();
+        let token = tokio::task::spawn_blocking(move || sessions.login(&user, &password))
+            .await
+            .map_err(|e| internal("login failed", e))?
+            .map_err(|e| {
+                tracing::info!(user = %logged_user, "login refused");
+                auth_status(e)
+            })?;
+        tracing::info!(user = %logged_user, "login");
+        let bearer = format!("Bearer {token}");
+        let output = futures::stream::once(async move {
+            Ok(HandshakeResponse {
+                protocol_version: 0,
+                payload: token.into_bytes().into(),
+            })
+        });
+        let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> =
+            Response::new(Box::pin(output));
+        response.metadata_mut().insert(
+            "authorization",
+            MetadataValue::try_from(bearer).map_err(|e| internal("bad token", e))?,
+        );
+        Ok(response)
+    }
+
+    // ---- statements ---------------------------------------------------------------------
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let caller = self.caller(request.metadata())?;
+        let planned = self
+            .gateway
+            .prepare(&caller.principal, &query.query)
+            .await
+            .map_err(to_status)?;
+        let schema = planned.schema();
+        let handle = self.store(&caller, HandleKind::Statement(planned));
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.into_bytes().into(),
+        };
+        flight_info(
+            &schema,
+            ticket.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let caller = self.caller(request.metadata())?;
+        // A statement ticket is read once.
+        let query = self.with_handle(&caller, &ticket.statement_handle, |handles, key| {
+            match handles.remove(&key).map(|h| h.kind) {
+                Some(HandleKind::Statement(q)) => Ok(q),
+                Some(other) => {
+                    handles.insert(
+                        key,
+                        Handle {
+                            user: caller.principal.user.clone(),
+                            scenario: caller.principal.scenario.clone(),
+                            created: Instant::now(),
+                            kind: other,
+                        },
+                    );
+                    Err(Status::not_found(
+                        "unknown or expired statement handle: prepare or execute the statement again",
+                    ))
+                }
+                None => Err(Status::not_found("unknown or expired statement handle")),
+            }
+        })?;
+        self.execute(&query).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let caller = self.caller(request.metadata())?;
+        let planned = self
+            .gateway
+            .prepare(&caller.principal, &query.query)
+            .await
+            .map_err(to_status)?;
+        let dataset_schema = schema_bytes(&planned.schema())?;
+        let parameter_schema = schema_bytes(&planned.parameter_schema())?;
+        let handle = self.store(
+            &caller,
+            HandleKind::Prepared {
+                query: planned,
+                bound: None,
+            },
+        );
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.into_bytes().into(),
+            dataset_schema,
+            parameter_schema,
+        })
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let caller = self.caller(request.metadata())?;
+        let unbound = self.with_handle(
+            &caller,
+            &query.prepared_statement_handle,
+            |h, key| match &h[&key].kind {
+                HandleKind::Prepared { query, .. } => Ok(query.clone()),
+                HandleKind::Statement(_) => {
+                    Err(Status::not_found("unknown or expired statement handle"))
+                }
+            },
+        )?;
+        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(
+            request.into_inner().map_err(FlightError::from),
+        )
+        .try_collect()
+        .await
+        .map_err(|e| Status::invalid_argument(format!("cannot read the parameters: {e}")))?;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let bound = match rows {
+            0 if unbound.parameter_schema().fields().is_empty() => None,
+            1 => {
+                let batch = batches.iter().find(|b| b.num_rows() == 1).expect("one row");
+                let values = batch
+                    .columns()
+                    .iter()
+                    .map(|c| ScalarValue::try_from_array(c, 0))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Status::invalid_argument(format!("parameters: {e}")))?;
+                Some(unbound.bind(values).map_err(to_status)?)
+            }
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "parameters: a query takes exactly one row of parameter values, {n} were sent"
+                )))
+            }
+        };
+        self.with_handle(&caller, &query.prepared_statement_handle, |h, key| {
+            if let Some(Handle {
+                kind: HandleKind::Prepared { bound: slot, .. },
+                ..
+            }) = h.get_mut(&key)
+            {
+                *slot = bound;
+            }
+            Ok(())
+        })?;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(query.prepared_statement_handle),
+        })
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let caller = self.caller(request.metadata())?;
+        let query = self.prepared(&caller, &cmd.prepared_statement_handle)?;
+        flight_info(
+            &query.schema(),
+            cmd.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let caller = self.caller(request.metadata())?;
+        let query = self.prepared(&caller, &cmd.prepared_statement_handle)?;
+        self.execute(&query).await
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        cmd: ActionClosePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<(), Status> {
+        let caller = self.caller(request.metadata())?;
+        self.with_handle(&caller, &cmd.prepared_statement_handle, |h, key| {
+            h.remove(&key);
+            Ok(())
+        })
+    }
+
+    // ---- metadata -------------------------------------------------------------------------
+
+    async fn get_flight_info_catalogs(
+        &self,
+        cmd: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(request.metadata())?;
+        let schema = cmd.clone().into_builder().schema();
+        flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        _cmd: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.caller(request.metadata())?;
+        Ok(Response::new(one_batch(self.catalogs_batch()?)))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        cmd: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(request.metadata())?;
+        let schema = cmd.clone().into_builder().schema();
+        flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        cmd: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let caller = self.caller(request.metadata())?;
+        Ok(Response::new(one_batch(
+            self.schemas_batch(&caller, cmd).await?,
+        )))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        cmd: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(request.metadata())?;
+        let schema = cmd.clone().into_builder().schema();
+        flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        cmd: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let caller = self.caller(request.metadata())?;
+        Ok(Response::new(one_batch(
+            self.tables_batch(&caller, cmd).await?,
+        )))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        cmd: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(request.metadata())?;
+        let schema = cmd.clone().into_builder().schema();
+        flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        _cmd: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.caller(request.metadata())?;
+        Ok(Response::new(one_batch(self.table_types_batch()?)))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        cmd: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(request.metadata())?;
+        let schema = cmd.clone().into_builder(&self.sql_info).schema();
+        flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        cmd: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.caller(request.metadata())?;
+        let batch = cmd
+            .into_builder(&self.sql_info)
+            .build()
+            .map_err(|e| internal("cannot build SqlInfo", e))?;
+        Ok(Response::new(one_batch(batch)))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        cmd: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(request.metadata())?;
+        let schema = cmd.clone().into_builder(&self.xdbc).schema();
+        flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        cmd: CommandGetXdbcTypeInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.caller(request.metadata())?;
+        let batch = cmd
+            .into_builder(&self.xdbc)
+            .build()
+            .map_err(|e| internal("cannot build XdbcTypeInfo", e))?;
+        Ok(Response::new(one_batch(batch)))
+    }
+
+    // ---- session options ------------------------------------------------------------------
+
+    async fn do_action_fallback(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let caller = self.caller(request.metadata())?;
+        let action = request.into_inner();
+        match action.r#type.as_str() {
+            so::SET_SESSION_OPTIONS => self.set_session_options(&caller, &action.body),
+            so::GET_SESSION_OPTIONS => self.get_session_options(&caller),
+            so::CLOSE_SESSION => {
+                self.sessions.close(&caller.token);
+                let result = so::CloseSessionResult {
+                    status: so::SESSION_CLOSED,
+                };
+                Ok(action_result(result.encode_to_vec()))
+            }
+            other => Err(Status::invalid_argument(format!(
+                "unknown action `{other}`"
+            ))),
+        }
+    }
+
+    async fn list_custom_actions(&self) -> Option<Vec<Result<ActionType, Status>>> {
+        Some(
+            [
+                (so::SET_SESSION_OPTIONS, "Set session options (`scenario`)."),
+                (so::GET_SESSION_OPTIONS, "Get session options."),
+                (
+                    so::CLOSE_SESSION,
+                    "Close the session: the bearer token stops working.",
+                ),
+            ]
+            .into_iter()
+            .map(|(t, d)| {
+                Ok(ActionType {
+                    r#type: t.to_string(),
+                    description: d.to_string(),
+                })
+            })
+            .collect(),
+        )
+    }
+
+    // ---- everything that writes or is not offered ----------------------------------------
+
+    async fn do_put_statement_update(
+        &self,
+        _cmd: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        self.caller(request.metadata())?;
+        Err(read_only("an update statement"))
+    }
+
+    async fn do_put_statement_ingest(
+        &self,
+        _cmd: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        self.caller(request.metadata())?;
+        Err(read_only("bulk ingestion"))
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        _cmd: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        self.caller(request.metadata())?;
+        Err(read_only("a prepared update"))
+    }
+
+    async fn do_put_substrait_plan(
+        &self,
+        _cmd: CommandStatementSubstraitPlan,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        self.caller(request.metadata())?;
+        Err(read_only("a Substrait plan"))
+    }
+
+    async fn do_put_fallback(
+        &self,
+        request: Request<PeekableFlightDataStream>,
+        _message: Any,
+    ) -> Result<Response<<Self as FlightService>::DoPutStream>, Status> {
+        self.caller(request.metadata())?;
+        Err(read_only("DoPut"))
+    }
+
+    async fn get_flight_info_substrait_plan(
+        &self,
+        _cmd: CommandStatementSubstraitPlan,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(request.metadata())?;
+        Err(Status::unimplemented(
+            "Substrait plans are not accepted: send SQL",
+        ))
+    }
+
+    async fn do_action_create_prepared_substrait_plan(
+        &self,
+        _cmd: ActionCreatePreparedSubstraitPlanRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        self.caller(request.metadata())?;
+        Err(Status::unimplemented(
+            "Substrait plans are not accepted: send SQL",
+        ))
+    }
+
+    async fn do_action_begin_transaction(
+        &self,
+        _cmd: ActionBeginTransactionRequest,
+        request: Request<Action>,
+    ) -> Result<ActionBeginTransactionResult, Status> {
+        self.caller(request.metadata())?;
+        Err(read_only("a transaction"))
+    }
+
+    async fn do_action_begin_savepoint(
+        &self,
+        _cmd: ActionBeginSavepointRequest,
+        request: Request<Action>,
+    ) -> Result<ActionBeginSavepointResult, Status> {
+        self.caller(request.metadata())?;
+        Err(read_only("a savepoint"))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

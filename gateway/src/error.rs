@@ -1,0 +1,53 @@
+use datafusion::error::DataFusionError;
+
+/// Why a query was refused or failed. The flight server turns each kind into one gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The session declared no scenario.
+    #[error("no scenario: set the session option `scenario` (ADBC: adbc.flight.sql.session.option.scenario) or the header `x-lakegate-scenario` to the id of an approved scenario")]
+    NoScenario,
+    /// The session's scenario is not declared in the policy entities.
+    #[error("unknown scenario `{0}`: ask the platform for the id of an approved scenario")]
+    UnknownScenario(String),
+    /// The statement is not a read: lakegate serves the lake read-only.
+    #[error("lakegate is read-only: {0}")]
+    ReadOnly(String),
+    /// The SQL does not parse or plan (syntax, unknown table or column, type errors).
+    #[error("{0}")]
+    Sql(DataFusionError),
+    /// Bound parameters do not fit the statement.
+    #[error("parameters: {0}")]
+    Parameters(String),
+    /// Execution failed.
+    #[error("query failed: {0}")]
+    Execution(DataFusionError),
+    /// The lake could not be read.
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    /// The policy folder could not be loaded or a decision could not be made.
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+}
+
+impl GatewayError {
+    /// Classifies a DataFusion error raised while planning user SQL: lake and policy failures
+    /// keep their kind, everything else is the user's SQL.
+    pub(crate) fn from_planning(e: DataFusionError) -> Self {
+        match e {
+            DataFusionError::External(inner) => match inner.downcast::<catalog::CatalogError>() {
+                Ok(c) => GatewayError::Catalog(*c),
+                Err(inner) => match inner.downcast::<policy::PolicyError>() {
+                    Ok(p) => GatewayError::Policy(*p),
+                    Err(inner) => GatewayError::Sql(DataFusionError::External(inner)),
+                },
+            },
+            DataFusionError::Context(ctx, inner) => match Self::from_planning(*inner) {
+                GatewayError::Sql(e) => {
+                    GatewayError::Sql(DataFusionError::Context(ctx, Box::new(e)))
+                }
+                other => other,
+            },
+            other => GatewayError::Sql(other),
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The query path of lakegate: parse, plan, ask `policy`, put the secure scan in front of every
+//! table, execute.
+//!
+//! A [`Gateway`] is opened once per server from the [`lake_config::Config`]; every request names
+//! a [`Principal`] (user and scenario) and gets its own DataFusion session whose `lake` catalog
+//! shows only what that principal may read under that scenario. This crate knows nothing of
+//! Flight or tonic.
+
+mod error;
+mod query;
+mod secure_scan;
+mod session_gate;
+mod statement;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::SessionConfig;
+
+use catalog::{Lake, LakeCatalogProvider, TableRef, LAKE_CATALOG};
+use lake_config::Config;
+use policy::{CedarType, ColumnDescription, LakeDescription, PolicySet, TableDescription};
+
+pub use error::GatewayError;
+pub use query::{served_schema, Query};
+pub use secure_scan::{SecureScanExec, SecureTable};
+use session_gate::SessionGate;
+
+/// Who asks: the authenticated user and the scenario the session works under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user name (`Lake::User::"<name>"`).
+    pub user: String,
+    /// The scenario id (`Lake::Scenario::"<id>"`), if the session declared one.
+    pub scenario: Option<String>,
+}
+
+/// A table a principal may query, with its columns as served.
+#[derive(Debug, Clone)]
+pub struct VisibleTable {
+    /// `schema.table`.
+    pub table: TableRef,
+    /// The served schema (hidden columns absent, types as sent on the wire).
+    pub schema: SchemaRef,
+}
+
+/// The query gateway over one lake and one policy folder.
+pub struct Gateway {
+    lake: Arc<Lake>,
+    policies: RwLock<Arc<PolicySet>>,
+    policy_dir: PathBuf,
+    runtime: Arc<RuntimeEnv>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("lake", &self.lake)
+            .field("policy_dir", &self.policy_dir)
+            .finish()
+    }
+}
+
+impl Gateway {
+    /// Opens the lake and loads the policy folder named by `config`.
+    pub async fn open(config: &Config) -> Result<Self, GatewayError> {
+        let lake = Arc::new(Lake::open(&config.lake).await?);
+        let description = describe_lake(&lake).await?;
+        let policies = PolicySet::load(&config.policy.dir, &description)?;
+        tracing::info!(
+            tables = description.tables.len(),
+            policies = policies.policy_count(),
+            policy_hash = policies.hash(),
+            "gateway ready"
+        );
+        Ok(Self {
+            lake,
+            policies: RwLock::new(Arc::new(policies)),
+            policy_dir: config.policy.dir.clone(),
+            runtime: Arc::new(RuntimeEnv::default()),
+        })
+    }
+
+    /// The lake this gateway serves.
+    pub fn lake(&self) -> &Arc<Lake> {
+        &self.lake
+    }
+
+    /// The policy set decisions are made against now.
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies.read().expect("policy lock poisoned").clone()
+    }
+
+    /// Checks that `scenario` is declared in the policy entities.
+    pub fn check_scenario(&self, scenario: &str) -> Result<(), GatewayError> {
+        match self.policies().scenario(scenario) {
+            Some(_) => Ok(()),
+            None => Err(GatewayError::UnknownScenario(scenario.to_string())),
+        }
+    }
+
+    /// Parses, checks and plans one read statement for `who`. Placeholders (`?` or `$n`) stay
+    /// unbound until [`Query::bind`].
+    pub async fn prepare(&self, who: &Principal, sql: &str) -> Result<Query, GatewayError> {
+        let scenario = self.scenario_of(who)?;
+        let statement = statement::parse_read_statement(sql)?;
+        let state = self.session(&who.user, &scenario);
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(GatewayError::from_planning)?;
+        statement::verify_read_plan(&plan)?;
+        Query::new(state, plan)
+    }
+
+    /// The tables `who` may query, with their served schemas. Empty without a scenario.
+    pub async fn visible_tables(&self, who: &Principal) -> Result<Vec<VisibleTable>, GatewayError> {
+        let Some(scenario) = &who.scenario else {
+            return Ok(Vec::new());
+        };
+        self.check_scenario(scenario)?;
+        self.lake.refresh().await?;
+        let gate = SessionGate::new(self.policies(), &who.user, scenario, SystemTime::now());
+        let mut out = Vec::new();
+        for t in self.lake.tables() {
+            if let Some(table) = gate.secure_table(&self.lake, &t).await? {
+                out.push(VisibleTable {
+                    schema: served_schema(&table.schema()),
+                    table: t,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn scenario_of(&self, who: &Principal) -> Result<String, GatewayError> {
+        let scenario = who.scenario.as_deref().ok_or(GatewayError::NoScenario)?;
+        self.check_scenario(scenario)?;
+        Ok(scenario.to_string())
+    }
+
+    /// A DataFusion session for one request: the `lake` catalog behind this principal's gate,
+    /// no other catalog, no URL tables, no information_schema.
+    fn session(&self, user: &str, scenario: &str) -> datafusion::execution::SessionState {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(LAKE_CATALOG, "public")
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(false);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(self.runtime.clone())
+            .with_default_features()
+            .build();
+        let gate = Arc::new(SessionGate::new(
+            self.policies(),
+            user,
+            scenario,
+            SystemTime::now(),
+        ));
+        state.catalog_list().register_catalog(
+            LAKE_CATALOG.to_string(),
+            Arc::new(LakeCatalogProvider::new(self.lake.clone(), gate)),
+        );
+        state
+    }
+}
+
+/// What the policy layer needs to know of the lake: tables, subject keys, column types.
+pub async fn describe_lake(lake: &Lake) -> Result<LakeDescription, GatewayError> {
+    let mut tables = Vec::new();
+    for t in lake.tables() {
+        let Some(snapshot) = lake.snapshot(&t).await? else {
+            continue;
+        };
+        let columns = snapshot
+            .schema
+            .fields()
+            .iter()
+            .map(|f| ColumnDescription {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                cedar_type: cedar_type(f.data_type()),
+            })
+            .collect();
+        tables.push(TableDescription {
+            schema: t.schema.clone(),
+            table: t.table.clone(),
+            subject_key: snapshot.subject_key.clone(),
+            columns,
+        });
+    }
+    Ok(LakeDescription { tables })
+}
+
+/// The Cedar type a column has in its table's row type, where Cedar can express it.
+fn cedar_type(t: &DataType) -> Option<CedarType> {
+    use DataType::*;
+    match t {
+        Utf8 | LargeUtf8 | Utf8View => Some(CedarType::String),
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 => Some(CedarType::Long),
+        Boolean => Some(CedarType::Bool),
+        Decimal128(p, s) if *s >= 0 && *s <= 4 && *p <= 18 => Some(CedarType::Decimal),
+        Date32 | Date64 | Timestamp(_, _) => Some(CedarType::Datetime),
+        Dictionary(_, v) => cedar_type(v),
+        _ => None,
+    }
+}

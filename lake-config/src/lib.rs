@@ -1,0 +1,465 @@
+//! The typed configuration of lakegate: `lakegate.toml` plus environment overrides for secrets.
+//!
+//! This crate owns the file format of `policy-model.md` §2, its validation and its error messages.
+//! It knows nothing about Delta, Cedar or Flight: other crates read the typed [`Config`].
+//!
+//! Paths in the file are relative to the file's folder; [`Config::load`] resolves them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+mod error;
+pub use error::ConfigError;
+
+/// Environment variables that override secrets in the file (so that secrets need not be written
+/// into it). Names follow the AWS SDK where one exists.
+pub mod env {
+    /// S3 access key id.
+    pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+    /// S3 secret access key.
+    pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+    /// S3 session token (temporary credentials).
+    pub const AWS_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+    /// The deployment's secret key for keyed masks (`hash`).
+    pub const LAKEGATE_MASK_KEY: &str = "LAKEGATE_MASK_KEY";
+}
+
+/// The whole configuration, with paths resolved against the file's folder.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration was read from (for messages), if any.
+    pub source: Option<PathBuf>,
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[lake]`.
+    pub lake: LakeConfig,
+    /// `[policy]`.
+    pub policy: PolicyConfig,
+    /// `[[users]]`.
+    pub users: Vec<UserConfig>,
+    /// `[audit]`.
+    pub audit: AuditConfig,
+}
+
+/// `[server]`: where and how the Flight SQL endpoint listens.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `listen`: the socket address, e.g. `127.0.0.1:50051`.
+    pub listen: SocketAddr,
+    /// `token_ttl_secs`: how long a bearer token from the handshake stays valid (default 3600).
+    pub token_ttl_secs: u64,
+}
+
+/// `[lake]`: where the departments' Delta tables live.
+#[derive(Debug, Clone)]
+pub struct LakeConfig {
+    /// `root`: `file:///abs/path` or `s3://bucket/prefix`. Always ends with `/`.
+    pub root: url::Url,
+    /// `[lake.s3]`: object-store options for `s3://` roots.
+    pub s3: Option<S3Config>,
+    /// `[lake.tables."schema.table"]`: per-table overrides.
+    pub tables: BTreeMap<String, TableOverride>,
+}
+
+/// `[lake.s3]`: options for any S3-compatible endpoint.
+#[derive(Clone, Default)]
+pub struct S3Config {
+    /// `endpoint`, e.g. `http://127.0.0.1:3900`; absent means AWS itself.
+    pub endpoint: Option<String>,
+    /// `region` (default `us-east-1`).
+    pub region: String,
+    /// `allow_http`: permit a plain-HTTP endpoint (loopback test servers).
+    pub allow_http: bool,
+    /// `virtual_hosted_style`: bucket in the host name instead of the path (default false, which
+    /// is what most S3-compatible servers want).
+    pub virtual_hosted_style: bool,
+    /// `access_key_id`, overridden by `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// `secret_access_key`, overridden by `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: Option<String>,
+    /// `session_token`, overridden by `AWS_SESSION_TOKEN`.
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets, even in debug logs.
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "***"),
+            )
+            .field("session_token", &self.session_token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl S3Config {
+    /// The options in the key names that both `object_store` and `deltalake` understand.
+    pub fn storage_options(&self) -> BTreeMap<String, String> {
+        let mut o = BTreeMap::new();
+        if let Some(e) = &self.endpoint {
+            o.insert("aws_endpoint".into(), e.clone());
+        }
+        o.insert("aws_region".into(), self.region.clone());
+        o.insert("aws_allow_http".into(), self.allow_http.to_string());
+        o.insert(
+            "aws_virtual_hosted_style_request".into(),
+            self.virtual_hosted_style.to_string(),
+        );
+        if let Some(k) = &self.access_key_id {
+            o.insert("aws_access_key_id".into(), k.clone());
+        }
+        if let Some(k) = &self.secret_access_key {
+            o.insert("aws_secret_access_key".into(), k.clone());
+        }
+        if let Some(k) = &self.session_token {
+            o.insert("aws_session_token".into(), k.clone());
+        }
+        o
+    }
+}
+
+/// `[lake.tables."schema.table"]`: overrides of what the table itself declares.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableOverride {
+    /// `subject_key`: overrides the table property `lakegate.subject_key`.
+    pub subject_key: Option<String>,
+}
+
+/// `[policy]`: the Cedar policy folder and the mask key.
+#[derive(Clone)]
+pub struct PolicyConfig {
+    /// `dir`: holds `*.cedar`, `*.cedarschema` and `entities.json`.
+    pub dir: PathBuf,
+    /// `mask_key`, overridden by `LAKEGATE_MASK_KEY`: the secret of keyed masks.
+    pub mask_key: Option<String>,
+}
+
+impl std::fmt::Debug for PolicyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyConfig")
+            .field("dir", &self.dir)
+            .field("mask_key", &self.mask_key.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// `[[users]]`: one user who may authenticate with a password.
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    /// `name`: becomes `Lake::User::"<name>"`.
+    pub name: String,
+    /// `password_hash`: an argon2id PHC string (`$argon2id$v=19$...`).
+    pub password_hash: String,
+}
+
+/// `[audit]`: where the audit trail is kept.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// `dir`: the audit folder.
+    pub dir: PathBuf,
+}
+
+// ---- the file as written ----------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    lake: RawLake,
+    policy: RawPolicy,
+    #[serde(default)]
+    users: Vec<RawUser>,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    token_ttl_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLake {
+    root: String,
+    s3: Option<RawS3>,
+    #[serde(default)]
+    tables: BTreeMap<String, TableOverride>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    endpoint: Option<String>,
+    region: Option<String>,
+    #[serde(default)]
+    allow_http: bool,
+    #[serde(default)]
+    virtual_hosted_style: bool,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    dir: String,
+    mask_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password_hash: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    dir: Option<String>,
+}
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+impl Config {
+    /// Reads and validates `path`, applying environment overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        let base = std::fs::canonicalize(&base).unwrap_or(base);
+        Self::parse(&text, Some(path), &base, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses configuration text. `base` resolves relative paths; `env` looks up overrides.
+    pub fn parse(
+        text: &str,
+        source: Option<&Path>,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let file = source
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<config>".into());
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        let invalid = |key: &str, problem: String, hint: &str| ConfigError::Invalid {
+            file: file.clone(),
+            key: key.to_string(),
+            problem,
+            hint: hint.to_string(),
+        };
+
+        let listen = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("`{listen}` is not a socket address"),
+                "write an IP address and port, e.g. listen = \"127.0.0.1:50051\"",
+            )
+        })?;
+        let token_ttl_secs = raw.server.token_ttl_secs.unwrap_or(3600);
+        if token_ttl_secs == 0 {
+            return Err(invalid(
+                "server.token_ttl_secs",
+                "a token that expires at once cannot be used".into(),
+                "write a number of seconds greater than 0, e.g. 3600",
+            ));
+        }
+
+        let root = parse_root(&raw.lake.root, base).map_err(|problem| {
+            invalid(
+                "lake.root",
+                problem,
+                "write \"file:///absolute/path\", a path relative to this file, or \"s3://bucket/prefix\"",
+            )
+        })?;
+        let is_s3 = root.scheme() == "s3";
+        if raw.lake.s3.is_some() && !is_s3 {
+            return Err(invalid(
+                "lake.s3",
+                format!("[lake.s3] is set but lake.root `{root}` is not an s3:// URI"),
+                "remove [lake.s3], or point lake.root at s3://bucket/prefix",
+            ));
+        }
+        let s3 = if is_s3 {
+            let r = raw.lake.s3.unwrap_or(RawS3 {
+                endpoint: None,
+                region: None,
+                allow_http: false,
+                virtual_hosted_style: false,
+                access_key_id: None,
+                secret_access_key: None,
+                session_token: None,
+            });
+            if let Some(e) = &r.endpoint {
+                let u = url::Url::parse(e).map_err(|err| {
+                    invalid(
+                        "lake.s3.endpoint",
+                        format!("`{e}` is not a URL: {err}"),
+                        "write e.g. endpoint = \"http://127.0.0.1:3900\"",
+                    )
+                })?;
+                if u.scheme() == "http" && !r.allow_http {
+                    return Err(invalid(
+                        "lake.s3.allow_http",
+                        format!("endpoint `{e}` is plain HTTP but allow_http is false"),
+                        "use an https:// endpoint, or write allow_http = true (loopback test servers only)",
+                    ));
+                }
+            }
+            Some(S3Config {
+                endpoint: r.endpoint,
+                region: r.region.unwrap_or_else(|| "us-east-1".into()),
+                allow_http: r.allow_http,
+                virtual_hosted_style: r.virtual_hosted_style,
+                access_key_id: env(env::AWS_ACCESS_KEY_ID).or(r.access_key_id),
+                secret_access_key: env(env::AWS_SECRET_ACCESS_KEY).or(r.secret_access_key),
+                session_token: env(env::AWS_SESSION_TOKEN).or(r.session_token),
+            })
+        } else {
+            None
+        };
+        for name in raw.lake.tables.keys() {
+            let parts: Vec<&str> = name.split('.').collect();
+            if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+                return Err(invalid(
+                    &format!("lake.tables.\"{name}\""),
+                    format!("`{name}` is not a schema.table name"),
+                    "write the table as [lake.tables.\"department.table\"]",
+                ));
+            }
+        }
+
+        if raw.policy.dir.trim().is_empty() {
+            return Err(invalid(
+                "policy.dir",
+                "the policy folder is empty".into(),
+                "write the folder holding *.cedar, *.cedarschema and entities.json, e.g. dir = \"policies\"",
+            ));
+        }
+        let policy = PolicyConfig {
+            dir: base.join(&raw.policy.dir),
+            mask_key: env(env::LAKEGATE_MASK_KEY).or(raw.policy.mask_key),
+        };
+
+        let mut users = Vec::with_capacity(raw.users.len());
+        for (i, u) in raw.users.into_iter().enumerate() {
+            let key = format!("users[{i}]");
+            if u.name.is_empty()
+                || !u
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.@".contains(c))
+            {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("`{}` is not a usable user name", u.name),
+                    "use letters, digits and _ - . @ only",
+                ));
+            }
+            if users.iter().any(|x: &UserConfig| x.name == u.name) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("user `{}` is listed twice", u.name),
+                    "keep one [[users]] entry per name",
+                ));
+            }
+            if !u.password_hash.starts_with("$argon2id$") {
+                return Err(invalid(
+                    &format!("{key}.password_hash"),
+                    format!(
+                        "the hash of user `{}` is not an argon2id PHC string",
+                        u.name
+                    ),
+                    "generate one with `lakegate hash-password` and paste the `$argon2id$...` line",
+                ));
+            }
+            users.push(UserConfig {
+                name: u.name,
+                password_hash: u.password_hash,
+            });
+        }
+
+        let audit = AuditConfig {
+            dir: base.join(raw.audit.dir.as_deref().unwrap_or("audit")),
+        };
+
+        Ok(Config {
+            source: source.map(Path::to_path_buf),
+            server: ServerConfig {
+                listen,
+                token_ttl_secs,
+            },
+            lake: LakeConfig {
+                root,
+                s3,
+                tables: raw.lake.tables,
+            },
+            policy,
+            users,
+            audit,
+        })
+    }
+}
+
+/// Turns `lake.root` into a URL that ends with `/`.
+fn parse_root(root: &str, base: &Path) -> Result<url::Url, String> {
+    let mut url = if root.contains("://") {
+        url::Url::parse(root).map_err(|e| format!("`{root}` is not a URI: {e}"))?
+    } else {
+        let p = base.join(root);
+        url::Url::from_directory_path(&p)
+            .map_err(|_| format!("`{}` is not an absolute folder", p.display()))?
+    };
+    match url.scheme() {
+        "file" => {}
+        "s3" | "s3a" => {
+            if url.host_str().unwrap_or("").is_empty() {
+                return Err(format!("`{root}` names no bucket"));
+            }
+            if url.scheme() == "s3a" {
+                url = url::Url::parse(&url.as_str().replacen("s3a://", "s3://", 1))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        other => return Err(format!("the scheme `{other}` is not supported")),
+    }
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests;

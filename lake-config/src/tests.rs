@@ -1,0 +1,161 @@
+use super::*;
+use std::collections::HashMap;
+
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+
+fn parse_with(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::parse(
+        text,
+        Some(Path::new("/etc/lakegate/lakegate.toml")),
+        Path::new("/etc/lakegate"),
+        &|k| env.get(k).cloned(),
+    )
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    parse_with(text, &[])
+}
+
+#[test]
+fn full_contract_example_parses() {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:50051"
+
+[lake]
+root = "s3://bucket/prefix"
+
+[lake.s3]
+endpoint = "http://127.0.0.1:3900"
+region = "garage"
+allow_http = true
+
+[lake.tables."health.visits"]
+subject_key = "patient_id"
+
+[policy]
+dir = "policies"
+
+[[users]]
+name = "alice"
+password_hash = "{HASH}"
+
+[audit]
+dir = "audit"
+"#
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:50051");
+    assert_eq!(c.lake.root.as_str(), "s3://bucket/prefix/");
+    let s3 = c.lake.s3.as_ref().unwrap();
+    assert_eq!(s3.region, "garage");
+    assert!(s3.allow_http);
+    assert_eq!(
+        c.lake.tables["health.visits"].subject_key.as_deref(),
+        Some("patient_id")
+    );
+    assert_eq!(c.policy.dir, Path::new("/etc/lakegate/policies"));
+    assert_eq!(c.audit.dir, Path::new("/etc/lakegate/audit"));
+    assert_eq!(c.users[0].name, "alice");
+}
+
+#[test]
+fn relative_root_resolves_against_the_file_folder() {
+    let c = parse("[lake]\nroot = \"lake\"\n[policy]\ndir = \"p\"\n").unwrap();
+    assert_eq!(c.lake.root.as_str(), "file:///etc/lakegate/lake/");
+    assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
+    assert!(c.lake.s3.is_none());
+}
+
+#[test]
+fn env_overrides_secrets() {
+    let text = "[lake]\nroot = \"s3://b\"\n[lake.s3]\naccess_key_id = \"file-key\"\nsecret_access_key = \"file-secret\"\n[policy]\ndir = \"p\"\nmask_key = \"k1\"\n";
+    let c = parse_with(
+        text,
+        &[
+            ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+            ("LAKEGATE_MASK_KEY", "k2"),
+        ],
+    )
+    .unwrap();
+    let s3 = c.lake.s3.as_ref().unwrap();
+    assert_eq!(s3.access_key_id.as_deref(), Some("file-key"));
+    assert_eq!(s3.secret_access_key.as_deref(), Some("env-secret"));
+    assert_eq!(c.policy.mask_key.as_deref(), Some("k2"));
+    // Secrets never show in debug output.
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("env-secret") && !dbg.contains("k2"), "{dbg}");
+    let opts = s3.storage_options();
+    assert_eq!(opts["aws_secret_access_key"], "env-secret");
+    assert_eq!(opts["aws_virtual_hosted_style_request"], "false");
+}
+
+#[test]
+fn unknown_key_names_file_line_and_expected_keys() {
+    let err = parse("[server]\nlisten_addr = \"x\"\n[lake]\nroot = \"l\"\n[policy]\ndir = \"p\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/etc/lakegate/lakegate.toml"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("listen_addr") && err.contains("`listen`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_section_is_named() {
+    let err = parse("[lake]\nroot = \"l\"\n").unwrap_err().to_string();
+    assert!(err.contains("policy"), "{err}");
+}
+
+#[test]
+fn bad_values_name_key_and_fix() {
+    let cases = [
+        (
+            "[server]\nlisten = \"nowhere\"\n[lake]\nroot = \"l\"\n[policy]\ndir = \"p\"\n",
+            "server.listen",
+        ),
+        ("[lake]\nroot = \"ftp://x/y\"\n[policy]\ndir = \"p\"\n", "lake.root"),
+        ("[lake]\nroot = \"s3://\"\n[policy]\ndir = \"p\"\n", "lake.root"),
+        (
+            "[lake]\nroot = \"l\"\n[lake.s3]\nregion = \"r\"\n[policy]\ndir = \"p\"\n",
+            "lake.s3",
+        ),
+        (
+            "[lake]\nroot = \"s3://b\"\n[lake.s3]\nendpoint = \"http://127.0.0.1:3900\"\n[policy]\ndir = \"p\"\n",
+            "lake.s3.allow_http",
+        ),
+        (
+            "[lake]\nroot = \"l\"\n[policy]\ndir = \"p\"\n[[users]]\nname = \"a\"\npassword_hash = \"plain\"\n",
+            "users[0].password_hash",
+        ),
+        (
+            "[lake]\nroot = \"l\"\n[lake.tables.visits]\nsubject_key = \"id\"\n[policy]\ndir = \"p\"\n",
+            "lake.tables.\"visits\"",
+        ),
+        (
+            "[server]\ntoken_ttl_secs = 0\n[lake]\nroot = \"l\"\n[policy]\ndir = \"p\"\n",
+            "server.token_ttl_secs",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains(&format!("key `{key}`")), "{key}: {err}");
+        assert!(err.contains("/etc/lakegate/lakegate.toml"), "{err}");
+    }
+}
+
+#[test]
+fn duplicate_users_are_refused() {
+    let text = format!(
+        "[lake]\nroot = \"l\"\n[policy]\ndir = \"p\"\n[[users]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n[[users]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n"
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("listed twice"), "{err}");
+}

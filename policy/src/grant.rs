@@ -1,0 +1,59 @@
+//! What a user may do with one table under one scenario.
+
+use std::collections::BTreeMap;
+
+/// How one column is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnTreatment {
+    /// Raw values (`read_column` permitted).
+    Raw,
+    /// The named mask is applied inside the scan (`read_masked`, `@mask("...")`).
+    Masked(String),
+    /// Only as the bare argument of an allowed aggregate or a bare group key, in groups of at least
+    /// `min_group` distinct subjects (`aggregate`, `@min_group("k")`).
+    AggregateOnly {
+        /// The minimum number of distinct subjects per released group.
+        min_group: u64,
+    },
+    /// The column does not exist for this user under this scenario.
+    Hidden,
+}
+
+/// Which rows of a table the user may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowPredicate {
+    /// Every row.
+    All,
+    /// No row.
+    None,
+}
+
+/// The decision for one (user, scenario, table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Whether `query` is permitted: when false the table does not exist for the user.
+    pub allowed: bool,
+    /// Per column, by name. A column missing here is hidden.
+    pub columns: BTreeMap<String, ColumnTreatment>,
+    /// The rows the user may read.
+    pub rows: RowPredicate,
+    /// The `@id` of the policies that determined the decision.
+    pub policy_ids: Vec<String>,
+}
+
+impl Grant {
+    /// The grant for a table the user may not query.
+    pub fn denied(policy_ids: Vec<String>) -> Self {
+        Grant {
+            allowed: false,
+            columns: BTreeMap::new(),
+            rows: RowPredicate::None,
+            policy_ids,
+        }
+    }
+
+    /// The treatment of `column`: hidden when the grant does not name it.
+    pub fn column(&self, column: &str) -> &ColumnTreatment {
+        self.columns.get(column).unwrap_or(&ColumnTreatment::Hidden)
+    }
+}

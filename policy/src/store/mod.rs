@@ -1,0 +1,408 @@
+//! Loading a policy folder and answering requests with grants.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, Entity, EntityUid, PolicyId, Request,
+    RestrictedExpression, Schema, SchemaFragment, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+use sha2::{Digest, Sha256};
+
+use crate::grant::{ColumnTreatment, Grant, RowPredicate};
+use crate::lake_schema::{generate_schema, quote, LakeDescription, TableDescription};
+use crate::PolicyError;
+
+/// The file of the policy folder that holds entities.
+pub const ENTITIES_FILE: &str = "entities.json";
+
+/// A validated set of schema, policies and entities: what every decision is made against.
+/// Immutable; a reload builds a new one.
+pub struct PolicySet {
+    schema: Schema,
+    schema_text: String,
+    policies: cedar_policy::PolicySet,
+    entities: Entities,
+    hash: String,
+    authorizer: Authorizer,
+    tables: BTreeMap<String, TableDescription>,
+}
+
+impl std::fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicySet")
+            .field("hash", &self.hash)
+            .field("policies", &self.policies.policies().count())
+            .finish()
+    }
+}
+
+/// What the entities say of a scenario.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioInfo {
+    /// The scenario id.
+    pub id: String,
+    /// Its `purpose` attribute, if it is a string.
+    pub purpose: Option<String>,
+}
+
+/// A file of the policy folder with its text, for locating errors.
+struct Source {
+    path: PathBuf,
+    text: String,
+}
+
+impl Source {
+    fn read(path: PathBuf) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Source { path, text })
+    }
+
+    /// `file:line:column` of a byte offset.
+    fn locate(&self, offset: Option<usize>) -> String {
+        let file = self.path.display();
+        match offset {
+            Some(off) if off <= self.text.len() => {
+                let before = &self.text[..off];
+                let line = before.matches('\n').count() + 1;
+                let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!("{file}:{line}:{col}")
+            }
+            _ => file.to_string(),
+        }
+    }
+
+    /// An error for a diagnostic raised on this file.
+    fn error(&self, d: &dyn Diagnostic, prefix: &str) -> PolicyError {
+        let offset = d.labels().and_then(|mut l| l.next()).map(|l| l.offset());
+        PolicyError::Invalid {
+            location: self.locate(offset),
+            message: format!("{prefix}{}", describe(d)),
+        }
+    }
+}
+
+/// A diagnostic's message with its help, on one line.
+fn describe(d: &dyn Diagnostic) -> String {
+    let mut s = d.to_string();
+    let mut src = std::error::Error::source(d);
+    while let Some(e) = src {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        src = e.source();
+    }
+    if let Some(help) = d.help() {
+        s.push_str(&format!(" (help: {help})"));
+    }
+    s
+}
+
+fn files_with_ext(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, PolicyError> {
+    let read_err = |source| PolicyError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let path = entry.map_err(read_err)?.path();
+        if path.is_file() && path.extension().is_some_and(|e| e == ext) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+impl PolicySet {
+    /// Loads `dir` (`*.cedarschema`, `*.cedar`, `entities.json`), composes its schema with the
+    /// one generated from `lake`, and validates everything strictly.
+    pub fn load(dir: &Path, lake: &LakeDescription) -> Result<Self, PolicyError> {
+        let mut hasher = Sha256::new();
+
+        // Schema: generated fragment + the admin's fragments.
+        let generated = generate_schema(lake);
+        let (gen_fragment, _) =
+            SchemaFragment::from_cedarschema_str(&generated).map_err(|e| PolicyError::Invalid {
+                location: "<generated lake schema>".into(),
+                message: format!(
+                    "{}; a table or column name cannot be expressed in Cedar",
+                    describe(&e)
+                ),
+            })?;
+        let mut fragments = vec![gen_fragment];
+        let mut schema_text = generated;
+        let schema_files = files_with_ext(dir, "cedarschema")?;
+        if schema_files.is_empty() {
+            return Err(PolicyError::Invalid {
+                location: dir.display().to_string(),
+                message: "no *.cedarschema file: declare at least Lake::User and Lake::Scenario"
+                    .into(),
+            });
+        }
+        for path in schema_files {
+            let src = Source::read(path)?;
+            hasher.update(src.text.as_bytes());
+            let (fragment, _) =
+                SchemaFragment::from_cedarschema_str(&src.text).map_err(|e| src.error(&e, ""))?;
+            fragments.push(fragment);
+            schema_text.push_str(&format!("\n// From {}\n", src.path.display()));
+            schema_text.push_str(&src.text);
+        }
+        let schema =
+            Schema::from_schema_fragments(fragments).map_err(|e| PolicyError::Invalid {
+                location: dir.display().to_string(),
+                message: format!("the composed schema is invalid: {}", describe(&e)),
+            })?;
+
+        // Policies: ids are the @id annotations, else file#n.
+        let mut policies = cedar_policy::PolicySet::new();
+        let mut origin: HashMap<PolicyId, usize> = HashMap::new();
+        let mut sources = Vec::new();
+        for path in files_with_ext(dir, "cedar")? {
+            let src = Source::read(path)?;
+            hasher.update(src.text.as_bytes());
+            let parsed =
+                cedar_policy::PolicySet::from_str(&src.text).map_err(|e| src.error(&e, ""))?;
+            if let Some(t) = parsed.templates().next() {
+                return Err(PolicyError::Invalid {
+                    location: src.locate(None),
+                    message: format!(
+                        "template {} is not supported: write a policy without ?principal/?resource slots",
+                        t.id()
+                    ),
+                });
+            }
+            let file_name = src
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            for (n, p) in parsed.policies().enumerate() {
+                let id = p
+                    .annotation("id")
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{file_name}#{n}"));
+                let pid = PolicyId::new(&id);
+                if origin.contains_key(&pid) {
+                    return Err(PolicyError::Invalid {
+                        location: src.locate(None),
+                        message: format!(
+                            "policy id `{id}` is used twice: give each policy its own @id"
+                        ),
+                    });
+                }
+                policies
+                    .add(p.new_id(pid.clone()))
+                    .map_err(|e| PolicyError::Invalid {
+                        location: src.locate(None),
+                        message: describe(&e),
+                    })?;
+                origin.insert(pid, sources.len());
+            }
+            sources.push(src);
+        }
+
+        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        if !result.validation_passed() {
+            let errors: Vec<PolicyError> = result
+                .validation_errors()
+                .map(|e| {
+                    let prefix = format!("policy `{}`: ", e.policy_id());
+                    match origin.get(e.policy_id()) {
+                        Some(&i) => sources[i].error(e, &prefix),
+                        None => PolicyError::Invalid {
+                            location: dir.display().to_string(),
+                            message: format!("{prefix}{}", describe(e)),
+                        },
+                    }
+                })
+                .collect();
+            return Err(if errors.len() == 1 {
+                errors.into_iter().next().expect("one error")
+            } else {
+                PolicyError::Many(errors)
+            });
+        }
+
+        // Entities: the admin's, validated against the schema, plus the lake's own.
+        let entities_src = Source::read(dir.join(ENTITIES_FILE))?;
+        hasher.update(entities_src.text.as_bytes());
+        let admin_entities = Entities::from_json_str(&entities_src.text, Some(&schema))
+            .map_err(|e| entities_src.error(&e, ""))?;
+        let lake_entities = lake_entities(lake)?;
+        let entities = admin_entities
+            .add_entities(lake_entities, Some(&schema))
+            .map_err(|e| PolicyError::Invalid {
+                location: entities_src.locate(None),
+                message: format!(
+                    "{}; entities.json must not declare the lake's own Department, Table or Column entities",
+                    describe(&e)
+                ),
+            })?;
+        hasher.update(schema_text.as_bytes());
+
+        Ok(PolicySet {
+            schema,
+            schema_text,
+            policies,
+            entities,
+            hash: hex::encode(hasher.finalize()),
+            authorizer: Authorizer::new(),
+            tables: lake.tables.iter().map(|t| (t.id(), t.clone())).collect(),
+        })
+    }
+
+    /// The composed schema as Cedar schema text (generated part first).
+    pub fn schema_text(&self) -> &str {
+        &self.schema_text
+    }
+
+    /// SHA-256 of the schema, policies and entities: names this set in audit records.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// How many policies the set holds.
+    pub fn policy_count(&self) -> usize {
+        self.policies.policies().count()
+    }
+
+    /// The scenario `id`, if the entities declare it.
+    pub fn scenario(&self, id: &str) -> Option<ScenarioInfo> {
+        let uid = entity_uid("Lake::Scenario", id).ok()?;
+        let entity = self.entities.get(&uid)?;
+        let purpose = match entity.attr("purpose") {
+            Some(Ok(cedar_policy::EvalResult::String(s))) => Some(s),
+            _ => None,
+        };
+        Some(ScenarioInfo {
+            id: id.to_string(),
+            purpose,
+        })
+    }
+
+    /// The grant for `user` reading `table` (`schema.table`) under `scenario` at `now`.
+    ///
+    /// Table scope (`query`) is decided by Cedar. Column masks, aggregate-only rules and row
+    /// predicates are not enforced yet: every column of a permitted table is served raw and every
+    /// row is visible.
+    pub fn grant(
+        &self,
+        user: &str,
+        scenario: &str,
+        table: &str,
+        now: SystemTime,
+    ) -> Result<Grant, PolicyError> {
+        let Some(desc) = self.tables.get(table) else {
+            return Ok(Grant::denied(vec![]));
+        };
+        if self.scenario(scenario).is_none() {
+            return Ok(Grant::denied(vec![]));
+        }
+        let principal = entity_uid("Lake::User", user)?;
+        let resource = entity_uid("Lake::Table", table)?;
+        let action = entity_uid("Lake::Action", "query")?;
+        let context = self.context(scenario, now)?;
+        let request = Request::new(principal, action, resource, context, Some(&self.schema))
+            .map_err(|e| PolicyError::Request(describe(&e)))?;
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.policies, &self.entities);
+        let ids: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|p| p.to_string())
+            .collect();
+        if response.diagnostics().errors().next().is_some() {
+            // An erroring policy is skipped by Cedar; log it, the decision stands on the rest.
+            for e in response.diagnostics().errors() {
+                tracing::warn!(user, scenario, table, "policy evaluation error: {e}");
+            }
+        }
+        if response.decision() != Decision::Allow {
+            return Ok(Grant::denied(ids));
+        }
+        Ok(Grant {
+            allowed: true,
+            columns: desc
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), ColumnTreatment::Raw))
+                .collect(),
+            rows: RowPredicate::All,
+            policy_ids: ids,
+        })
+    }
+
+    fn context(&self, scenario: &str, now: SystemTime) -> Result<Context, PolicyError> {
+        let now: chrono::DateTime<chrono::Utc> = now.into();
+        let now = now.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        Context::from_pairs([
+            (
+                "scenario".to_string(),
+                RestrictedExpression::new_entity_uid(entity_uid("Lake::Scenario", scenario)?),
+            ),
+            ("now".to_string(), RestrictedExpression::new_datetime(now)),
+        ])
+        .map_err(|e| PolicyError::Request(describe(&e)))
+    }
+}
+
+/// `Type::"id"` with any id text.
+fn entity_uid(ty: &str, id: &str) -> Result<EntityUid, PolicyError> {
+    EntityUid::from_str(&format!("{ty}::{}", quote(id)))
+        .map_err(|e| PolicyError::Request(format!("`{id}` as {ty}: {}", describe(&e))))
+}
+
+/// The lake's own entities: departments, tables and columns.
+fn lake_entities(lake: &LakeDescription) -> Result<Vec<Entity>, PolicyError> {
+    let bad = |e: &dyn Diagnostic| PolicyError::Request(describe(e));
+    let mut out = Vec::new();
+    let mut departments = HashSet::new();
+    for t in &lake.tables {
+        let dept = entity_uid("Lake::Department", &t.schema)?;
+        if departments.insert(t.schema.clone()) {
+            out.push(Entity::new_no_attrs(dept.clone(), HashSet::new()));
+        }
+        let table = entity_uid("Lake::Table", &t.id())?;
+        let mut attrs = HashMap::from([(
+            "department".to_string(),
+            RestrictedExpression::new_entity_uid(dept.clone()),
+        )]);
+        if let Some(k) = &t.subject_key {
+            attrs.insert(
+                "subject_key".into(),
+                RestrictedExpression::new_string(k.clone()),
+            );
+        }
+        out.push(Entity::new(table.clone(), attrs, HashSet::from([dept])).map_err(|e| bad(&e))?);
+        for c in &t.columns {
+            let uid = entity_uid("Lake::Column", &format!("{}.{}", t.id(), c.name))?;
+            let attrs = HashMap::from([
+                (
+                    "table".to_string(),
+                    RestrictedExpression::new_entity_uid(table.clone()),
+                ),
+                (
+                    "name".to_string(),
+                    RestrictedExpression::new_string(c.name.clone()),
+                ),
+                (
+                    "data_type".to_string(),
+                    RestrictedExpression::new_string(c.data_type.clone()),
+                ),
+            ]);
+            out.push(Entity::new(uid, attrs, HashSet::from([table.clone()])).map_err(|e| bad(&e))?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+use super::*;
+use crate::lake_schema::{CedarType, ColumnDescription};
+
+fn hr_lake() -> LakeDescription {
+    let col = |name: &str, ty: CedarType| ColumnDescription {
+        name: name.into(),
+        data_type: "Utf8".into(),
+        cedar_type: Some(ty),
+    };
+    let table = |schema: &str, table: &str| TableDescription {
+        schema: schema.into(),
+        table: table.into(),
+        subject_key: Some("id".into()),
+        columns: vec![
+            col("id", CedarType::Long),
+            col("name", CedarType::String),
+            col("district", CedarType::String),
+            col("salary", CedarType::Long),
+            col("id_card", CedarType::String),
+            col("diagnosis", CedarType::String),
+        ],
+    };
+    LakeDescription {
+        tables: vec![table("hr", "employees"), table("hr", "payroll")],
+    }
+}
+
+const ADMIN_SCHEMA: &str = r#"
+namespace Lake {
+  entity Org, Role;
+  entity User in [Role, Org] { district: String };
+  entity Scenario { purpose: String, operator: Org, expires: datetime, tables: Set<Table>, max_rows?: Long };
+}
+"#;
+
+const POLICIES: &str = r#"
+@id("scenario-scope")
+permit (principal, action == Lake::Action::"query", resource)
+when { resource in context.scenario.tables
+       && principal in context.scenario.operator
+       && context.now < context.scenario.expires };
+
+@id("hr-columns")
+permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"read_column", resource)
+when { resource.table == Lake::Table::"hr.employees"
+       && ["id", "name", "district", "salary"].contains(resource.name) };
+
+@id("hr-id-card")
+@mask("hash")
+permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"read_masked",
+        resource == Lake::Column::"hr.employees.id_card");
+
+@id("hr-own-district")
+permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"read_row",
+        resource is Lake::Rows::hr::employees)
+when { resource.district == principal.district };
+"#;
+
+const ENTITIES: &str = r#"[
+  {"uid": {"type": "Lake::Org", "id": "acme"}, "attrs": {}, "parents": []},
+  {"uid": {"type": "Lake::Role", "id": "hr_analyst"}, "attrs": {}, "parents": []},
+  {"uid": {"type": "Lake::User", "id": "alice"}, "attrs": {"district": "North"},
+   "parents": [{"type": "Lake::Role", "id": "hr_analyst"}, {"type": "Lake::Org", "id": "acme"}]},
+  {"uid": {"type": "Lake::User", "id": "mallory"}, "attrs": {"district": "South"}, "parents": []},
+  {"uid": {"type": "Lake::Scenario", "id": "hr-stats"},
+   "attrs": {"purpose": "workforce statistics", "operator": {"__entity": {"type": "Lake::Org", "id": "acme"}},
+             "expires": {"__extn": {"fn": "datetime", "arg": "2099-01-01"}},
+             "tables": [{"__entity": {"type": "Lake::Table", "id": "hr.employees"}}]},
+   "parents": []},
+  {"uid": {"type": "Lake::Scenario", "id": "old"},
+   "attrs": {"purpose": "expired", "operator": {"__entity": {"type": "Lake::Org", "id": "acme"}},
+             "expires": {"__extn": {"fn": "datetime", "arg": "2020-01-01"}},
+             "tables": [{"__entity": {"type": "Lake::Table", "id": "hr.employees"}}]},
+   "parents": []}
+]"#;
+
+fn folder(policies: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("schema.cedarschema"), ADMIN_SCHEMA).unwrap();
+    std::fs::write(dir.path().join("policies.cedar"), policies).unwrap();
+    std::fs::write(dir.path().join("entities.json"), ENTITIES).unwrap();
+    dir
+}
+
+#[test]
+fn contract_example_validates_strictly() {
+    let dir = folder(POLICIES);
+    let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    assert_eq!(set.policy_count(), 4);
+    assert_eq!(set.hash().len(), 64);
+    assert!(set.schema_text().contains("namespace Lake::Rows::hr"));
+    assert_eq!(
+        set.scenario("hr-stats").unwrap().purpose.as_deref(),
+        Some("workforce statistics")
+    );
+    assert!(set.scenario("nope").is_none());
+}
+
+#[test]
+fn table_scope_is_decided_by_cedar() {
+    let dir = folder(POLICIES);
+    let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    let now = SystemTime::now();
+    let g = set.grant("alice", "hr-stats", "hr.employees", now).unwrap();
+    assert!(g.allowed);
+    assert_eq!(g.policy_ids, vec!["scenario-scope".to_string()]);
+    // Not in the scenario's tables.
+    assert!(
+        !set.grant("alice", "hr-stats", "hr.payroll", now)
+            .unwrap()
+            .allowed
+    );
+    // Not in the operator org.
+    assert!(
+        !set.grant("mallory", "hr-stats", "hr.employees", now)
+            .unwrap()
+            .allowed
+    );
+    // Expired, unknown scenario, unknown table, unknown user.
+    assert!(
+        !set.grant("alice", "old", "hr.employees", now)
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !set.grant("alice", "nope", "hr.employees", now)
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !set.grant("alice", "hr-stats", "hr.nothing", now)
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !set.grant("nobody", "hr-stats", "hr.employees", now)
+            .unwrap()
+            .allowed
+    );
+    // Ids with quotes cannot break out of the entity id.
+    assert!(
+        !set.grant("alice\"", "hr-stats\" || true", "hr.employees", now)
+            .unwrap()
+            .allowed
+    );
+}
+
+#[test]
+fn invalid_policy_is_refused_with_file_line_and_id() {
+    let bad = format!(
+        "{POLICIES}\n@id(\"typo\")\npermit (principal, action == Lake::Action::\"read_row\", resource is Lake::Rows::hr::employees)\nwhen {{ resource.distric == \"North\" }};\n"
+    );
+    let dir = folder(&bad);
+    let err = PolicySet::load(dir.path(), &hr_lake())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("policies.cedar:"), "{err}");
+    assert!(err.contains("policy `typo`"), "{err}");
+    let line = err
+        .split("policies.cedar:")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap();
+    let line: usize = line.parse().unwrap();
+    let expected = bad.lines().position(|l| l.contains("distric ==")).unwrap() + 1;
+    assert_eq!(line, expected, "{err}");
+}
+
+#[test]
+fn syntax_error_names_file_and_line() {
+    let dir = folder("permit (principal, action, resource) when { 1 + };");
+    let err = PolicySet::load(dir.path(), &hr_lake())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("policies.cedar:1:"), "{err}");
+}
+
+#[test]
+fn duplicate_ids_and_bad_entities_are_refused() {
+    let dup = format!("{POLICIES}\n@id(\"hr-columns\")\npermit (principal, action, resource);");
+    let dir = folder(&dup);
+    let err = PolicySet::load(dir.path(), &hr_lake())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("used twice"), "{err}");
+
+    let dir = folder(POLICIES);
+    std::fs::write(
+        dir.path().join("entities.json"),
+        r#"[{"uid": {"type": "Lake::User", "id": "x"}, "attrs": {"district": 5}, "parents": []}]"#,
+    )
+    .unwrap();
+    let err = PolicySet::load(dir.path(), &hr_lake())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("entities.json"), "{err}");
+}

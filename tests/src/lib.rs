@@ -1,0 +1,146 @@
+//! Helpers for lakegate's end-to-end tests: a real server on 127.0.0.1 over a real Delta lake,
+//! and a real Flight SQL client. The tests themselves live in `tests/`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use arrow::array::RecordBatch;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::FlightInfo;
+use futures::TryStreamExt;
+use tonic::transport::Channel;
+
+use flight_server::demo::DemoLake;
+use lake_config::Config;
+
+/// Rows of the demo lake the tests share (market.enterprises then has 200 rows).
+pub const DEMO_ROWS: usize = 1_000;
+
+/// A demo lake built once per test binary, in a folder that lives as long as the process.
+pub fn shared_demo() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("lakegate-demo-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        let build_dir = dir.clone();
+        // Built on its own runtime: tests call this from inside theirs.
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .expect("runtime")
+                .block_on(DemoLake::new(&build_dir).with_rows(DEMO_ROWS).build())
+                .expect("demo lake")
+        })
+        .join()
+        .expect("demo build thread");
+        dir
+    })
+}
+
+/// A lakegate server running in this process on 127.0.0.1 until dropped.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    /// Serves the configuration file `config` on a free port.
+    pub async fn start(config: &Path) -> Self {
+        let config = Config::load(config).expect("config");
+        Self::start_with(&config).await
+    }
+
+    /// Serves `config` on a free port.
+    pub async fn start_with(config: &Config) -> Self {
+        let server = flight_server::Server::bind(config, Some("127.0.0.1:0".parse().unwrap()))
+            .await
+            .expect("server binds");
+        let addr = server.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("server runs")
+        });
+        Self {
+            addr,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// The demo lake, served.
+    pub async fn demo() -> Self {
+        Self::start(&shared_demo().join("lakegate.toml")).await
+    }
+
+    /// An unauthenticated client.
+    pub async fn client(&self) -> FlightSqlServiceClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connects");
+        FlightSqlServiceClient::new(channel)
+    }
+
+    /// A client logged in as `user` with `password`.
+    pub async fn login(&self, user: &str, password: &str) -> FlightSqlServiceClient<Channel> {
+        let mut c = self.client().await;
+        c.handshake(user, password).await.expect("handshake");
+        c
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Fetches every endpoint of `info`.
+pub async fn fetch(
+    client: &mut FlightSqlServiceClient<Channel>,
+    info: FlightInfo,
+) -> Result<Vec<RecordBatch>, String> {
+    let mut out = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.expect("ticket");
+        let stream = client.do_get(ticket).await.map_err(|e| e.to_string())?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| e.to_string())?;
+        out.extend(batches);
+    }
+    Ok(out)
+}
+
+/// Runs `sql` and returns the batches, or the error text.
+pub async fn query(
+    client: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, String> {
+    let info = client
+        .execute(sql.to_string(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    fetch(client, info).await
+}
+
+/// The batches as a pretty table (for comparisons and failure messages).
+pub fn pretty(batches: &[RecordBatch]) -> String {
+    arrow::util::pretty::pretty_format_batches(batches)
+        .expect("formats")
+        .to_string()
+}
+
+/// The total row count of `batches`.
+pub fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}

@@ -1,0 +1,599 @@
+//! End to end over Arrow Flight SQL: a real lakegate server on 127.0.0.1 over the demo's real
+//! Delta tables, driven by arrow-flight's Flight SQL client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
+    CommandGetDbSchemas, CommandGetTables, CommandPreparedStatementQuery, CommandStatementIngest,
+    ProstMessageExt, SqlInfo,
+};
+use arrow_flight::{Action, FlightDescriptor, IpcMessage, Ticket};
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use prost::Message;
+use tonic::transport::Channel;
+
+use flight_server::session_options::{
+    GetSessionOptionsResult, OptionValue, SessionOptionValue, SetSessionOptionsRequest,
+    SetSessionOptionsResult, GET_SESSION_OPTIONS, SET_SESSION_OPTIONS,
+};
+use lakegate_tests::{fetch, pretty, query, rows, shared_demo, TestServer};
+
+type Client = FlightSqlServiceClient<Channel>;
+
+async fn set_scenario(c: &mut Client, scenario: &str) -> Result<SetSessionOptionsResult, String> {
+    let request = SetSessionOptionsRequest {
+        session_options: HashMap::from([(
+            "scenario".to_string(),
+            SessionOptionValue {
+                option_value: Some(OptionValue::StringValue(scenario.to_string())),
+            },
+        )]),
+    };
+    let results = action(c, SET_SESSION_OPTIONS, request.encode_to_vec()).await?;
+    let body = results.first().cloned().unwrap_or_default();
+    SetSessionOptionsResult::decode(body).map_err(|e| e.to_string())
+}
+
+/// Runs a Flight action and collects its result bodies, or the error text.
+async fn action(c: &mut Client, kind: &str, body: Vec<u8>) -> Result<Vec<bytes::Bytes>, String> {
+    let stream = c
+        .do_action(Action::new(kind.to_string(), body))
+        .await
+        .map_err(|e| e.to_string())?;
+    let results: Vec<arrow_flight::Result> =
+        stream.try_collect().await.map_err(|e| e.to_string())?;
+    Ok(results.into_iter().map(|r| r.body).collect())
+}
+
+async fn as_user(server: &TestServer, user: &str, scenario: &str) -> Client {
+    let mut c = server.login(user, &format!("{user}-demo")).await;
+    let result = set_scenario(&mut c, scenario).await.expect("scenario set");
+    assert!(result.errors.is_empty(), "{result:?}");
+    c
+}
+
+/// The same SQL run straight on the Delta tables with DataFusion, no gateway: the reference.
+async fn reference(sql: &str) -> String {
+    let ctx = SessionContext::new();
+    let lake = shared_demo().join("lake");
+    for (schema, table) in [
+        ("market", "enterprises"),
+        ("market", "penalties"),
+        ("social_security", "contributions"),
+        ("health", "visits"),
+    ] {
+        let url = url::Url::from_directory_path(lake.join(schema).join(table)).unwrap();
+        let t = deltalake::open_table(url).await.unwrap();
+        let provider = t.table_provider().await.unwrap();
+        ctx.register_table(format!("{schema}_{table}"), provider)
+            .unwrap();
+    }
+    let sql = sql
+        .replace("market.", "market_")
+        .replace("social_security.", "social_security_");
+    let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+    pretty(&batches)
+}
+
+fn first_i64(batches: &[RecordBatch]) -> i64 {
+    let col = batches[0].column(0);
+    col.as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("int64")
+        .value(0)
+}
+
+fn strings(batches: &[RecordBatch], column: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        let c = b.column_by_name(column).expect("column");
+        let c = c.as_any().downcast_ref::<StringArray>().expect("utf8");
+        out.extend((0..c.len()).map(|i| c.value(i).to_string()));
+    }
+    out
+}
+
+#[tokio::test]
+async fn statement_query_matches_datafusion_on_the_delta_tables() {
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    for sql in [
+        "SELECT district, count(*) AS n FROM market.enterprises GROUP BY district ORDER BY district",
+        "SELECT e.industry, count(*) AS penalties, sum(p.amount) AS total \
+         FROM market.penalties p JOIN market.enterprises e ON p.credit_code = e.credit_code \
+         GROUP BY e.industry ORDER BY e.industry",
+        "SELECT count(*) AS n FROM social_security.contributions WHERE status = 'arrears'",
+    ] {
+        let got = query(&mut c, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_eq!(pretty(&got), reference(sql).await, "{sql}");
+    }
+    let all = query(&mut c, "SELECT * FROM market.enterprises")
+        .await
+        .unwrap();
+    assert_eq!(rows(&all), 200);
+}
+
+#[tokio::test]
+async fn prepared_statements_bind_parameters() {
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let literal = query(
+        &mut c,
+        "SELECT count(*) FROM market.penalties WHERE district = 'Haidian' AND amount > 100",
+    )
+    .await
+    .unwrap();
+
+    let mut stmt = c
+        .prepare(
+            "SELECT count(*) FROM market.penalties WHERE district = ? AND amount > ?".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stmt.parameter_schema().unwrap().fields().len(), 2);
+    let params = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("0", DataType::Utf8, true),
+            Field::new("1", DataType::Int64, true),
+        ])),
+        vec![
+            Arc::new(StringArray::from(vec!["Haidian"])),
+            Arc::new(Int64Array::from(vec![100])),
+        ],
+    )
+    .unwrap();
+    stmt.set_parameters(params).unwrap();
+    let info = stmt.execute().await.unwrap();
+    let bound = fetch(&mut c, info).await.unwrap();
+    assert_eq!(first_i64(&bound), first_i64(&literal));
+    assert!(first_i64(&bound) > 0);
+
+    // A statement without parameters, prepared as ADBC and JDBC always do.
+    let mut plain = c
+        .prepare("SELECT count(*) FROM market.enterprises".into(), None)
+        .await
+        .unwrap();
+    let info = plain.execute().await.unwrap();
+    assert_eq!(first_i64(&fetch(&mut c, info).await.unwrap()), 200);
+    plain.close().await.unwrap();
+
+    // Executing without binding is a clear error.
+    let mut unbound = c
+        .prepare(
+            "SELECT count(*) FROM market.penalties WHERE district = $1".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let info = unbound.execute().await.unwrap();
+    let err = fetch(&mut c, info).await.unwrap_err().to_string();
+    assert!(err.contains("unbound parameter"), "{err}");
+}
+
+#[tokio::test]
+async fn metadata_shows_the_scenario_tables_only() {
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+
+    let info = c.get_catalogs().await.unwrap();
+    let catalogs = fetch(&mut c, info).await.unwrap();
+    assert_eq!(strings(&catalogs, "catalog_name"), vec!["lake"]);
+
+    let info = c
+        .get_db_schemas(CommandGetDbSchemas {
+            catalog: Some("lake".into()),
+            db_schema_filter_pattern: None,
+        })
+        .await
+        .unwrap();
+    let schemas = fetch(&mut c, info).await.unwrap();
+    assert_eq!(
+        strings(&schemas, "db_schema_name"),
+        vec!["market", "social_security"]
+    );
+
+    let info = c
+        .get_tables(CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: None,
+            table_name_filter_pattern: Some("%".into()),
+            table_types: vec![],
+            include_schema: true,
+        })
+        .await
+        .unwrap();
+    let tables = fetch(&mut c, info).await.unwrap();
+    assert_eq!(
+        strings(&tables, "table_name"),
+        vec!["enterprises", "penalties", "contributions"]
+    );
+    // The schema in GetTables is the schema a SELECT * returns.
+    let schema_col = tables[0].column_by_name("table_schema").unwrap();
+    let bytes = schema_col
+        .as_any()
+        .downcast_ref::<arrow::array::BinaryArray>()
+        .unwrap()
+        .value(0)
+        .to_vec();
+    let listed = Schema::try_from(IpcMessage(bytes.into())).unwrap();
+    let info = c
+        .execute("SELECT * FROM market.enterprises".into(), None)
+        .await
+        .unwrap();
+    let served = Schema::try_from(info.clone()).unwrap();
+    assert_eq!(listed, served);
+    let got = fetch(&mut c, info).await.unwrap();
+    assert_eq!(got[0].schema().as_ref(), &served);
+
+    let info = c.get_table_types().await.unwrap();
+    assert_eq!(
+        strings(&fetch(&mut c, info).await.unwrap(), "table_type"),
+        vec!["TABLE"]
+    );
+
+    let info = c
+        .get_sql_info(vec![
+            SqlInfo::FlightSqlServerName,
+            SqlInfo::FlightSqlServerReadOnly,
+        ])
+        .await
+        .unwrap();
+    let info_rows = fetch(&mut c, info).await.unwrap();
+    assert_eq!(rows(&info_rows), 2);
+    assert!(
+        pretty(&info_rows).contains("lakegate"),
+        "{}",
+        pretty(&info_rows)
+    );
+
+    let info = c
+        .get_xdbc_type_info(arrow_flight::sql::CommandGetXdbcTypeInfo { data_type: None })
+        .await
+        .unwrap();
+    let types = fetch(&mut c, info).await.unwrap();
+    assert!(strings(&types, "type_name").contains(&"VARCHAR".to_string()));
+
+    // Without a scenario, nothing is listed.
+    let mut none = server.login("banker", "banker-demo").await;
+    let info = none
+        .get_tables(CommandGetTables {
+            include_schema: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows(&fetch(&mut none, info).await.unwrap()), 0);
+}
+
+#[tokio::test]
+async fn scenario_scopes_tables_and_is_checked() {
+    let server = TestServer::demo().await;
+
+    // No scenario: a clear error.
+    let mut c = server.login("banker", "banker-demo").await;
+    let err = query(&mut c, "SELECT 1").await.unwrap_err();
+    assert!(err.contains("no scenario"), "{err}");
+
+    // The header works per call, the session option per session.
+    c.set_header("x-lakegate-scenario", "bank-credit");
+    assert_eq!(
+        first_i64(
+            &query(&mut c, "SELECT count(*) FROM market.enterprises")
+                .await
+                .unwrap()
+        ),
+        200
+    );
+
+    // Unknown scenario: refused when set, and when sent as a header.
+    let mut c = server.login("banker", "banker-demo").await;
+    let err = set_scenario(&mut c, "no-such-scenario").await.unwrap_err();
+    assert!(err.contains("unknown scenario `no-such-scenario`"), "{err}");
+    c.set_header("x-lakegate-scenario", "no-such-scenario");
+    let err = query(&mut c, "SELECT 1").await.unwrap_err();
+    assert!(err.contains("unknown scenario"), "{err}");
+
+    // A table outside the scenario fails exactly as a table that does not exist.
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let denied = query(&mut c, "SELECT * FROM health.visits")
+        .await
+        .unwrap_err();
+    let missing = query(&mut c, "SELECT * FROM health.nothing")
+        .await
+        .unwrap_err();
+    assert!(denied.contains("not found"), "{denied}");
+    assert_eq!(
+        denied.replace("visits", "X"),
+        missing.replace("nothing", "X")
+    );
+
+    // Another operator's scenario grants nothing to this user.
+    let mut c = as_user(&server, "banker", "insurance-underwriting").await;
+    let err = query(&mut c, "SELECT count(*) FROM health.visits")
+        .await
+        .unwrap_err();
+    assert!(err.contains("not found"), "{err}");
+
+    // An expired scenario grants nothing.
+    let mut c = as_user(&server, "banker", "expired-pilot").await;
+    let err = query(&mut c, "SELECT count(*) FROM market.enterprises")
+        .await
+        .unwrap_err();
+    assert!(err.contains("not found"), "{err}");
+
+    // GetSessionOptions reports the scenario.
+    let mut c = as_user(&server, "insurer", "insurance-underwriting").await;
+    let results = action(&mut c, GET_SESSION_OPTIONS, vec![]).await.unwrap();
+    let got = GetSessionOptionsResult::decode(results[0].clone()).unwrap();
+    assert_eq!(
+        got.session_options["scenario"].option_value,
+        Some(OptionValue::StringValue("insurance-underwriting".into()))
+    );
+    assert!(
+        first_i64(
+            &query(&mut c, "SELECT count(*) FROM health.visits")
+                .await
+                .unwrap()
+        ) > 0
+    );
+}
+
+#[tokio::test]
+async fn authentication_is_required_and_checked() {
+    let server = TestServer::demo().await;
+
+    let mut c = server.client().await;
+    let err = c
+        .handshake("banker", "wrong")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid user name or password"), "{err}");
+    let err = c.handshake("nobody", "x").await.unwrap_err().to_string();
+    assert!(err.contains("invalid user name or password"), "{err}");
+
+    // No token at all.
+    let mut c = server.client().await;
+    let err = query(&mut c, "SELECT 1").await.unwrap_err();
+    assert!(err.contains("no bearer token"), "{err}");
+
+    // A forged token.
+    c.set_token("forged-token".into());
+    let err = query(&mut c, "SELECT 1").await.unwrap_err();
+    assert!(err.contains("invalid bearer token"), "{err}");
+
+    // A closed session's token stops working.
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    action(&mut c, "CloseSession", vec![]).await.unwrap();
+    let err = query(&mut c, "SELECT 1").await.unwrap_err();
+    assert!(err.contains("invalid bearer token"), "{err}");
+}
+
+#[tokio::test]
+async fn tokens_expire() {
+    let mut config = lake_config::Config::load(&shared_demo().join("lakegate.toml")).unwrap();
+    config.server.token_ttl_secs = 1;
+    let server = TestServer::start_with(&config).await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    query(&mut c, "SELECT 1").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let err = query(&mut c, "SELECT 1").await.unwrap_err();
+    assert!(err.contains("expired"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let cases = [
+        (
+            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+            "read-only",
+        ),
+        ("CREATE TABLE x AS SELECT 1", "read-only"),
+        ("DROP TABLE market.enterprises", "read-only"),
+        (
+            "INSERT INTO market.enterprises SELECT * FROM market.enterprises",
+            "read-only",
+        ),
+        ("DELETE FROM market.penalties", "read-only"),
+        (
+            "COPY (SELECT * FROM market.enterprises) TO '/tmp/leak.csv'",
+            "read-only",
+        ),
+        ("SET datafusion.execution.batch_size = 1", "read-only"),
+        ("SELECT * FROM '/etc/passwd'", "not found"),
+        ("SELECT 1; SELECT 2", "2 statements"),
+        ("SELEC * FROM market.enterprises", "Expected"),
+        ("SELECT * FROM market.no_such_table", "not found"),
+        (
+            "SELECT no_such_column FROM market.enterprises",
+            "no_such_column",
+        ),
+    ];
+    for (sql, expected) in cases {
+        let err = query(&mut c, sql).await.unwrap_err();
+        assert!(err.contains(expected), "{sql}: {err}");
+        // Still serving, same session.
+        assert_eq!(
+            first_i64(
+                &query(&mut c, "SELECT count(*) FROM market.enterprises")
+                    .await
+                    .unwrap()
+            ),
+            200,
+            "after {sql}"
+        );
+    }
+    assert!(!std::path::Path::new("/tmp/leak.csv").exists());
+
+    // Write paths of the protocol are refused as read-only.
+    let err = c
+        .execute_update("DELETE FROM market.penalties".into(), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("read-only"), "{err}");
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)])),
+        vec![Arc::new(Int64Array::from(vec![1]))],
+    )
+    .unwrap();
+    let err = c
+        .execute_ingest(
+            CommandStatementIngest {
+                table: "enterprises".into(),
+                schema: Some("market".into()),
+                ..Default::default()
+            },
+            futures::stream::iter(vec![Ok(batch)]),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("read-only"), "{err}");
+    assert_eq!(
+        first_i64(
+            &query(&mut c, "SELECT count(*) FROM market.enterprises")
+                .await
+                .unwrap()
+        ),
+        200
+    );
+}
+
+#[tokio::test]
+async fn tickets_and_handles_are_bound_to_the_user() {
+    let server = TestServer::demo().await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    let mut regulator = as_user(&server, "regulator", "supervision").await;
+
+    // A statement ticket replayed by another user is unknown to them.
+    let info = banker
+        .execute("SELECT count(*) FROM market.enterprises".into(), None)
+        .await
+        .unwrap();
+    let ticket: Ticket = info.endpoint[0].ticket.clone().unwrap();
+    let err = match regulator.do_get(ticket.clone()).await {
+        Ok(stream) => stream
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err()
+            .to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("unknown or expired statement handle"), "{err}");
+    // The owner can still read it, once.
+    let batches: Vec<RecordBatch> = banker
+        .do_get(ticket.clone())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(first_i64(&batches), 200);
+    let again = match banker.do_get(ticket).await {
+        Ok(stream) => stream
+            .try_collect::<Vec<_>>()
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(again.contains("unknown or expired"), "{again}");
+
+    // A prepared handle used by another user is unknown to them.
+    let request = ActionCreatePreparedStatementRequest {
+        query: "SELECT count(*) FROM market.enterprises".into(),
+        transaction_id: None,
+    };
+    let results = action(
+        &mut banker,
+        "CreatePreparedStatement",
+        request.as_any().encode_to_vec(),
+    )
+    .await
+    .unwrap();
+    let created: ActionCreatePreparedStatementResult = Any::decode(results[0].clone())
+        .unwrap()
+        .unpack()
+        .unwrap()
+        .unwrap();
+    let cmd = CommandPreparedStatementQuery {
+        prepared_statement_handle: created.prepared_statement_handle,
+    };
+    let descriptor = FlightDescriptor::new_cmd(cmd.as_any().encode_to_vec());
+    let mut req = tonic::Request::new(descriptor.clone());
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", regulator.token().unwrap())
+            .parse()
+            .unwrap(),
+    );
+    let err = regulator
+        .inner_mut()
+        .get_flight_info(req)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown or expired statement handle"), "{err}");
+    // The owner can use it.
+    let mut req = tonic::Request::new(descriptor);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", banker.token().unwrap())
+            .parse()
+            .unwrap(),
+    );
+    let info = banker
+        .inner_mut()
+        .get_flight_info(req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first_i64(&fetch(&mut banker, info).await.unwrap()), 200);
+}
+
+#[tokio::test]
+async fn a_new_commit_is_seen_by_the_next_query() {
+    // A lake of its own: this test appends to a table.
+    let dir = tempfile::tempdir().unwrap();
+    let config = flight_server::demo::DemoLake::new(dir.path())
+        .with_rows(1_000)
+        .build()
+        .await
+        .unwrap();
+    let server = TestServer::start(&config).await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let count = "SELECT count(*) FROM market.penalties";
+    let before = first_i64(&query(&mut c, count).await.unwrap());
+
+    let url = url::Url::from_directory_path(dir.path().join("lake/market/penalties")).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    let ctx = SessionContext::new();
+    ctx.register_table("p", table.table_provider().await.unwrap())
+        .unwrap();
+    let new_rows = ctx
+        .sql("SELECT penalty_id + 100000 AS penalty_id, credit_code, district, decided_on, reason, amount FROM p LIMIT 7")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    table
+        .write(new_rows)
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .await
+        .unwrap();
+
+    let after = first_i64(&query(&mut c, count).await.unwrap());
+    assert_eq!(after, before + 7);
+}
