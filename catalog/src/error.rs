@@ -17,7 +17,7 @@ pub enum CatalogError {
         /// Where it lives.
         url: String,
         /// delta-rs's error.
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
     /// The lake root itself could not be set up (bad URI or options).
     #[error("cannot open the lake at {root}: {source}")]
@@ -25,7 +25,7 @@ pub enum CatalogError {
         /// The root URI.
         root: String,
         /// delta-rs's error.
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
     /// A configured override names a column the table does not have.
     #[error("table {table}: subject key `{key}` is not a column of the table; fix lakegate.subject_key or [lake.tables.\"{table}\"] subject_key")]

@@ -109,7 +109,7 @@ impl Lake {
     ) -> Result<Self, CatalogError> {
         let open_err = |source| CatalogError::Open {
             root: root.to_string(),
-            source,
+            source: Box::new(source),
         };
         let log_store: LogStoreRef = DeltaTableBuilder::from_url(root.clone())
             .map_err(open_err)?
@@ -198,7 +198,7 @@ impl Lake {
         let delta_err = |source| CatalogError::Delta {
             table: t.to_string(),
             url: self.table_url(t).to_string(),
-            source,
+            source: Box::new(source),
         };
         let table = {
             let mut guard = slot.lock().await;
@@ -225,7 +225,7 @@ impl Lake {
             .map_err(|e| CatalogError::Delta {
                 table: t.to_string(),
                 url: self.table_url(t).to_string(),
-                source: deltalake::DeltaTableError::from(e),
+                source: Box::new(deltalake::DeltaTableError::from(e)),
             })?;
         let schema = provider.schema();
         if let Some(key) = &subject_key {

@@ -72,7 +72,10 @@ enum HandleKind {
     /// A planned statement waiting for its one DoGet.
     Statement(Query),
     /// A prepared statement with, once parameters were put, its bound form.
-    Prepared { query: Query, bound: Option<Query> },
+    Prepared {
+        query: Query,
+        bound: Option<Box<Query>>,
+    },
 }
 
 /// The lakegate Flight SQL service.
@@ -162,7 +165,7 @@ impl LakegateService {
 
     fn prepared(&self, caller: &Caller, handle: &[u8]) -> Result<Query, Status> {
         self.with_handle(caller, handle, |handles, key| match &handles[&key].kind {
-            HandleKind::Prepared { query, bound } => Ok(bound.clone().unwrap_or(query.clone())),
+            HandleKind::Prepared { query, bound } => Ok(bound.as_deref().unwrap_or(query).clone()),
             HandleKind::Statement(_) => Err(Status::not_found(
                 "unknown or expired statement handle: prepare or execute the statement again",
             )),
@@ -539,7 +542,7 @@ impl FlightSqlService for LakegateService {
                     .map(|c| ScalarValue::try_from_array(c, 0))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| Status::invalid_argument(format!("parameters: {e}")))?;
-                Some(unbound.bind(values).map_err(to_status)?)
+                Some(Box::new(unbound.bind(values).map_err(to_status)?))
             }
             n => {
                 return Err(Status::invalid_argument(format!(
@@ -606,7 +609,7 @@ impl FlightSqlService for LakegateService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(request.metadata())?;
-        let schema = cmd.clone().into_builder().schema();
+        let schema = cmd.into_builder().schema();
         flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
     }
 
@@ -667,7 +670,7 @@ impl FlightSqlService for LakegateService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(request.metadata())?;
-        let schema = cmd.clone().into_builder().schema();
+        let schema = cmd.into_builder().schema();
         flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
     }
 
@@ -709,7 +712,7 @@ impl FlightSqlService for LakegateService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(request.metadata())?;
-        let schema = cmd.clone().into_builder(&self.xdbc).schema();
+        let schema = cmd.into_builder(&self.xdbc).schema();
         flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
     }
 

@@ -115,7 +115,7 @@ impl Gateway {
             .await
             .map_err(GatewayError::from_planning)?;
         statement::verify_read_plan(&plan)?;
-        Query::new(state, plan)
+        Query::new(Arc::new(state), plan)
     }
 
     /// The tables `who` may query, with their served schemas. Empty without a scenario.

@@ -18,7 +18,7 @@ use crate::GatewayError;
 /// One planned read statement for one principal.
 #[derive(Clone)]
 pub struct Query {
-    state: SessionState,
+    state: Arc<SessionState>,
     plan: LogicalPlan,
     schema: SchemaRef,
     parameters: SchemaRef,
@@ -34,7 +34,7 @@ impl std::fmt::Debug for Query {
 }
 
 impl Query {
-    pub(crate) fn new(state: SessionState, plan: LogicalPlan) -> Result<Self, GatewayError> {
+    pub(crate) fn new(state: Arc<SessionState>, plan: LogicalPlan) -> Result<Self, GatewayError> {
         let schema = served_schema(plan.schema().inner());
         let parameters = parameter_schema(&plan)?;
         Ok(Self {
@@ -75,7 +75,7 @@ impl Query {
         let mut cast_values = Vec::with_capacity(values.len());
         for (v, f) in values.into_iter().zip(self.parameters.fields()) {
             let t = f.data_type();
-            if *t == DataType::Null || v.data_type() == *t || v.is_null() && *t == DataType::Null {
+            if *t == DataType::Null || v.data_type() == *t {
                 cast_values.push(v);
             } else {
                 cast_values.push(v.cast_to(t).map_err(|e| {

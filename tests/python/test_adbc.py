@@ -1,0 +1,184 @@
+"""End to end through the Python ADBC Flight SQL driver, as BI tools and notebooks use lakegate.
+
+A real `lakegate demo` server is started on 127.0.0.1 over a freshly built demo lake.
+"""
+
+import os
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+import adbc_driver_flightsql.dbapi as flightsql
+import adbc_driver_manager
+import pyarrow as pa
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("LAKEGATE_BIN", ROOT / "target" / "debug" / "lakegate"))
+SCENARIO_OPTION = "adbc.flight.sql.session.option.scenario"
+SCENARIO_HEADER = "adbc.flight.sql.rpc.call_header.x-lakegate-scenario"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """Builds a demo lake and serves it; yields the grpc:// URI."""
+    lake = tmp_path_factory.mktemp("demo")
+    proc = subprocess.Popen(
+        [str(BIN), "demo", "--dir", str(lake), "--listen", "127.0.0.1:0", "--rows", "1000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    address = None
+    seen = []
+    timer = threading.Timer(300, proc.kill)
+    timer.start()
+    for line in proc.stdout:
+        seen.append(line)
+        m = re.match(r"lakegate listening on (\S+)", line)
+        if m:
+            address = m.group(1)
+            break
+    timer.cancel()
+    if address is None:
+        proc.kill()
+        pytest.fail("lakegate did not start:\n" + "".join(seen))
+    # Keep draining stdout so the server never blocks on a full pipe.
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+    yield f"grpc://{address}"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def connect(uri, user="banker", scenario="bank-credit", password=None, db_extra=None):
+    db_kwargs = {"username": user, "password": password or f"{user}-demo"}
+    db_kwargs.update(db_extra or {})
+    conn_kwargs = {SCENARIO_OPTION: scenario} if scenario else {}
+    return flightsql.connect(uri, db_kwargs=db_kwargs, conn_kwargs=conn_kwargs)
+
+
+def scalar(conn, sql, parameters=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, parameters)
+        return cur.fetchone()[0]
+
+
+def test_execute_without_parameters(server):
+    with connect(server) as conn:
+        assert scalar(conn, "SELECT count(*) FROM market.enterprises") == 200
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT district, count(*) AS n FROM market.enterprises "
+                "GROUP BY district ORDER BY district"
+            )
+            rows = cur.fetchall()
+        assert sum(n for _, n in rows) == 200
+        assert [d for d, _ in rows] == sorted(d for d, _ in rows)
+
+
+def test_execute_with_parameters(server):
+    with connect(server) as conn:
+        literal = scalar(
+            conn, "SELECT count(*) FROM market.penalties WHERE district = 'Haidian'"
+        )
+        bound = scalar(
+            conn, "SELECT count(*) FROM market.penalties WHERE district = ?", ("Haidian",)
+        )
+        assert bound == literal > 0
+        two = scalar(
+            conn,
+            "SELECT count(*) FROM market.penalties WHERE district = ? AND amount > ?",
+            ("Haidian", 100),
+        )
+        assert 0 < two <= literal
+
+
+def test_fetch_as_arrow(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("SELECT * FROM market.enterprises ORDER BY credit_code LIMIT 5")
+        table = cur.fetch_arrow_table()
+    assert isinstance(table, pa.Table)
+    assert table.num_rows == 5
+    assert table.column_names[:3] == ["credit_code", "name", "legal_rep_name"]
+    assert table.schema.field("credit_code").type == pa.string()
+    assert table.schema.field("registered_capital").type == pa.decimal128(14, 2)
+    codes = table.column("credit_code").to_pylist()
+    assert codes == sorted(codes)
+
+
+def test_get_objects_lists_the_scenario_tables(server):
+    with connect(server) as conn:
+        objects = conn.adbc_get_objects(depth="all").read_all().to_pylist()
+    catalogs = {c["catalog_name"]: c for c in objects}
+    assert list(catalogs) == ["lake"]
+    schemas = {s["db_schema_name"]: s for s in catalogs["lake"]["catalog_db_schemas"]}
+    assert sorted(schemas) == ["market", "social_security"]
+    tables = {t["table_name"]: t for t in schemas["market"]["db_schema_tables"]}
+    assert sorted(tables) == ["enterprises", "penalties"]
+    columns = [c["column_name"] for c in tables["enterprises"]["table_columns"]]
+    assert "credit_code" in columns and "legal_rep_id" in columns
+
+
+def test_get_table_schema_matches_the_result_schema(server):
+    with connect(server) as conn:
+        listed = conn.adbc_get_table_schema(
+            "enterprises", catalog_filter="lake", db_schema_filter="market"
+        )
+        with conn.cursor() as cur:
+            cur.execute("SELECT * FROM market.enterprises LIMIT 1")
+            served = cur.fetch_arrow_table().schema
+    assert listed.names == served.names
+    assert listed.types == served.types
+
+
+def test_scenario_as_call_header(server):
+    with connect(server, scenario=None, db_extra={SCENARIO_HEADER: "bank-credit"}) as conn:
+        assert scalar(conn, "SELECT count(*) FROM market.enterprises") == 200
+
+
+def test_no_scenario_is_a_clear_error(server):
+    with connect(server, scenario=None) as conn:
+        with pytest.raises(adbc_driver_manager.Error, match="no scenario"):
+            scalar(conn, "SELECT count(*) FROM market.enterprises")
+
+
+def test_unknown_scenario_is_refused(server):
+    with pytest.raises(adbc_driver_manager.Error, match="unknown scenario"):
+        with connect(server, scenario="no-such-scenario") as conn:
+            scalar(conn, "SELECT 1")
+
+
+def test_wrong_password_is_refused(server):
+    with pytest.raises(adbc_driver_manager.Error, match="invalid user name or password"):
+        with connect(server, password="wrong") as conn:
+            scalar(conn, "SELECT 1")
+
+
+def test_table_outside_the_scenario_does_not_exist(server):
+    with connect(server) as conn:
+        with pytest.raises(adbc_driver_manager.Error) as denied:
+            scalar(conn, "SELECT count(*) FROM health.visits")
+        with pytest.raises(adbc_driver_manager.Error) as missing:
+            scalar(conn, "SELECT count(*) FROM health.nothing")
+    assert "not found" in str(denied.value)
+    assert str(denied.value).replace("visits", "X") == str(missing.value).replace(
+        "nothing", "X"
+    )
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE TABLE x AS SELECT 1",
+        "DROP TABLE market.enterprises",
+        "DELETE FROM market.penalties",
+        "COPY (SELECT 1) TO '/tmp/lakegate-copy.csv'",
+        "SET datafusion.execution.batch_size = 1",
+    ],
+)
+def test_writes_are_refused_and_the_server_keeps_serving(server, sql):
+    with connect(server) as conn:
+        with pytest.raises(adbc_driver_manager.Error, match="read-only"):
+            scalar(conn, sql)
+        assert scalar(conn, "SELECT count(*) FROM market.enterprises") == 200
