@@ -123,6 +123,14 @@ async fn main() -> anyhow::Result<()> {
             PolicyCommand::Check { config } => {
                 let config = load(&config)?;
                 let set = load_policies(&config).await?;
+                let unenforced = set.unenforced_policies();
+                if !unenforced.is_empty() {
+                    println!(
+                        "warning: `lakegate serve` refuses this set: policies {} use column, row or \
+                         aggregate rules that this build does not enforce yet",
+                        unenforced.join(", ")
+                    );
+                }
                 println!(
                     "ok: {} policies validate against the composed schema (policy set {})",
                     set.policy_count(),

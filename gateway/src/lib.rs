@@ -72,6 +72,7 @@ impl Gateway {
         let lake = Arc::new(Lake::open(&config.lake).await?);
         let description = describe_lake(&lake).await?;
         let policies = PolicySet::load(&config.policy.dir, &description)?;
+        refuse_unenforced(&policies, &config.policy.dir)?;
         tracing::info!(
             tables = description.tables.len(),
             policies = policies.policy_count(),
@@ -168,6 +169,24 @@ impl Gateway {
         );
         state
     }
+}
+
+/// Fails closed: a policy set with column, row or aggregate rules this build cannot enforce is not
+/// served, rather than served raw.
+fn refuse_unenforced(policies: &PolicySet, dir: &std::path::Path) -> Result<(), GatewayError> {
+    let ids = policies.unenforced_policies();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    Err(GatewayError::Policy(policy::PolicyError::Invalid {
+        location: dir.display().to_string(),
+        message: format!(
+            "policies {} use read_column, read_masked, aggregate or read_row, or forbid every action; \
+             this lakegate build enforces scenario scope (`query`) only and refuses to serve them rather than \
+             serve raw data: remove them until column and row enforcement lands",
+            ids.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+        ),
+    }))
 }
 
 /// What the policy layer needs to know of the lake: tables, subject keys, column types.

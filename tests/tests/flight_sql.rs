@@ -597,3 +597,32 @@ async fn a_new_commit_is_seen_by_the_next_query() {
     let after = first_i64(&query(&mut c, count).await.unwrap());
     assert_eq!(after, before + 7);
 }
+
+#[tokio::test]
+async fn policies_that_cannot_be_enforced_yet_are_refused_at_start() {
+    // The demo lake with one more policy: a mask this build does not apply.
+    let demo = shared_demo();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for f in ["schema.cedarschema", "entities.json", "policies.cedar"] {
+        std::fs::copy(demo.join("policies").join(f), policies.join(f)).unwrap();
+    }
+    let mut text = std::fs::read_to_string(policies.join("policies.cedar")).unwrap();
+    text.push_str(
+        "\n@id(\"mask-rep-id\")\n@mask(\"hash\")\npermit (principal, action == Lake::Action::\"read_masked\", \
+         resource == Lake::Column::\"market.enterprises.legal_rep_id\");\n",
+    );
+    std::fs::write(policies.join("policies.cedar"), text).unwrap();
+    let mut config = lake_config::Config::load(&demo.join("lakegate.toml")).unwrap();
+    config.policy.dir = policies;
+    let err = match flight_server::Server::bind(&config, Some("127.0.0.1:0".parse().unwrap())).await
+    {
+        Ok(_) => panic!("a set with a mask was served"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("`mask-rep-id`") && err.contains("refuses"),
+        "{err}"
+    );
+}

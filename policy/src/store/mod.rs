@@ -273,6 +273,24 @@ impl PolicySet {
         self.policies.policies().count()
     }
 
+    /// The ids of policies whose effect this build does not enforce yet: policies on
+    /// `read_column`, `read_masked`, `aggregate` or `read_row` (masks, row filters,
+    /// aggregate-only), and forbids on every action. The server refuses to serve such a set
+    /// rather than serve raw what they restrict.
+    pub fn unenforced_policies(&self) -> Vec<String> {
+        const UNENFORCED: [&str; 4] = ["read_column", "read_masked", "aggregate", "read_row"];
+        let named = |uid: &EntityUid| UNENFORCED.contains(&uid.id().unescaped());
+        self.policies
+            .policies()
+            .filter(|p| match p.action_constraint() {
+                cedar_policy::ActionConstraint::Any => p.effect() == cedar_policy::Effect::Forbid,
+                cedar_policy::ActionConstraint::Eq(uid) => named(&uid),
+                cedar_policy::ActionConstraint::In(uids) => uids.iter().any(named),
+            })
+            .map(|p| p.id().to_string())
+            .collect()
+    }
+
     /// The scenario `id`, if the entities declare it.
     pub fn scenario(&self, id: &str) -> Option<ScenarioInfo> {
         let uid = entity_uid("Lake::Scenario", id).ok()?;
@@ -290,8 +308,9 @@ impl PolicySet {
     /// The grant for `user` reading `table` (`schema.table`) under `scenario` at `now`.
     ///
     /// Table scope (`query`) is decided by Cedar. Column masks, aggregate-only rules and row
-    /// predicates are not enforced yet: every column of a permitted table is served raw and every
-    /// row is visible.
+    /// predicates are not evaluated yet: every column of a permitted table is served raw and every
+    /// row is visible. The gateway therefore refuses policy sets that use them (see
+    /// [`PolicySet::unenforced_policies`]).
     pub fn grant(
         &self,
         user: &str,

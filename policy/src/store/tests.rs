@@ -97,6 +97,26 @@ fn contract_example_validates_strictly() {
 }
 
 #[test]
+fn policies_this_build_cannot_enforce_are_named() {
+    let dir = folder(POLICIES);
+    let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    assert_eq!(
+        set.unenforced_policies(),
+        vec!["hr-columns", "hr-id-card", "hr-own-district"]
+    );
+    let scope_only = POLICIES.split("@id(\"hr-columns\")").next().unwrap();
+    let dir = folder(scope_only);
+    let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    assert!(set.unenforced_policies().is_empty());
+    let with_forbid = format!(
+        "{scope_only}\n@id(\"no-one\") forbid (principal, action, resource) when {{ false }};"
+    );
+    let dir = folder(&with_forbid);
+    let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    assert_eq!(set.unenforced_policies(), vec!["no-one"]);
+}
+
+#[test]
 fn table_scope_is_decided_by_cedar() {
     let dir = folder(POLICIES);
     let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
