@@ -26,6 +26,13 @@ use lakegate_tests::{fetch, pretty, query, rows, shared_demo, TestServer};
 
 type Client = FlightSqlServiceClient<Channel>;
 
+// How tonic describes the gRPC codes in error text.
+const DENIED: &str = "does not have permission";
+const INVALID: &str = "invalid argument";
+const UNAUTHENTICATED: &str = "valid authentication credentials";
+const NOT_FOUND: &str = "not found";
+const PRECONDITION: &str = "not in a state required";
+
 async fn set_scenario(c: &mut Client, scenario: &str) -> Result<SetSessionOptionsResult, String> {
     let request = SetSessionOptionsRequest {
         session_options: HashMap::from([(
@@ -279,7 +286,10 @@ async fn scenario_scopes_tables_and_is_checked() {
     // No scenario: a clear error.
     let mut c = server.login("banker", "banker-demo").await;
     let err = query(&mut c, "SELECT 1").await.unwrap_err();
-    assert!(err.contains("no scenario"), "{err}");
+    assert!(
+        err.contains("no scenario") && err.contains(PRECONDITION),
+        "{err}"
+    );
 
     // The header works per call, the session option per session.
     c.set_header("x-lakegate-scenario", "bank-credit");
@@ -362,12 +372,18 @@ async fn authentication_is_required_and_checked() {
     // No token at all.
     let mut c = server.client().await;
     let err = query(&mut c, "SELECT 1").await.unwrap_err();
-    assert!(err.contains("no bearer token"), "{err}");
+    assert!(
+        err.contains("no bearer token") && err.contains(UNAUTHENTICATED),
+        "{err}"
+    );
 
     // A forged token.
     c.set_token("forged-token".into());
     let err = query(&mut c, "SELECT 1").await.unwrap_err();
-    assert!(err.contains("invalid bearer token"), "{err}");
+    assert!(
+        err.contains("invalid bearer token") && err.contains(UNAUTHENTICATED),
+        "{err}"
+    );
 
     // A closed session's token stops working.
     let mut c = as_user(&server, "banker", "bank-credit").await;
@@ -392,35 +408,49 @@ async fn tokens_expire() {
 async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let server = TestServer::demo().await;
     let mut c = as_user(&server, "banker", "bank-credit").await;
+    // (SQL, what the message says, the gRPC code's description)
     let cases = [
         (
             "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
             "read-only",
+            DENIED,
         ),
-        ("CREATE TABLE x AS SELECT 1", "read-only"),
-        ("DROP TABLE market.enterprises", "read-only"),
+        ("CREATE TABLE x AS SELECT 1", "read-only", DENIED),
+        ("DROP TABLE market.enterprises", "read-only", DENIED),
         (
             "INSERT INTO market.enterprises SELECT * FROM market.enterprises",
             "read-only",
+            DENIED,
         ),
-        ("DELETE FROM market.penalties", "read-only"),
+        ("DELETE FROM market.penalties", "read-only", DENIED),
         (
             "COPY (SELECT * FROM market.enterprises) TO '/tmp/leak.csv'",
             "read-only",
+            DENIED,
         ),
-        ("SET datafusion.execution.batch_size = 1", "read-only"),
-        ("SELECT * FROM '/etc/passwd'", "not found"),
-        ("SELECT 1; SELECT 2", "2 statements"),
-        ("SELEC * FROM market.enterprises", "Expected"),
-        ("SELECT * FROM market.no_such_table", "not found"),
+        (
+            "SET datafusion.execution.batch_size = 1",
+            "read-only",
+            DENIED,
+        ),
+        ("SELECT * FROM '/etc/passwd'", "not found", INVALID),
+        ("SELECT 1; SELECT 2", "2 statements", INVALID),
+        ("SELEC * FROM market.enterprises", "Expected", INVALID),
+        ("SELECT * FROM market.no_such_table", "not found", INVALID),
         (
             "SELECT no_such_column FROM market.enterprises",
             "no_such_column",
+            INVALID,
+        ),
+        (
+            "EXPLAIN ANALYZE SELECT count(*) FROM market.enterprises",
+            "EXPLAIN ANALYZE",
+            DENIED,
         ),
     ];
-    for (sql, expected) in cases {
+    for (sql, expected, code) in cases {
         let err = query(&mut c, sql).await.unwrap_err();
-        assert!(err.contains(expected), "{sql}: {err}");
+        assert!(err.contains(expected) && err.contains(code), "{sql}: {err}");
         // Still serving, same session.
         assert_eq!(
             first_i64(
@@ -440,7 +470,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("read-only"), "{err}");
+    assert!(err.contains("read-only") && err.contains(DENIED), "{err}");
     let batch = RecordBatch::try_new(
         Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)])),
         vec![Arc::new(Int64Array::from(vec![1]))],
@@ -458,7 +488,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("read-only"), "{err}");
+    assert!(err.contains("read-only") && err.contains(DENIED), "{err}");
     assert_eq!(
         first_i64(
             &query(&mut c, "SELECT count(*) FROM market.enterprises")
@@ -489,7 +519,10 @@ async fn tickets_and_handles_are_bound_to_the_user() {
             .to_string(),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains("unknown or expired statement handle"), "{err}");
+    assert!(
+        err.contains("unknown or expired statement handle") && err.contains(NOT_FOUND),
+        "{err}"
+    );
     // The owner can still read it, once.
     let batches: Vec<RecordBatch> = banker
         .do_get(ticket.clone())
@@ -596,6 +629,34 @@ async fn a_new_commit_is_seen_by_the_next_query() {
 
     let after = first_i64(&query(&mut c, count).await.unwrap());
     assert_eq!(after, before + 7);
+
+    // A table a department adds later is found without a restart.
+    let lake_config = lake_config::Config::load(&config).unwrap().lake;
+    let lake = catalog::Lake::open(&lake_config).await.unwrap();
+    let licences = catalog::TableRef::new("market", "licences");
+    assert!(lake.snapshot(&licences).await.unwrap().is_none());
+    let url = url::Url::from_directory_path(dir.path().join("lake/market/licences")).unwrap();
+    std::fs::create_dir_all(url.to_file_path().unwrap()).unwrap();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "licence_id",
+            DataType::Int64,
+            false,
+        )])),
+        vec![Arc::new(Int64Array::from(vec![1, 2, 3]))],
+    )
+    .unwrap();
+    flight_server::demo::write_delta_table(url, HashMap::new(), batch, "licence_id")
+        .await
+        .unwrap();
+    let snapshot = lake
+        .snapshot(&licences)
+        .await
+        .unwrap()
+        .expect("found on use");
+    assert_eq!(snapshot.subject_key.as_deref(), Some("licence_id"));
+    lake.refresh().await.unwrap();
+    assert!(lake.tables().contains(&licences));
 }
 
 #[tokio::test]
@@ -625,4 +686,55 @@ async fn policies_that_cannot_be_enforced_yet_are_refused_at_start() {
         err.contains("`mask-rep-id`") && err.contains("refuses"),
         "{err}"
     );
+}
+
+async fn key(lake: &catalog::Lake, schema: &str, table: &str) -> Option<String> {
+    let t = catalog::TableRef::new(schema, table);
+    lake.snapshot(&t).await.unwrap().unwrap().subject_key
+}
+
+#[tokio::test]
+async fn the_catalog_reads_subject_keys_and_overrides() {
+    let config = lake_config::Config::load(&shared_demo().join("lakegate.toml")).unwrap();
+    let lake = catalog::Lake::open(&config.lake).await.unwrap();
+    assert_eq!(
+        lake.schema_names(),
+        ["health", "market", "social_security", "utilities"]
+    );
+    assert_eq!(
+        key(&lake, "health", "visits").await.as_deref(),
+        Some("patient_id")
+    );
+    assert_eq!(
+        key(&lake, "market", "enterprises").await.as_deref(),
+        Some("credit_code")
+    );
+
+    let mut lake_config = config.lake.clone();
+    lake_config.tables.insert(
+        "market.enterprises".into(),
+        lake_config::TableOverride {
+            subject_key: Some("legal_rep_id".into()),
+        },
+    );
+    let lake = catalog::Lake::open(&lake_config).await.unwrap();
+    assert_eq!(
+        key(&lake, "market", "enterprises").await.as_deref(),
+        Some("legal_rep_id")
+    );
+
+    // An override naming a column the table does not have is an error, not a silent default.
+    lake_config.tables.insert(
+        "market.penalties".into(),
+        lake_config::TableOverride {
+            subject_key: Some("nope".into()),
+        },
+    );
+    let lake = catalog::Lake::open(&lake_config).await.unwrap();
+    let err = lake
+        .snapshot(&catalog::TableRef::new("market", "penalties"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("subject key `nope`"), "{err}");
 }

@@ -1,0 +1,88 @@
+//! The `lakegate` binary as an operator runs it.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn lakegate(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+        .args(args)
+        .env("LAKEGATE_LOG", "warn")
+        .output()
+        .expect("lakegate runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn demo_build_then_policy_check_and_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (ok, out, err) = lakegate(&["demo", "--dir", d, "--rows", "1000", "--build-only"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("wrote market.enterprises (200 rows)"), "{out}");
+    let config = dir.path().join("lakegate.toml");
+    assert!(config.exists());
+
+    // A second run reuses the lake.
+    let (ok, out, _) = lakegate(&["demo", "--dir", d, "--build-only"]);
+    assert!(ok && out.contains("reusing the demo lake"), "{out}");
+
+    let c = config.to_str().unwrap();
+    let (ok, out, err) = lakegate(&["policy", "check", "--config", c]);
+    assert!(ok, "{out}{err}");
+    assert!(out.starts_with("ok: 1 policies validate"), "{out}");
+
+    let (ok, out, err) = lakegate(&["policy", "schema", "--config", c]);
+    assert!(ok, "{err}");
+    assert!(out.contains("namespace Lake::Rows::market {"), "{out}");
+    assert!(out.contains("entity enterprises = {"), "{out}");
+    assert!(out.contains("entity Scenario {"), "{out}");
+
+    // A policy that does not validate is reported with file, line and id, and fails the check.
+    let policies = dir.path().join("policies/policies.cedar");
+    let mut text = std::fs::read_to_string(&policies).unwrap();
+    text.push_str("\n@id(\"typo\")\npermit (principal, action == Lake::Action::\"query\", resource)\nwhen { resource.departmnt == Lake::Department::\"market\" };\n");
+    std::fs::write(&policies, &text).unwrap();
+    let (ok, out, err) = lakegate(&["policy", "check", "--config", c]);
+    assert!(!ok, "{out}");
+    let line = text.lines().position(|l| l.contains("departmnt")).unwrap() + 1;
+    assert!(
+        err.contains(&format!("policies.cedar:{line}:")) && err.contains("policy `typo`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hash_password_makes_an_argon2id_phc_string() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let hash = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    assert!(hash.starts_with("$argon2id$v=19$"), "{hash}");
+}
+
+#[test]
+fn a_bad_configuration_names_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lakegate.toml");
+    std::fs::write(
+        &config,
+        "[lake]\nroot = \"ftp://x\"\n[policy]\ndir = \"p\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = lakegate(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("lakegate.toml") && err.contains("key `lake.root`"),
+        "{err}"
+    );
+}
