@@ -78,7 +78,7 @@ export LAKEGATE_TEST_S3_SECRET=$(printf '%s\n' "$KEY_OUT" | awk -F': *' '/Secret
 export LAKEGATE_REQUIRE_S3=1
 
 step "Rust tests"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 step "Python ADBC tests"
 LAKEGATE_BIN="$ROOT/target/debug/lakegate" .venv/bin/python -m pytest -q tests/python

@@ -20,6 +20,9 @@ use arrow::datatypes::{DataType, Field, Schema};
 use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
 use crate::auth::hash_password;
 
 /// A demo user: name, password, the scenario it works under, and what it is.
@@ -659,8 +662,11 @@ namespace Lake {
 }
 "#;
 
-const POLICIES: &str = r#"// Scenario scope: a user may query a table only under a scenario that approves it, that is
-// operated by the user's organisation, and that has not expired.
+const POLICIES: &str = r#"// Demo policies. Deny by default: a table, column or row no policy permits does not exist.
+
+// ---- Scenario scope ------------------------------------------------------------------------
+// A user may query a table only under a scenario that approves it, that is operated by the
+// user's organisation, and that has not expired.
 @id("scenario-scope")
 permit (principal, action == Lake::Action::"query", resource)
 when {
@@ -668,6 +674,89 @@ when {
   principal in context.scenario.operator &&
   context.now < context.scenario.expires
 };
+
+// ---- Rows ----------------------------------------------------------------------------------
+// Operators see every row of the tables their scenario approves ...
+@id("rows-operators")
+permit (principal, action == Lake::Action::"read_row", resource)
+unless { principal in Lake::Role::"district_officer" };
+
+// ... a district officer only the rows of their own district.
+@id("rows-own-district")
+permit (principal in Lake::Role::"district_officer", action == Lake::Action::"read_row", resource)
+when { resource has district && resource.district == principal.district };
+
+// ---- Bank credit: enterprises, penalties, contributions ------------------------------------
+@id("bank-columns")
+permit (principal in Lake::Role::"credit_analyst", action == Lake::Action::"read_column", resource)
+when {
+  (resource in Lake::Table::"market.enterprises" || resource in Lake::Table::"market.penalties"
+   || resource in Lake::Table::"social_security.contributions")
+  && !["legal_rep_id", "person_id", "person_name", "base_salary"].contains(resource.name)
+};
+
+@id("bank-identities-hashed")
+@mask("hash")
+permit (principal in Lake::Role::"credit_analyst", action == Lake::Action::"read_masked", resource)
+when { ["legal_rep_id", "person_id"].contains(resource.name) };
+
+@id("bank-salary-rounded")
+@mask("round:1000")
+permit (principal in Lake::Role::"credit_analyst", action == Lake::Action::"read_masked",
+        resource == Lake::Column::"social_security.contributions.base_salary");
+
+// ---- Insurance underwriting: medical visits, contributions ---------------------------------
+// Medical visits are to become aggregate-only (k = 10) when the aggregate checker lands; until
+// then the underwriter sees them de-identified: no names, hashed ids, years, rounded costs.
+@id("insurer-columns")
+permit (principal in Lake::Role::"underwriter", action == Lake::Action::"read_column", resource)
+when {
+  (resource in Lake::Table::"health.visits" || resource in Lake::Table::"social_security.contributions")
+  && ["visit_id", "district", "hospital", "diagnosis", "record_id", "month", "status"].contains(resource.name)
+};
+
+@id("insurer-identities-hashed")
+@mask("hash")
+permit (principal in Lake::Role::"underwriter", action == Lake::Action::"read_masked", resource)
+when { ["patient_id", "person_id"].contains(resource.name) };
+
+@id("insurer-visit-year")
+@mask("year")
+permit (principal in Lake::Role::"underwriter", action == Lake::Action::"read_masked",
+        resource == Lake::Column::"health.visits.visit_date");
+
+@id("insurer-amounts-rounded")
+@mask("round:100")
+permit (principal in Lake::Role::"underwriter", action == Lake::Action::"read_masked", resource)
+when { ["cost", "base_salary", "amount"].contains(resource.name) };
+
+// ---- District services: the officer's own district, names shown, ids partly ----------------
+@id("officer-columns")
+permit (principal in Lake::Role::"district_officer", action == Lake::Action::"read_column", resource)
+when { !["patient_id", "person_id"].contains(resource.name) };
+
+@id("officer-identities-partial")
+@mask("show_first:6")
+permit (principal in Lake::Role::"district_officer", action == Lake::Action::"read_masked", resource)
+when { ["patient_id", "person_id"].contains(resource.name) };
+
+// ---- Supervision: every column, identities hashed, names shortened -------------------------
+@id("regulator-columns")
+permit (principal in Lake::Role::"regulator", action == Lake::Action::"read_column", resource)
+unless {
+  ["patient_id", "person_id", "legal_rep_id", "patient_name", "person_name", "legal_rep_name"]
+    .contains(resource.name)
+};
+
+@id("regulator-identities-hashed")
+@mask("hash")
+permit (principal in Lake::Role::"regulator", action == Lake::Action::"read_masked", resource)
+when { ["patient_id", "person_id", "legal_rep_id"].contains(resource.name) };
+
+@id("regulator-names-initial")
+@mask("show_first:1")
+permit (principal in Lake::Role::"regulator", action == Lake::Action::"read_masked", resource)
+when { ["patient_name", "person_name", "legal_rep_name"].contains(resource.name) };
 "#;
 
 fn entities() -> serde_json::Value {
@@ -778,11 +867,13 @@ fn write_policies(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn write_config(path: &Path) -> anyhow::Result<()> {
-    let mut s = String::from(
+    // The demo's own secret for keyed masks; a deployment sets LAKEGATE_MASK_KEY instead.
+    let mask_key = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let mut s = format!(
         "# Written by `lakegate demo`. Paths are relative to this file.\n\n\
          [server]\nlisten = \"127.0.0.1:50051\"\n\n\
          [lake]\nroot = \"lake\"\n\n\
-         [policy]\ndir = \"policies\"\n\n\
+         [policy]\ndir = \"policies\"\nmask_key = \"{mask_key}\"\n\n\
          [audit]\ndir = \"audit\"\n",
     );
     for u in USERS {

@@ -7,7 +7,9 @@
 //! Flight or tonic.
 
 mod error;
+mod masks;
 mod query;
+mod row_filter;
 mod secure_scan;
 mod session_gate;
 mod statement;
@@ -54,6 +56,7 @@ pub struct Gateway {
     lake: Arc<Lake>,
     policies: RwLock<Arc<PolicySet>>,
     policy_dir: PathBuf,
+    mask_key: Option<Arc<[u8]>>,
     runtime: Arc<RuntimeEnv>,
 }
 
@@ -72,7 +75,6 @@ impl Gateway {
         let lake = Arc::new(Lake::open(&config.lake).await?);
         let description = describe_lake(&lake).await?;
         let policies = PolicySet::load(&config.policy.dir, &description)?;
-        refuse_unenforced(&policies, &config.policy.dir)?;
         tracing::info!(
             tables = description.tables.len(),
             policies = policies.policy_count(),
@@ -83,6 +85,11 @@ impl Gateway {
             lake,
             policies: RwLock::new(Arc::new(policies)),
             policy_dir: config.policy.dir.clone(),
+            mask_key: config
+                .policy
+                .mask_key
+                .as_ref()
+                .map(|k| Arc::from(k.as_bytes())),
             runtime: Arc::new(RuntimeEnv::default()),
         })
     }
@@ -126,7 +133,13 @@ impl Gateway {
         };
         self.check_scenario(scenario)?;
         self.lake.refresh().await?;
-        let gate = SessionGate::new(self.policies(), &who.user, scenario, SystemTime::now());
+        let gate = SessionGate::new(
+            self.policies(),
+            &who.user,
+            scenario,
+            SystemTime::now(),
+            self.mask_key.clone(),
+        );
         let mut out = Vec::new();
         for t in self.lake.tables() {
             if let Some(table) = gate.secure_table(&self.lake, &t).await? {
@@ -162,6 +175,7 @@ impl Gateway {
             user,
             scenario,
             SystemTime::now(),
+            self.mask_key.clone(),
         ));
         state.catalog_list().register_catalog(
             LAKE_CATALOG.to_string(),
@@ -169,24 +183,6 @@ impl Gateway {
         );
         state
     }
-}
-
-/// Fails closed: a policy set with column, row or aggregate rules this build cannot enforce is not
-/// served, rather than served raw.
-fn refuse_unenforced(policies: &PolicySet, dir: &std::path::Path) -> Result<(), GatewayError> {
-    let ids = policies.unenforced_policies();
-    if ids.is_empty() {
-        return Ok(());
-    }
-    Err(GatewayError::Policy(policy::PolicyError::Invalid {
-        location: dir.display().to_string(),
-        message: format!(
-            "policies {} use read_column, read_masked, aggregate or read_row, or forbid every action; \
-             this lakegate build enforces scenario scope (`query`) only and refuses to serve them rather than \
-             serve raw data: remove them until column and row enforcement lands",
-            ids.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
-        ),
-    }))
 }
 
 /// What the policy layer needs to know of the lake: tables, subject keys, column types.

@@ -1,72 +1,119 @@
-//! The secure scan: the only way a query reads a table of the lake.
+//! The secure scan: the only way a query reads a table of the lake, and the one place where a
+//! grant becomes part of the plan.
 //!
 //! ```text
-//! before (what DataFusion would plan):      after (what the gateway registers):
-//!   TableScan: lake.health.visits             TableScan: lake.health.visits   <- SecureTable
-//!                                               SecureScanExec                 <- unknown statistics
-//!                                                 DeltaScan ...                <- the raw Delta scan
+//! before (what DataFusion would plan):   after (what the gateway registers):
+//!   TableScan: lake.hr.employees           TableScan: lake.hr.employees    <- SecureTable
+//!                                            SecureScanExec                 <- rows, masks, columns
+//!                                              DeltaScan (raw columns)      <- no user filter, no limit
 //! ```
 //!
-//! The table's schema is the grant's: hidden columns are absent. Statistics are unknown, so no
-//! aggregate is answered from raw file statistics. Filters reach the Delta scan only when the
-//! grant serves every column raw and every row; the masks and row predicates that make the scan a
-//! barrier come with the enforcement core and refuse to be served until then (fail closed).
+//! `SecureScanExec` evaluates the grant's row predicate on raw values, then replaces masked
+//! columns by their masked values and drops hidden ones — before any user expression runs, so
+//! filters, joins, sorts and groups see only what the grant serves. User filters reach the Delta
+//! scan only when the grant serves every column raw and every row. Statistics are unknown, so no
+//! aggregate is answered from raw file statistics. Aggregate-only columns are refused (fail
+//! closed) until the aggregate checker lands.
 
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::DFSchema;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
+use futures::StreamExt;
 
 use catalog::TableSnapshot;
-use policy::{ColumnTreatment, Grant, RowPredicate};
+use policy::{ColumnTreatment, Grant, Mask, RowPredicate};
+
+use crate::{masks, row_filter};
+
+/// One served column: where it comes from in the raw table and how it is treated.
+#[derive(Debug, Clone)]
+struct ServedColumn {
+    raw_index: usize,
+    mask: Option<Mask>,
+}
 
 /// A table of the lake as one session may read it.
 #[derive(Debug)]
 pub struct SecureTable {
     snapshot: TableSnapshot,
     grant: Grant,
-    /// Indices into the raw schema of the columns served, in table order.
-    served: Vec<usize>,
+    served: Vec<ServedColumn>,
     schema: SchemaRef,
+    mask_key: Option<Arc<[u8]>>,
 }
 
 impl SecureTable {
-    /// The secure view of `snapshot` under `grant`. Refuses treatments it cannot yet enforce.
-    pub fn try_new(snapshot: TableSnapshot, grant: Grant) -> Result<Self> {
+    /// The secure view of `snapshot` under `grant`. Refuses what it cannot enforce.
+    pub fn try_new(
+        snapshot: TableSnapshot,
+        grant: Grant,
+        mask_key: Option<Arc<[u8]>>,
+    ) -> Result<Self> {
         if !grant.allowed {
             return Err(DataFusionError::Internal(
                 "a secure table was built for a denied grant".into(),
             ));
         }
-        if grant.rows != RowPredicate::All {
-            return Err(not_enforced(&snapshot, "row predicates"));
-        }
         let mut served = Vec::new();
+        let mut fields = Vec::new();
         for (i, field) in snapshot.schema.fields().iter().enumerate() {
             match grant.column(field.name()) {
-                ColumnTreatment::Raw => served.push(i),
-                ColumnTreatment::Hidden => {}
-                ColumnTreatment::Masked(_) => return Err(not_enforced(&snapshot, "column masks")),
-                ColumnTreatment::AggregateOnly { .. } => {
-                    return Err(not_enforced(&snapshot, "aggregate-only columns"))
+                ColumnTreatment::Raw => {
+                    served.push(ServedColumn {
+                        raw_index: i,
+                        mask: None,
+                    });
+                    fields.push(field.as_ref().clone());
                 }
+                ColumnTreatment::Masked(mask) => {
+                    let t = masks::served_type(mask, field.data_type()).map_err(|e| {
+                        DataFusionError::Plan(format!(
+                            "column {}.{}: {}",
+                            snapshot.table,
+                            field.name(),
+                            e.strip_backtrace()
+                        ))
+                    })?;
+                    served.push(ServedColumn {
+                        raw_index: i,
+                        mask: Some(mask.clone()),
+                    });
+                    fields.push(Field::new(field.name(), t, true));
+                }
+                ColumnTreatment::AggregateOnly { .. } => {
+                    return Err(DataFusionError::Plan(format!(
+                        "table {} has aggregate-only columns, which this lakegate build cannot enforce yet; \
+                         the query is refused",
+                        snapshot.table
+                    )))
+                }
+                ColumnTreatment::Hidden => {}
             }
         }
-        let schema = Arc::new(snapshot.schema.project(&served)?);
         Ok(Self {
+            schema: Arc::new(Schema::new(fields)),
             snapshot,
             grant,
             served,
-            schema,
+            mask_key,
         })
     }
 
@@ -82,15 +129,9 @@ impl SecureTable {
 
     fn serves_everything_raw(&self) -> bool {
         self.served.len() == self.snapshot.schema.fields().len()
+            && self.served.iter().all(|c| c.mask.is_none())
             && self.grant.rows == RowPredicate::All
     }
-}
-
-fn not_enforced(snapshot: &TableSnapshot, what: &str) -> DataFusionError {
-    DataFusionError::Plan(format!(
-        "table {} is granted with {what}, which this lakegate build cannot enforce yet; the query is refused",
-        snapshot.table
-    ))
 }
 
 #[async_trait]
@@ -111,6 +152,7 @@ impl TableProvider for SecureTable {
             // Nothing is hidden, so the raw scan may prune with the user's filters.
             self.snapshot.provider.supports_filters_pushdown(filters)
         } else {
+            // Everything stays above the barrier.
             Ok(vec![
                 TableProviderFilterPushDown::Unsupported;
                 filters.len()
@@ -125,66 +167,171 @@ impl TableProvider for SecureTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        // Map the projection on the served schema to the raw schema.
-        let raw_projection: Vec<usize> = match projection {
-            Some(p) => p.iter().map(|&i| self.served[i]).collect(),
-            None => self.served.clone(),
+        let wanted: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.served.len()).collect(),
         };
-        let filters = if self.serves_everything_raw() {
-            filters
-        } else {
-            &[]
+        let output_schema = Arc::new(self.schema.project(&wanted)?);
+        let predicate = match &self.grant.rows {
+            RowPredicate::None => return Ok(Arc::new(EmptyExec::new(output_schema))),
+            RowPredicate::All => None,
+            RowPredicate::Where(p) => Some(p),
         };
+
+        // Raw columns to read: the wanted ones, then those the row predicate needs.
+        let mut raw: Vec<usize> = wanted.iter().map(|&i| self.served[i].raw_index).collect();
+        raw.sort_unstable();
+        raw.dedup();
+        if let Some(p) = predicate {
+            for c in p.columns() {
+                let i = self.snapshot.schema.index_of(&c)?;
+                if !raw.contains(&i) {
+                    raw.push(i);
+                }
+            }
+        }
+        let everything_raw = self.serves_everything_raw();
         let inner = self
             .snapshot
             .provider
-            .scan(state, Some(&raw_projection), filters, limit)
+            .scan(
+                state,
+                Some(&raw),
+                if everything_raw { filters } else { &[] },
+                if predicate.is_none() { limit } else { None },
+            )
             .await?;
-        let schema = match projection {
-            Some(p) => Arc::new(self.schema.project(p)?),
-            None => self.schema.clone(),
+        let inner_schema = inner.schema();
+
+        let predicate = match predicate {
+            None => None,
+            Some(p) => {
+                let expr = row_filter::to_expr(p)?;
+                let df_schema = DFSchema::try_from(inner_schema.as_ref().clone())?;
+                Some(state.create_physical_expr(expr, &df_schema)?)
+            }
         };
-        Ok(Arc::new(SecureScanExec::try_new(
+        let outputs = wanted
+            .iter()
+            .map(|&i| {
+                let c = &self.served[i];
+                let name = self.snapshot.schema.field(c.raw_index).name();
+                Ok((inner_schema.index_of(name)?, c.mask.clone()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(SecureScanExec::new(
             self.snapshot.table.to_string(),
-            schema,
+            output_schema,
             inner,
-        )?))
+            predicate,
+            outputs,
+            self.mask_key.clone(),
+        )))
     }
 }
 
-/// The physical side of the secure scan. It reports unknown statistics, whatever the raw scan
-/// knows, so that no answer is computed from file statistics.
-#[derive(Debug)]
+/// The physical barrier: row predicate on raw values, then masks, then the served columns.
 pub struct SecureScanExec {
     table: String,
     schema: SchemaRef,
     input: Arc<dyn ExecutionPlan>,
+    predicate: Option<Arc<dyn PhysicalExpr>>,
+    /// Per output column: its index in the input and its mask.
+    outputs: Vec<(usize, Option<Mask>)>,
+    mask_key: Option<Arc<[u8]>>,
     properties: Arc<PlanProperties>,
 }
 
+impl fmt::Debug for SecureScanExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the mask key.
+        f.debug_struct("SecureScanExec")
+            .field("table", &self.table)
+            .field("predicate", &self.predicate)
+            .field("outputs", &self.outputs)
+            .finish()
+    }
+}
+
 impl SecureScanExec {
-    fn try_new(table: String, schema: SchemaRef, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
-        let input_schema: &Schema = &input.schema();
-        if input_schema.fields().len() != schema.fields().len() {
-            return Err(DataFusionError::Internal(format!(
-                "secure scan of {table}: the raw scan yields {} columns, {} expected",
-                input_schema.fields().len(),
-                schema.fields().len()
-            )));
-        }
-        let properties = input.properties().clone();
-        Ok(Self {
+    fn new(
+        table: String,
+        schema: SchemaRef,
+        input: Arc<dyn ExecutionPlan>,
+        predicate: Option<Arc<dyn PhysicalExpr>>,
+        outputs: Vec<(usize, Option<Mask>)>,
+        mask_key: Option<Arc<[u8]>>,
+    ) -> Self {
+        // Fresh properties: nothing the raw scan knows (orderings, constants, partitioning
+        // expressions) is claimed for the served columns.
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
             table,
             schema,
             input,
+            predicate,
+            outputs,
+            mask_key,
             properties,
-        })
+        }
+    }
+
+    fn secure(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let batch = match &self.predicate {
+            None => batch,
+            Some(p) => {
+                let keep = p.evaluate(&batch)?.into_array(batch.num_rows())?;
+                let keep = keep
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::BooleanArray>()
+                    .ok_or_else(|| {
+                        DataFusionError::Internal("the row predicate is not boolean".into())
+                    })?;
+                // NULL counts as false.
+                filter_record_batch(&batch, keep)?
+            }
+        };
+        let columns = self
+            .outputs
+            .iter()
+            .map(|(i, mask)| {
+                let raw = batch.column(*i);
+                match mask {
+                    None => Ok(raw.clone()),
+                    Some(m) => masks::apply(m, raw, self.mask_key.as_deref()),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(batch.num_rows())),
+        )?)
     }
 }
 
 impl DisplayAs for SecureScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "SecureScanExec: table={}", self.table)
+        write!(f, "SecureScanExec: table={}", self.table)?;
+        if let Some(p) = &self.predicate {
+            write!(f, ", rows={p}")?;
+        }
+        let masked: Vec<String> = self
+            .outputs
+            .iter()
+            .zip(self.schema.fields())
+            .filter_map(|((_, m), field)| m.as_ref().map(|m| format!("{}={m}", field.name())))
+            .collect();
+        if !masked.is_empty() {
+            write!(f, ", masks=[{}]", masked.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -198,7 +345,7 @@ impl ExecutionPlan for SecureScanExec {
     }
 
     fn schema(&self) -> SchemaRef {
-        self.input.schema()
+        self.schema.clone()
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -207,9 +354,12 @@ impl ExecutionPlan for SecureScanExec {
 
     fn apply_expressions(
         &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
+        match &self.predicate {
+            Some(p) => f(p),
+            None => Ok(TreeNodeRecursion::Continue),
+        }
     }
 
     fn with_new_children(
@@ -221,11 +371,14 @@ impl ExecutionPlan for SecureScanExec {
                 "SecureScanExec takes exactly one input".into(),
             ));
         }
-        Ok(Arc::new(SecureScanExec::try_new(
+        Ok(Arc::new(SecureScanExec::new(
             self.table.clone(),
             self.schema.clone(),
             children.pop().expect("one child"),
-        )?))
+            self.predicate.clone(),
+            self.outputs.clone(),
+            self.mask_key.clone(),
+        )))
     }
 
     fn execute(
@@ -233,6 +386,19 @@ impl ExecutionPlan for SecureScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        self.input.execute(partition, context)
+        let input = self.input.execute(partition, context)?;
+        let this = SecureScanExec::new(
+            self.table.clone(),
+            self.schema.clone(),
+            self.input.clone(),
+            self.predicate.clone(),
+            self.outputs.clone(),
+            self.mask_key.clone(),
+        );
+        let stream = input.map(move |batch| batch.and_then(|b| this.secure(b)));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
     }
 }

@@ -19,6 +19,7 @@ pub(crate) struct SessionGate {
     user: String,
     scenario: String,
     now: SystemTime,
+    mask_key: Option<Arc<[u8]>>,
     grants: Mutex<HashMap<TableRef, Grant>>,
 }
 
@@ -28,12 +29,14 @@ impl SessionGate {
         user: &str,
         scenario: &str,
         now: SystemTime,
+        mask_key: Option<Arc<[u8]>>,
     ) -> Self {
         Self {
             policies,
             user: user.to_string(),
             scenario: scenario.to_string(),
             now,
+            mask_key,
             grants: Mutex::new(HashMap::new()),
         }
     }
@@ -65,7 +68,7 @@ impl SessionGate {
             return Ok(None);
         };
         let grant = self.grant(t)?;
-        SecureTable::try_new(snapshot, grant)
+        SecureTable::try_new(snapshot, grant, self.mask_key.clone())
             .map(Some)
             .map_err(GatewayError::Sql)
     }
@@ -90,6 +93,10 @@ impl TableGate for SessionGate {
         if !grant.allowed {
             return Ok(None);
         }
-        Ok(Some(Arc::new(SecureTable::try_new(snapshot, grant)?)))
+        Ok(Some(Arc::new(SecureTable::try_new(
+            snapshot,
+            grant,
+            self.mask_key.clone(),
+        )?)))
     }
 }

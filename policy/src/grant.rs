@@ -2,13 +2,15 @@
 
 use std::collections::BTreeMap;
 
+use crate::{Mask, Predicate};
+
 /// How one column is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ColumnTreatment {
     /// Raw values (`read_column` permitted).
     Raw,
-    /// The named mask is applied inside the scan (`read_masked`, `@mask("...")`).
-    Masked(String),
+    /// The mask is applied inside the scan (`read_masked`, `@mask("...")`).
+    Masked(Mask),
     /// Only as the bare argument of an allowed aggregate or a bare group key, in groups of at least
     /// `min_group` distinct subjects (`aggregate`, `@min_group("k")`).
     AggregateOnly {
@@ -26,6 +28,8 @@ pub enum RowPredicate {
     All,
     /// No row.
     None,
+    /// The rows where the predicate holds (on raw values; NULL counts as false).
+    Where(Predicate),
 }
 
 /// The decision for one (user, scenario, table).

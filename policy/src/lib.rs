@@ -12,6 +12,8 @@
 mod error;
 mod grant;
 mod lake_schema;
+mod mask;
+pub mod predicate;
 mod store;
 
 pub use error::PolicyError;
@@ -19,4 +21,6 @@ pub use grant::{ColumnTreatment, Grant, RowPredicate};
 pub use lake_schema::{
     generate_schema, CedarType, ColumnDescription, LakeDescription, TableDescription,
 };
-pub use store::{PolicySet, ScenarioInfo};
+pub use mask::Mask;
+pub use predicate::Predicate;
+pub use store::{PolicySet, ScenarioInfo, DEFAULT_MIN_GROUP};

@@ -144,3 +144,26 @@ pub fn pretty(batches: &[RecordBatch]) -> String {
 pub fn rows(batches: &[RecordBatch]) -> usize {
     batches.iter().map(|b| b.num_rows()).sum()
 }
+
+/// Runs `sql` straight on the shared demo's Delta tables with DataFusion, no gateway: the raw
+/// truth tests compare against. Tables are named as in lakegate (`market.enterprises`).
+pub async fn raw_query(sql: &str) -> Vec<RecordBatch> {
+    let ctx = datafusion::prelude::SessionContext::new();
+    let lake = shared_demo().join("lake");
+    let mut sql = sql.to_string();
+    for (schema, table) in [
+        ("health", "visits"),
+        ("market", "enterprises"),
+        ("market", "penalties"),
+        ("social_security", "contributions"),
+        ("utilities", "building_energy"),
+    ] {
+        let url = url::Url::from_directory_path(lake.join(schema).join(table)).unwrap();
+        let t = deltalake::open_table(url).await.unwrap();
+        let provider = t.table_provider().await.unwrap();
+        let name = format!("{schema}_{table}");
+        ctx.register_table(name.as_str(), provider).unwrap();
+        sql = sql.replace(&format!("{schema}.{table}"), &name);
+    }
+    ctx.sql(&sql).await.unwrap().collect().await.unwrap()
+}

@@ -22,7 +22,7 @@ use flight_server::session_options::{
     GetSessionOptionsResult, OptionValue, SessionOptionValue, SetSessionOptionsRequest,
     SetSessionOptionsResult, GET_SESSION_OPTIONS, SET_SESSION_OPTIONS,
 };
-use lakegate_tests::{fetch, pretty, query, rows, shared_demo, TestServer};
+use lakegate_tests::{fetch, pretty, query, raw_query, rows, shared_demo, TestServer};
 
 type Client = FlightSqlServiceClient<Channel>;
 
@@ -65,27 +65,9 @@ async fn as_user(server: &TestServer, user: &str, scenario: &str) -> Client {
     c
 }
 
-/// The same SQL run straight on the Delta tables with DataFusion, no gateway: the reference.
+/// The same SQL run straight on the Delta tables, no gateway.
 async fn reference(sql: &str) -> String {
-    let ctx = SessionContext::new();
-    let lake = shared_demo().join("lake");
-    for (schema, table) in [
-        ("market", "enterprises"),
-        ("market", "penalties"),
-        ("social_security", "contributions"),
-        ("health", "visits"),
-    ] {
-        let url = url::Url::from_directory_path(lake.join(schema).join(table)).unwrap();
-        let t = deltalake::open_table(url).await.unwrap();
-        let provider = t.table_provider().await.unwrap();
-        ctx.register_table(format!("{schema}_{table}"), provider)
-            .unwrap();
-    }
-    let sql = sql
-        .replace("market.", "market_")
-        .replace("social_security.", "social_security_");
-    let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
-    pretty(&batches)
+    pretty(&raw_query(sql).await)
 }
 
 fn first_i64(batches: &[RecordBatch]) -> i64 {
@@ -657,35 +639,6 @@ async fn a_new_commit_is_seen_by_the_next_query() {
     assert_eq!(snapshot.subject_key.as_deref(), Some("licence_id"));
     lake.refresh().await.unwrap();
     assert!(lake.tables().contains(&licences));
-}
-
-#[tokio::test]
-async fn policies_that_cannot_be_enforced_yet_are_refused_at_start() {
-    // The demo lake with one more policy: a mask this build does not apply.
-    let demo = shared_demo();
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    for f in ["schema.cedarschema", "entities.json", "policies.cedar"] {
-        std::fs::copy(demo.join("policies").join(f), policies.join(f)).unwrap();
-    }
-    let mut text = std::fs::read_to_string(policies.join("policies.cedar")).unwrap();
-    text.push_str(
-        "\n@id(\"mask-rep-id\")\n@mask(\"hash\")\npermit (principal, action == Lake::Action::\"read_masked\", \
-         resource == Lake::Column::\"market.enterprises.legal_rep_id\");\n",
-    );
-    std::fs::write(policies.join("policies.cedar"), text).unwrap();
-    let mut config = lake_config::Config::load(&demo.join("lakegate.toml")).unwrap();
-    config.policy.dir = policies;
-    let err = match flight_server::Server::bind(&config, Some("127.0.0.1:0".parse().unwrap())).await
-    {
-        Ok(_) => panic!("a set with a mask was served"),
-        Err(e) => e.to_string(),
-    };
-    assert!(
-        err.contains("`mask-rep-id`") && err.contains("refuses"),
-        "{err}"
-    );
 }
 
 async fn key(lake: &catalog::Lake, schema: &str, table: &str) -> Option<String> {

@@ -62,7 +62,11 @@ const SCHEMA: &str = r#"namespace Lake {
 const POLICIES: &str = r#"@id("scenario-scope")
 permit (principal, action == Lake::Action::"query", resource)
 when { resource in context.scenario.tables && principal in context.scenario.operator
-       && context.now < context.scenario.expires };"#;
+       && context.now < context.scenario.expires };
+@id("all-columns")
+permit (principal, action == Lake::Action::"read_column", resource);
+@id("all-rows")
+permit (principal, action == Lake::Action::"read_row", resource);"#;
 
 const ENTITIES: &str = r#"[
   {"uid": {"type": "Lake::Org", "id": "ops"}, "attrs": {}, "parents": []},

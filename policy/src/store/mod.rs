@@ -6,15 +6,20 @@ use std::str::FromStr;
 use std::time::SystemTime;
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityUid, PolicyId, Request,
-    RestrictedExpression, Schema, SchemaFragment, ValidationMode, Validator,
+    pst, Authorizer, Context, Decision, Entities, Entity, EntityTypeName, EntityUid,
+    PartialEntities, PartialEntityUid, PartialRequest, PolicyId, Request, RestrictedExpression,
+    Schema, SchemaFragment, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
 use crate::grant::{ColumnTreatment, Grant, RowPredicate};
-use crate::lake_schema::{generate_schema, quote, LakeDescription, TableDescription};
-use crate::PolicyError;
+use crate::lake_schema::{generate_schema, quote, row_type, LakeDescription, TableDescription};
+use crate::predicate::{self, Predicate};
+use crate::{Mask, PolicyError};
+
+/// The minimum group size of an `aggregate` permit without `@min_group`.
+pub const DEFAULT_MIN_GROUP: u64 = 10;
 
 /// The file of the policy folder that holds entities.
 pub const ENTITIES_FILE: &str = "entities.json";
@@ -26,6 +31,12 @@ pub struct PolicySet {
     schema_text: String,
     policies: cedar_policy::PolicySet,
     entities: Entities,
+    /// The same entities for partial evaluation.
+    partial_entities: PartialEntities,
+    /// `@mask` of each policy that has one, parsed at load.
+    masks: HashMap<String, Mask>,
+    /// `@min_group` of each policy that has one, parsed at load.
+    min_groups: HashMap<String, u64>,
     hash: String,
     authorizer: Authorizer,
     tables: BTreeMap<String, TableDescription>,
@@ -163,6 +174,8 @@ impl PolicySet {
         // Policies: ids are the @id annotations, else file#n.
         let mut policies = cedar_policy::PolicySet::new();
         let mut origin: HashMap<PolicyId, usize> = HashMap::new();
+        let mut masks = HashMap::new();
+        let mut min_groups = HashMap::new();
         let mut sources = Vec::new();
         for path in files_with_ext(dir, "cedar")? {
             let src = Source::read(path)?;
@@ -196,6 +209,24 @@ impl PolicySet {
                             "policy id `{id}` is used twice: give each policy its own @id"
                         ),
                     });
+                }
+                if let Some(m) = p.annotation("mask") {
+                    let mask = m.parse::<Mask>().map_err(|e| PolicyError::Invalid {
+                        location: src.locate(None),
+                        message: format!("policy `{id}`: @mask(\"{m}\"): {e}"),
+                    })?;
+                    masks.insert(id.clone(), mask);
+                }
+                if let Some(k) = p.annotation("min_group") {
+                    let k = k.parse::<u64>().ok().filter(|k| *k > 0).ok_or_else(|| {
+                        PolicyError::Invalid {
+                            location: src.locate(None),
+                            message: format!(
+                                "policy `{id}`: @min_group(\"{k}\") must be a positive whole number, e.g. @min_group(\"10\")"
+                            ),
+                        }
+                    })?;
+                    min_groups.insert(id.clone(), k);
                 }
                 policies
                     .add(p.new_id(pid.clone()))
@@ -246,12 +277,22 @@ impl PolicySet {
                 ),
             })?;
         hasher.update(schema_text.as_bytes());
+        let partial_entities =
+            PartialEntities::from_concrete(entities.clone(), &schema).map_err(|e| {
+                PolicyError::Invalid {
+                    location: entities_src.locate(None),
+                    message: describe(&e),
+                }
+            })?;
 
         Ok(PolicySet {
             schema,
             schema_text,
             policies,
             entities,
+            partial_entities,
+            masks,
+            min_groups,
             hash: hex::encode(hasher.finalize()),
             authorizer: Authorizer::new(),
             tables: lake.tables.iter().map(|t| (t.id(), t.clone())).collect(),
@@ -273,24 +314,6 @@ impl PolicySet {
         self.policies.policies().count()
     }
 
-    /// The ids of policies whose effect this build does not enforce yet: policies on
-    /// `read_column`, `read_masked`, `aggregate` or `read_row` (masks, row filters,
-    /// aggregate-only), and forbids on every action. The server refuses to serve such a set
-    /// rather than serve raw what they restrict.
-    pub fn unenforced_policies(&self) -> Vec<String> {
-        const UNENFORCED: [&str; 4] = ["read_column", "read_masked", "aggregate", "read_row"];
-        let named = |uid: &EntityUid| UNENFORCED.contains(&uid.id().unescaped());
-        self.policies
-            .policies()
-            .filter(|p| match p.action_constraint() {
-                cedar_policy::ActionConstraint::Any => p.effect() == cedar_policy::Effect::Forbid,
-                cedar_policy::ActionConstraint::Eq(uid) => named(&uid),
-                cedar_policy::ActionConstraint::In(uids) => uids.iter().any(named),
-            })
-            .map(|p| p.id().to_string())
-            .collect()
-    }
-
     /// The scenario `id`, if the entities declare it.
     pub fn scenario(&self, id: &str) -> Option<ScenarioInfo> {
         let uid = entity_uid("Lake::Scenario", id).ok()?;
@@ -305,12 +328,11 @@ impl PolicySet {
         })
     }
 
-    /// The grant for `user` reading `table` (`schema.table`) under `scenario` at `now`.
-    ///
-    /// Table scope (`query`) is decided by Cedar. Column masks, aggregate-only rules and row
-    /// predicates are not evaluated yet: every column of a permitted table is served raw and every
-    /// row is visible. The gateway therefore refuses policy sets that use them (see
-    /// [`PolicySet::unenforced_policies`]).
+    /// The grant for `user` reading `table` (`schema.table`) under `scenario` at `now`
+    /// (`policy-model.md` §5): table scope from `query`; per column `read_column` (raw), else
+    /// `read_masked` (the most restrictive `@mask` of the determining permits), else `aggregate`
+    /// (the largest `@min_group`, 10 if absent), else hidden; rows from `read_row` evaluated with
+    /// the row unknown.
     pub fn grant(
         &self,
         user: &str,
@@ -325,38 +347,189 @@ impl PolicySet {
             return Ok(Grant::denied(vec![]));
         }
         let principal = entity_uid("Lake::User", user)?;
-        let resource = entity_uid("Lake::Table", table)?;
-        let action = entity_uid("Lake::Action", "query")?;
         let context = self.context(scenario, now)?;
-        let request = Request::new(principal, action, resource, context, Some(&self.schema))
-            .map_err(|e| PolicyError::Request(describe(&e)))?;
+        let table_uid = entity_uid("Lake::Table", table)?;
+        let (allowed, mut ids) = self.decide(&principal, "query", table_uid, &context)?;
+        if !allowed {
+            return Ok(Grant::denied(ids));
+        }
+
+        let mut columns = BTreeMap::new();
+        for c in &desc.columns {
+            let uid = entity_uid("Lake::Column", &format!("{table}.{}", c.name))?;
+            let treatment = if let (true, why) =
+                self.decide(&principal, "read_column", uid.clone(), &context)?
+            {
+                ids.extend(why);
+                ColumnTreatment::Raw
+            } else if let (true, why) =
+                self.decide(&principal, "read_masked", uid.clone(), &context)?
+            {
+                let masks = why.iter().map(|id| {
+                    self.masks.get(id).cloned().ok_or_else(|| {
+                        PolicyError::Request(format!(
+                            "policy `{id}` permits read_masked without a @mask annotation"
+                        ))
+                    })
+                });
+                let masks = masks.collect::<Result<Vec<_>, _>>()?;
+                ids.extend(why);
+                ColumnTreatment::Masked(
+                    Mask::most_restrictive(masks).expect("an allow has a reason"),
+                )
+            } else if let (true, why) = self.decide(&principal, "aggregate", uid, &context)? {
+                let k = why
+                    .iter()
+                    .map(|id| {
+                        self.min_groups
+                            .get(id)
+                            .copied()
+                            .unwrap_or(DEFAULT_MIN_GROUP)
+                    })
+                    .max()
+                    .unwrap_or(DEFAULT_MIN_GROUP);
+                ids.extend(why);
+                ColumnTreatment::AggregateOnly { min_group: k }
+            } else {
+                ColumnTreatment::Hidden
+            };
+            columns.insert(c.name.clone(), treatment);
+        }
+
+        let (rows, row_ids) = self.rows(desc, &principal, &context)?;
+        ids.extend(row_ids);
+        ids.sort();
+        ids.dedup();
+        Ok(Grant {
+            allowed: true,
+            columns,
+            rows,
+            policy_ids: ids,
+        })
+    }
+
+    /// One Cedar decision: allowed or not, and the determining policy ids.
+    fn decide(
+        &self,
+        principal: &EntityUid,
+        action: &str,
+        resource: EntityUid,
+        context: &Context,
+    ) -> Result<(bool, Vec<String>), PolicyError> {
+        let request = Request::new(
+            principal.clone(),
+            entity_uid("Lake::Action", action)?,
+            resource,
+            context.clone(),
+            Some(&self.schema),
+        )
+        .map_err(|e| PolicyError::Request(describe(&e)))?;
         let response = self
             .authorizer
             .is_authorized(&request, &self.policies, &self.entities);
-        let ids: Vec<String> = response
+        for e in response.diagnostics().errors() {
+            // Cedar skips a policy that errors; the decision stands on the rest.
+            tracing::warn!(%principal, action, "policy evaluation error: {e}");
+        }
+        let ids = response
             .diagnostics()
             .reason()
             .map(|p| p.to_string())
             .collect();
-        if response.diagnostics().errors().next().is_some() {
-            // An erroring policy is skipped by Cedar; log it, the decision stands on the rest.
-            for e in response.diagnostics().errors() {
-                tracing::warn!(user, scenario, table, "policy evaluation error: {e}");
+        Ok((response.decision() == Decision::Allow, ids))
+    }
+
+    /// The row predicate: `read_row` with the row unknown. Permit residuals are OR-ed, forbid
+    /// residuals subtracted. A residual the translator does not understand fails closed: a
+    /// permit then admits no row, a forbid excludes every row.
+    fn rows(
+        &self,
+        desc: &TableDescription,
+        principal: &EntityUid,
+        context: &Context,
+    ) -> Result<(RowPredicate, Vec<String>), PolicyError> {
+        let Some(row_type) = row_type(desc) else {
+            tracing::warn!(table = %desc.id(), "table name is not a Cedar identifier: no rows");
+            return Ok((RowPredicate::None, vec![]));
+        };
+        let request_err = |e: &dyn Diagnostic| PolicyError::Request(describe(e));
+        let ty = EntityTypeName::from_str(&row_type).map_err(|e| request_err(&e))?;
+        let request = PartialRequest::new(
+            PartialEntityUid::from_concrete(principal.clone()),
+            entity_uid("Lake::Action", "read_row")?,
+            PartialEntityUid::new(ty, None),
+            Some(context.clone()),
+            &self.schema,
+        )
+        .map_err(|e| request_err(&e))?;
+        let response = self
+            .policies
+            .tpe(&request, &self.partial_entities, &self.schema)
+            .map_err(|e| request_err(&e))?;
+        let columns: Vec<String> = desc.columns.iter().map(|c| c.name.clone()).collect();
+        let mut ids = Vec::new();
+        let mut permits = Vec::new();
+        let mut forbids = Vec::new();
+        for id in response.true_permits() {
+            ids.push(id.to_string());
+            permits.push(Predicate::Const(true));
+        }
+        for id in response.true_forbids() {
+            ids.push(id.to_string());
+            forbids.push(Predicate::Const(true));
+        }
+        for id in response.error_forbids() {
+            tracing::warn!(policy = %id, table = %desc.id(), "forbid errors on read_row: no rows");
+            ids.push(id.to_string());
+            forbids.push(Predicate::Const(true));
+        }
+        let residual = |id: &PolicyId| -> Result<Predicate, predicate::Untranslatable> {
+            let policy = response
+                .get_policy(id)
+                .ok_or_else(|| predicate::Untranslatable(format!("residual {id} is missing")))?;
+            let pst = policy
+                .to_pst()
+                .map_err(|e| predicate::Untranslatable(e.to_string()))?;
+            let body = pst.body();
+            let scope_is_trivial = matches!(body.principal, pst::PrincipalConstraint::Any)
+                && !matches!(body.action, pst::ActionConstraint::In(_))
+                && match &body.resource {
+                    pst::ResourceConstraint::Any => true,
+                    pst::ResourceConstraint::Is(t) => t.to_string() == row_type,
+                    _ => false,
+                };
+            if !scope_is_trivial {
+                return Err(predicate::Untranslatable(format!(
+                    "the scope of residual {id}"
+                )));
+            }
+            predicate::translate_clauses(body.clauses(), &columns)
+        };
+        for id in response.residual_permits() {
+            ids.push(id.to_string());
+            match residual(id) {
+                Ok(p) => permits.push(p),
+                Err(e) => {
+                    tracing::warn!(policy = %id, table = %desc.id(), "{e}: the permit admits no row")
+                }
             }
         }
-        if response.decision() != Decision::Allow {
-            return Ok(Grant::denied(ids));
+        for id in response.residual_forbids() {
+            ids.push(id.to_string());
+            match residual(id) {
+                Ok(p) => forbids.push(p),
+                Err(e) => {
+                    tracing::warn!(policy = %id, table = %desc.id(), "{e}: the forbid excludes every row");
+                    forbids.push(Predicate::Const(true));
+                }
+            }
         }
-        Ok(Grant {
-            allowed: true,
-            columns: desc
-                .columns
-                .iter()
-                .map(|c| (c.name.clone(), ColumnTreatment::Raw))
-                .collect(),
-            rows: RowPredicate::All,
-            policy_ids: ids,
-        })
+        let rows = match predicate::combine(permits, forbids) {
+            Predicate::Const(true) => RowPredicate::All,
+            Predicate::Const(false) => RowPredicate::None,
+            p => RowPredicate::Where(p),
+        };
+        Ok((rows, ids))
     }
 
     fn context(&self, scenario: &str, now: SystemTime) -> Result<Context, PolicyError> {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::lake_schema::{CedarType, ColumnDescription};
+use crate::Mask;
 
 fn hr_lake() -> LakeDescription {
     let col = |name: &str, ty: CedarType| ColumnDescription {
@@ -50,6 +51,11 @@ when { resource.table == Lake::Table::"hr.employees"
 permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"read_masked",
         resource == Lake::Column::"hr.employees.id_card");
 
+@id("hr-diagnosis")
+@min_group("10")
+permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"aggregate",
+        resource == Lake::Column::"hr.employees.diagnosis");
+
 @id("hr-own-district")
 permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"read_row",
         resource is Lake::Rows::hr::employees)
@@ -86,7 +92,7 @@ fn folder(policies: &str) -> tempfile::TempDir {
 fn contract_example_validates_strictly() {
     let dir = folder(POLICIES);
     let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
-    assert_eq!(set.policy_count(), 4);
+    assert_eq!(set.policy_count(), 5);
     assert_eq!(set.hash().len(), 64);
     assert!(set.schema_text().contains("namespace Lake::Rows::hr"));
     assert_eq!(
@@ -97,23 +103,85 @@ fn contract_example_validates_strictly() {
 }
 
 #[test]
-fn policies_this_build_cannot_enforce_are_named() {
+fn grants_follow_the_contract_example() {
     let dir = folder(POLICIES);
     let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    let g = set
+        .grant("alice", "hr-stats", "hr.employees", SystemTime::now())
+        .unwrap();
+    assert!(g.allowed);
+    for c in ["id", "name", "district", "salary"] {
+        assert_eq!(g.column(c), &ColumnTreatment::Raw, "{c}");
+    }
+    assert_eq!(g.column("id_card"), &ColumnTreatment::Masked(Mask::Hash));
     assert_eq!(
-        set.unenforced_policies(),
-        vec!["hr-columns", "hr-id-card", "hr-own-district"]
+        g.column("diagnosis"),
+        &ColumnTreatment::AggregateOnly { min_group: 10 }
     );
-    let scope_only = POLICIES.split("@id(\"hr-columns\")").next().unwrap();
-    let dir = folder(scope_only);
-    let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
-    assert!(set.unenforced_policies().is_empty());
+    match &g.rows {
+        RowPredicate::Where(p) => assert_eq!(p.to_string(), "\"district\" = 'North'"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        g.policy_ids,
+        [
+            "hr-columns",
+            "hr-diagnosis",
+            "hr-id-card",
+            "hr-own-district",
+            "scenario-scope"
+        ]
+    );
+}
+
+#[test]
+fn forbid_residuals_are_subtracted_and_no_permit_means_no_rows() {
     let with_forbid = format!(
-        "{scope_only}\n@id(\"no-one\") forbid (principal, action, resource) when {{ false }};"
+        "{POLICIES}\n@id(\"no-high-salaries\")\nforbid (principal, action == Lake::Action::\"read_row\", resource is Lake::Rows::hr::employees)\nwhen {{ resource.salary > 100000 && !(principal in Lake::Role::\"director\") }};\n"
     );
     let dir = folder(&with_forbid);
     let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
-    assert_eq!(set.unenforced_policies(), vec!["no-one"]);
+    let g = set
+        .grant("alice", "hr-stats", "hr.employees", SystemTime::now())
+        .unwrap();
+    match &g.rows {
+        RowPredicate::Where(p) => assert_eq!(
+            p.to_string(),
+            "(\"district\" = 'North' AND NOT (NOT (\"salary\" <= 100000)))"
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    // Without any read_row permit: no rows; without read_column etc.: hidden columns.
+    let scope_only = POLICIES.split("@id(\"hr-columns\")").next().unwrap();
+    let dir = folder(scope_only);
+    let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    let g = set
+        .grant("alice", "hr-stats", "hr.employees", SystemTime::now())
+        .unwrap();
+    assert!(g.allowed);
+    assert_eq!(g.rows, RowPredicate::None);
+    assert!(g.columns.values().all(|t| *t == ColumnTreatment::Hidden));
+}
+
+#[test]
+fn bad_mask_and_min_group_annotations_are_refused_at_load() {
+    for (annotation, expected) in [
+        ("@mask(\"md5\")", "unknown mask `md5`"),
+        ("@min_group(\"ten\")", "@min_group(\"ten\")"),
+    ] {
+        let text = format!(
+            "{POLICIES}\n@id(\"bad\")\n{annotation}\npermit (principal, action == Lake::Action::\"read_masked\", resource);\n"
+        );
+        let dir = folder(&text);
+        let err = PolicySet::load(dir.path(), &hr_lake())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("policy `bad`") && err.contains(expected),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -123,7 +191,7 @@ fn table_scope_is_decided_by_cedar() {
     let now = SystemTime::now();
     let g = set.grant("alice", "hr-stats", "hr.employees", now).unwrap();
     assert!(g.allowed);
-    assert_eq!(g.policy_ids, vec!["scenario-scope".to_string()]);
+    assert!(g.policy_ids.contains(&"scenario-scope".to_string()));
     // Not in the scenario's tables.
     assert!(
         !set.grant("alice", "hr-stats", "hr.payroll", now)

@@ -1,0 +1,304 @@
+//! Masks applied to raw columns inside the secure scan, before any user expression sees them.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, Date32Array, StringArray, TimestampMicrosecondArray,
+    TimestampMillisecondArray, TimestampNanosecondArray, TimestampSecondArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::error::{DataFusionError, Result};
+use hmac::{KeyInit, Mac};
+
+use policy::Mask;
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// The type a column of `raw` type is served as under `mask`, or an error when the mask does not
+/// apply to the type (the query is then refused: fail closed).
+pub fn served_type(mask: &Mask, raw: &DataType) -> Result<DataType> {
+    let strings = matches!(
+        raw,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    );
+    let temporal = matches!(raw, DataType::Date32 | DataType::Timestamp(_, _));
+    match mask {
+        Mask::Hash | Mask::ShowFirst(_) | Mask::ShowLast(_) => Ok(DataType::Utf8),
+        Mask::Redact if strings => Ok(DataType::Utf8),
+        Mask::Redact | Mask::Null => Ok(raw.clone()),
+        Mask::Year if temporal => Ok(raw.clone()),
+        Mask::Round(_)
+            if raw.is_integer()
+                || raw.is_floating()
+                || matches!(raw, DataType::Decimal128(_, _)) =>
+        {
+            Ok(raw.clone())
+        }
+        _ => Err(DataFusionError::Plan(format!(
+            "mask `{mask}` does not apply to a column of type {raw}; fix the @mask annotation"
+        ))),
+    }
+}
+
+/// Applies `mask` to a raw column. `key` is the deployment's secret for `hash`.
+pub fn apply(mask: &Mask, raw: &ArrayRef, key: Option<&[u8]>) -> Result<ArrayRef> {
+    let served = served_type(mask, raw.data_type())?;
+    match mask {
+        Mask::Null => Ok(new_null_array(&served, raw.len())),
+        Mask::Redact if served == DataType::Utf8 => map_strings(raw, |_| "****".to_string()),
+        Mask::Redact => Ok(new_null_array(&served, raw.len())),
+        Mask::Hash => {
+            let key = key.ok_or_else(|| {
+                DataFusionError::Plan(
+                    "a hash mask needs the deployment's mask key: set [policy] mask_key or LAKEGATE_MASK_KEY".into(),
+                )
+            })?;
+            let mac = HmacSha256::new_from_slice(key)
+                .map_err(|e| DataFusionError::Internal(format!("mask key: {e}")))?;
+            map_strings(raw, |v| {
+                let mut m = mac.clone();
+                m.update(v.as_bytes());
+                hex::encode(m.finalize().into_bytes())
+            })
+        }
+        Mask::ShowFirst(n) => map_strings(raw, |v| {
+            let kept: String = v.chars().take(*n).collect();
+            let hidden = v.chars().count().saturating_sub(*n);
+            format!("{kept}{}", "*".repeat(hidden))
+        }),
+        Mask::ShowLast(n) => map_strings(raw, |v| {
+            let count = v.chars().count();
+            let hidden = count.saturating_sub(*n);
+            let kept: String = v.chars().skip(hidden).collect();
+            format!("{}{kept}", "*".repeat(hidden))
+        }),
+        Mask::Year => year(raw),
+        Mask::Round(n) => round(raw, *n),
+    }
+}
+
+/// The column as text, each non-null value replaced by `f(value)`.
+fn map_strings(raw: &ArrayRef, f: impl Fn(&str) -> String) -> Result<ArrayRef> {
+    let text = cast(raw, &DataType::Utf8)?;
+    let text = text.as_string::<i32>();
+    let out: StringArray = text.iter().map(|v| v.map(&f)).collect();
+    Ok(Arc::new(out))
+}
+
+fn year(raw: &ArrayRef) -> Result<ArrayRef> {
+    use chrono::{DateTime, Datelike, NaiveDate};
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+    let jan1 = |y: i32| NaiveDate::from_ymd_opt(y, 1, 1).expect("valid date");
+    match raw.data_type() {
+        DataType::Date32 => {
+            let a: &Date32Array = raw.as_primitive();
+            let out: Date32Array = a
+                .iter()
+                .map(|d| {
+                    d.map(|d| {
+                        let date = epoch + chrono::Duration::days(d as i64);
+                        (jan1(date.year()) - epoch).num_days() as i32
+                    })
+                })
+                .collect();
+            Ok(Arc::new(out))
+        }
+        DataType::Timestamp(unit, tz) => {
+            let per_sec: i64 = match unit {
+                TimeUnit::Second => 1,
+                TimeUnit::Millisecond => 1_000,
+                TimeUnit::Microsecond => 1_000_000,
+                TimeUnit::Nanosecond => 1_000_000_000,
+            };
+            let to_year = |v: i64| -> i64 {
+                let secs = v.div_euclid(per_sec);
+                let year = DateTime::from_timestamp(secs, 0)
+                    .map(|t| t.year())
+                    .unwrap_or(1970);
+                let start = jan1(year).and_hms_opt(0, 0, 0).expect("midnight");
+                start.and_utc().timestamp() * per_sec
+            };
+            let ints = cast(raw, &DataType::Int64)?;
+            let ints = ints.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let values: Vec<Option<i64>> = ints.iter().map(|v| v.map(to_year)).collect();
+            let out: ArrayRef = match unit {
+                TimeUnit::Second => {
+                    Arc::new(TimestampSecondArray::from(values).with_timezone_opt(tz.clone()))
+                }
+                TimeUnit::Millisecond => {
+                    Arc::new(TimestampMillisecondArray::from(values).with_timezone_opt(tz.clone()))
+                }
+                TimeUnit::Microsecond => {
+                    Arc::new(TimestampMicrosecondArray::from(values).with_timezone_opt(tz.clone()))
+                }
+                TimeUnit::Nanosecond => {
+                    Arc::new(TimestampNanosecondArray::from(values).with_timezone_opt(tz.clone()))
+                }
+            };
+            Ok(out)
+        }
+        other => Err(DataFusionError::Plan(format!(
+            "mask `year` does not apply to a column of type {other}"
+        ))),
+    }
+}
+
+/// Rounds to the nearest multiple of `n` (halves away from zero).
+fn round(raw: &ArrayRef, n: u64) -> Result<ArrayRef> {
+    use datafusion::arrow::array::{Decimal128Array, Float64Array};
+    use datafusion::arrow::datatypes::{Decimal128Type, Float64Type, Int64Type};
+    let t = raw.data_type().clone();
+    if t.is_floating() {
+        let f = cast(raw, &DataType::Float64)?;
+        let n = n as f64;
+        let out: Float64Array = f
+            .as_primitive::<Float64Type>()
+            .iter()
+            .map(|v| v.map(|v| (v / n).round() * n))
+            .collect();
+        return Ok(cast(&(Arc::new(out) as ArrayRef), &t)?);
+    }
+    // Integers and decimals are rounded in their unscaled units, `n` scaled to match.
+    let (unscaled, step): (Vec<Option<i128>>, i128) = match &t {
+        DataType::Decimal128(_, s) => {
+            let s = u32::try_from(*s).map_err(|_| {
+                DataFusionError::Plan(
+                    "mask `round` does not apply to negative-scale decimals".into(),
+                )
+            })?;
+            let step = 10i128
+                .checked_pow(s)
+                .and_then(|p| p.checked_mul(n as i128))
+                .ok_or_else(|| DataFusionError::Plan(format!("round:{n} overflows this column")))?;
+            (raw.as_primitive::<Decimal128Type>().iter().collect(), step)
+        }
+        _ => {
+            let ints = cast(raw, &DataType::Int64)?;
+            let values = ints.as_primitive::<Int64Type>().iter();
+            (values.map(|v| v.map(i128::from)).collect(), n as i128)
+        }
+    };
+    let rounded: Decimal128Array = unscaled
+        .into_iter()
+        .map(|v| {
+            v.map(|v| {
+                let q = (v.abs() + step / 2) / step * step;
+                if v < 0 {
+                    -q
+                } else {
+                    q
+                }
+            })
+        })
+        .collect();
+    match &t {
+        DataType::Decimal128(p, s) => Ok(Arc::new(rounded.with_precision_and_scale(*p, *s)?)),
+        _ => {
+            let rounded: ArrayRef = Arc::new(rounded.with_precision_and_scale(38, 0)?);
+            Ok(cast(&rounded, &t)?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Decimal128Array, Int64Array};
+
+    fn strings(a: &ArrayRef) -> Vec<Option<String>> {
+        a.as_string::<i32>()
+            .iter()
+            .map(|v| v.map(String::from))
+            .collect()
+    }
+
+    #[test]
+    fn string_masks() {
+        let raw: ArrayRef = Arc::new(StringArray::from(vec![Some("110108199001011234"), None]));
+        let first = apply(&Mask::ShowFirst(6), &raw, None).unwrap();
+        assert_eq!(strings(&first), [Some("110108************".into()), None]);
+        let last = apply(&Mask::ShowLast(4), &raw, None).unwrap();
+        assert_eq!(strings(&last), [Some("**************1234".into()), None]);
+        let redacted = apply(&Mask::Redact, &raw, None).unwrap();
+        assert_eq!(strings(&redacted), [Some("****".into()), None]);
+        assert_eq!(apply(&Mask::Null, &raw, None).unwrap().null_count(), 2);
+    }
+
+    #[test]
+    fn hash_is_keyed_and_needs_a_key() {
+        let raw: ArrayRef = Arc::new(StringArray::from(vec!["110108199001011234"]));
+        let a = strings(&apply(&Mask::Hash, &raw, Some(b"k1")).unwrap());
+        let b = strings(&apply(&Mask::Hash, &raw, Some(b"k2")).unwrap());
+        assert_ne!(a, b);
+        let h = a[0].clone().unwrap();
+        assert_eq!(h.len(), 64);
+        // Not a plain digest of the value.
+        assert!(!h.contains("110108"));
+        assert!(apply(&Mask::Hash, &raw, None).is_err());
+        // Numbers are hashed as their text.
+        let n: ArrayRef = Arc::new(Int64Array::from(vec![42]));
+        assert_eq!(apply(&Mask::Hash, &n, Some(b"k")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn year_truncates_dates() {
+        let d = |y, m, day| {
+            (chrono::NaiveDate::from_ymd_opt(y, m, day).unwrap()
+                - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap())
+            .num_days() as i32
+        };
+        let raw: ArrayRef = Arc::new(Date32Array::from(vec![Some(d(2024, 7, 15)), None]));
+        let out = apply(&Mask::Year, &raw, None).unwrap();
+        let out = out.as_primitive::<datafusion::arrow::datatypes::Date32Type>();
+        assert_eq!(out.value(0), d(2024, 1, 1));
+        assert!(out.is_null(1));
+        let ts: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![
+            1_720_000_000_000_000i64,
+        ]));
+        let out = apply(&Mask::Year, &ts, None).unwrap();
+        let out = out.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>();
+        assert_eq!(out.value(0), 1_704_067_200_000_000);
+    }
+
+    #[test]
+    fn round_to_multiples() {
+        let raw: ArrayRef = Arc::new(Int64Array::from(vec![
+            Some(1_234),
+            Some(-1_250),
+            Some(49),
+            None,
+        ]));
+        let out = apply(&Mask::Round(100), &raw, None).unwrap();
+        let out = out.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        assert_eq!(
+            out.iter().collect::<Vec<_>>(),
+            [Some(1_200), Some(-1_300), Some(0), None]
+        );
+
+        // DECIMAL(14, 2): 1234.56 → 1200.00 with round:100.
+        let dec: ArrayRef = Arc::new(
+            Decimal128Array::from(vec![123_456i128])
+                .with_precision_and_scale(14, 2)
+                .unwrap(),
+        );
+        let out = apply(&Mask::Round(100), &dec, None).unwrap();
+        assert_eq!(out.data_type(), &DataType::Decimal128(14, 2));
+        let out = out.as_primitive::<datafusion::arrow::datatypes::Decimal128Type>();
+        assert_eq!(out.value(0), 120_000);
+    }
+
+    #[test]
+    fn masks_that_do_not_fit_the_type_are_refused() {
+        assert!(served_type(&Mask::Year, &DataType::Utf8).is_err());
+        assert!(served_type(&Mask::Round(10), &DataType::Utf8).is_err());
+        assert_eq!(
+            served_type(&Mask::Redact, &DataType::Int64).unwrap(),
+            DataType::Int64
+        );
+        assert_eq!(
+            served_type(&Mask::Hash, &DataType::Int64).unwrap(),
+            DataType::Utf8
+        );
+    }
+}

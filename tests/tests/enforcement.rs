@@ -1,0 +1,361 @@
+//! Enforcement over Flight SQL, judged by what a client can learn: the demo's policies mask
+//! identity numbers, hide names and confine the district officer to their district. Every byte a
+//! client receives (batches, schemas, errors) is searched for raw values it must not see.
+
+use std::collections::HashMap;
+use std::collections::HashSet;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Schema};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::CommandGetTables;
+use arrow_flight::{Action, IpcMessage};
+use futures::TryStreamExt;
+use prost::Message;
+use tonic::transport::Channel;
+
+use flight_server::session_options::{
+    OptionValue, SessionOptionValue, SetSessionOptionsRequest, SET_SESSION_OPTIONS,
+};
+use lakegate_tests::{fetch, pretty, query, raw_query, rows, shared_demo, TestServer};
+
+type Client = FlightSqlServiceClient<Channel>;
+
+async fn as_user(server: &TestServer, user: &str, scenario: &str) -> Client {
+    let mut c = server.login(user, &format!("{user}-demo")).await;
+    let request = SetSessionOptionsRequest {
+        session_options: HashMap::from([(
+            "scenario".to_string(),
+            SessionOptionValue {
+                option_value: Some(OptionValue::StringValue(scenario.to_string())),
+            },
+        )]),
+    };
+    let stream = c
+        .do_action(Action::new(SET_SESSION_OPTIONS, request.encode_to_vec()))
+        .await
+        .unwrap();
+    let _: Vec<_> = stream.try_collect().await.unwrap();
+    c
+}
+
+/// Every distinct string value of `column` in the raw table.
+async fn raw_values(sql: &str) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for b in raw_query(sql).await {
+        let c = arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+        out.extend(c.as_string::<i32>().iter().flatten().map(String::from));
+    }
+    out
+}
+
+/// Everything a client saw of a query: its rows as text and its schema, or the error text.
+async fn seen(c: &mut Client, sql: &str) -> String {
+    match query(c, sql).await {
+        Ok(batches) => {
+            let schema = batches
+                .first()
+                .map(|b| format!("{:?}", b.schema()))
+                .unwrap_or_default();
+            format!("{schema}\n{}", pretty(&batches))
+        }
+        Err(e) => e,
+    }
+}
+
+fn assert_no_canary(what: &str, text: &str, canaries: &HashSet<String>) {
+    for c in canaries {
+        assert!(!text.contains(c.as_str()), "{what} leaked `{c}`:\n{text}");
+    }
+}
+
+fn column_strings(batches: &[RecordBatch], i: usize) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let c = arrow::compute::cast(b.column(i), &DataType::Utf8).unwrap();
+            c.as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap_or("NULL").to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn masked_identity_numbers_never_leave_raw() {
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let raw_ids = raw_values("SELECT DISTINCT legal_rep_id FROM market.enterprises").await;
+    assert!(raw_ids.len() > 50);
+
+    let batches = query(&mut c, "SELECT legal_rep_id FROM market.enterprises")
+        .await
+        .unwrap();
+    assert_eq!(rows(&batches), 200);
+    for v in column_strings(&batches, 0) {
+        assert_eq!(v.len(), 64, "{v}");
+        assert!(v.chars().all(|c| c.is_ascii_hexdigit()), "{v}");
+    }
+    // Probing the masked column only ever meets masked values.
+    let probe = raw_ids.iter().next().unwrap().clone();
+    for sql in [
+        format!("SELECT count(*) FROM market.enterprises WHERE legal_rep_id = '{probe}'"),
+        format!(
+            "SELECT count(*) FROM market.enterprises WHERE legal_rep_id LIKE '{}%'",
+            &probe[..6]
+        ),
+        // Raw numbers are 18 characters and may end in X; the hashes are 64 lowercase hex digits.
+        "SELECT count(*) FROM market.enterprises WHERE legal_rep_id LIKE '%X'".into(),
+        "SELECT count(*) FROM market.enterprises WHERE length(legal_rep_id) = 18".into(),
+    ] {
+        let got = query(&mut c, &sql).await.unwrap();
+        assert_eq!(column_strings(&got, 0), ["0"], "{sql}");
+    }
+    for sql in [
+        "SELECT legal_rep_id FROM market.enterprises ORDER BY legal_rep_id LIMIT 1",
+        "SELECT max(legal_rep_id), min(legal_rep_id) FROM market.enterprises",
+        "SELECT string_agg(legal_rep_id, ',') FROM market.enterprises",
+        "SELECT * FROM market.enterprises",
+        "SELECT e.* FROM market.enterprises e JOIN market.penalties p ON e.credit_code = p.credit_code",
+        "SELECT CAST(legal_rep_id AS BIGINT) FROM market.enterprises",
+        "EXPLAIN SELECT * FROM market.enterprises WHERE legal_rep_id = 'x'",
+    ] {
+        assert_no_canary(sql, &seen(&mut c, sql).await, &raw_ids);
+    }
+}
+
+#[tokio::test]
+async fn hidden_columns_do_not_exist() {
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    // person_name is hidden from the banker: the error is exactly the one DataFusion gives for a
+    // table whose columns are the served ones, where person_name does not exist.
+    let sql = "SELECT person_name FROM social_security.contributions";
+    let hidden = query(&mut c, sql).await.unwrap_err();
+    let info = c
+        .execute("SELECT * FROM social_security.contributions".into(), None)
+        .await
+        .unwrap();
+    let served = std::sync::Arc::new(Schema::try_from(info).unwrap());
+    let ctx = datafusion::prelude::SessionContext::new_with_config(
+        datafusion::prelude::SessionConfig::new().with_default_catalog_and_schema("lake", "public"),
+    );
+    ctx.catalog("lake")
+        .unwrap()
+        .register_schema(
+            "social_security",
+            std::sync::Arc::new(datafusion::catalog::MemorySchemaProvider::new()),
+        )
+        .unwrap();
+    let table = datafusion::datasource::MemTable::try_new(served, vec![vec![]]).unwrap();
+    ctx.register_table("social_security.contributions", std::sync::Arc::new(table))
+        .unwrap();
+    let unknown = ctx.sql(sql).await.unwrap_err().strip_backtrace();
+    let hidden_message = hidden.split("message: ").nth(1).unwrap_or_default();
+    assert_eq!(hidden_message, format!("{unknown:?}"), "{hidden}");
+    let all = query(
+        &mut c,
+        "SELECT * FROM social_security.contributions LIMIT 1",
+    )
+    .await
+    .unwrap();
+    let names: Vec<String> = all[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "record_id",
+            "person_id",
+            "district",
+            "employer_code",
+            "month",
+            "base_salary",
+            "amount",
+            "status"
+        ]
+    );
+    let raw_names =
+        raw_values("SELECT DISTINCT person_name FROM social_security.contributions").await;
+    assert_no_canary("SELECT *", &pretty(&all), &raw_names);
+
+    // Metadata shows the table as served: no hidden column, the hash typed as text.
+    let info = c
+        .get_tables(CommandGetTables {
+            db_schema_filter_pattern: Some("social_security".into()),
+            include_schema: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let tables = fetch(&mut c, info).await.unwrap();
+    let bytes = tables[0]
+        .column_by_name("table_schema")
+        .unwrap()
+        .as_binary::<i32>()
+        .value(0)
+        .to_vec();
+    let listed = Schema::try_from(IpcMessage(bytes.into())).unwrap();
+    assert!(listed.field_with_name("person_name").is_err());
+    assert_eq!(
+        listed.field_with_name("person_id").unwrap().data_type(),
+        &DataType::Utf8
+    );
+}
+
+#[tokio::test]
+async fn the_district_officer_sees_only_their_district() {
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "officer", "district-services").await;
+
+    let districts = query(&mut c, "SELECT DISTINCT district FROM health.visits")
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&districts, 0), ["Haidian"]);
+
+    // count and max reflect the visible rows only, never file statistics.
+    for (served, raw) in [
+        (
+            "SELECT count(*), max(visit_id), min(visit_id) FROM health.visits",
+            "SELECT count(*), max(visit_id), min(visit_id) FROM health.visits WHERE district = 'Haidian'",
+        ),
+        (
+            "SELECT count(*) FROM social_security.contributions",
+            "SELECT count(*) FROM social_security.contributions WHERE district = 'Haidian'",
+        ),
+    ] {
+        let got = query(&mut c, served).await.unwrap();
+        let want = raw_query(raw).await;
+        assert_eq!(
+            column_strings(&got, 0),
+            column_strings(&want, 0),
+            "{served}"
+        );
+    }
+
+    // Canaries: values that exist only in other districts' rows.
+    let hidden_ids = raw_values(
+        "SELECT DISTINCT patient_name FROM health.visits WHERE district <> 'Haidian' \
+         EXCEPT SELECT DISTINCT patient_name FROM health.visits WHERE district = 'Haidian'",
+    )
+    .await;
+    assert!(!hidden_ids.is_empty());
+    for sql in [
+        "SELECT * FROM health.visits",
+        "SELECT * FROM health.visits WHERE district = 'Chaoyang' OR 1 = 1",
+        "SELECT * FROM health.visits WHERE district <> 'Haidian'",
+        "WITH v AS (SELECT * FROM health.visits) SELECT * FROM v WHERE district = 'Chaoyang'",
+        "SELECT patient_name FROM health.visits UNION ALL SELECT patient_name FROM health.visits",
+        "SELECT (SELECT max(patient_name) FROM health.visits WHERE district = 'Chaoyang')",
+        "SELECT v.patient_name FROM health.visits v JOIN social_security.contributions c ON v.district = c.district",
+        "SELECT * FROM lake.health.visits",
+        "SELECT * FROM \"health\".\"visits\"",
+        // Error oracles: an expression that fails on a hidden row must not fail.
+        "SELECT 1 / (CASE WHEN district = 'Chaoyang' THEN 0 ELSE 1 END) FROM health.visits",
+        "SELECT CAST(CASE WHEN district = 'Chaoyang' THEN patient_name ELSE '1' END AS INT) FROM health.visits",
+        "SELECT count(*) FILTER (WHERE district = 'Chaoyang') FROM health.visits",
+        "SELECT COALESCE(max(CASE WHEN district = 'Chaoyang' THEN patient_name END), 'none') FROM health.visits",
+    ] {
+        let text = seen(&mut c, sql).await;
+        assert_no_canary(sql, &text, &hidden_ids);
+        // No cell is another district's name (the hospital "Chaoyang Hospital" may show).
+        let cells = text.lines().flat_map(|l| l.split('|').map(str::trim));
+        assert!(!cells.clone().any(|c| c == "Chaoyang"), "{sql}: {text}");
+        assert!(!text.contains("Divide by zero"), "{sql}: {text}");
+    }
+    let zero = query(
+        &mut c,
+        "SELECT count(*) FROM health.visits WHERE district = 'Chaoyang'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(column_strings(&zero, 0), ["0"]);
+}
+
+#[tokio::test]
+async fn de_identified_values_for_the_insurer() {
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "insurer", "insurance-underwriting").await;
+    let got = query(
+        &mut c,
+        "SELECT visit_date, cost, patient_id FROM health.visits LIMIT 50",
+    )
+    .await
+    .unwrap();
+    for d in column_strings(&got, 0) {
+        assert!(d.ends_with("-01-01"), "{d}");
+    }
+    for cost in column_strings(&got, 1) {
+        assert!(cost.ends_with("00.00"), "{cost}");
+    }
+    // The insurer and the banker hash with the same deployment key: the same person is linkable
+    // across scenarios only through the keyed hash, never through the raw number.
+    let raw_patients = raw_values("SELECT DISTINCT patient_id FROM health.visits").await;
+    assert_no_canary("insurer visits", &pretty(&got), &raw_patients);
+    let err = query(&mut c, "SELECT patient_name FROM health.visits")
+        .await
+        .unwrap_err();
+    assert!(err.contains("patient_name"), "{err}");
+}
+
+#[tokio::test]
+async fn explain_shows_the_barrier_but_no_key() {
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let text = seen(&mut c, "EXPLAIN SELECT * FROM market.enterprises").await;
+    assert!(text.contains("SecureScanExec"), "{text}");
+    assert!(text.contains("legal_rep_id=hash"), "{text}");
+    let config = std::fs::read_to_string(shared_demo().join("lakegate.toml")).unwrap();
+    let key = config
+        .lines()
+        .find_map(|l| l.strip_prefix("mask_key = \""))
+        .unwrap()
+        .trim_end_matches('"');
+    assert!(!text.contains(key), "{text}");
+}
+
+#[tokio::test]
+async fn aggregate_only_columns_are_refused_until_enforced() {
+    let demo = shared_demo();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for f in ["schema.cedarschema", "entities.json", "policies.cedar"] {
+        std::fs::copy(demo.join("policies").join(f), policies.join(f)).unwrap();
+    }
+    let mut text = std::fs::read_to_string(policies.join("policies.cedar")).unwrap();
+    text.push_str(
+        "\n@id(\"penalty-amounts-aggregate\")\n@min_group(\"10\")\npermit (principal, \
+         action == Lake::Action::\"aggregate\", resource == Lake::Column::\"market.penalties.amount\");\n",
+    );
+    // The banker reads penalty amounts raw today; take that away so the aggregate rule decides.
+    text = text.replace(
+        "&& ![\"legal_rep_id\",",
+        "&& resource != Lake::Column::\"market.penalties.amount\" && ![\"legal_rep_id\",",
+    );
+    std::fs::write(policies.join("policies.cedar"), text).unwrap();
+    let mut config = lake_config::Config::load(&demo.join("lakegate.toml")).unwrap();
+    config.policy.dir = policies;
+    let server = TestServer::start_with(&config).await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let err = query(&mut c, "SELECT count(*) FROM market.penalties")
+        .await
+        .unwrap_err();
+    assert!(err.contains("aggregate-only"), "{err}");
+    // Other tables still serve.
+    assert_eq!(
+        rows(
+            &query(&mut c, "SELECT * FROM market.enterprises")
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    let raw_amounts =
+        raw_values("SELECT DISTINCT CAST(amount AS VARCHAR) FROM market.penalties").await;
+    assert_no_canary("refusal", &err, &raw_amounts);
+}
