@@ -52,6 +52,21 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Show the decisions for one query: per table and column the treatment and the determining
+    /// policies, the row predicate, the secure views and the query as planned.
+    Explain {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The user to decide for.
+        #[arg(long)]
+        user: String,
+        /// The scenario the user works under.
+        #[arg(long)]
+        scenario: String,
+        /// The SQL.
+        sql: String,
+    },
     /// Print an argon2id hash for a [[users]] password_hash (reads the password from stdin).
     HashPassword,
 }
@@ -139,6 +154,21 @@ async fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Explain {
+            config,
+            user,
+            scenario,
+            sql,
+        } => {
+            let config = load(&config)?;
+            let gateway = gateway::Gateway::open(&config).await?;
+            let who = gateway::Principal {
+                user,
+                scenario: Some(scenario),
+            };
+            print!("{}", gateway.explain(&who, &sql).await?);
+            Ok(())
+        }
         Command::HashPassword => {
             let mut password = String::new();
             std::io::stdin()

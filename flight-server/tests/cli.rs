@@ -41,6 +41,44 @@ fn demo_build_then_policy_check_and_schema() {
     assert!(out.contains("entity enterprises = {"), "{out}");
     assert!(out.contains("entity Scenario {"), "{out}");
 
+    let (ok, out, err) = lakegate(&[
+        "explain",
+        "--config",
+        c,
+        "--user",
+        "banker",
+        "--scenario",
+        "bank-credit",
+        "SELECT district, count(*) FROM market.enterprises GROUP BY district",
+    ]);
+    assert!(ok, "{err}");
+    for expected in [
+        "table market.enterprises (version 1): allowed (by scenario-scope)",
+        "legal_rep_id             masked: hash (by bank-identities-hashed)",
+        "rows: all (by rows-operators)",
+        "mask('hash', legal_rep_id) AS legal_rep_id",
+        "query as planned:\n  SELECT",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+    }
+    let (ok, out, _) = lakegate(&[
+        "explain",
+        "--config",
+        c,
+        "--user",
+        "officer",
+        "--scenario",
+        "district-services",
+        "SELECT * FROM health.visits JOIN market.enterprises USING (district)",
+    ]);
+    assert!(ok);
+    assert!(out.contains("rows: where (\"district\" IS NOT NULL AND \"district\" = 'Haidian') (by rows-own-district)"), "{out}");
+    assert!(
+        out.contains("table market.enterprises (version 1): DENIED"),
+        "{out}"
+    );
+    assert!(out.contains("refused: "), "{out}");
+
     // A policy that does not validate is reported with file, line and id, and fails the check.
     let policies = dir.path().join("policies/policies.cedar");
     let mut text = std::fs::read_to_string(&policies).unwrap();

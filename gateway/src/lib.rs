@@ -7,6 +7,7 @@
 //! Flight or tonic.
 
 mod error;
+mod explain;
 mod masks;
 mod query;
 mod row_filter;

@@ -41,19 +41,39 @@ pub struct Grant {
     pub columns: BTreeMap<String, ColumnTreatment>,
     /// The rows the user may read.
     pub rows: RowPredicate,
-    /// The `@id` of the policies that determined the decision.
-    pub policy_ids: Vec<String>,
+    /// The `@id`s of the policies that determined `allowed`.
+    pub table_policies: Vec<String>,
+    /// Per column, the `@id`s of the policies that determined its treatment.
+    pub column_policies: BTreeMap<String, Vec<String>>,
+    /// The `@id`s of the `read_row` policies the row predicate came from.
+    pub row_policies: Vec<String>,
 }
 
 impl Grant {
     /// The grant for a table the user may not query.
-    pub fn denied(policy_ids: Vec<String>) -> Self {
+    pub fn denied(table_policies: Vec<String>) -> Self {
         Grant {
             allowed: false,
             columns: BTreeMap::new(),
             rows: RowPredicate::None,
-            policy_ids,
+            table_policies,
+            column_policies: BTreeMap::new(),
+            row_policies: Vec::new(),
         }
+    }
+
+    /// Every determining policy id, sorted, once each.
+    pub fn policy_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .table_policies
+            .iter()
+            .chain(self.column_policies.values().flatten())
+            .chain(&self.row_policies)
+            .cloned()
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     /// The treatment of `column`: hidden when the grant does not name it.

@@ -217,6 +217,24 @@ impl PolicySet {
                     })?;
                     masks.insert(id.clone(), mask);
                 }
+                let names = |action: &str| match p.action_constraint() {
+                    cedar_policy::ActionConstraint::Eq(a) => a.id().unescaped() == action,
+                    cedar_policy::ActionConstraint::In(a) => {
+                        a.iter().any(|a| a.id().unescaped() == action)
+                    }
+                    cedar_policy::ActionConstraint::Any => false,
+                };
+                if names("read_masked")
+                    && p.effect() == cedar_policy::Effect::Permit
+                    && p.annotation("mask").is_none()
+                {
+                    return Err(PolicyError::Invalid {
+                        location: src.locate(None),
+                        message: format!(
+                            "policy `{id}` permits read_masked but names no mask: add e.g. @mask(\"hash\")"
+                        ),
+                    });
+                }
                 if let Some(k) = p.annotation("min_group") {
                     let k = k.parse::<u64>().ok().filter(|k| *k > 0).ok_or_else(|| {
                         PolicyError::Invalid {
@@ -349,63 +367,69 @@ impl PolicySet {
         let principal = entity_uid("Lake::User", user)?;
         let context = self.context(scenario, now)?;
         let table_uid = entity_uid("Lake::Table", table)?;
-        let (allowed, mut ids) = self.decide(&principal, "query", table_uid, &context)?;
+        let (allowed, table_policies) = self.decide(&principal, "query", table_uid, &context)?;
         if !allowed {
-            return Ok(Grant::denied(ids));
+            return Ok(Grant::denied(table_policies));
         }
 
         let mut columns = BTreeMap::new();
+        let mut column_policies = BTreeMap::new();
         for c in &desc.columns {
-            let uid = entity_uid("Lake::Column", &format!("{table}.{}", c.name))?;
-            let treatment = if let (true, why) =
-                self.decide(&principal, "read_column", uid.clone(), &context)?
-            {
-                ids.extend(why);
-                ColumnTreatment::Raw
-            } else if let (true, why) =
-                self.decide(&principal, "read_masked", uid.clone(), &context)?
-            {
-                let masks = why.iter().map(|id| {
+            let (treatment, why) = self.column(&principal, table, &c.name, &context)?;
+            columns.insert(c.name.clone(), treatment);
+            column_policies.insert(c.name.clone(), why);
+        }
+        let (rows, row_policies) = self.rows(desc, &principal, &context)?;
+        Ok(Grant {
+            allowed: true,
+            columns,
+            rows,
+            table_policies,
+            column_policies,
+            row_policies,
+        })
+    }
+
+    /// `read_column`, else `read_masked`, else `aggregate`, else hidden.
+    fn column(
+        &self,
+        principal: &EntityUid,
+        table: &str,
+        column: &str,
+        context: &Context,
+    ) -> Result<(ColumnTreatment, Vec<String>), PolicyError> {
+        let uid = entity_uid("Lake::Column", &format!("{table}.{column}"))?;
+        if let (true, why) = self.decide(principal, "read_column", uid.clone(), context)? {
+            return Ok((ColumnTreatment::Raw, why));
+        }
+        if let (true, why) = self.decide(principal, "read_masked", uid.clone(), context)? {
+            let masks = why
+                .iter()
+                .map(|id| {
                     self.masks.get(id).cloned().ok_or_else(|| {
                         PolicyError::Request(format!(
                             "policy `{id}` permits read_masked without a @mask annotation"
                         ))
                     })
-                });
-                let masks = masks.collect::<Result<Vec<_>, _>>()?;
-                ids.extend(why);
-                ColumnTreatment::Masked(
-                    Mask::most_restrictive(masks).expect("an allow has a reason"),
-                )
-            } else if let (true, why) = self.decide(&principal, "aggregate", uid, &context)? {
-                let k = why
-                    .iter()
-                    .map(|id| {
-                        self.min_groups
-                            .get(id)
-                            .copied()
-                            .unwrap_or(DEFAULT_MIN_GROUP)
-                    })
-                    .max()
-                    .unwrap_or(DEFAULT_MIN_GROUP);
-                ids.extend(why);
-                ColumnTreatment::AggregateOnly { min_group: k }
-            } else {
-                ColumnTreatment::Hidden
-            };
-            columns.insert(c.name.clone(), treatment);
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mask = Mask::most_restrictive(masks).expect("an allow has a reason");
+            return Ok((ColumnTreatment::Masked(mask), why));
         }
-
-        let (rows, row_ids) = self.rows(desc, &principal, &context)?;
-        ids.extend(row_ids);
-        ids.sort();
-        ids.dedup();
-        Ok(Grant {
-            allowed: true,
-            columns,
-            rows,
-            policy_ids: ids,
-        })
+        if let (true, why) = self.decide(principal, "aggregate", uid, context)? {
+            let k = why
+                .iter()
+                .map(|id| {
+                    self.min_groups
+                        .get(id)
+                        .copied()
+                        .unwrap_or(DEFAULT_MIN_GROUP)
+                })
+                .max()
+                .unwrap_or(DEFAULT_MIN_GROUP);
+            return Ok((ColumnTreatment::AggregateOnly { min_group: k }, why));
+        }
+        Ok((ColumnTreatment::Hidden, vec![]))
     }
 
     /// One Cedar decision: allowed or not, and the determining policy ids.

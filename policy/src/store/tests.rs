@@ -123,7 +123,7 @@ fn grants_follow_the_contract_example() {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        g.policy_ids,
+        g.policy_ids(),
         [
             "hr-columns",
             "hr-diagnosis",
@@ -166,12 +166,13 @@ fn forbid_residuals_are_subtracted_and_no_permit_means_no_rows() {
 
 #[test]
 fn bad_mask_and_min_group_annotations_are_refused_at_load() {
-    for (annotation, expected) in [
-        ("@mask(\"md5\")", "unknown mask `md5`"),
-        ("@min_group(\"ten\")", "@min_group(\"ten\")"),
+    for (annotation, action, expected) in [
+        ("@mask(\"md5\")", "read_masked", "unknown mask `md5`"),
+        ("@min_group(\"ten\")", "aggregate", "@min_group(\"ten\")"),
+        ("", "read_masked", "names no mask"),
     ] {
         let text = format!(
-            "{POLICIES}\n@id(\"bad\")\n{annotation}\npermit (principal, action == Lake::Action::\"read_masked\", resource);\n"
+            "{POLICIES}\n@id(\"bad\")\n{annotation}\npermit (principal, action == Lake::Action::\"{action}\", resource);\n"
         );
         let dir = folder(&text);
         let err = PolicySet::load(dir.path(), &hr_lake())
@@ -191,7 +192,7 @@ fn table_scope_is_decided_by_cedar() {
     let now = SystemTime::now();
     let g = set.grant("alice", "hr-stats", "hr.employees", now).unwrap();
     assert!(g.allowed);
-    assert!(g.policy_ids.contains(&"scenario-scope".to_string()));
+    assert_eq!(g.table_policies, ["scenario-scope"]);
     // Not in the scenario's tables.
     assert!(
         !set.grant("alice", "hr-stats", "hr.payroll", now)
