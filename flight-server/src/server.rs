@@ -18,7 +18,11 @@ use crate::LakegateService;
 pub struct Server {
     listener: TcpListener,
     service: LakegateService,
+    gateway: Arc<Gateway>,
 }
+
+/// How often the policy folder is checked for changes.
+const POLICY_POLL: Duration = Duration::from_secs(2);
 
 impl Server {
     /// Opens the gateway for `config` and binds `listen` (or the configured address).
@@ -26,12 +30,16 @@ impl Server {
         let gateway = Arc::new(Gateway::open(config).await?);
         let ttl = Duration::from_secs(config.server.token_ttl_secs);
         let sessions = Arc::new(Sessions::new(&config.users, ttl));
-        let service = LakegateService::new(gateway, sessions, ttl);
+        let service = LakegateService::new(gateway.clone(), sessions, ttl);
         let addr = listen.unwrap_or(config.server.listen);
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        Ok(Self { listener, service })
+        Ok(Self {
+            listener,
+            service,
+            gateway,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -45,6 +53,7 @@ impl Server {
         // The one line operators and tests wait for.
         println!("lakegate listening on {addr}");
         tracing::info!(%addr, "lakegate listening");
+        let reloader = tokio::spawn(reload_policies(self.gateway.clone()));
         tonic::transport::Server::builder()
             .add_service(
                 FlightServiceServer::new(self.service)
@@ -53,6 +62,7 @@ impl Server {
             )
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;
+        reloader.abort();
         Ok(())
     }
 }
@@ -65,4 +75,28 @@ pub async fn serve(config: &Config, listen: Option<SocketAddr>) -> anyhow::Resul
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
+}
+
+/// Reloads the policy folder when its files change, and on SIGHUP.
+async fn reload_policies(gateway: Arc<Gateway>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(POLICY_POLL);
+    loop {
+        let sighup = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {
+                gateway.reload_if_changed().await;
+            }
+            _ = sighup => {
+                tracing::info!("SIGHUP: reloading the policy folder");
+                let _ = gateway.reload_policies().await;
+            }
+        }
+    }
 }

@@ -57,6 +57,8 @@ pub struct Gateway {
     lake: Arc<Lake>,
     policies: RwLock<Arc<PolicySet>>,
     policy_dir: PathBuf,
+    /// What the policy folder looked like when the current set was loaded.
+    policy_fingerprint: std::sync::Mutex<Vec<(PathBuf, u64, SystemTime)>>,
     mask_key: Option<Arc<[u8]>>,
     runtime: Arc<RuntimeEnv>,
 }
@@ -85,6 +87,7 @@ impl Gateway {
         Ok(Self {
             lake,
             policies: RwLock::new(Arc::new(policies)),
+            policy_fingerprint: std::sync::Mutex::new(fingerprint(&config.policy.dir)),
             policy_dir: config.policy.dir.clone(),
             mask_key: config
                 .policy
@@ -103,6 +106,44 @@ impl Gateway {
     /// The policy set decisions are made against now.
     pub fn policies(&self) -> Arc<PolicySet> {
         self.policies.read().expect("policy lock poisoned").clone()
+    }
+
+    /// Loads the policy folder again (and the lake's tables, for the generated schema). A set
+    /// that fails validation is refused and the last good set keeps serving.
+    pub async fn reload_policies(&self) -> Result<(), GatewayError> {
+        let seen = fingerprint(&self.policy_dir);
+        *self.policy_fingerprint.lock().expect("fingerprint lock") = seen;
+        self.lake.refresh().await?;
+        let description = describe_lake(&self.lake).await?;
+        match PolicySet::load(&self.policy_dir, &description) {
+            Ok(set) => {
+                tracing::info!(
+                    policies = set.policy_count(),
+                    policy_hash = set.hash(),
+                    "policy set reloaded"
+                );
+                *self.policies.write().expect("policy lock poisoned") = Arc::new(set);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    policy_hash = self.policies().hash(),
+                    "policy set refused, the last good set keeps serving: {e}"
+                );
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Reloads when a file of the policy folder changed since the last load. Returns whether it
+    /// tried.
+    pub async fn reload_if_changed(&self) -> bool {
+        let now = fingerprint(&self.policy_dir);
+        let changed = *self.policy_fingerprint.lock().expect("fingerprint lock") != now;
+        if changed {
+            let _ = self.reload_policies().await;
+        }
+        changed
     }
 
     /// Checks that `scenario` is declared in the policy entities.
@@ -184,6 +225,21 @@ impl Gateway {
         );
         state
     }
+}
+
+/// Names, sizes and modification times of the policy folder's files.
+fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, u64, SystemTime)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((e.path(), m.len(), m.modified().ok()?))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// What the policy layer needs to know of the lake: tables, subject keys, column types.
