@@ -706,14 +706,19 @@ permit (principal in Lake::Role::"credit_analyst", action == Lake::Action::"read
         resource == Lake::Column::"social_security.contributions.base_salary");
 
 // ---- Insurance underwriting: medical visits, contributions ---------------------------------
-// Medical visits are to become aggregate-only (k = 10) when the aggregate checker lands; until
-// then the underwriter sees them de-identified: no names, hashed ids, years, rounded costs.
+// Medical visits de-identified: no names, hashed ids, years, rounded costs; diagnoses only in
+// aggregates over at least 10 distinct patients.
 @id("insurer-columns")
 permit (principal in Lake::Role::"underwriter", action == Lake::Action::"read_column", resource)
 when {
   (resource in Lake::Table::"health.visits" || resource in Lake::Table::"social_security.contributions")
-  && ["visit_id", "district", "hospital", "diagnosis", "record_id", "month", "status"].contains(resource.name)
+  && ["visit_id", "district", "hospital", "record_id", "month", "status"].contains(resource.name)
 };
+
+@id("insurer-diagnoses-aggregate-only")
+@min_group("10")
+permit (principal in Lake::Role::"underwriter", action == Lake::Action::"aggregate",
+        resource == Lake::Column::"health.visits.diagnosis");
 
 @id("insurer-identities-hashed")
 @mask("hash")

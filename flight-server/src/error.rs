@@ -14,7 +14,9 @@ pub fn to_status(e: GatewayError) -> Status {
     match e {
         GatewayError::NoScenario => Status::failed_precondition(text),
         GatewayError::UnknownScenario(_) => Status::invalid_argument(text),
-        GatewayError::ReadOnly(_) => Status::permission_denied(text),
+        GatewayError::ReadOnly(_) | GatewayError::AggregateOnly(_) => {
+            Status::permission_denied(text)
+        }
         GatewayError::Sql(_) | GatewayError::Parameters(_) => Status::invalid_argument(text),
         GatewayError::Execution(d) => match d.find_root() {
             DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => {

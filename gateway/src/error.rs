@@ -15,6 +15,9 @@ pub enum GatewayError {
     /// The SQL does not parse or plan (syntax, unknown table or column, type errors).
     #[error("{0}")]
     Sql(DataFusionError),
+    /// The query would release an aggregate-only column other than as an allowed aggregate.
+    #[error("refused by the aggregate-only rule: {0}")]
+    AggregateOnly(String),
     /// Bound parameters do not fit the statement.
     #[error("parameters: {0}")]
     Parameters(String),

@@ -6,6 +6,7 @@
 //! shows only what that principal may read under that scenario. This crate knows nothing of
 //! Flight or tonic.
 
+mod aggregate_only;
 mod error;
 mod explain;
 mod masks;
@@ -31,7 +32,7 @@ use policy::{CedarType, ColumnDescription, LakeDescription, PolicySet, TableDesc
 
 pub use error::GatewayError;
 pub use query::{served_schema, Query};
-pub use secure_scan::{SecureScanExec, SecureTable};
+pub use secure_scan::{SecureScanExec, SecureTable, SUBJECT_COLUMN};
 use session_gate::SessionGate;
 
 /// Who asks: the authenticated user and the scenario the session works under.
@@ -165,6 +166,7 @@ impl Gateway {
             .await
             .map_err(GatewayError::from_planning)?;
         statement::verify_read_plan(&plan)?;
+        let plan = aggregate_only::enforce(plan)?;
         Query::new(Arc::new(state), plan)
     }
 

@@ -12,8 +12,8 @@
 //! columns by their masked values and drops hidden ones — before any user expression runs, so
 //! filters, joins, sorts and groups see only what the grant serves. User filters reach the Delta
 //! scan only when the grant serves every column raw and every row. Statistics are unknown, so no
-//! aggregate is answered from raw file statistics. Aggregate-only columns are refused (fail
-//! closed) until the aggregate checker lands.
+//! aggregate is answered from raw file statistics. Aggregate-only columns are served raw inside
+//! the engine; `aggregate_only` decides what of them may leave.
 
 use std::fmt;
 use std::sync::Arc;
@@ -42,6 +42,10 @@ use catalog::TableSnapshot;
 use policy::{ColumnTreatment, Grant, Mask, RowPredicate};
 
 use crate::{masks, row_filter};
+
+/// The column a secure scan adds, for the minimum-group check only, when asked to: the raw
+/// subject key. User SQL cannot name it (it is not in the table's schema at planning time).
+pub const SUBJECT_COLUMN: &str = "__lakegate_subject";
 
 /// One served column: where it comes from in the raw table and how it is treated.
 #[derive(Debug, Clone)]
@@ -99,11 +103,12 @@ impl SecureTable {
                     fields.push(Field::new(field.name(), t, true));
                 }
                 ColumnTreatment::AggregateOnly { .. } => {
-                    return Err(DataFusionError::Plan(format!(
-                        "table {} has aggregate-only columns, which this lakegate build cannot enforce yet; \
-                         the query is refused",
-                        snapshot.table
-                    )))
+                    // Raw inside the engine; the aggregate checker decides what may leave.
+                    served.push(ServedColumn {
+                        raw_index: i,
+                        mask: None,
+                    });
+                    fields.push(field.as_ref().clone());
                 }
                 ColumnTreatment::Hidden => {}
             }
@@ -114,6 +119,70 @@ impl SecureTable {
             grant,
             served,
             mask_key,
+        })
+    }
+
+    /// The minimum group size of `column` when it is aggregate-only.
+    pub fn aggregate_only(&self, column: &str) -> Option<u64> {
+        match self.grant.column(column) {
+            ColumnTreatment::AggregateOnly { min_group } => Some(*min_group),
+            _ => None,
+        }
+    }
+
+    /// How many columns the table serves.
+    pub fn served_len(&self) -> usize {
+        self.served.len()
+    }
+
+    /// Whether any served column is aggregate-only.
+    pub fn has_aggregate_only(&self) -> bool {
+        self.min_group().is_some()
+    }
+
+    /// The largest minimum group size of the table's aggregate-only columns.
+    pub fn min_group(&self) -> Option<u64> {
+        self.grant
+            .columns
+            .values()
+            .filter_map(|t| match t {
+                ColumnTreatment::AggregateOnly { min_group } => Some(*min_group),
+                _ => None,
+            })
+            .max()
+    }
+
+    /// This table with the raw subject key appended as [`SUBJECT_COLUMN`].
+    pub fn with_subject_column(&self) -> Result<Self> {
+        let key = self.snapshot.subject_key.as_deref().ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "table {} declares no subject key: its aggregate-only columns release nothing",
+                self.snapshot.table
+            ))
+        })?;
+        let raw_index = self.snapshot.schema.index_of(key)?;
+        let mut served = self.served.clone();
+        served.push(ServedColumn {
+            raw_index,
+            mask: None,
+        });
+        let mut fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(
+            SUBJECT_COLUMN,
+            self.snapshot.schema.field(raw_index).data_type().clone(),
+            true,
+        ));
+        Ok(Self {
+            snapshot: self.snapshot.clone(),
+            grant: self.grant.clone(),
+            served,
+            schema: Arc::new(Schema::new(fields)),
+            mask_key: self.mask_key.clone(),
         })
     }
 
@@ -131,6 +200,7 @@ impl SecureTable {
         self.served.len() == self.snapshot.schema.fields().len()
             && self.served.iter().all(|c| c.mask.is_none())
             && self.grant.rows == RowPredicate::All
+            && !self.has_aggregate_only()
     }
 }
 

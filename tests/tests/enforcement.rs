@@ -318,44 +318,156 @@ async fn explain_shows_the_barrier_but_no_key() {
     assert!(!text.contains(key), "{text}");
 }
 
-#[tokio::test]
-async fn aggregate_only_columns_are_refused_until_enforced() {
-    let demo = shared_demo();
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    for f in ["schema.cedarschema", "entities.json", "policies.cedar"] {
-        std::fs::copy(demo.join("policies").join(f), policies.join(f)).unwrap();
+/// Rows of `(key..., n)` as strings, for set comparisons.
+fn row_strings(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        let cols: Vec<Vec<String>> = (0..b.num_columns())
+            .map(|i| column_strings(std::slice::from_ref(b), i))
+            .collect();
+        for r in 0..b.num_rows() {
+            out.push(
+                cols.iter()
+                    .map(|c| c[r].clone())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
     }
-    let mut text = std::fs::read_to_string(policies.join("policies.cedar")).unwrap();
-    text.push_str(
-        "\n@id(\"penalty-amounts-aggregate\")\n@min_group(\"10\")\npermit (principal, \
-         action == Lake::Action::\"aggregate\", resource == Lake::Column::\"market.penalties.amount\");\n",
-    );
-    // The banker reads penalty amounts raw today; take that away so the aggregate rule decides.
-    text = text.replace(
-        "&& ![\"legal_rep_id\",",
-        "&& resource != Lake::Column::\"market.penalties.amount\" && ![\"legal_rep_id\",",
-    );
-    std::fs::write(policies.join("policies.cedar"), text).unwrap();
-    let mut config = lake_config::Config::load(&demo.join("lakegate.toml")).unwrap();
-    config.policy.dir = policies;
-    let server = TestServer::start_with(&config).await;
-    let mut c = as_user(&server, "banker", "bank-credit").await;
-    let err = query(&mut c, "SELECT count(*) FROM market.penalties")
-        .await
-        .unwrap_err();
-    assert!(err.contains("aggregate-only"), "{err}");
-    // Other tables still serve.
-    assert_eq!(
-        rows(
-            &query(&mut c, "SELECT * FROM market.enterprises")
-                .await
-                .unwrap()
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn aggregate_only_groups_cover_k_subjects() {
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "insurer", "insurance-underwriting").await;
+
+    // Released groups are exactly those with at least 10 distinct patients.
+    for (served, raw) in [
+        (
+            "SELECT diagnosis, count(*) FROM health.visits GROUP BY diagnosis",
+            "SELECT diagnosis, count(*) FROM health.visits GROUP BY diagnosis \
+             HAVING count(DISTINCT patient_id) >= 10",
         ),
-        200
-    );
-    let raw_amounts =
-        raw_values("SELECT DISTINCT CAST(amount AS VARCHAR) FROM market.penalties").await;
-    assert_no_canary("refusal", &err, &raw_amounts);
+        (
+            "SELECT hospital, diagnosis, count(*) FROM health.visits WHERE district = 'Haidian' \
+             GROUP BY hospital, diagnosis",
+            "SELECT hospital, diagnosis, count(*) FROM health.visits WHERE district = 'Haidian' \
+             GROUP BY hospital, diagnosis HAVING count(DISTINCT patient_id) >= 10",
+        ),
+        (
+            "SELECT v.diagnosis, count(*) FROM health.visits v GROUP BY v.diagnosis",
+            "SELECT diagnosis, count(*) FROM health.visits GROUP BY diagnosis \
+             HAVING count(DISTINCT patient_id) >= 10",
+        ),
+        (
+            // Row duplication through a join does not inflate the subjects counted.
+            "SELECT a.diagnosis, count(*) FROM health.visits a JOIN health.visits b \
+             ON a.district = b.district AND a.visit_id < 100 AND b.visit_id < 4 GROUP BY a.diagnosis",
+            "SELECT a.diagnosis, count(*) FROM health.visits a JOIN health.visits b \
+             ON a.district = b.district AND a.visit_id < 100 AND b.visit_id < 4 GROUP BY a.diagnosis \
+             HAVING count(DISTINCT a.patient_id) >= 10",
+        ),
+        (
+            "SELECT diagnosis, count(DISTINCT diagnosis), sum(visit_id) FROM health.visits \
+             WHERE visit_id < 300 GROUP BY diagnosis",
+            "SELECT diagnosis, count(DISTINCT diagnosis), sum(visit_id) FROM health.visits \
+             WHERE visit_id < 300 GROUP BY diagnosis HAVING count(DISTINCT patient_id) >= 10",
+        ),
+    ] {
+        let got = row_strings(&query(&mut c, served).await.unwrap());
+        let want = row_strings(&raw_query(raw).await);
+        assert_eq!(got, want, "{served}");
+        let small = raw_query(&raw.replace(">= 10", "< 10")).await;
+        if rows(&small) > 0 {
+            // Some groups were suppressed: none of them shows.
+            for s in row_strings(&small) {
+                assert!(!got.contains(&s), "{served}: small group {s} released");
+            }
+        }
+    }
+    // At least one of the queries above suppresses something, or the test proves little.
+    let small = raw_query(
+        "SELECT hospital, diagnosis FROM health.visits WHERE district = 'Haidian' \
+         GROUP BY hospital, diagnosis HAVING count(DISTINCT patient_id) < 10",
+    )
+    .await;
+    assert!(rows(&small) > 0);
+
+    // One group below k: NULL, not a count that tells 0 from 1..9.
+    let got = query(
+        &mut c,
+        "SELECT count(diagnosis), sum(visit_id) FROM health.visits WHERE visit_id < 5",
+    )
+    .await
+    .unwrap();
+    assert_eq!(row_strings(&got), ["NULL|NULL"]);
+    let got = query(&mut c, "SELECT count(diagnosis) FROM health.visits")
+        .await
+        .unwrap();
+    assert_eq!(row_strings(&got), ["1000"]);
+    // Released keys may be ordered.
+    query(
+        &mut c,
+        "SELECT diagnosis, count(*) AS n FROM health.visits GROUP BY diagnosis ORDER BY diagnosis",
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn aggregate_only_evasions_are_refused_with_the_rule() {
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "insurer", "insurance-underwriting").await;
+    let diagnoses = raw_values("SELECT DISTINCT diagnosis FROM health.visits").await;
+    for (sql, rule) in [
+        ("SELECT diagnosis FROM health.visits", "may not reach the output"),
+        ("SELECT * FROM health.visits", "may not reach the output"),
+        ("SELECT DISTINCT diagnosis FROM health.visits", "DISTINCT"),
+        ("SELECT count(*) FROM health.visits WHERE diagnosis = 'C34 Lung cancer'", "WHERE"),
+        ("SELECT count(*) FROM health.visits GROUP BY diagnosis HAVING min(diagnosis) > 'A'", "min()"),
+        ("SELECT min(diagnosis), max(diagnosis) FROM health.visits", "min()"),
+        ("SELECT string_agg(diagnosis, ',') FROM health.visits", "string_agg()"),
+        ("SELECT count(*) OVER (PARTITION BY diagnosis) FROM health.visits", "window"),
+        ("SELECT diagnosis, count(*) FROM health.visits GROUP BY ROLLUP(diagnosis)", "ROLLUP"),
+        ("SELECT upper(diagnosis), count(*) FROM health.visits GROUP BY upper(diagnosis)", "GROUP BY key"),
+        ("SELECT sum(length(diagnosis)) FROM health.visits", "bare column"),
+        ("SELECT count(*) FROM health.visits ORDER BY max(diagnosis)", "max()"),
+        ("SELECT visit_id FROM health.visits ORDER BY diagnosis LIMIT 1", "ORDER BY"),
+        ("SELECT diagnosis FROM health.visits UNION SELECT 'x'", "set operation"),
+        ("SELECT (SELECT max(diagnosis) FROM health.visits)", "max()"),
+        (
+            "SELECT count(*) FROM health.visits v WHERE EXISTS (SELECT 1 FROM health.visits w WHERE w.diagnosis = 'C34 Lung cancer' AND w.visit_id = v.visit_id)",
+            "WHERE",
+        ),
+        (
+            "SELECT count(*) FROM health.visits a JOIN health.visits b ON a.diagnosis = b.diagnosis",
+            "JOIN",
+        ),
+        (
+            "SELECT count(*) FILTER (WHERE diagnosis = 'x') FROM health.visits",
+            "FILTER",
+        ),
+        (
+            "SELECT diagnosis, count(*) FILTER (WHERE hospital = 'Haidian Hospital') FROM health.visits GROUP BY diagnosis",
+            "FILTER",
+        ),
+        (
+            "WITH d AS (SELECT diagnosis FROM health.visits) SELECT diagnosis, count(*) FROM d GROUP BY diagnosis",
+            "directly over their table",
+        ),
+        (
+            "SELECT CASE WHEN diagnosis = 'C34 Lung cancer' THEN 1 ELSE 0 END FROM health.visits",
+            "expression",
+        ),
+        ("EXPLAIN SELECT diagnosis FROM health.visits", "may not reach the output"),
+    ] {
+        let err = query(&mut c, sql).await.unwrap_err();
+        assert!(
+            err.contains("aggregate-only") && err.contains(rule) && err.contains("does not have permission"),
+            "{sql}: {err}"
+        );
+        assert_no_canary(sql, &err, &diagnoses);
+    }
 }

@@ -40,7 +40,7 @@ async fn render(gateway: &Gateway, text: &str) -> String {
                 sql.push('\n');
             }
             // Skip the expected parts: they are rendered anew.
-            while let Some(l) = lines.next() {
+            for l in lines.by_ref() {
                 if l == CASE_END {
                     break;
                 }

@@ -1,0 +1,574 @@
+//! Aggregate-only columns (`policy-model.md` §5): the checker and the minimum-group rewrite.
+//!
+//! The checker follows every aggregate-only column through the plan (subqueries included) and
+//! refuses any flow other than the bare argument of `count`, `count(DISTINCT)`, `sum`, `avg`, or a
+//! bare GROUP BY key. Each aggregate such a column flows into is then rewritten so that every
+//! released group covers at least k distinct subjects:
+//!
+//! ```text
+//! before:                                   after:
+//!   Aggregate: groupBy=[diagnosis]            Projection: diagnosis, count(*)
+//!     aggr=[count(*)]                           Filter: __lakegate_k0 >= 10
+//!     TableScan: health.visits                    Aggregate: groupBy=[diagnosis]
+//!                                                   aggr=[count(*), count(DISTINCT __lakegate_subject) AS __lakegate_k0]
+//!                                                   TableScan: health.visits (+ __lakegate_subject)
+//! ```
+//!
+//! Without GROUP BY the one group's aggregates become NULL below k, so that 0 and 1..k-1 look the
+//! same. The subject column is served by the secure scan only to this rewrite: user SQL cannot
+//! name it, and it never reaches the output.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::catalog::default_table_source::{provider_as_source, source_as_provider};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchemaRef, TableReference};
+use datafusion::error::DataFusionError;
+use datafusion::functions_aggregate::count::count_distinct;
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::{
+    col, lit, when, Aggregate, Expr, Filter, LogicalPlan, Projection, TableScan, TableScanBuilder,
+};
+
+use crate::secure_scan::{SecureTable, SUBJECT_COLUMN};
+use crate::GatewayError;
+
+/// What is known of one aggregate-only column flowing through the plan.
+#[derive(Debug, Clone)]
+struct Origin {
+    /// The table it was read from (`schema.table`), for messages.
+    table: String,
+}
+
+/// Aggregate-only columns among a node's output columns.
+type Taint = HashMap<Column, Origin>;
+
+fn refuse(rule: &str, column: &Column, origin: &Origin) -> GatewayError {
+    GatewayError::AggregateOnly(format!(
+        "column {}.{} is aggregate-only: {rule}",
+        origin.table, column.name
+    ))
+}
+
+/// The taint entry `c` refers to: exact match, or by name when `c` is unqualified.
+fn lookup<'a>(taint: &'a Taint, c: &Column) -> Option<(&'a Column, &'a Origin)> {
+    taint.get_key_value(c).or_else(|| {
+        if c.relation.is_none() {
+            taint.iter().find(|(t, _)| t.name == c.name)
+        } else {
+            None
+        }
+    })
+}
+
+/// The first tainted column an expression reads, subqueries' outer references included.
+fn tainted_in<'a>(e: &Expr, taint: &'a Taint) -> Option<(&'a Column, &'a Origin)> {
+    let mut found = None;
+    let _ = e.apply(|e| {
+        let hit = match e {
+            Expr::Column(c) => lookup(taint, c),
+            Expr::OuterReferenceColumn(_, c) => lookup(taint, c),
+            _ => None,
+        };
+        if hit.is_some() {
+            found = hit;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// A bare column (aliases allowed) or nothing.
+fn bare_column(e: &Expr) -> Option<&Column> {
+    match e {
+        Expr::Column(c) => Some(c),
+        Expr::Alias(a) => bare_column(&a.expr),
+        _ => None,
+    }
+}
+
+fn secure_table(scan: &TableScan) -> Option<Arc<dyn datafusion::catalog::TableProvider>> {
+    let provider = source_as_provider(&scan.source).ok()?;
+    let any: &dyn Any = provider.as_ref();
+    any.is::<SecureTable>().then_some(provider)
+}
+
+fn as_secure(p: &Arc<dyn datafusion::catalog::TableProvider>) -> &SecureTable {
+    let any: &dyn Any = p.as_ref();
+    any.downcast_ref::<SecureTable>()
+        .expect("checked by secure_table")
+}
+
+/// The checker: walks `plan`, refuses forbidden flows, and records the aggregates that need a
+/// minimum-group check. `outer` is the taint of the enclosing query, for correlated subqueries.
+struct Checker {
+    /// Aggregates needing a k check, by their output schema (unique per node).
+    needs_check: Vec<DFSchemaRef>,
+}
+
+impl Checker {
+    fn walk(&mut self, plan: &LogicalPlan, outer: &Taint) -> Result<Taint, GatewayError> {
+        // Subqueries in this node's expressions: their results must carry no aggregate-only
+        // column, and their outer references are uses too.
+        let inputs: Vec<Taint> = plan
+            .inputs()
+            .into_iter()
+            .map(|p| self.walk(p, outer))
+            .collect::<Result<_, _>>()?;
+        let mut visible: Taint = outer.clone();
+        for t in &inputs {
+            visible.extend(t.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let mut subquery_err = None;
+        let _ = plan.apply_expressions(|e| {
+            e.apply(|e| {
+                let sub = match e {
+                    Expr::ScalarSubquery(s) => Some(&s.subquery),
+                    Expr::InSubquery(s) => Some(&s.subquery.subquery),
+                    Expr::Exists(s) => Some(&s.subquery.subquery),
+                    _ => None,
+                };
+                if let Some(sub) = sub {
+                    match self.walk(sub, &visible) {
+                        Ok(t) if t.is_empty() => {}
+                        Ok(t) => {
+                            let (c, o) = t.iter().next().expect("non-empty");
+                            subquery_err =
+                                Some(refuse("it may not be the result of a subquery", c, o));
+                            return Ok(TreeNodeRecursion::Stop);
+                        }
+                        Err(err) => {
+                            subquery_err = Some(err);
+                            return Ok(TreeNodeRecursion::Stop);
+                        }
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        });
+        if let Some(e) = subquery_err {
+            return Err(e);
+        }
+        let input_taint = |i: usize| inputs.get(i).cloned().unwrap_or_default();
+        let check_exprs =
+            |exprs: &[&Expr], rule: &str, taint: &Taint| -> Result<(), GatewayError> {
+                for e in exprs {
+                    if let Some((c, o)) = tainted_in(e, taint) {
+                        return Err(refuse(rule, c, o));
+                    }
+                }
+                Ok(())
+            };
+        // Output columns of `plan` that keep a tainted input column's name and qualifier.
+        let pass_through = |taint: &Taint| -> Taint {
+            plan.schema()
+                .columns()
+                .into_iter()
+                .filter_map(|c| taint.get(&c).map(|o| (c, o.clone())))
+                .collect()
+        };
+
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                let Some(provider) = secure_table(scan) else {
+                    return Ok(Taint::new());
+                };
+                let table = as_secure(&provider);
+                let mut out = Taint::new();
+                for c in plan.schema().columns() {
+                    if table.aggregate_only(&c.name).is_some() {
+                        out.insert(
+                            c,
+                            Origin {
+                                table: table.snapshot().table.to_string(),
+                            },
+                        );
+                    }
+                }
+                if !out.is_empty() && table.snapshot().subject_key.is_none() {
+                    let (c, o) = out.iter().next().expect("non-empty");
+                    return Err(refuse(
+                        "the table declares no subject key, so none of its aggregate-only columns can be released",
+                        c,
+                        o,
+                    ));
+                }
+                Ok(out)
+            }
+            LogicalPlan::SubqueryAlias(_) => {
+                // Same columns, new qualifier: map by position.
+                let t = input_taint(0);
+                let input_cols = plan.inputs()[0].schema().columns();
+                Ok(plan
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .zip(input_cols)
+                    .filter_map(|(out, inp)| t.get(&inp).map(|o| (out, o.clone())))
+                    .collect())
+            }
+            LogicalPlan::Projection(p) => {
+                let t = input_taint(0);
+                let mut out = Taint::new();
+                for (e, c) in p.expr.iter().zip(plan.schema().columns()) {
+                    match bare_column(e).and_then(|b| lookup(&t, b)) {
+                        Some((_, o)) => {
+                            out.insert(c, o.clone());
+                        }
+                        None => check_exprs(
+                            &[e],
+                            "it may not be used in an expression, only as the bare argument of count, sum or avg or as a GROUP BY key",
+                            &t,
+                        )?,
+                    }
+                }
+                Ok(out)
+            }
+            LogicalPlan::Filter(f) => {
+                let t = input_taint(0);
+                check_exprs(&[&f.predicate], "it may not be used in WHERE or HAVING", &t)?;
+                Ok(pass_through(&t))
+            }
+            LogicalPlan::Join(j) => {
+                let t: Taint = inputs
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let on: Vec<&Expr> =
+                    j.on.iter()
+                        .flat_map(|(l, r)| [l, r])
+                        .chain(j.filter.iter())
+                        .collect();
+                check_exprs(&on, "it may not be used in a JOIN condition", &t)?;
+                Ok(pass_through(&t))
+            }
+            LogicalPlan::Sort(s) => {
+                let t = input_taint(0);
+                let exprs: Vec<&Expr> = s.expr.iter().map(|e| &e.expr).collect();
+                check_exprs(&exprs, "it may not be used in ORDER BY", &t)?;
+                Ok(pass_through(&t))
+            }
+            LogicalPlan::Limit(_) | LogicalPlan::Repartition(_) => {
+                Ok(pass_through(&input_taint(0)))
+            }
+            LogicalPlan::Window(w) => {
+                let t = input_taint(0);
+                let exprs: Vec<&Expr> = w.window_expr.iter().collect();
+                check_exprs(&exprs, "it may not be used in a window function", &t)?;
+                Ok(pass_through(&t))
+            }
+            LogicalPlan::Aggregate(a) => self.aggregate(a, &input_taint(0)),
+            LogicalPlan::Distinct(_) => {
+                let t = input_taint(0);
+                match t.iter().next() {
+                    Some((c, o)) => Err(refuse(
+                        "it may not be selected DISTINCT; use GROUP BY",
+                        c,
+                        o,
+                    )),
+                    None => Ok(Taint::new()),
+                }
+            }
+            LogicalPlan::Union(_) => match inputs.iter().flatten().next() {
+                Some((c, o)) => Err(refuse("it may not be used in a set operation", c, o)),
+                None => Ok(Taint::new()),
+            },
+            LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => {
+                // The explained plan is checked as if it were run.
+                if let Some((c, o)) = inputs.iter().flatten().next() {
+                    return Err(refuse(
+                        "it may not reach the output; use count, sum, avg or GROUP BY",
+                        c,
+                        o,
+                    ));
+                }
+                Ok(Taint::new())
+            }
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Ok(Taint::new()),
+            other => match inputs.iter().flatten().next() {
+                // Fail closed on anything this checker does not know.
+                Some((c, o)) => Err(refuse(
+                    &format!("it may not flow into {}", other.display()),
+                    c,
+                    o,
+                )),
+                None => Ok(Taint::new()),
+            },
+        }
+    }
+
+    fn aggregate(&mut self, a: &Aggregate, t: &Taint) -> Result<Taint, GatewayError> {
+        let mut consumes = false;
+        for g in &a.group_expr {
+            if let Expr::GroupingSet(_) = g {
+                if let Some((c, o)) = tainted_in(g, t).or_else(|| t.iter().next()) {
+                    return Err(refuse("ROLLUP, CUBE and GROUPING SETS are refused", c, o));
+                }
+            }
+            match bare_column(g).and_then(|c| lookup(t, c)) {
+                Some(_) => consumes = true,
+                None => {
+                    if let Some((c, o)) = tainted_in(g, t) {
+                        return Err(refuse("only the bare column may be a GROUP BY key", c, o));
+                    }
+                }
+            }
+        }
+        for e in &a.aggr_expr {
+            let inner = match e {
+                Expr::Alias(al) => al.expr.as_ref(),
+                e => e,
+            };
+            let Expr::AggregateFunction(AggregateFunction { func, params }) = inner else {
+                if let Some((c, o)) = tainted_in(e, t) {
+                    return Err(refuse("it may flow only into count, sum or avg", c, o));
+                }
+                continue;
+            };
+            let reads: Vec<_> = params
+                .args
+                .iter()
+                .filter_map(|a| tainted_in(a, t))
+                .collect();
+            if let Some((c, o)) = params
+                .filter
+                .as_deref()
+                .and_then(|f| tainted_in(f, t))
+                .or_else(|| params.order_by.iter().find_map(|s| tainted_in(&s.expr, t)))
+            {
+                return Err(refuse(
+                    "it may not be used in FILTER or an aggregate's ORDER BY",
+                    c,
+                    o,
+                ));
+            }
+            if let Some((c, o)) = reads.first() {
+                let allowed = matches!(func.name(), "count" | "sum" | "avg");
+                let bare = params.args.len() == 1 && bare_column(&params.args[0]).is_some();
+                if !allowed || !bare {
+                    return Err(refuse(
+                        &format!(
+                            "{}() over it is refused; only count, count(DISTINCT), sum and avg of the bare column",
+                            func.name()
+                        ),
+                        c,
+                        o,
+                    ));
+                }
+                consumes = true;
+            }
+        }
+        if consumes {
+            // A FILTER on any aggregate of this node would let a group be released from fewer
+            // subjects than the check counts.
+            let has_filter = |e: &Expr| {
+                let inner = match e {
+                    Expr::Alias(al) => al.expr.as_ref(),
+                    e => e,
+                };
+                matches!(inner, Expr::AggregateFunction(f) if f.params.filter.is_some())
+            };
+            if a.aggr_expr.iter().any(has_filter) {
+                let (c, o) = t.iter().next().expect("consumes");
+                return Err(refuse(
+                    "aggregates with FILTER are refused in a query that releases it",
+                    c,
+                    o,
+                ));
+            }
+            self.needs_check.push(a.schema.clone());
+        }
+        Ok(Taint::new())
+    }
+}
+
+/// Checks `plan` and rewrites the aggregates that release aggregate-only columns.
+pub(crate) fn enforce(plan: LogicalPlan) -> Result<LogicalPlan, GatewayError> {
+    let mut checker = Checker {
+        needs_check: Vec::new(),
+    };
+    let root = checker.walk(&plan, &Taint::new())?;
+    if let Some((c, o)) = root.iter().next() {
+        return Err(refuse(
+            "it may not reach the output; use count, sum, avg or GROUP BY",
+            c,
+            o,
+        ));
+    }
+    if checker.needs_check.is_empty() {
+        return Ok(plan);
+    }
+    let needs = checker.needs_check;
+    let rewritten = plan
+        .transform_up_with_subqueries(|node| rewrite(node, &needs))
+        .map(|t| t.data)
+        .map_err(|e| GatewayError::AggregateOnly(e.strip_backtrace()))?;
+    // The subject column exists for the check only; it must never be an output.
+    if rewritten
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| f.name() == SUBJECT_COLUMN)
+    {
+        return Err(GatewayError::AggregateOnly(
+            "the query would output the subject key; select columns explicitly".into(),
+        ));
+    }
+    Ok(rewritten)
+}
+
+fn rewrite(
+    node: LogicalPlan,
+    needs: &[DFSchemaRef],
+) -> datafusion::error::Result<Transformed<LogicalPlan>> {
+    match node {
+        LogicalPlan::TableScan(scan) => {
+            let Some(provider) = secure_table(&scan) else {
+                return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
+            };
+            let table = as_secure(&provider);
+            if !table.has_aggregate_only() {
+                return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
+            }
+            let with_subject = Arc::new(table.with_subject_column()?);
+            let subject_index = with_subject.served_len() - 1;
+            let projection = Some(match scan.projection {
+                Some(mut p) => {
+                    p.push(subject_index);
+                    p
+                }
+                None => (0..=subject_index).collect(),
+            });
+            let new =
+                TableScanBuilder::new(scan.table_name.clone(), provider_as_source(with_subject))
+                    .with_projection(projection)
+                    .with_filters(scan.filters.clone())
+                    .with_fetch(scan.fetch)
+                    .build()?;
+            Ok(Transformed::yes(LogicalPlan::TableScan(new)))
+        }
+        LogicalPlan::Aggregate(a)
+            if needs
+                .iter()
+                .any(|s| Arc::ptr_eq(s, &a.schema) || **s == *a.schema) =>
+        {
+            Ok(Transformed::yes(min_group_check(a)?))
+        }
+        other => {
+            // Schemas above a rewritten scan gain the subject column where they pass all
+            // columns through.
+            Ok(Transformed::yes(other.recompute_schema()?))
+        }
+    }
+}
+
+/// Adds `count(DISTINCT subject) >= k` per aggregate-only table read by the aggregate.
+fn min_group_check(a: Aggregate) -> datafusion::error::Result<LogicalPlan> {
+    let input_schema = a.input.schema().clone();
+    // Which scans' aggregate-only columns does this aggregate read, and their k.
+    let mut scans: HashMap<TableReference, u64> = HashMap::new();
+    let mut visit = |e: &Expr| {
+        for c in e.column_refs() {
+            if let Some(q) = &c.relation {
+                scans.entry(q.clone()).or_insert(0);
+            }
+        }
+    };
+    a.group_expr.iter().chain(&a.aggr_expr).for_each(&mut visit);
+    // Keep the scans that carry a subject column; k comes from the secure tables below.
+    let ks = collect_ks(&a.input);
+    let mut checks = Vec::new();
+    for (q, _) in scans {
+        if let Some(k) = ks.get(&q) {
+            let subject = Column::new(Some(q.clone()), SUBJECT_COLUMN);
+            if input_schema.has_column(&subject) {
+                checks.push((subject, *k));
+            }
+        }
+    }
+    if checks.is_empty() {
+        return Err(DataFusionError::Plan(
+            "aggregate-only columns must be aggregated directly over their table, not through a subquery that selects columns"
+                .into(),
+        ));
+    }
+    let mut aggr_expr = a.aggr_expr.clone();
+    let mut conditions = Vec::new();
+    for (i, (subject, k)) in checks.into_iter().enumerate() {
+        let name = format!("__lakegate_k{i}");
+        aggr_expr.push(count_distinct(Expr::Column(subject)).alias(&name));
+        conditions.push(col(Column::from_name(name)).gt_eq(lit(k as i64)));
+    }
+    let original = a.schema.clone();
+    let checked = LogicalPlan::Aggregate(Aggregate::try_new(
+        a.input.clone(),
+        a.group_expr.clone(),
+        aggr_expr,
+    )?);
+    let ok = conditions
+        .into_iter()
+        .reduce(|x, y| x.and(y))
+        .expect("at least one check");
+    let outputs: Vec<(
+        Option<&TableReference>,
+        &Arc<datafusion::arrow::datatypes::Field>,
+    )> = original.iter().collect();
+    if a.group_expr.is_empty() {
+        // One group: its aggregates become NULL below k.
+        let exprs = outputs
+            .into_iter()
+            .map(|(q, f)| {
+                let c = Expr::Column(Column::new(q.cloned(), f.name()));
+                Ok(when(ok.clone(), c)
+                    .otherwise(lit(datafusion::common::ScalarValue::try_from(
+                        f.data_type(),
+                    )?))?
+                    .alias_qualified(q.cloned(), f.name()))
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        Ok(LogicalPlan::Projection(Projection::try_new(
+            exprs,
+            Arc::new(checked),
+        )?))
+    } else {
+        let filtered = LogicalPlan::Filter(Filter::try_new(ok, Arc::new(checked))?);
+        let exprs = outputs
+            .into_iter()
+            .map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))
+            .collect();
+        Ok(LogicalPlan::Projection(Projection::try_new(
+            exprs,
+            Arc::new(filtered),
+        )?))
+    }
+}
+
+/// The minimum group size of each aggregate-only scan below `plan`, by qualifier (aliases
+/// included).
+fn collect_ks(plan: &LogicalPlan) -> HashMap<TableReference, u64> {
+    let mut out = HashMap::new();
+    let _ = plan.apply(|p| {
+        match p {
+            LogicalPlan::TableScan(scan) => {
+                if let Some(provider) = secure_table(scan) {
+                    if let Some(k) = as_secure(&provider).min_group() {
+                        out.insert(scan.table_name.clone(), k);
+                    }
+                }
+            }
+            LogicalPlan::SubqueryAlias(s) => {
+                let inner = collect_ks(&s.input);
+                if let Some(k) = inner.values().max() {
+                    out.insert(s.alias.clone(), *k);
+                }
+            }
+            _ => {}
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
