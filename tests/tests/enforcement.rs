@@ -108,6 +108,13 @@ async fn masked_identity_numbers_never_leave_raw() {
         // Raw numbers are 18 characters and may end in X; the hashes are 64 lowercase hex digits.
         "SELECT count(*) FROM market.enterprises WHERE legal_rep_id LIKE '%X'".into(),
         "SELECT count(*) FROM market.enterprises WHERE length(legal_rep_id) = 18".into(),
+        // Joining against candidate values, or comparing with a plain digest of a guess.
+        format!(
+            "SELECT count(*) FROM market.enterprises e JOIN (VALUES ('{probe}')) AS g(x) ON e.legal_rep_id = g.x"
+        ),
+        format!(
+            "SELECT count(*) FROM market.enterprises WHERE legal_rep_id = encode(sha256('{probe}'), 'hex')"
+        ),
     ] {
         let got = query(&mut c, &sql).await.unwrap();
         assert_eq!(column_strings(&got, 0), ["0"], "{sql}");

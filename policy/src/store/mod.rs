@@ -18,6 +18,9 @@ use crate::lake_schema::{generate_schema, quote, row_type, LakeDescription, Tabl
 use crate::predicate::{self, Predicate};
 use crate::{Mask, PolicyError};
 
+/// How many grants a policy set keeps before it starts over.
+const GRANT_CACHE_ENTRIES: usize = 10_000;
+
 /// The minimum group size of an `aggregate` permit without `@min_group`.
 pub const DEFAULT_MIN_GROUP: u64 = 10;
 
@@ -39,6 +42,8 @@ pub struct PolicySet {
     min_groups: HashMap<String, u64>,
     hash: String,
     authorizer: Authorizer,
+    /// Grants by (user, scenario, table), with the second they were decided at.
+    grants: std::sync::Mutex<HashMap<(String, String, String), (u64, Grant)>>,
     tables: BTreeMap<String, TableDescription>,
 }
 
@@ -313,6 +318,7 @@ impl PolicySet {
             min_groups,
             hash: hex::encode(hasher.finalize()),
             authorizer: Authorizer::new(),
+            grants: std::sync::Mutex::new(HashMap::new()),
             tables: lake.tables.iter().map(|t| (t.id(), t.clone())).collect(),
         })
     }
@@ -351,7 +357,40 @@ impl PolicySet {
     /// `read_masked` (the most restrictive `@mask` of the determining permits), else `aggregate`
     /// (the largest `@min_group`, 10 if absent), else hidden; rows from `read_row` evaluated with
     /// the row unknown.
+    ///
+    /// Decisions are made at whole seconds (`context.now`) and cached per (user, scenario, table,
+    /// second) for the life of this set, so a repeated request costs a map lookup.
     pub fn grant(
+        &self,
+        user: &str,
+        scenario: &str,
+        table: &str,
+        now: SystemTime,
+    ) -> Result<Grant, PolicyError> {
+        let second = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let key = (user.to_string(), scenario.to_string(), table.to_string());
+        {
+            let cache = self.grants.lock().expect("grant cache poisoned");
+            if let Some((at, g)) = cache.get(&key) {
+                if *at == second {
+                    return Ok(g.clone());
+                }
+            }
+        }
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(second);
+        let grant = self.decide_grant(user, scenario, table, now)?;
+        let mut cache = self.grants.lock().expect("grant cache poisoned");
+        if cache.len() >= GRANT_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, (second, grant.clone()));
+        Ok(grant)
+    }
+
+    fn decide_grant(
         &self,
         user: &str,
         scenario: &str,

@@ -286,3 +286,37 @@ fn duplicate_ids_and_bad_entities_are_refused() {
         .to_string();
     assert!(err.contains("entities.json"), "{err}");
 }
+
+#[test]
+fn grants_are_cached_per_second_and_exact() {
+    let dir = folder(POLICIES);
+    let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_900_000_000_500);
+    let a = set.grant("alice", "hr-stats", "hr.employees", t).unwrap();
+    let b = set
+        .grant(
+            "alice",
+            "hr-stats",
+            "hr.employees",
+            t + std::time::Duration::from_millis(400),
+        )
+        .unwrap();
+    assert_eq!(a, b);
+    // A scenario expiring at a whole second: decided at whole seconds, before and after.
+    let text = ENTITIES.replace("2099-01-01", "2030-03-17T17:46:40Z");
+    let dir = folder(POLICIES);
+    std::fs::write(dir.path().join("entities.json"), text).unwrap();
+    let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    let expiry = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_900_000_000);
+    let before = expiry - std::time::Duration::from_millis(1);
+    assert!(
+        set.grant("alice", "hr-stats", "hr.employees", before)
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !set.grant("alice", "hr-stats", "hr.employees", expiry)
+            .unwrap()
+            .allowed
+    );
+}
