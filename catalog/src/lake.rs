@@ -48,6 +48,8 @@ impl fmt::Display for TableRef {
 pub struct TableSnapshot {
     /// Which table.
     pub table: TableRef,
+    /// Where the table lives.
+    pub url: Url,
     /// The Delta version this snapshot is pinned to.
     pub version: u64,
     /// The columns, as the Delta scan yields them.
@@ -238,6 +240,7 @@ impl Lake {
         }
         Ok(Some(TableSnapshot {
             table: t.clone(),
+            url: self.table_url(t),
             version,
             schema,
             subject_key,

@@ -12,6 +12,7 @@ mod explain;
 mod masks;
 mod query;
 mod row_filter;
+mod secure_exec;
 mod secure_scan;
 mod session_gate;
 mod statement;
@@ -32,7 +33,8 @@ use policy::{CedarType, ColumnDescription, LakeDescription, PolicySet, TableDesc
 
 pub use error::GatewayError;
 pub use query::{served_schema, Query};
-pub use secure_scan::{SecureScanExec, SecureTable, SUBJECT_COLUMN};
+pub use secure_exec::{SecureScanCodec, SecureScanExec};
+pub use secure_scan::{SecureTable, SUBJECT_COLUMN};
 use session_gate::SessionGate;
 
 /// Who asks: the authenticated user and the scenario the session works under.
@@ -183,6 +185,7 @@ impl Gateway {
             scenario,
             SystemTime::now(),
             self.mask_key.clone(),
+            Arc::new(self.lake.storage_options().clone()),
         );
         let mut out = Vec::new();
         for t in self.lake.tables() {
@@ -220,6 +223,7 @@ impl Gateway {
             scenario,
             SystemTime::now(),
             self.mask_key.clone(),
+            Arc::new(self.lake.storage_options().clone()),
         ));
         state.catalog_list().register_catalog(
             LAKE_CATALOG.to_string(),

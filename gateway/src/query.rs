@@ -97,6 +97,21 @@ impl Query {
         Query::new(self.state.clone(), plan)
     }
 
+    /// The physical plan (for serialization to executors; [`Query::execute`] plans its own).
+    pub async fn physical_plan(
+        &self,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, GatewayError> {
+        self.state
+            .create_physical_plan(&self.plan)
+            .await
+            .map_err(GatewayError::from_planning)
+    }
+
+    /// The task context plans of this query run in.
+    pub fn task_context(&self) -> Arc<datafusion::execution::TaskContext> {
+        self.state.task_ctx()
+    }
+
     /// Runs the query. Every batch of the stream has exactly [`Query::schema`].
     pub async fn execute(&self) -> Result<SendableRecordBatchStream, GatewayError> {
         if !self.parameters.fields().is_empty() {

@@ -15,33 +15,23 @@
 //! aggregate is answered from raw file statistics. Aggregate-only columns are served raw inside
 //! the engine; `aggregate_only` decides what of them may leave.
 
-use std::fmt;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::DFSchema;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
-};
-use futures::StreamExt;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 
 use catalog::TableSnapshot;
 use policy::{ColumnTreatment, Grant, Mask, RowPredicate};
 
-use crate::{masks, row_filter};
+use crate::masks;
+use crate::secure_exec::{ScanSpec, SecureScanExec};
 
 /// The column a secure scan adds, for the minimum-group check only, when asked to: the raw
 /// subject key. User SQL cannot name it (it is not in the table's schema at planning time).
@@ -62,6 +52,7 @@ pub struct SecureTable {
     served: Vec<ServedColumn>,
     schema: SchemaRef,
     mask_key: Option<Arc<[u8]>>,
+    storage: Arc<HashMap<String, String>>,
 }
 
 impl SecureTable {
@@ -70,6 +61,7 @@ impl SecureTable {
         snapshot: TableSnapshot,
         grant: Grant,
         mask_key: Option<Arc<[u8]>>,
+        storage: Arc<HashMap<String, String>>,
     ) -> Result<Self> {
         if !grant.allowed {
             return Err(DataFusionError::Internal(
@@ -119,6 +111,7 @@ impl SecureTable {
             grant,
             served,
             mask_key,
+            storage,
         })
     }
 
@@ -183,6 +176,7 @@ impl SecureTable {
             served,
             schema: Arc::new(Schema::new(fields)),
             mask_key: self.mask_key.clone(),
+            storage: self.storage.clone(),
         })
     }
 
@@ -271,204 +265,36 @@ impl TableProvider for SecureTable {
                 if predicate.is_none() { limit } else { None },
             )
             .await?;
-        let inner_schema = inner.schema();
-
-        let predicate = match predicate {
-            None => None,
-            Some(p) => {
-                let expr = row_filter::to_expr(p)?;
-                let df_schema = DFSchema::try_from(inner_schema.as_ref().clone())?;
-                Some(state.create_physical_expr(expr, &df_schema)?)
-            }
+        let spec = ScanSpec {
+            table: self.snapshot.table.to_string(),
+            url: self.snapshot.url.clone(),
+            version: self.snapshot.version,
+            raw_projection: raw,
+            filters: if everything_raw {
+                filters.to_vec()
+            } else {
+                vec![]
+            },
+            limit: if predicate.is_none() { limit } else { None },
+            predicate: predicate.cloned(),
+            outputs: wanted
+                .iter()
+                .map(|&i| {
+                    let c = &self.served[i];
+                    (
+                        self.snapshot.schema.field(c.raw_index).name().clone(),
+                        c.mask.clone(),
+                    )
+                })
+                .collect(),
+            partitions: inner.output_partitioning().partition_count(),
         };
-        let outputs = wanted
-            .iter()
-            .map(|&i| {
-                let c = &self.served[i];
-                let name = self.snapshot.schema.field(c.raw_index).name();
-                Ok((inner_schema.index_of(name)?, c.mask.clone()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Arc::new(SecureScanExec::new(
-            self.snapshot.table.to_string(),
+        Ok(Arc::new(SecureScanExec::planned(
+            spec,
             output_schema,
             inner,
-            predicate,
-            outputs,
             self.mask_key.clone(),
-        )))
-    }
-}
-
-/// The physical barrier: row predicate on raw values, then masks, then the served columns.
-pub struct SecureScanExec {
-    table: String,
-    schema: SchemaRef,
-    input: Arc<dyn ExecutionPlan>,
-    predicate: Option<Arc<dyn PhysicalExpr>>,
-    /// Per output column: its index in the input and its mask.
-    outputs: Vec<(usize, Option<Mask>)>,
-    mask_key: Option<Arc<[u8]>>,
-    properties: Arc<PlanProperties>,
-}
-
-impl fmt::Debug for SecureScanExec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the mask key.
-        f.debug_struct("SecureScanExec")
-            .field("table", &self.table)
-            .field("predicate", &self.predicate)
-            .field("outputs", &self.outputs)
-            .finish()
-    }
-}
-
-impl SecureScanExec {
-    fn new(
-        table: String,
-        schema: SchemaRef,
-        input: Arc<dyn ExecutionPlan>,
-        predicate: Option<Arc<dyn PhysicalExpr>>,
-        outputs: Vec<(usize, Option<Mask>)>,
-        mask_key: Option<Arc<[u8]>>,
-    ) -> Self {
-        // Fresh properties: nothing the raw scan knows (orderings, constants, partitioning
-        // expressions) is claimed for the served columns.
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
-        Self {
-            table,
-            schema,
-            input,
-            predicate,
-            outputs,
-            mask_key,
-            properties,
-        }
-    }
-
-    fn secure(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        let batch = match &self.predicate {
-            None => batch,
-            Some(p) => {
-                let keep = p.evaluate(&batch)?.into_array(batch.num_rows())?;
-                let keep = keep
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::BooleanArray>()
-                    .ok_or_else(|| {
-                        DataFusionError::Internal("the row predicate is not boolean".into())
-                    })?;
-                // NULL counts as false.
-                filter_record_batch(&batch, keep)?
-            }
-        };
-        let columns = self
-            .outputs
-            .iter()
-            .map(|(i, mask)| {
-                let raw = batch.column(*i);
-                match mask {
-                    None => Ok(raw.clone()),
-                    Some(m) => masks::apply(m, raw, self.mask_key.as_deref()),
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(RecordBatch::try_new_with_options(
-            self.schema.clone(),
-            columns,
-            &datafusion::arrow::array::RecordBatchOptions::new()
-                .with_row_count(Some(batch.num_rows())),
-        )?)
-    }
-}
-
-impl DisplayAs for SecureScanExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "SecureScanExec: table={}", self.table)?;
-        if let Some(p) = &self.predicate {
-            write!(f, ", rows={p}")?;
-        }
-        let masked: Vec<String> = self
-            .outputs
-            .iter()
-            .zip(self.schema.fields())
-            .filter_map(|((_, m), field)| m.as_ref().map(|m| format!("{}={m}", field.name())))
-            .collect();
-        if !masked.is_empty() {
-            write!(f, ", masks=[{}]", masked.join(", "))?;
-        }
-        Ok(())
-    }
-}
-
-impl ExecutionPlan for SecureScanExec {
-    fn name(&self) -> &str {
-        "SecureScanExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        match &self.predicate {
-            Some(p) => f(p),
-            None => Ok(TreeNodeRecursion::Continue),
-        }
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return Err(DataFusionError::Internal(
-                "SecureScanExec takes exactly one input".into(),
-            ));
-        }
-        Ok(Arc::new(SecureScanExec::new(
-            self.table.clone(),
-            self.schema.clone(),
-            children.pop().expect("one child"),
-            self.predicate.clone(),
-            self.outputs.clone(),
-            self.mask_key.clone(),
-        )))
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
-        let this = SecureScanExec::new(
-            self.table.clone(),
-            self.schema.clone(),
-            self.input.clone(),
-            self.predicate.clone(),
-            self.outputs.clone(),
-            self.mask_key.clone(),
-        );
-        let stream = input.map(move |batch| batch.and_then(|b| this.secure(b)));
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
-            stream,
-        )))
+            self.storage.clone(),
+        )?))
     }
 }

@@ -20,6 +20,7 @@ pub(crate) struct SessionGate {
     scenario: String,
     now: SystemTime,
     mask_key: Option<Arc<[u8]>>,
+    storage: Arc<HashMap<String, String>>,
     grants: Mutex<HashMap<TableRef, Grant>>,
 }
 
@@ -30,6 +31,7 @@ impl SessionGate {
         scenario: &str,
         now: SystemTime,
         mask_key: Option<Arc<[u8]>>,
+        storage: Arc<HashMap<String, String>>,
     ) -> Self {
         Self {
             policies,
@@ -37,6 +39,7 @@ impl SessionGate {
             scenario: scenario.to_string(),
             now,
             mask_key,
+            storage,
             grants: Mutex::new(HashMap::new()),
         }
     }
@@ -68,7 +71,7 @@ impl SessionGate {
             return Ok(None);
         };
         let grant = self.grant(t)?;
-        SecureTable::try_new(snapshot, grant, self.mask_key.clone())
+        SecureTable::try_new(snapshot, grant, self.mask_key.clone(), self.storage.clone())
             .map(Some)
             .map_err(GatewayError::Sql)
     }
@@ -97,6 +100,7 @@ impl TableGate for SessionGate {
             snapshot,
             grant,
             self.mask_key.clone(),
+            self.storage.clone(),
         )?)))
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// How a masked column's values are replaced inside the scan.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mask {
     /// Keyed HMAC-SHA256 of the value, hex (the key is the deployment's secret).
     Hash,

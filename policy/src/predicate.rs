@@ -19,7 +19,7 @@ use std::fmt;
 use cedar_policy::pst::{BinaryOp, Clause, Expr, Literal, PatternElem, UnaryOp, Var};
 
 /// A literal value in a row predicate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     /// A boolean.
     Bool(bool),
@@ -34,7 +34,7 @@ pub enum Value {
 }
 
 /// A comparison operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CmpOp {
     /// `==`
     Eq,
@@ -51,7 +51,7 @@ pub enum CmpOp {
 }
 
 /// One element of a `like` pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Pattern {
     /// A literal character.
     Char(char),
@@ -60,7 +60,7 @@ pub enum Pattern {
 }
 
 /// A boolean condition on the raw columns of one row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Predicate {
     /// A constant.
     Const(bool),
@@ -98,7 +98,7 @@ pub enum Predicate {
 }
 
 /// A side of a comparison.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Operand {
     /// A column of the row.
     Column(String),

@@ -49,18 +49,27 @@ async fn raw_values(sql: &str) -> HashSet<String> {
     out
 }
 
-/// Everything a client saw of a query: its rows as text and its schema, or the error text.
+/// Everything a client saw of a query: the FlightInfo (schema, ticket, descriptor), the schema and
+/// rows of the stream as text, or the error text.
 async fn seen(c: &mut Client, sql: &str) -> String {
-    match query(c, sql).await {
-        Ok(batches) => {
-            let schema = batches
-                .first()
-                .map(|b| format!("{:?}", b.schema()))
-                .unwrap_or_default();
-            format!("{schema}\n{}", pretty(&batches))
-        }
-        Err(e) => e,
+    let info = match c.execute(sql.to_string(), None).await {
+        Ok(info) => info,
+        Err(e) => return e.to_string(),
+    };
+    let mut text = format!("{info:?}\n");
+    if let Ok(schema) = Schema::try_from(info.clone()) {
+        text.push_str(&format!("{schema:?}\n"));
     }
+    match fetch(c, info).await {
+        Ok(batches) => {
+            if let Some(b) = batches.first() {
+                text.push_str(&format!("{:?}\n", b.schema()));
+            }
+            text.push_str(&pretty(&batches));
+        }
+        Err(e) => text.push_str(&e),
+    }
+    text
 }
 
 fn assert_no_canary(what: &str, text: &str, canaries: &HashSet<String>) {

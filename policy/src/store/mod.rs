@@ -18,6 +18,9 @@ use crate::lake_schema::{generate_schema, quote, row_type, LakeDescription, Tabl
 use crate::predicate::{self, Predicate};
 use crate::{Mask, PolicyError};
 
+/// (user, scenario, table).
+type GrantKey = (String, String, String);
+
 /// How many grants a policy set keeps before it starts over.
 const GRANT_CACHE_ENTRIES: usize = 10_000;
 
@@ -43,7 +46,7 @@ pub struct PolicySet {
     hash: String,
     authorizer: Authorizer,
     /// Grants by (user, scenario, table), with the second they were decided at.
-    grants: std::sync::Mutex<HashMap<(String, String, String), (u64, Grant)>>,
+    grants: std::sync::Mutex<HashMap<GrantKey, (u64, Grant)>>,
     tables: BTreeMap<String, TableDescription>,
 }
 

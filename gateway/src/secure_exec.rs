@@ -1,0 +1,472 @@
+//! The physical barrier: a leaf that reads the raw Delta scan, applies the row predicate on raw
+//! values, then the masks, and yields the served columns. Nothing can be planned below it.
+//!
+//! It is serializable with [`SecureScanCodec`] (a DataFusion physical extension codec) so that it
+//! can run on Ballista executors: what crosses the wire is the table's URL and version, the raw
+//! columns to read, the pushed filters, the row predicate and the masks — never the mask key or
+//! storage credentials, which each executor's codec brings from its own configuration. An
+//! executor re-plans the Delta scan when it first executes the node.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{BooleanArray, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::DFSchema;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::context::ExecutionProps;
+use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::Expr;
+use datafusion::optimizer::analyzer::type_coercion::TypeCoercionRewriter;
+use datafusion::physical_expr::{
+    create_physical_expr, EquivalenceProperties, Partitioning, PhysicalExpr,
+};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
+use datafusion_proto::logical_plan::from_proto::parse_exprs;
+use datafusion_proto::logical_plan::to_proto::serialize_exprs;
+use datafusion_proto::logical_plan::DefaultLogicalExtensionCodec;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use datafusion_proto::protobuf::LogicalExprNode;
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use policy::{Mask, Predicate};
+
+use crate::{masks, row_filter};
+
+/// What a secure scan reads and how it secures it: everything that crosses the wire.
+#[derive(Debug, Clone)]
+pub(crate) struct ScanSpec {
+    /// `schema.table`, for display and errors.
+    pub table: String,
+    /// The table's folder.
+    pub url: url::Url,
+    /// The Delta version the query was planned against.
+    pub version: u64,
+    /// Raw column indices the Delta scan reads.
+    pub raw_projection: Vec<usize>,
+    /// User filters pushed into the Delta scan (only when everything is served raw).
+    pub filters: Vec<Expr>,
+    /// A limit pushed into the Delta scan (only without a row predicate).
+    pub limit: Option<usize>,
+    /// The grant's row predicate.
+    pub predicate: Option<Predicate>,
+    /// Per output column: the raw column's name and its mask.
+    pub outputs: Vec<(String, Option<Mask>)>,
+    /// The partition count of the Delta scan as planned.
+    pub partitions: usize,
+}
+
+/// The Delta scan as planned in this process, and the compiled row predicate.
+#[derive(Clone)]
+struct Planned {
+    input: Arc<dyn ExecutionPlan>,
+    predicate: Option<Arc<dyn PhysicalExpr>>,
+    outputs: Vec<(usize, Option<Mask>)>,
+}
+
+/// The barrier node.
+pub struct SecureScanExec {
+    spec: Arc<ScanSpec>,
+    schema: SchemaRef,
+    mask_key: Option<Arc<[u8]>>,
+    /// Delta-rs storage options of this process, for re-planning after decoding.
+    storage: Arc<HashMap<String, String>>,
+    planned: Option<Planned>,
+    properties: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for SecureScanExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the mask key or storage options.
+        f.debug_struct("SecureScanExec")
+            .field("spec", &self.spec)
+            .finish()
+    }
+}
+
+/// Compiles the row predicate against the raw scan's output schema (with type coercion).
+fn compile(p: &Predicate, input: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
+    let df_schema = DFSchema::try_from(input.clone())?;
+    let expr = row_filter::to_expr(p)?;
+    let mut coerce = TypeCoercionRewriter::new(&df_schema);
+    let expr = expr.rewrite(&mut coerce)?.data;
+    create_physical_expr(
+        &expr,
+        &df_schema,
+        &ExecutionProps::new(),
+        &PhysicalPlanningContext::default(),
+    )
+}
+
+fn output_indices(spec: &ScanSpec, input: &Schema) -> Result<Vec<(usize, Option<Mask>)>> {
+    spec.outputs
+        .iter()
+        .map(|(name, mask)| Ok((input.index_of(name)?, mask.clone())))
+        .collect()
+}
+
+impl SecureScanExec {
+    /// A barrier over a Delta scan planned in this process.
+    pub(crate) fn planned(
+        spec: ScanSpec,
+        schema: SchemaRef,
+        input: Arc<dyn ExecutionPlan>,
+        mask_key: Option<Arc<[u8]>>,
+        storage: Arc<HashMap<String, String>>,
+    ) -> Result<Self> {
+        let predicate = match &spec.predicate {
+            Some(p) => Some(compile(p, &input.schema())?),
+            None => None,
+        };
+        let outputs = output_indices(&spec, &input.schema())?;
+        Ok(Self::new(
+            spec,
+            schema,
+            mask_key,
+            storage,
+            Some(Planned {
+                input,
+                predicate,
+                outputs,
+            }),
+        ))
+    }
+
+    fn new(
+        spec: ScanSpec,
+        schema: SchemaRef,
+        mask_key: Option<Arc<[u8]>>,
+        storage: Arc<HashMap<String, String>>,
+        planned: Option<Planned>,
+    ) -> Self {
+        // Fresh properties: nothing the raw scan knows (orderings, constants, partitioning
+        // expressions) is claimed for the served columns.
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(spec.partitions.max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
+            spec: Arc::new(spec),
+            schema,
+            mask_key,
+            storage,
+            planned,
+            properties,
+        }
+    }
+
+    /// Plans the Delta scan in this process (after decoding on an executor).
+    async fn plan(
+        spec: Arc<ScanSpec>,
+        storage: Arc<HashMap<String, String>>,
+        ctx: Arc<TaskContext>,
+    ) -> Result<Planned> {
+        let table = deltalake::DeltaTableBuilder::from_url(spec.url.clone())
+            .map(|b| {
+                b.with_storage_options((*storage).clone())
+                    .with_version(spec.version)
+            })
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .load()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let provider = table.table_provider().await?;
+        let state = SessionStateBuilder::new()
+            .with_config(ctx.session_config().clone())
+            .with_runtime_env(ctx.runtime_env())
+            .with_default_features()
+            .build();
+        let input = provider
+            .scan(
+                &state,
+                Some(&spec.raw_projection),
+                &spec.filters,
+                spec.limit,
+            )
+            .await?;
+        if input.output_partitioning().partition_count() != spec.partitions {
+            return Err(DataFusionError::Execution(format!(
+                "secure scan of {}: the Delta scan has {} partitions here, {} were planned",
+                spec.table,
+                input.output_partitioning().partition_count(),
+                spec.partitions
+            )));
+        }
+        let predicate = match &spec.predicate {
+            Some(p) => Some(compile(p, &input.schema())?),
+            None => None,
+        };
+        let outputs = output_indices(&spec, &input.schema())?;
+        Ok(Planned {
+            input,
+            predicate,
+            outputs,
+        })
+    }
+}
+
+/// The barrier on one batch: rows first (on raw values), then masks, then the served columns.
+fn secure(
+    batch: RecordBatch,
+    planned: &Planned,
+    schema: &SchemaRef,
+    key: Option<&[u8]>,
+) -> Result<RecordBatch> {
+    let batch = match &planned.predicate {
+        None => batch,
+        Some(p) => {
+            let keep = p.evaluate(&batch)?.into_array(batch.num_rows())?;
+            let keep = keep
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .ok_or_else(|| {
+                    DataFusionError::Internal("the row predicate is not boolean".into())
+                })?;
+            // NULL counts as false.
+            filter_record_batch(&batch, keep)?
+        }
+    };
+    let columns = planned
+        .outputs
+        .iter()
+        .map(|(i, mask)| {
+            let raw = batch.column(*i);
+            match mask {
+                None => Ok(raw.clone()),
+                Some(m) => masks::apply(m, raw, key),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}
+
+impl DisplayAs for SecureScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "SecureScanExec: table={}", self.spec.table)?;
+        if let Some(p) = &self.spec.predicate {
+            write!(f, ", rows={p}")?;
+        }
+        let masked: Vec<String> = self
+            .spec
+            .outputs
+            .iter()
+            .filter_map(|(name, m)| m.as_ref().map(|m| format!("{name}={m}")))
+            .collect();
+        if !masked.is_empty() {
+            write!(f, ", masks=[{}]", masked.join(", "))?;
+        }
+        if !self.spec.filters.is_empty() {
+            let filters: Vec<String> = self.spec.filters.iter().map(|e| e.to_string()).collect();
+            write!(f, ", pushed=[{}]", filters.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for SecureScanExec {
+    fn name(&self) -> &str {
+        "SecureScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        // A leaf: no optimizer rule can put anything between the raw scan and the barrier.
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !children.is_empty() {
+            return Err(DataFusionError::Internal("SecureScanExec is a leaf".into()));
+        }
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let schema = self.schema.clone();
+        let key = self.mask_key.clone();
+        let stream =
+            match &self.planned {
+                Some(planned) => {
+                    let planned = planned.clone();
+                    let input = planned.input.execute(partition, context)?;
+                    let schema = schema.clone();
+                    input
+                        .map(move |b| b.and_then(|b| secure(b, &planned, &schema, key.as_deref())))
+                        .boxed()
+                }
+                None => {
+                    let (spec, storage, schema) =
+                        (self.spec.clone(), self.storage.clone(), schema.clone());
+                    futures::stream::once(async move {
+                        let planned = Self::plan(spec, storage, context.clone()).await?;
+                        let input = planned.input.execute(partition, context)?;
+                        Ok::<_, DataFusionError>(input.map(move |b| {
+                            b.and_then(|b| secure(b, &planned, &schema, key.as_deref()))
+                        }))
+                    })
+                    .try_flatten()
+                    .boxed()
+                }
+            };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
+    }
+}
+
+/// What [`SecureScanCodec`] writes.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    table: String,
+    url: String,
+    version: u64,
+    raw_projection: Vec<usize>,
+    filters: Vec<Vec<u8>>,
+    limit: Option<usize>,
+    predicate: Option<Predicate>,
+    outputs: Vec<(String, Option<Mask>)>,
+    partitions: usize,
+    /// The output schema as an Arrow IPC stream with no batches.
+    schema: Vec<u8>,
+}
+
+/// Serializes and deserializes [`SecureScanExec`]. An executor builds it with its own mask key
+/// and storage options; neither travels with the plan.
+#[derive(Default)]
+pub struct SecureScanCodec {
+    mask_key: Option<Arc<[u8]>>,
+    storage: Arc<HashMap<String, String>>,
+}
+
+impl fmt::Debug for SecureScanCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecureScanCodec")
+    }
+}
+
+impl SecureScanCodec {
+    /// A codec for a process with this mask key and these delta-rs storage options.
+    pub fn new(mask_key: Option<&[u8]>, storage: HashMap<String, String>) -> Self {
+        Self {
+            mask_key: mask_key.map(Arc::from),
+            storage: Arc::new(storage),
+        }
+    }
+}
+
+fn codec_err(e: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::Internal(format!("secure scan codec: {e}"))
+}
+
+impl PhysicalExtensionCodec for SecureScanCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !inputs.is_empty() {
+            return Err(codec_err("a secure scan has no inputs"));
+        }
+        let wire: Wire = serde_json::from_slice(buf).map_err(codec_err)?;
+        let nodes = wire
+            .filters
+            .iter()
+            .map(|b| LogicalExprNode::decode(b.as_slice()).map_err(codec_err))
+            .collect::<Result<Vec<_>>>()?;
+        let filters = parse_exprs(&nodes, ctx, &DefaultLogicalExtensionCodec {})?;
+        let reader = StreamReader::try_new(wire.schema.as_slice(), None)?;
+        let schema = reader.schema();
+        let spec = ScanSpec {
+            table: wire.table,
+            url: url::Url::parse(&wire.url).map_err(codec_err)?,
+            version: wire.version,
+            raw_projection: wire.raw_projection,
+            filters,
+            limit: wire.limit,
+            predicate: wire.predicate,
+            outputs: wire.outputs,
+            partitions: wire.partitions,
+        };
+        Ok(Arc::new(SecureScanExec::new(
+            spec,
+            schema,
+            self.mask_key.clone(),
+            self.storage.clone(),
+            None,
+        )))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let any: &dyn std::any::Any = node.as_ref();
+        let exec = any
+            .downcast_ref::<SecureScanExec>()
+            .ok_or_else(|| codec_err(format!("cannot encode {}", node.name())))?;
+        let spec = &exec.spec;
+        let filters = serialize_exprs(&spec.filters, &DefaultLogicalExtensionCodec {})?
+            .into_iter()
+            .map(|n| n.encode_to_vec())
+            .collect();
+        let mut schema = Vec::new();
+        StreamWriter::try_new(&mut schema, &exec.schema)?.finish()?;
+        let wire = Wire {
+            table: spec.table.clone(),
+            url: spec.url.to_string(),
+            version: spec.version,
+            raw_projection: spec.raw_projection.clone(),
+            filters,
+            limit: spec.limit,
+            predicate: spec.predicate.clone(),
+            outputs: spec.outputs.clone(),
+            partitions: spec.partitions,
+            schema,
+        };
+        serde_json::to_writer(buf, &wire).map_err(codec_err)
+    }
+}
