@@ -8,6 +8,7 @@ pub mod auth;
 pub mod demo;
 mod error;
 mod metadata;
+mod review;
 mod server;
 mod service;
 pub mod session_options;

@@ -67,8 +67,23 @@ enum Command {
         /// The SQL.
         sql: String,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print an argon2id hash for a [[users]] password_hash (reads the password from stdin).
     HashPassword,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of every segment; exits non-zero and names the first bad record.
+    Verify {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,6 +182,17 @@ async fn main() -> anyhow::Result<()> {
                 scenario: Some(scenario),
             };
             print!("{}", gateway.explain(&who, &sql).await?);
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { config },
+        } => {
+            let config = load(&config)?;
+            let v = gateway::audit::verify(&config.audit.dir)?;
+            println!(
+                "ok: {} records in {} segments verify; head {}",
+                v.records, v.segments, v.head
+            );
             Ok(())
         }
         Command::HashPassword => {

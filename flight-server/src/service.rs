@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::Schema;
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -34,13 +34,12 @@ use arrow_flight::{
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use datafusion::common::ScalarValue;
-use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::{Stream, TryStreamExt};
 use prost::Message;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status, Streaming};
 
-use gateway::{Gateway, GatewayError, Principal, Query};
+use gateway::{Gateway, Principal, Query};
 
 use crate::auth::{AuthError, Sessions};
 use crate::error::{read_only, to_status};
@@ -52,7 +51,8 @@ pub const SCENARIO_HEADER: &str = "x-lakegate-scenario";
 /// The session option that sets the scenario.
 pub const SCENARIO_OPTION: &str = "scenario";
 
-type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
+pub(crate) type DoGetStream =
+    Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
 /// Who is calling: the session token and the principal it acts as.
 struct Caller {
@@ -173,9 +173,33 @@ impl LakegateService {
     }
 
     async fn execute(&self, query: &Query) -> Result<Response<DoGetStream>, Status> {
-        let stream = query.execute().await.map_err(to_status)?;
-        Ok(Response::new(encode(query.schema(), stream)))
+        let started = Instant::now();
+        match query.execute().await {
+            Ok(stream) => Ok(Response::new(crate::review::reviewed_stream(
+                self.gateway.clone(),
+                query.clone(),
+                stream,
+                started,
+            ))),
+            Err(e) => {
+                let status = to_status(e);
+                let _ = self.gateway.record_completion(
+                    query,
+                    crate::review::completion(
+                        "failed",
+                        Some(status.message().to_string()),
+                        started,
+                    ),
+                );
+                Err(status)
+            }
+        }
     }
+}
+
+/// The client's address, for the audit trail.
+fn client<T>(request: &Request<T>) -> Option<String> {
+    request.remote_addr().map(|a| a.to_string())
 }
 
 fn bearer(metadata: &MetadataMap) -> Option<String> {
@@ -215,18 +239,6 @@ fn flight_info(
         .with_descriptor(descriptor)
         .with_ordered(true);
     Ok(Response::new(info))
-}
-
-/// Encodes a result stream. An error in the middle of the stream ends it with a status.
-fn encode(schema: SchemaRef, stream: SendableRecordBatchStream) -> DoGetStream {
-    let batches =
-        stream.map_err(|e| FlightError::Tonic(Box::new(to_status(GatewayError::Execution(e)))));
-    Box::pin(
-        FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(batches)
-            .map_err(Status::from),
-    )
 }
 
 fn one_batch(batch: RecordBatch) -> DoGetStream {
@@ -437,7 +449,7 @@ impl FlightSqlService for LakegateService {
         let caller = self.caller(request.metadata())?;
         let planned = self
             .gateway
-            .prepare(&caller.principal, &query.query)
+            .prepare_audited(&caller.principal, &query.query, client(&request))
             .await
             .map_err(to_status)?;
         let schema = planned.schema();
@@ -490,7 +502,7 @@ impl FlightSqlService for LakegateService {
         let caller = self.caller(request.metadata())?;
         let planned = self
             .gateway
-            .prepare(&caller.principal, &query.query)
+            .prepare_audited(&caller.principal, &query.query, client(&request))
             .await
             .map_err(to_status)?;
         let dataset_schema = schema_bytes(&planned.schema())?;

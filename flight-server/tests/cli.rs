@@ -124,3 +124,41 @@ fn a_bad_configuration_names_the_file_and_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn audit_verify_checks_the_chain_and_names_the_first_bad_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lakegate.toml");
+    std::fs::create_dir_all(dir.path().join("p")).unwrap();
+    std::fs::write(
+        &config,
+        "[lake]\nroot = \"lake\"\n[policy]\ndir = \"p\"\n[audit]\ndir = \"trail\"\n",
+    )
+    .unwrap();
+    let log = gateway::audit::AuditLog::open(&dir.path().join("trail"), 1 << 20).unwrap();
+    for i in 0..3 {
+        let mut r =
+            gateway::audit::AuditRecord::new("decision", &format!("q{i}"), "alice", "SELECT 1");
+        r.decision = "allowed".into();
+        log.append(r).unwrap();
+    }
+    drop(log);
+    let c = config.to_str().unwrap();
+    let (ok, out, err) = lakegate(&["audit", "verify", "--config", c]);
+    assert!(ok, "{out}{err}");
+    assert!(out.starts_with("ok: 3 records in 1 segments"), "{out}");
+
+    let segment = dir.path().join("trail/segment-000001.jsonl");
+    let text = std::fs::read_to_string(&segment).unwrap();
+    std::fs::write(
+        &segment,
+        text.replacen("\"user\":\"alice\"", "\"user\":\"bob\"", 2),
+    )
+    .unwrap();
+    let (ok, _, err) = lakegate(&["audit", "verify", "--config", c]);
+    assert!(!ok);
+    assert!(
+        err.contains("segment-000001.jsonl:1 (seq 1)") && err.contains("altered"),
+        "{err}"
+    );
+}

@@ -24,6 +24,12 @@ pub enum GatewayError {
     /// Execution failed.
     #[error("query failed: {0}")]
     Execution(DataFusionError),
+    /// The audit trail could not be written: the query is refused (fail closed).
+    #[error("audit: {0}")]
+    Audit(String),
+    /// Output review ended the result: a limit of the scenario or the deployment was exceeded.
+    #[error("output review: {0}")]
+    Review(String),
     /// The lake could not be read.
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),

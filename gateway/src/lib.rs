@@ -7,6 +7,7 @@
 //! Flight or tonic.
 
 mod aggregate_only;
+pub mod audit;
 mod error;
 mod explain;
 mod masks;
@@ -32,7 +33,7 @@ use lake_config::Config;
 use policy::{CedarType, ColumnDescription, LakeDescription, PolicySet, TableDescription};
 
 pub use error::GatewayError;
-pub use query::{served_schema, Query};
+pub use query::{served_schema, AuditContext, Completion, Query};
 pub use secure_exec::{SecureScanCodec, SecureScanExec};
 pub use secure_scan::{SecureTable, SUBJECT_COLUMN};
 use session_gate::SessionGate;
@@ -58,6 +59,8 @@ pub struct VisibleTable {
 /// The query gateway over one lake and one policy folder.
 pub struct Gateway {
     lake: Arc<Lake>,
+    audit: audit::AuditLog,
+    max_result_bytes: Option<u64>,
     policies: RwLock<Arc<PolicySet>>,
     policy_dir: PathBuf,
     /// What the policy folder looked like when the current set was loaded.
@@ -87,8 +90,12 @@ impl Gateway {
             policy_hash = policies.hash(),
             "gateway ready"
         );
+        let audit = audit::AuditLog::open(&config.audit.dir, config.audit.segment_bytes)
+            .map_err(|e| GatewayError::Audit(e.to_string()))?;
         Ok(Self {
             lake,
+            audit,
+            max_result_bytes: config.audit.max_result_bytes,
             policies: RwLock::new(Arc::new(policies)),
             policy_fingerprint: std::sync::Mutex::new(fingerprint(&config.policy.dir)),
             policy_dir: config.policy.dir.clone(),
@@ -155,6 +162,79 @@ impl Gateway {
             Some(_) => Ok(()),
             None => Err(GatewayError::UnknownScenario(scenario.to_string())),
         }
+    }
+
+    /// [`Gateway::prepare`], with the decision on the audit trail (fsynced) before the query can
+    /// run: allowed with the tables, columns, versions and policies, or refused with the reason.
+    /// A failing audit write refuses the query.
+    pub async fn prepare_audited(
+        &self,
+        who: &Principal,
+        sql: &str,
+        client: Option<String>,
+    ) -> Result<Query, GatewayError> {
+        let query_id = uuid::Uuid::new_v4().to_string();
+        let result = self.prepare(who, sql).await;
+        let mut record = audit::AuditRecord::new("decision", &query_id, &who.user, sql);
+        record.scenario = who.scenario.clone();
+        record.client = client.clone();
+        record.policy_set = self.policies().hash().to_string();
+        match &result {
+            Ok(q) => {
+                let info = q.describe();
+                record.decision = "allowed".into();
+                record.rewritten_sql = info.rewritten_sql;
+                record.policy_ids = info.policy_ids;
+                record.tables = info.tables;
+            }
+            Err(e) => {
+                record.decision = "refused".into();
+                record.reason = Some(e.to_string());
+            }
+        }
+        self.audit
+            .append(record.clone())
+            .map_err(|e| GatewayError::Audit(e.to_string()))?;
+        let mut query = result?;
+        query.set_audit(query::AuditContext {
+            query_id,
+            record,
+            max_rows: who
+                .scenario
+                .as_deref()
+                .and_then(|s| self.policies().scenario(s))
+                .and_then(|s| s.max_rows),
+            max_bytes: self.max_result_bytes,
+        });
+        Ok(query)
+    }
+
+    /// Records how an executed query ended (after its stream ended, failed or was dropped).
+    pub fn record_completion(
+        &self,
+        query: &Query,
+        completion: query::Completion,
+    ) -> Result<(), GatewayError> {
+        let Some(ctx) = query.audit_context() else {
+            return Ok(());
+        };
+        let mut record = ctx.record.clone();
+        record.kind = "completion".into();
+        record.decision = completion.outcome.into();
+        record.reason = completion.reason;
+        record.rows_out = Some(completion.rows);
+        record.bytes_out = Some(completion.bytes);
+        record.duration_ms = Some(completion.duration.as_millis() as u64);
+        record.result_digest = Some(completion.digest);
+        self.audit
+            .append(record)
+            .map(|_| ())
+            .map_err(|e| GatewayError::Audit(e.to_string()))
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> &audit::AuditLog {
+        &self.audit
     }
 
     /// Parses, checks and plans one read statement for `who`. Placeholders (`?` or `$n`) stay

@@ -22,6 +22,48 @@ pub struct Query {
     plan: LogicalPlan,
     schema: SchemaRef,
     parameters: SchemaRef,
+    audit: Option<Arc<AuditContext>>,
+}
+
+/// What the audit trail and output review know of a query.
+#[derive(Debug, Clone)]
+pub struct AuditContext {
+    /// Links the completion record to the decision.
+    pub query_id: String,
+    /// The decision record as written (the completion record repeats its fields).
+    pub record: crate::audit::AuditRecord,
+    /// The scenario's `max_rows`.
+    pub max_rows: Option<u64>,
+    /// The deployment's `max_result_bytes`.
+    pub max_bytes: Option<u64>,
+}
+
+/// How an executed query ended.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// `completed`, `failed`, `refused` (output review) or `cancelled`.
+    pub outcome: &'static str,
+    /// The error or the limit, if any.
+    pub reason: Option<String>,
+    /// Rows sent.
+    pub rows: u64,
+    /// Bytes of Arrow IPC sent.
+    pub bytes: u64,
+    /// SHA-256 of the IPC stream as sent, hex.
+    pub digest: String,
+    /// From execution to the end of the stream.
+    pub duration: std::time::Duration,
+}
+
+/// What a plan reads, for the audit trail.
+#[derive(Debug, Clone, Default)]
+pub struct QueryDescription {
+    /// Tables with versions and column treatments.
+    pub tables: Vec<crate::audit::TableRead>,
+    /// The determining policies of every table read.
+    pub policy_ids: Vec<String>,
+    /// The plan as SQL, when the unparser can print it.
+    pub rewritten_sql: Option<String>,
 }
 
 impl std::fmt::Debug for Query {
@@ -42,7 +84,73 @@ impl Query {
             plan,
             schema,
             parameters,
+            audit: None,
         })
+    }
+
+    pub(crate) fn set_audit(&mut self, ctx: AuditContext) {
+        self.audit = Some(Arc::new(ctx));
+    }
+
+    /// The audit context, when the query was prepared with [`crate::Gateway::prepare_audited`].
+    pub fn audit_context(&self) -> Option<&AuditContext> {
+        self.audit.as_deref()
+    }
+
+    /// The tables, columns, versions and policies the plan reads.
+    pub fn describe(&self) -> QueryDescription {
+        use datafusion::catalog::default_table_source::source_as_provider;
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        let mut d = QueryDescription::default();
+        let _ = self.plan.apply_with_subqueries(|p| {
+            if let LogicalPlan::TableScan(scan) = p {
+                if let Ok(provider) = source_as_provider(&scan.source) {
+                    let any: &dyn std::any::Any = provider.as_ref();
+                    if let Some(t) = any.downcast_ref::<crate::SecureTable>() {
+                        let grant = t.grant();
+                        let snapshot = t.snapshot();
+                        let columns = snapshot
+                            .schema
+                            .fields()
+                            .iter()
+                            .filter_map(|f| {
+                                let what = match grant.column(f.name()) {
+                                    policy::ColumnTreatment::Raw => "raw".to_string(),
+                                    policy::ColumnTreatment::Masked(m) => format!("masked {m}"),
+                                    policy::ColumnTreatment::AggregateOnly { min_group } => {
+                                        format!("aggregate-only k={min_group}")
+                                    }
+                                    policy::ColumnTreatment::Hidden => return None,
+                                };
+                                Some(format!("{}: {what}", f.name()))
+                            })
+                            .collect();
+                        let rows = match &grant.rows {
+                            policy::RowPredicate::All => "all".to_string(),
+                            policy::RowPredicate::None => "none".to_string(),
+                            policy::RowPredicate::Where(p) => p.to_string(),
+                        };
+                        d.policy_ids.extend(grant.policy_ids());
+                        let read = crate::audit::TableRead {
+                            table: snapshot.table.to_string(),
+                            version: snapshot.version,
+                            columns,
+                            rows,
+                        };
+                        if !d.tables.contains(&read) {
+                            d.tables.push(read);
+                        }
+                    }
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        d.policy_ids.sort();
+        d.policy_ids.dedup();
+        d.rewritten_sql = datafusion::sql::unparser::plan_to_sql(&self.plan)
+            .ok()
+            .map(|s| s.to_string());
+        d
     }
 
     /// The schema of the result as it is sent: exactly the schema of every batch
@@ -94,7 +202,9 @@ impl Query {
                 cast_values.into_iter().map(Into::into).collect(),
             ))
             .map_err(|e| GatewayError::Parameters(e.strip_backtrace()))?;
-        Query::new(self.state.clone(), plan)
+        let mut bound = Query::new(self.state.clone(), plan)?;
+        bound.audit = self.audit.clone();
+        Ok(bound)
     }
 
     /// The physical plan (for serialization to executors; [`Query::execute`] plans its own).

@@ -168,6 +168,11 @@ pub struct UserConfig {
 pub struct AuditConfig {
     /// `dir`: the audit folder.
     pub dir: PathBuf,
+    /// `segment_bytes`: a segment file is closed and a new one begun past this size
+    /// (default 64 MiB).
+    pub segment_bytes: u64,
+    /// `max_result_bytes`: output review's limit on the bytes one result may send (default none).
+    pub max_result_bytes: Option<u64>,
 }
 
 // ---- the file as written ----------------------------------------------------------------
@@ -233,6 +238,8 @@ struct RawUser {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     dir: Option<String>,
+    segment_bytes: Option<u64>,
+    max_result_bytes: Option<u64>,
 }
 
 /// The default listen address.
@@ -410,8 +417,18 @@ impl Config {
             });
         }
 
+        let segment_bytes = raw.audit.segment_bytes.unwrap_or(64 * 1024 * 1024);
+        if segment_bytes < 4096 {
+            return Err(invalid(
+                "audit.segment_bytes",
+                format!("{segment_bytes} bytes cannot hold a record"),
+                "write at least 4096, e.g. segment_bytes = 67108864",
+            ));
+        }
         let audit = AuditConfig {
             dir: base.join(raw.audit.dir.as_deref().unwrap_or("audit")),
+            segment_bytes,
+            max_result_bytes: raw.audit.max_result_bytes,
         };
 
         Ok(Config {

@@ -54,9 +54,18 @@ impl TestServer {
         Self::start_with(&config).await
     }
 
-    /// Serves `config` on a free port.
+    /// Serves `config` on a free port. A server over the shared demo gets an audit folder of its
+    /// own: one writer per audit folder.
     pub async fn start_with(config: &Config) -> Self {
-        let server = flight_server::Server::bind(config, Some("127.0.0.1:0".parse().unwrap()))
+        let mut config = config.clone();
+        if config.audit.dir == shared_demo().join("audit") {
+            config.audit.dir = tempfile::Builder::new()
+                .prefix("lakegate-audit-")
+                .tempdir()
+                .expect("temp dir")
+                .keep();
+        }
+        let server = flight_server::Server::bind(&config, Some("127.0.0.1:0".parse().unwrap()))
             .await
             .expect("server binds");
         let addr = server.local_addr().unwrap();

@@ -66,6 +66,8 @@ pub struct ScenarioInfo {
     pub id: String,
     /// Its `purpose` attribute, if it is a string.
     pub purpose: Option<String>,
+    /// Its `max_rows` attribute: output review's limit on the rows one result may send.
+    pub max_rows: Option<u64>,
 }
 
 /// A file of the policy folder with its text, for locating errors.
@@ -349,9 +351,14 @@ impl PolicySet {
             Some(Ok(cedar_policy::EvalResult::String(s))) => Some(s),
             _ => None,
         };
+        let max_rows = match entity.attr("max_rows") {
+            Some(Ok(cedar_policy::EvalResult::Long(n))) => Some(n.max(0) as u64),
+            _ => None,
+        };
         Some(ScenarioInfo {
             id: id.to_string(),
             purpose,
+            max_rows,
         })
     }
 

@@ -1,0 +1,162 @@
+//! Output review and the completion record: every result stream is counted, limited by the
+//! scenario's `max_rows` and the deployment's `max_result_bytes`, digested as sent, and put on
+//! the audit trail when it ends — completed, failed, refused by review, or cancelled.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+use tonic::Status;
+
+use gateway::{Completion, Gateway, GatewayError, Query};
+
+use crate::error::to_status;
+use crate::service::DoGetStream;
+
+/// A completion with nothing sent.
+pub(crate) fn completion(
+    outcome: &'static str,
+    reason: Option<String>,
+    started: Instant,
+) -> Completion {
+    Completion {
+        outcome,
+        reason,
+        rows: 0,
+        bytes: 0,
+        digest: hex::encode(Sha256::digest(b"")),
+        duration: started.elapsed(),
+    }
+}
+
+struct Progress {
+    rows: u64,
+    bytes: u64,
+    digest: Sha256,
+    outcome: Option<&'static str>,
+    reason: Option<String>,
+}
+
+/// Writes the completion record when the stream is dropped: after its end, after an error, or
+/// when the client went away (cancelled).
+struct Recorder {
+    gateway: Arc<Gateway>,
+    query: Query,
+    started: Instant,
+    progress: Arc<Mutex<Progress>>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let p = self.progress.lock().expect("progress lock");
+        let c = Completion {
+            outcome: p.outcome.unwrap_or("cancelled"),
+            reason: p.reason.clone(),
+            rows: p.rows,
+            bytes: p.bytes,
+            digest: hex::encode(p.digest.clone().finalize()),
+            duration: self.started.elapsed(),
+        };
+        drop(p);
+        if let Err(e) = self.gateway.record_completion(&self.query, c) {
+            tracing::error!("cannot write the completion record: {e}");
+        }
+    }
+}
+
+fn end(progress: &Mutex<Progress>, outcome: &'static str, reason: String) {
+    let mut p = progress.lock().expect("progress lock");
+    if p.outcome.is_none() {
+        p.outcome = Some(outcome);
+        p.reason = Some(reason);
+    }
+}
+
+/// The result stream as it leaves: reviewed, encoded, digested, recorded.
+pub(crate) fn reviewed_stream(
+    gateway: Arc<Gateway>,
+    query: Query,
+    stream: SendableRecordBatchStream,
+    started: Instant,
+) -> DoGetStream {
+    let (max_rows, max_bytes) = query
+        .audit_context()
+        .map(|c| (c.max_rows, c.max_bytes))
+        .unwrap_or((None, None));
+    let progress = Arc::new(Mutex::new(Progress {
+        rows: 0,
+        bytes: 0,
+        digest: Sha256::new(),
+        outcome: None,
+        reason: None,
+    }));
+    let schema = query.schema();
+    let recorder = Recorder {
+        gateway,
+        query,
+        started,
+        progress: progress.clone(),
+    };
+
+    let rows_progress = progress.clone();
+    let batches = stream.map(move |batch| {
+        let batch = batch.map_err(|e| {
+            let status = to_status(GatewayError::Execution(e));
+            end(&rows_progress, "failed", status.message().to_string());
+            FlightError::Tonic(Box::new(status))
+        })?;
+        let mut p = rows_progress.lock().expect("progress lock");
+        let rows = p.rows + batch.num_rows() as u64;
+        if let Some(max) = max_rows.filter(|max| rows > *max) {
+            drop(p);
+            let reason = format!(
+                "the result exceeds the scenario's max_rows ({max}); narrow the query or aggregate"
+            );
+            end(&rows_progress, "refused", reason.clone());
+            return Err(FlightError::Tonic(Box::new(Status::resource_exhausted(
+                format!("output review: {reason}"),
+            ))));
+        }
+        p.rows = rows;
+        Ok(batch)
+    });
+
+    let bytes_progress = progress.clone();
+    let encoded = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches)
+        .map_err(Status::from)
+        .map(move |data| {
+            let data = data.inspect_err(|status| {
+                end(&bytes_progress, "failed", status.message().to_string());
+            })?;
+            let mut p = bytes_progress.lock().expect("progress lock");
+            p.bytes += (data.data_header.len() + data.data_body.len()) as u64;
+            if let Some(max) = max_bytes.filter(|max| p.bytes > *max) {
+                drop(p);
+                let reason = format!(
+                    "the result exceeds the deployment's max_result_bytes ({max}); narrow the query or aggregate"
+                );
+                end(&bytes_progress, "refused", reason.clone());
+                return Err(Status::resource_exhausted(format!("output review: {reason}")));
+            }
+            p.digest.update(&data.data_header);
+            p.digest.update(&data.data_body);
+            Ok(data)
+        });
+
+    let finished = futures::stream::once(async move {
+        // Reached only when every batch went out.
+        let mut p = recorder.progress.lock().expect("progress lock");
+        p.outcome.get_or_insert("completed");
+        drop(p);
+        drop(recorder);
+        None
+    })
+    .filter_map(|x: Option<Result<arrow_flight::FlightData, Status>>| async move { x });
+    Box::pin(encoded.chain(finished))
+}

@@ -1,0 +1,516 @@
+//! The audit trail: one hash-chained record per decision and per completed query, appended to
+//! segment files under the audit folder and fsynced before a result is released.
+//!
+//! ```text
+//! audit/segment-000001.jsonl   {"seq":1,...,"prev_hash":"000…","hash":"9f2…"}
+//!                              {"seq":2,...,"prev_hash":"9f2…","hash":"41c…"}
+//! audit/segment-000002.jsonl   {"seq":3,...,"prev_hash":"41c…",...}
+//! ```
+//!
+//! `hash = sha256(prev_hash ‖ the record's JSON with an empty hash)`. Editing, deleting,
+//! reordering, inserting or truncating records breaks the chain; [`verify`] names the first bad
+//! record. A write that fails fails the query (fail closed).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The `prev_hash` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Why the audit trail could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// An I/O error on the audit folder.
+    #[error("audit trail {}: {source}; the query is refused until the audit folder is writable", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The trail does not verify.
+    #[error("audit trail broken at {location}: {problem}")]
+    Broken {
+        /// `segment:line (seq n)`.
+        location: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// A table read by a query, with its version and what the user saw of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableRead {
+    /// `schema.table`.
+    pub table: String,
+    /// The Delta version read.
+    pub version: u64,
+    /// `column: treatment` for every column served.
+    pub columns: Vec<String>,
+    /// The row predicate, as text.
+    pub rows: String,
+}
+
+/// One audit record. Field order is the canonical form the hash covers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Position in the chain, from 1.
+    pub seq: u64,
+    /// RFC 3339 time of writing.
+    pub time: String,
+    /// `decision` (before any result leaves) or `completion` (after the stream ends).
+    pub kind: String,
+    /// Links a completion to its decision.
+    pub query_id: String,
+    /// The user.
+    pub user: String,
+    /// The scenario, if any.
+    pub scenario: Option<String>,
+    /// The client's address.
+    pub client: Option<String>,
+    /// The SQL as sent.
+    pub sql: String,
+    /// The query as planned (DataFusion's unparser), when it was planned.
+    pub rewritten_sql: Option<String>,
+    /// SHA-256 of the policy set decisions were made against.
+    pub policy_set: String,
+    /// The determining policies.
+    pub policy_ids: Vec<String>,
+    /// `allowed`, `refused`, `failed`, `completed`, `cancelled`, `recovered`.
+    pub decision: String,
+    /// Why (the error text of a refusal or failure; the limit that ended a stream).
+    pub reason: Option<String>,
+    /// Tables and columns read, with their treatment and versions.
+    pub tables: Vec<TableRead>,
+    /// Rows sent (completion records).
+    pub rows_out: Option<u64>,
+    /// Bytes of Arrow IPC sent (completion records).
+    pub bytes_out: Option<u64>,
+    /// Wall-clock milliseconds from execution to the end of the stream.
+    pub duration_ms: Option<u64>,
+    /// SHA-256 of the Arrow IPC stream as sent (completion records).
+    pub result_digest: Option<String>,
+    /// The previous record's hash.
+    pub prev_hash: String,
+    /// This record's hash.
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// A record of `kind` with everything else empty (the log fills seq, time and hashes).
+    pub fn new(kind: &str, query_id: &str, user: &str, sql: &str) -> Self {
+        Self {
+            seq: 0,
+            time: String::new(),
+            kind: kind.into(),
+            query_id: query_id.into(),
+            user: user.into(),
+            scenario: None,
+            client: None,
+            sql: sql.into(),
+            rewritten_sql: None,
+            policy_set: String::new(),
+            policy_ids: vec![],
+            decision: String::new(),
+            reason: None,
+            tables: vec![],
+            rows_out: None,
+            bytes_out: None,
+            duration_ms: None,
+            result_digest: None,
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    /// The hash this record must carry, given its `prev_hash`.
+    pub fn compute_hash(&self) -> String {
+        let mut unhashed = self.clone();
+        unhashed.hash = String::new();
+        let json = serde_json::to_vec(&unhashed).expect("records serialize");
+        let mut h = Sha256::new();
+        h.update(self.prev_hash.as_bytes());
+        h.update(&json);
+        hex::encode(h.finalize())
+    }
+}
+
+struct Tail {
+    seq: u64,
+    hash: String,
+    segment: u64,
+    file: File,
+    size: u64,
+}
+
+/// The append-only, hash-chained audit log.
+pub struct AuditLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    tail: Mutex<Tail>,
+    /// Held for the life of the log: one writer per audit folder, or the chain would fork.
+    _lock: File,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("dir", &self.dir).finish()
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("segment-{n:06}.jsonl"))
+}
+
+/// The segment files of `dir` in order.
+pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, AuditError> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    for e in entries {
+        let path = e.map_err(io_err(dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(n) = name
+            .strip_prefix("segment-")
+            .and_then(|n| n.strip_suffix(".jsonl"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            out.push((n, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl AuditLog {
+    /// Opens the log in `dir`, continuing the chain. A torn last line (a crash in the middle of
+    /// an append) is cut off and a `recovered` record says so.
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<Self, AuditError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        lock.try_lock().map_err(|_| AuditError::Io {
+            path: lock_path.clone(),
+            source: std::io::Error::other(
+                "the audit folder is in use by another lakegate server; give each server its own [audit] dir",
+            ),
+        })?;
+        let segs = segments(dir)?;
+        let (mut seq, mut hash, segment) =
+            (0u64, GENESIS.to_string(), segs.last().map_or(1, |s| s.0));
+        let mut torn = None;
+        if let Some((_, last)) = segs.last() {
+            // The chain's end is the last complete record of the last segment; earlier
+            // segments are verified by `verify`, not on every start.
+            let text = std::fs::read_to_string(last).map_err(io_err(last))?;
+            let mut good_len = 0usize;
+            for line in text.split_inclusive('\n') {
+                if !line.ends_with('\n') {
+                    break;
+                }
+                match serde_json::from_str::<AuditRecord>(line.trim_end()) {
+                    Ok(r) => {
+                        seq = r.seq;
+                        hash = r.hash;
+                        good_len += line.len();
+                    }
+                    Err(_) => break,
+                }
+            }
+            if good_len < text.len() {
+                torn = Some(text.len() - good_len);
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(last)
+                    .map_err(io_err(last))?;
+                f.set_len(good_len as u64).map_err(io_err(last))?;
+                f.sync_all().map_err(io_err(last))?;
+            }
+            if seq == 0 && segs.len() > 1 {
+                // An empty last segment: continue from the one before.
+                let prev = &segs[segs.len() - 2].1;
+                let text = std::fs::read_to_string(prev).map_err(io_err(prev))?;
+                if let Some(r) = text
+                    .lines()
+                    .rev()
+                    .find_map(|l| serde_json::from_str::<AuditRecord>(l).ok())
+                {
+                    seq = r.seq;
+                    hash = r.hash;
+                }
+            }
+        }
+        let path = segment_path(dir, segment);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let size = file.metadata().map_err(io_err(&path))?.len();
+        let log = Self {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            tail: Mutex::new(Tail {
+                seq,
+                hash,
+                segment,
+                file,
+                size,
+            }),
+            _lock: lock,
+        };
+        if let Some(bytes) = torn {
+            let mut r = AuditRecord::new("recovery", "", "lakegate", "");
+            r.decision = "recovered".into();
+            r.reason = Some(format!(
+                "a torn record of {bytes} bytes at the end of {} was cut off after a crash",
+                segment_path(dir, segment).display()
+            ));
+            log.append(r)?;
+        }
+        Ok(log)
+    }
+
+    /// The audit folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Chains, writes and fsyncs `record`; returns it as written.
+    pub fn append(&self, mut record: AuditRecord) -> Result<AuditRecord, AuditError> {
+        let mut tail = self.tail.lock().expect("audit lock poisoned");
+        if tail.size >= self.segment_bytes {
+            let next = tail.segment + 1;
+            let path = segment_path(&self.dir, next);
+            tail.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            tail.segment = next;
+            tail.size = 0;
+        }
+        record.seq = tail.seq + 1;
+        record.time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        record.prev_hash = tail.hash.clone();
+        record.hash = record.compute_hash();
+        let mut line = serde_json::to_vec(&record).expect("records serialize");
+        line.push(b'\n');
+        let path = segment_path(&self.dir, tail.segment);
+        tail.file.write_all(&line).map_err(io_err(&path))?;
+        tail.file.sync_data().map_err(io_err(&path))?;
+        tail.seq = record.seq;
+        tail.hash = record.hash.clone();
+        tail.size += line.len() as u64;
+        Ok(record)
+    }
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Records checked.
+    pub records: u64,
+    /// Segments checked.
+    pub segments: usize,
+    /// The hash of the last record.
+    pub head: String,
+}
+
+/// Checks the whole chain in `dir`: sequence numbers without gaps, each `prev_hash` the previous
+/// record's hash, each hash recomputed. Names the first bad record.
+pub fn verify(dir: &Path) -> Result<Verified, AuditError> {
+    let segs = segments(dir)?;
+    let mut expected_seq = 1u64;
+    let mut prev = GENESIS.to_string();
+    for (_, path) in &segs {
+        let file = File::open(path).map_err(io_err(path))?;
+        for (i, line) in BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(io_err(path))?;
+            let location = format!("{}:{} (seq {expected_seq})", path.display(), i + 1);
+            let broken = |problem: String| AuditError::Broken {
+                location: location.clone(),
+                problem,
+            };
+            let r: AuditRecord =
+                serde_json::from_str(&line).map_err(|e| broken(format!("not a record: {e}")))?;
+            if r.seq != expected_seq {
+                return Err(broken(format!(
+                    "sequence number {} where {expected_seq} was expected (a record was deleted, inserted or moved)",
+                    r.seq
+                )));
+            }
+            if r.prev_hash != prev {
+                return Err(broken(
+                    "prev_hash is not the previous record's hash (a record was deleted, inserted or moved)".into(),
+                ));
+            }
+            if r.compute_hash() != r.hash {
+                return Err(broken(
+                    "the record was altered: its hash does not match its content".into(),
+                ));
+            }
+            prev = r.hash;
+            expected_seq += 1;
+        }
+    }
+    Ok(Verified {
+        records: expected_seq - 1,
+        segments: segs.len(),
+        head: prev,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_with(n: usize, segment_bytes: u64) -> (tempfile::TempDir, AuditLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), segment_bytes).unwrap();
+        for i in 0..n {
+            let mut r = AuditRecord::new("decision", &format!("q{i}"), "alice", "SELECT 1");
+            r.decision = "allowed".into();
+            log.append(r).unwrap();
+        }
+        (dir, log)
+    }
+
+    fn lines(dir: &Path) -> Vec<(PathBuf, Vec<String>)> {
+        segments(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| {
+                let text = std::fs::read_to_string(&p).unwrap();
+                (p, text.lines().map(String::from).collect())
+            })
+            .collect()
+    }
+
+    fn rewrite(path: &Path, lines: &[String]) {
+        let mut text = lines.join("\n");
+        if !lines.is_empty() {
+            text.push('\n');
+        }
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn a_clean_chain_verifies_across_segments_and_restarts() {
+        let (dir, log) = log_with(30, 4096);
+        drop(log);
+        let log = AuditLog::open(dir.path(), 4096).unwrap();
+        log.append(AuditRecord::new("decision", "q", "bob", "SELECT 2"))
+            .unwrap();
+        let v = verify(dir.path()).unwrap();
+        assert_eq!(v.records, 31);
+        assert!(v.segments > 1, "{v:?}");
+    }
+
+    #[test]
+    fn every_kind_of_tampering_is_named() {
+        type Tamper = fn(&mut Vec<String>);
+        let cases: [(&str, Tamper, &str); 5] = [
+            (
+                "edit",
+                |l| l[3] = l[3].replace("alice", "mallory"),
+                "altered",
+            ),
+            (
+                "delete",
+                |l| {
+                    l.remove(3);
+                },
+                "sequence number",
+            ),
+            ("reorder", |l| l.swap(3, 4), "sequence number"),
+            (
+                "insert",
+                |l| {
+                    let copy = l[2].clone();
+                    l.insert(3, copy);
+                },
+                "sequence number",
+            ),
+            (
+                "truncate-line",
+                |l| {
+                    let cut = l[3].len() / 2;
+                    l[3].truncate(cut);
+                },
+                "not a record",
+            ),
+        ];
+        for (name, tamper, expected) in cases {
+            let (dir, log) = log_with(8, 1 << 20);
+            drop(log);
+            let mut segs = lines(dir.path());
+            let (path, l) = &mut segs[0];
+            tamper(l);
+            rewrite(path, l);
+            let err = verify(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{name}: {err}");
+            assert!(err.contains(":4 (seq 4)"), "{name}: {err}");
+        }
+        // A consistent rewrite of a record (hash recomputed) still breaks the next link.
+        let (dir, log) = log_with(8, 1 << 20);
+        drop(log);
+        let mut segs = lines(dir.path());
+        let (path, l) = &mut segs[0];
+        let mut r: AuditRecord = serde_json::from_str(&l[3]).unwrap();
+        r.user = "mallory".into();
+        r.hash = r.compute_hash();
+        l[3] = serde_json::to_string(&r).unwrap();
+        rewrite(path, l);
+        let err = verify(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("(seq 5)") && err.contains("prev_hash"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn one_writer_per_folder() {
+        let (dir, log) = log_with(1, 1 << 20);
+        let err = AuditLog::open(dir.path(), 1 << 20).unwrap_err().to_string();
+        assert!(err.contains("in use by another lakegate server"), "{err}");
+        drop(log);
+        AuditLog::open(dir.path(), 1 << 20).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_recorded() {
+        let (dir, log) = log_with(5, 1 << 20);
+        drop(log);
+        let path = segments(dir.path()).unwrap()[0].1.clone();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"seq\":6,\"time\":\"2026").unwrap();
+        drop(f);
+        let log = AuditLog::open(dir.path(), 1 << 20).unwrap();
+        drop(log);
+        let v = verify(dir.path()).unwrap();
+        assert_eq!(v.records, 6);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.lines().last().unwrap().contains("\"recovered\""));
+    }
+}

@@ -1,0 +1,214 @@
+//! The audit trail end to end: every planning request leaves a decision record and every
+//! execution a completion record, refusals carry their reason, output review ends results that
+//! exceed a limit, and the chain verifies.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use arrow_flight::Action;
+use futures::TryStreamExt;
+use prost::Message;
+
+use flight_server::session_options::{
+    OptionValue, SessionOptionValue, SetSessionOptionsRequest, SET_SESSION_OPTIONS,
+};
+use gateway::audit::{segments, verify, AuditRecord};
+use lakegate_tests::{fetch, query, rows, shared_demo, TestServer};
+
+type Client = arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>;
+
+async fn as_user(server: &TestServer, user: &str, scenario: &str) -> Client {
+    let mut c = server.login(user, &format!("{user}-demo")).await;
+    let request = SetSessionOptionsRequest {
+        session_options: HashMap::from([(
+            "scenario".to_string(),
+            SessionOptionValue {
+                option_value: Some(OptionValue::StringValue(scenario.to_string())),
+            },
+        )]),
+    };
+    let _: Vec<_> = c
+        .do_action(Action::new(SET_SESSION_OPTIONS, request.encode_to_vec()))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    c
+}
+
+fn records(dir: &Path) -> Vec<AuditRecord> {
+    segments(dir)
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, p)| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The demo configuration with its own audit folder and, optionally, other limits.
+fn demo_config(
+    audit: &Path,
+    max_rows: Option<&str>,
+    max_bytes: Option<u64>,
+) -> lake_config::Config {
+    let demo = shared_demo();
+    let mut config = lake_config::Config::load(&demo.join("lakegate.toml")).unwrap();
+    config.audit.dir = audit.join("audit");
+    config.audit.max_result_bytes = max_bytes;
+    if let Some(max) = max_rows {
+        let policies = audit.join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        for f in ["schema.cedarschema", "policies.cedar"] {
+            std::fs::copy(demo.join("policies").join(f), policies.join(f)).unwrap();
+        }
+        let entities = std::fs::read_to_string(demo.join("policies/entities.json")).unwrap();
+        let entities = entities.replace("\"max_rows\": 100000", &format!("\"max_rows\": {max}"));
+        std::fs::write(policies.join("entities.json"), entities).unwrap();
+        config.policy.dir = policies;
+    }
+    config
+}
+
+#[tokio::test]
+async fn every_request_is_on_the_trail_and_the_chain_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path(), None, None);
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    let mut insurer = as_user(&server, "insurer", "insurance-underwriting").await;
+
+    // Three executed statements.
+    for sql in [
+        "SELECT count(*) FROM market.enterprises",
+        "SELECT legal_rep_id FROM market.enterprises LIMIT 5",
+        "SELECT district, count(*) FROM market.penalties GROUP BY district",
+    ] {
+        query(&mut banker, sql).await.unwrap();
+    }
+    // Three refused at planning.
+    query(&mut banker, "DROP TABLE market.enterprises")
+        .await
+        .unwrap_err();
+    query(&mut banker, "SELECT * FROM health.visits")
+        .await
+        .unwrap_err();
+    query(&mut insurer, "SELECT diagnosis FROM health.visits")
+        .await
+        .unwrap_err();
+    // One prepared statement, executed twice.
+    let mut stmt = banker
+        .prepare("SELECT count(*) FROM market.penalties".into(), None)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let info = stmt.execute().await.unwrap();
+        fetch(&mut banker, info).await.unwrap();
+    }
+    drop(server);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let trail = records(&config.audit.dir);
+    let decisions: Vec<&AuditRecord> = trail.iter().filter(|r| r.kind == "decision").collect();
+    let completions: Vec<&AuditRecord> = trail.iter().filter(|r| r.kind == "completion").collect();
+    assert_eq!(decisions.len(), 3 + 3 + 1, "{trail:#?}");
+    assert_eq!(completions.len(), 3 + 2, "{trail:#?}");
+    for (sql, reason) in [
+        ("DROP TABLE market.enterprises", "read-only"),
+        ("SELECT * FROM health.visits", "not found"),
+        ("SELECT diagnosis FROM health.visits", "aggregate-only"),
+    ] {
+        let r = decisions.iter().find(|r| r.sql == sql).unwrap();
+        assert_eq!(r.decision, "refused");
+        assert!(r.reason.as_deref().unwrap_or("").contains(reason), "{r:?}");
+    }
+    // An allowed decision names tables, versions, treatments, policies and the planned SQL.
+    let r = decisions
+        .iter()
+        .find(|r| r.sql == "SELECT legal_rep_id FROM market.enterprises LIMIT 5")
+        .unwrap();
+    assert_eq!(r.decision, "allowed");
+    assert_eq!(r.user, "banker");
+    assert_eq!(r.scenario.as_deref(), Some("bank-credit"));
+    assert!(
+        r.client.as_deref().unwrap_or("").starts_with("127.0.0.1:"),
+        "{r:?}"
+    );
+    assert_eq!(r.tables[0].table, "market.enterprises");
+    assert_eq!(r.tables[0].version, 1);
+    assert!(r.tables[0]
+        .columns
+        .contains(&"legal_rep_id: masked hash".to_string()));
+    assert!(r.policy_ids.contains(&"bank-identities-hashed".to_string()));
+    assert!(r.rewritten_sql.is_some());
+    assert_eq!(r.policy_set.len(), 64);
+    // Its completion: rows, bytes and a digest of what was sent, linked by query id.
+    let c = completions
+        .iter()
+        .find(|c| c.query_id == r.query_id)
+        .unwrap();
+    assert_eq!(c.decision, "completed");
+    assert_eq!(c.rows_out, Some(5));
+    assert!(c.bytes_out.unwrap() > 0);
+    assert_eq!(c.result_digest.as_deref().map(str::len), Some(64));
+    // Every completion follows its decision.
+    for c in &completions {
+        let d = decisions.iter().find(|d| d.query_id == c.query_id).unwrap();
+        assert!(d.seq < c.seq);
+    }
+    let v = verify(&config.audit.dir).unwrap();
+    assert_eq!(v.records as usize, trail.len());
+}
+
+#[tokio::test]
+async fn output_review_ends_results_over_the_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path(), Some("50"), None);
+    let server = TestServer::start_with(&config).await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let err = query(&mut c, "SELECT * FROM market.enterprises")
+        .await
+        .unwrap_err();
+    assert!(err.contains("max_rows (50)"), "{err}");
+    assert_eq!(
+        rows(
+            &query(&mut c, "SELECT * FROM market.enterprises LIMIT 50")
+                .await
+                .unwrap()
+        ),
+        50
+    );
+    drop(server);
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let config2 = demo_config(dir2.path(), None, Some(4_000));
+    let server = TestServer::start_with(&config2).await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let err = query(&mut c, "SELECT * FROM market.enterprises")
+        .await
+        .unwrap_err();
+    assert!(err.contains("max_result_bytes (4000)"), "{err}");
+    query(&mut c, "SELECT count(*) FROM market.enterprises")
+        .await
+        .unwrap();
+    drop(server);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    for (dir, limit) in [
+        (&config.audit.dir, "max_rows"),
+        (&config2.audit.dir, "max_result_bytes"),
+    ] {
+        let trail = records(dir);
+        let r = trail
+            .iter()
+            .find(|r| r.kind == "completion" && r.decision == "refused")
+            .unwrap_or_else(|| panic!("no refused completion in {trail:#?}"));
+        assert!(r.reason.as_deref().unwrap().contains(limit), "{r:?}");
+        verify(dir).unwrap();
+    }
+}
