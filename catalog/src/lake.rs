@@ -10,6 +10,7 @@ use deltalake::logstore::{LogStoreRef, ObjectStoreRef};
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use futures::future::try_join_all;
 use object_store::path::Path;
+use object_store::ObjectStoreExt;
 use url::Url;
 
 use crate::CatalogError;
@@ -145,6 +146,43 @@ impl Lake {
         self.root
             .join(&format!("{}/{}/", t.schema, t.table))
             .expect("valid names join onto the root")
+    }
+
+    /// Writes one of lakegate's own files under `<root>/_lakegate/` (never a table: names
+    /// starting with `_` are not discovered).
+    pub async fn put_own_file(&self, name: &str, bytes: Vec<u8>) -> Result<(), CatalogError> {
+        let path = Path::from(format!("_lakegate/{name}"));
+        self.store
+            .put(&path, bytes.into())
+            .await
+            .map(|_| ())
+            .map_err(|source| self.list_err(source))
+    }
+
+    /// Reads lakegate's own files under `<root>/_lakegate/<prefix>`, by name.
+    pub async fn own_files(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, CatalogError> {
+        use futures::TryStreamExt;
+        let prefix = Path::from(format!("_lakegate/{prefix}"));
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|source| self.list_err(source))?;
+        let mut out = Vec::with_capacity(metas.len());
+        for m in metas {
+            let bytes = self
+                .store
+                .get(&m.location)
+                .await
+                .map_err(|source| self.list_err(source))?
+                .bytes()
+                .await
+                .map_err(|source| self.list_err(source))?;
+            out.push((m.location.to_string(), bytes.to_vec()));
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Lists the root again: tables that appeared are added, tables that are gone are dropped.

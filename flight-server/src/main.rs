@@ -72,6 +72,18 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Usage per day, user and scenario, from the verified audit trail: a monthly bill.
+    Usage {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this scenario.
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Only this month (YYYY-MM).
+        #[arg(long)]
+        month: Option<String>,
+    },
     /// Print an argon2id hash for a [[users]] password_hash (reads the password from stdin).
     HashPassword,
 }
@@ -188,10 +200,65 @@ async fn main() -> anyhow::Result<()> {
             command: AuditCommand::Verify { config },
         } => {
             let config = load(&config)?;
-            let v = gateway::audit::verify(&config.audit.dir)?;
+            let v = gateway::verify_audit(&config).await?;
             println!(
                 "ok: {} records in {} segments verify; head {}",
                 v.records, v.segments, v.head
+            );
+            Ok(())
+        }
+        Command::Usage {
+            config,
+            scenario,
+            month,
+        } => {
+            let config = load(&config)?;
+            // A bill is only drawn from a trail that verifies.
+            gateway::verify_audit(&config).await?;
+            let rows =
+                gateway::audit::usage(&config.audit.dir, scenario.as_deref(), month.as_deref())?;
+            println!(
+                "{:<10} {:<12} {:<24} {:>8} {:>8} {:>8} {:>10} {:>12} {:>10}",
+                "day",
+                "user",
+                "scenario",
+                "queries",
+                "refused",
+                "review",
+                "rows",
+                "bytes",
+                "wall ms"
+            );
+            let mut total = gateway::audit::UsageRow::default();
+            for r in &rows {
+                println!(
+                    "{:<10} {:<12} {:<24} {:>8} {:>8} {:>8} {:>10} {:>12} {:>10}",
+                    r.day,
+                    r.user,
+                    r.scenario,
+                    r.queries,
+                    r.refused,
+                    r.review_refused,
+                    r.rows_out,
+                    r.bytes_out,
+                    r.wall_ms
+                );
+                total.queries += r.queries;
+                total.refused += r.refused;
+                total.review_refused += r.review_refused;
+                total.rows_out += r.rows_out;
+                total.bytes_out += r.bytes_out;
+                total.wall_ms += r.wall_ms;
+            }
+            println!(
+                "{:<48} {:>8} {:>8} {:>8} {:>10} {:>12} {:>10}",
+                "total",
+                total.queries,
+                total.refused,
+                total.review_refused,
+                total.rows_out,
+                total.bytes_out,
+                total.wall_ms
             );
             Ok(())
         }

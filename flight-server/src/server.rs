@@ -19,6 +19,7 @@ pub struct Server {
     listener: TcpListener,
     service: LakegateService,
     gateway: Arc<Gateway>,
+    anchor_interval: Duration,
 }
 
 /// How often the policy folder is checked for changes.
@@ -39,6 +40,7 @@ impl Server {
             listener,
             service,
             gateway,
+            anchor_interval: Duration::from_secs(config.audit.anchor_interval_secs),
         })
     }
 
@@ -54,6 +56,7 @@ impl Server {
         println!("lakegate listening on {addr}");
         tracing::info!(%addr, "lakegate listening");
         let reloader = tokio::spawn(reload_policies(self.gateway.clone()));
+        let anchorer = tokio::spawn(anchor_audit(self.gateway.clone(), self.anchor_interval));
         tonic::transport::Server::builder()
             .add_service(
                 FlightServiceServer::new(self.service)
@@ -63,6 +66,11 @@ impl Server {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;
         reloader.abort();
+        anchorer.abort();
+        // A last anchor on a clean shutdown.
+        if let Err(e) = self.gateway.anchor_audit(true).await {
+            tracing::error!("cannot anchor the audit trail: {e}");
+        }
         Ok(())
     }
 }
@@ -97,6 +105,29 @@ async fn reload_policies(gateway: Arc<Gateway>) {
                 tracing::info!("SIGHUP: reloading the policy folder");
                 let _ = gateway.reload_policies().await;
             }
+        }
+    }
+}
+
+/// Anchors the audit chain to the lake when a segment closes (checked every second) and at the
+/// configured interval.
+async fn anchor_audit(gateway: Arc<Gateway>, interval: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let force = last.elapsed() >= interval;
+        match gateway.anchor_audit(force).await {
+            Ok(Some(a)) => {
+                last = tokio::time::Instant::now();
+                tracing::info!(seq = a.seq, "audit trail anchored");
+            }
+            Ok(None) => {
+                if force {
+                    last = tokio::time::Instant::now();
+                }
+            }
+            Err(e) => tracing::error!("cannot anchor the audit trail: {e}"),
         }
     }
 }

@@ -146,6 +146,21 @@ struct Tail {
     segment: u64,
     file: File,
     size: u64,
+    /// A segment was closed since the last anchor.
+    rotated: bool,
+}
+
+/// The end of the chain, as anchored to the object store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// The last record's sequence number.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: String,
+    /// The segment it is in.
+    pub segment: u64,
+    /// When the anchor was taken (RFC 3339).
+    pub time: String,
 }
 
 /// The append-only, hash-chained audit log.
@@ -276,6 +291,7 @@ impl AuditLog {
                 segment,
                 file,
                 size,
+                rotated: false,
             }),
             _lock: lock,
         };
@@ -296,6 +312,21 @@ impl AuditLog {
         &self.dir
     }
 
+    /// The end of the chain, and whether a segment was closed since the last call.
+    pub fn head(&self) -> (Anchor, bool) {
+        let mut tail = self.tail.lock().expect("audit lock poisoned");
+        let rotated = std::mem::take(&mut tail.rotated);
+        (
+            Anchor {
+                seq: tail.seq,
+                hash: tail.hash.clone(),
+                segment: tail.segment,
+                time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            },
+            rotated,
+        )
+    }
+
     /// Chains, writes and fsyncs `record`; returns it as written.
     pub fn append(&self, mut record: AuditRecord) -> Result<AuditRecord, AuditError> {
         let mut tail = self.tail.lock().expect("audit lock poisoned");
@@ -309,6 +340,7 @@ impl AuditLog {
                 .map_err(io_err(&path))?;
             tail.segment = next;
             tail.size = 0;
+            tail.rotated = true;
         }
         record.seq = tail.seq + 1;
         record.time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -340,6 +372,14 @@ pub struct Verified {
 /// Checks the whole chain in `dir`: sequence numbers without gaps, each `prev_hash` the previous
 /// record's hash, each hash recomputed. Names the first bad record.
 pub fn verify(dir: &Path) -> Result<Verified, AuditError> {
+    verify_with_anchors(dir, &[])
+}
+
+/// [`verify`], and every anchor must match the record at its sequence number: a trail cut off
+/// after an anchor, or rewritten before one, is reported.
+pub fn verify_with_anchors(dir: &Path, anchors: &[Anchor]) -> Result<Verified, AuditError> {
+    let anchored: std::collections::HashMap<u64, &Anchor> =
+        anchors.iter().map(|a| (a.seq, a)).collect();
     let segs = segments(dir)?;
     let mut expected_seq = 1u64;
     let mut prev = GENESIS.to_string();
@@ -370,9 +410,31 @@ pub fn verify(dir: &Path) -> Result<Verified, AuditError> {
                     "the record was altered: its hash does not match its content".into(),
                 ));
             }
+            if let Some(a) = anchored.get(&r.seq) {
+                if a.hash != r.hash {
+                    return Err(broken(format!(
+                        "the record differs from the anchor taken at {} (the trail was rewritten)",
+                        a.time
+                    )));
+                }
+            }
             prev = r.hash;
             expected_seq += 1;
         }
+    }
+    let last = expected_seq - 1;
+    if let Some(a) = anchors
+        .iter()
+        .filter(|a| a.seq > last)
+        .max_by_key(|a| a.seq)
+    {
+        return Err(AuditError::Broken {
+            location: format!("{} (end of the trail, seq {last})", dir.display()),
+            problem: format!(
+                "an anchor taken at {} names seq {}: records were cut off the end of the trail",
+                a.time, a.seq
+            ),
+        });
     }
     Ok(Verified {
         records: expected_seq - 1,
@@ -490,6 +552,47 @@ mod tests {
     }
 
     #[test]
+    fn anchors_catch_a_cut_off_end_and_a_consistent_rewrite() {
+        let (dir, log) = log_with(6, 1 << 20);
+        let (anchor, _) = log.head();
+        assert_eq!(anchor.seq, 6);
+        drop(log);
+        verify_with_anchors(dir.path(), std::slice::from_ref(&anchor)).unwrap();
+        // Cut the last two records off: the chain alone still verifies, the anchor does not.
+        let (path, mut l) = lines(dir.path()).remove(0);
+        l.truncate(4);
+        rewrite(&path, &l);
+        verify(dir.path()).unwrap();
+        let err = verify_with_anchors(dir.path(), std::slice::from_ref(&anchor))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cut off the end"), "{err}");
+        // Rewrite the whole chain consistently from record 1: the anchor still differs.
+        let (dir, log) = log_with(6, 1 << 20);
+        let (anchor, _) = log.head();
+        drop(log);
+        let (path, l) = lines(dir.path()).remove(0);
+        let mut prev = GENESIS.to_string();
+        let forged: Vec<String> = l
+            .iter()
+            .map(|line| {
+                let mut r: AuditRecord = serde_json::from_str(line).unwrap();
+                r.user = "mallory".into();
+                r.prev_hash = prev.clone();
+                r.hash = r.compute_hash();
+                prev = r.hash.clone();
+                serde_json::to_string(&r).unwrap()
+            })
+            .collect();
+        rewrite(&path, &forged);
+        verify(dir.path()).unwrap();
+        let err = verify_with_anchors(dir.path(), &[anchor])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("differs from the anchor"), "{err}");
+    }
+
+    #[test]
     fn one_writer_per_folder() {
         let (dir, log) = log_with(1, 1 << 20);
         let err = AuditLog::open(dir.path(), 1 << 20).unwrap_err().to_string();
@@ -513,4 +616,76 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.lines().last().unwrap().contains("\"recovered\""));
     }
+}
+
+/// Usage of one user under one scenario on one day, from the audit trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageRow {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// The user.
+    pub user: String,
+    /// The scenario.
+    pub scenario: String,
+    /// Executed queries (completion records).
+    pub queries: u64,
+    /// Requests refused at planning (policy, read-only, unknown table).
+    pub refused: u64,
+    /// Results ended by output review.
+    pub review_refused: u64,
+    /// Rows sent.
+    pub rows_out: u64,
+    /// Bytes of Arrow IPC sent.
+    pub bytes_out: u64,
+    /// Wall-clock milliseconds of execution.
+    pub wall_ms: u64,
+}
+
+/// Usage per (day, user, scenario) from the records in `dir`, optionally for one scenario and
+/// one month (`YYYY-MM`). The trail is the meter: what is billed is what is on the chain.
+pub fn usage(
+    dir: &Path,
+    scenario: Option<&str>,
+    month: Option<&str>,
+) -> Result<Vec<UsageRow>, AuditError> {
+    let mut rows: std::collections::BTreeMap<(String, String, String), UsageRow> =
+        std::collections::BTreeMap::new();
+    for (_, path) in segments(dir)? {
+        let file = File::open(&path).map_err(io_err(&path))?;
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(io_err(&path))?;
+            let Ok(r) = serde_json::from_str::<AuditRecord>(&line) else {
+                continue;
+            };
+            let Some(s) = r.scenario.clone() else {
+                continue;
+            };
+            if scenario.is_some_and(|x| x != s) || month.is_some_and(|m| !r.time.starts_with(m)) {
+                continue;
+            }
+            let day = r.time.get(..10).unwrap_or_default().to_string();
+            let row = rows
+                .entry((day.clone(), r.user.clone(), s.clone()))
+                .or_insert_with(|| UsageRow {
+                    day,
+                    user: r.user.clone(),
+                    scenario: s,
+                    ..Default::default()
+                });
+            match (r.kind.as_str(), r.decision.as_str()) {
+                ("decision", "refused") => row.refused += 1,
+                ("completion", outcome) => {
+                    row.queries += 1;
+                    if outcome == "refused" {
+                        row.review_refused += 1;
+                    }
+                    row.rows_out += r.rows_out.unwrap_or(0);
+                    row.bytes_out += r.bytes_out.unwrap_or(0);
+                    row.wall_ms += r.duration_ms.unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(rows.into_values().collect())
 }

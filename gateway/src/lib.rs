@@ -60,6 +60,7 @@ pub struct VisibleTable {
 pub struct Gateway {
     lake: Arc<Lake>,
     audit: audit::AuditLog,
+    last_anchor: tokio::sync::Mutex<u64>,
     max_result_bytes: Option<u64>,
     policies: RwLock<Arc<PolicySet>>,
     policy_dir: PathBuf,
@@ -95,6 +96,7 @@ impl Gateway {
         Ok(Self {
             lake,
             audit,
+            last_anchor: tokio::sync::Mutex::new(0),
             max_result_bytes: config.audit.max_result_bytes,
             policies: RwLock::new(Arc::new(policies)),
             policy_fingerprint: std::sync::Mutex::new(fingerprint(&config.policy.dir)),
@@ -237,6 +239,23 @@ impl Gateway {
         &self.audit
     }
 
+    /// Writes the end of the audit chain to the lake's object store
+    /// (`_lakegate/audit-anchors/<seq>.json`) when a segment was closed or `force` is set and
+    /// there are records since the last anchor.
+    pub async fn anchor_audit(&self, force: bool) -> Result<Option<audit::Anchor>, GatewayError> {
+        let (head, rotated) = self.audit.head();
+        let mut last = self.last_anchor.lock().await;
+        if head.seq == 0 || head.seq == *last || !(force || rotated) {
+            return Ok(None);
+        }
+        let body = serde_json::to_vec(&head).expect("anchors serialize");
+        self.lake
+            .put_own_file(&format!("audit-anchors/{:012}.json", head.seq), body)
+            .await?;
+        *last = head.seq;
+        Ok(Some(head))
+    }
+
     /// Parses, checks and plans one read statement for `who`. Placeholders (`?` or `$n`) stay
     /// unbound until [`Query::bind`].
     pub async fn prepare(&self, who: &Principal, sql: &str) -> Result<Query, GatewayError> {
@@ -311,6 +330,22 @@ impl Gateway {
         );
         state
     }
+}
+
+/// Checks the audit trail of `config` against its chain and the anchors in the lake.
+pub async fn verify_audit(config: &Config) -> Result<audit::Verified, GatewayError> {
+    let lake = Lake::open(&config.lake).await?;
+    let anchors = lake
+        .own_files("audit-anchors/")
+        .await?
+        .into_iter()
+        .map(|(name, bytes)| {
+            serde_json::from_slice::<audit::Anchor>(&bytes)
+                .map_err(|e| GatewayError::Audit(format!("anchor {name} is unreadable: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    audit::verify_with_anchors(&config.audit.dir, &anchors)
+        .map_err(|e| GatewayError::Audit(e.to_string()))
 }
 
 /// Names, sizes and modification times of the policy folder's files.

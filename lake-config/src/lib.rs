@@ -173,6 +173,9 @@ pub struct AuditConfig {
     pub segment_bytes: u64,
     /// `max_result_bytes`: output review's limit on the bytes one result may send (default none).
     pub max_result_bytes: Option<u64>,
+    /// `anchor_interval_secs`: how often the end of the chain is anchored to the lake's object
+    /// store (default 60; also on every segment rotation and on shutdown).
+    pub anchor_interval_secs: u64,
 }
 
 // ---- the file as written ----------------------------------------------------------------
@@ -240,6 +243,7 @@ struct RawAudit {
     dir: Option<String>,
     segment_bytes: Option<u64>,
     max_result_bytes: Option<u64>,
+    anchor_interval_secs: Option<u64>,
 }
 
 /// The default listen address.
@@ -429,6 +433,7 @@ impl Config {
             dir: base.join(raw.audit.dir.as_deref().unwrap_or("audit")),
             segment_bytes,
             max_result_bytes: raw.audit.max_result_bytes,
+            anchor_interval_secs: raw.audit.anchor_interval_secs.unwrap_or(60).max(1),
         };
 
         Ok(Config {

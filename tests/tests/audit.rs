@@ -163,6 +163,23 @@ async fn every_request_is_on_the_trail_and_the_chain_verifies() {
     }
     let v = verify(&config.audit.dir).unwrap();
     assert_eq!(v.records as usize, trail.len());
+
+    // Metering from the trail.
+    let usage = gateway::audit::usage(&config.audit.dir, None, None).unwrap();
+    let banker = usage.iter().find(|u| u.user == "banker").unwrap();
+    assert_eq!((banker.queries, banker.refused), (5, 2));
+    assert_eq!(banker.rows_out, 1 + 5 + 6 + 1 + 1);
+    assert!(banker.bytes_out > 0);
+    let insurer = usage.iter().find(|u| u.user == "insurer").unwrap();
+    assert_eq!((insurer.queries, insurer.refused), (0, 1));
+    let only =
+        gateway::audit::usage(&config.audit.dir, Some("insurance-underwriting"), None).unwrap();
+    assert_eq!(only.len(), 1);
+    assert!(
+        gateway::audit::usage(&config.audit.dir, None, Some("1999-01"))
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -211,4 +228,45 @@ async fn output_review_ends_results_over_the_limits() {
         assert!(r.reason.as_deref().unwrap().contains(limit), "{r:?}");
         verify(dir).unwrap();
     }
+}
+
+#[tokio::test]
+async fn anchors_in_the_lake_catch_a_trail_cut_off_at_the_end() {
+    // A lake of its own: anchors are written into it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = flight_server::demo::DemoLake::new(dir.path())
+        .with_rows(1_000)
+        .build()
+        .await
+        .unwrap();
+    let mut config = lake_config::Config::load(&path).unwrap();
+    config.audit.anchor_interval_secs = 1;
+    let server = TestServer::start_with(&config).await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    for _ in 0..3 {
+        query(&mut c, "SELECT count(*) FROM market.enterprises")
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    drop(server);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let anchors: Vec<_> = std::fs::read_dir(dir.path().join("lake/_lakegate/audit-anchors"))
+        .unwrap()
+        .collect();
+    assert!(!anchors.is_empty());
+    let v = gateway::verify_audit(&config).await.unwrap();
+    assert_eq!(v.records, 6);
+
+    // Cut the last completion off: the chain alone verifies; the anchor does not.
+    let (_, segment) = segments(&config.audit.dir).unwrap().pop().unwrap();
+    let text = std::fs::read_to_string(&segment).unwrap();
+    let kept: Vec<&str> = text.lines().take(5).collect();
+    std::fs::write(&segment, format!("{}\n", kept.join("\n"))).unwrap();
+    verify(&config.audit.dir).unwrap();
+    let err = gateway::verify_audit(&config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cut off the end of the trail"), "{err}");
 }
