@@ -633,6 +633,24 @@ async fn write_tables(lake: &Path, rows: usize) -> anyhow::Result<()> {
             "building_id",
         ),
     ];
+    // lakegate's own tables, empty until the first audit segment closes, so that policies can
+    // name them from the start.
+    for (name, schema) in [
+        ("queries", gateway::audit_table::queries_schema()),
+        ("usage", gateway::audit_table::usage_schema()),
+    ] {
+        let path = lake.join(gateway::audit_table::AUDIT_SCHEMA).join(name);
+        std::fs::create_dir_all(&path)?;
+        let url = url::Url::from_directory_path(&path)
+            .map_err(|_| anyhow::anyhow!("{} is not an absolute path", path.display()))?;
+        gateway::audit_table::write_table(
+            url,
+            HashMap::new(),
+            RecordBatch::new_empty(schema),
+            SaveMode::Overwrite,
+        )
+        .await?;
+    }
     for (schema, table, batch, key) in tables {
         let path = lake.join(schema).join(table);
         std::fs::create_dir_all(&path)?;
@@ -749,8 +767,16 @@ when { ["patient_id", "person_id"].contains(resource.name) };
 @id("regulator-columns")
 permit (principal in Lake::Role::"regulator", action == Lake::Action::"read_column", resource)
 unless {
-  ["patient_id", "person_id", "legal_rep_id", "patient_name", "person_name", "legal_rep_name"]
-    .contains(resource.name)
+  ["patient_id", "person_id", "legal_rep_id", "patient_name", "person_name", "legal_rep_name",
+   "sql", "rewritten_sql"].contains(resource.name)
+};
+
+// The audit trail, read through lakegate: statements with their parameters masked.
+@id("regulator-audit-sql")
+@mask("sql_literals")
+permit (principal in Lake::Role::"regulator", action == Lake::Action::"read_masked", resource)
+when {
+  resource in Lake::Table::"lakegate_audit.queries" && ["sql", "rewritten_sql"].contains(resource.name)
 };
 
 @id("regulator-identities-hashed")
@@ -845,7 +871,9 @@ fn entities() -> serde_json::Value {
                 "social_security.contributions",
                 "market.enterprises",
                 "market.penalties",
-                "utilities.building_energy"
+                "utilities.building_energy",
+                "lakegate_audit.queries",
+                "lakegate_audit.usage"
             ],
             "2030-12-31T23:59:59Z"
         ),
@@ -879,7 +907,9 @@ fn write_config(path: &Path) -> anyhow::Result<()> {
          [server]\nlisten = \"127.0.0.1:50051\"\n\n\
          [lake]\nroot = \"lake\"\n\n\
          [policy]\ndir = \"policies\"\nmask_key = \"{mask_key}\"\n\n\
-         [audit]\ndir = \"audit\"\n",
+         [audit]\ndir = \"audit\"\n\
+         # Small segments, so that closed segments reach lakegate_audit.queries soon.\n\
+         segment_bytes = 65536\n",
     );
     for u in USERS {
         s.push_str(&format!(

@@ -110,12 +110,20 @@ async fn reload_policies(gateway: Arc<Gateway>) {
 }
 
 /// Anchors the audit chain to the lake when a segment closes (checked every second) and at the
-/// configured interval.
+/// configured interval; exports closed segments to `lakegate_audit.queries`.
 async fn anchor_audit(gateway: Arc<Gateway>, interval: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = tokio::time::Instant::now();
     loop {
         tick.tick().await;
+        match gateway.export_audit().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                segments = n,
+                "audit segments exported to lakegate_audit.queries"
+            ),
+            Err(e) => tracing::error!("cannot export the audit trail: {e}"),
+        }
         let force = last.elapsed() >= interval;
         match gateway.anchor_audit(force).await {
             Ok(Some(a)) => {

@@ -8,6 +8,7 @@
 
 mod aggregate_only;
 pub mod audit;
+pub mod audit_table;
 mod error;
 mod explain;
 mod masks;
@@ -61,6 +62,8 @@ pub struct Gateway {
     lake: Arc<Lake>,
     audit: audit::AuditLog,
     last_anchor: tokio::sync::Mutex<u64>,
+    /// The last audit segment exported to `lakegate_audit.queries`.
+    last_exported: tokio::sync::Mutex<u64>,
     max_result_bytes: Option<u64>,
     policies: RwLock<Arc<PolicySet>>,
     policy_dir: PathBuf,
@@ -93,10 +96,11 @@ impl Gateway {
         );
         let audit = audit::AuditLog::open(&config.audit.dir, config.audit.segment_bytes)
             .map_err(|e| GatewayError::Audit(e.to_string()))?;
-        Ok(Self {
+        let gateway = Self {
             lake,
             audit,
             last_anchor: tokio::sync::Mutex::new(0),
+            last_exported: tokio::sync::Mutex::new(0),
             max_result_bytes: config.audit.max_result_bytes,
             policies: RwLock::new(Arc::new(policies)),
             policy_fingerprint: std::sync::Mutex::new(fingerprint(&config.policy.dir)),
@@ -107,7 +111,9 @@ impl Gateway {
                 .as_ref()
                 .map(|k| Arc::from(k.as_bytes())),
             runtime: Arc::new(RuntimeEnv::default()),
-        })
+        };
+        gateway.load_export_state().await?;
+        Ok(gateway)
     }
 
     /// The lake this gateway serves.

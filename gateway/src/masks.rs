@@ -25,6 +25,7 @@ pub fn served_type(mask: &Mask, raw: &DataType) -> Result<DataType> {
     let temporal = matches!(raw, DataType::Date32 | DataType::Timestamp(_, _));
     match mask {
         Mask::Hash | Mask::ShowFirst(_) | Mask::ShowLast(_) => Ok(DataType::Utf8),
+        Mask::SqlLiterals if strings => Ok(DataType::Utf8),
         Mask::Redact if strings => Ok(DataType::Utf8),
         Mask::Redact | Mask::Null => Ok(raw.clone()),
         Mask::Year if temporal => Ok(raw.clone()),
@@ -74,8 +75,32 @@ pub fn apply(mask: &Mask, raw: &ArrayRef, key: Option<&[u8]>) -> Result<ArrayRef
             format!("{}{kept}", "*".repeat(hidden))
         }),
         Mask::Year => year(raw),
+        Mask::SqlLiterals => map_strings(raw, sql_literals),
         Mask::Round(n) => round(raw, *n),
     }
+}
+
+/// SQL with every literal replaced by `?`; `****` when the text is not SQL.
+fn sql_literals(sql: &str) -> String {
+    use datafusion::sql::sqlparser::ast::{visit_expressions_mut, Expr, Value};
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    let Ok(mut statements) = Parser::parse_sql(&GenericDialect {}, sql) else {
+        return "****".into();
+    };
+    let _ = visit_expressions_mut(&mut statements, |e: &mut Expr| {
+        if let Expr::Value(v) = e {
+            if !matches!(v.value, Value::Placeholder(_)) {
+                v.value = Value::Placeholder("?".into());
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    statements
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The column as text, each non-null value replaced by `f(value)`.
@@ -286,6 +311,20 @@ mod tests {
         assert_eq!(out.data_type(), &DataType::Decimal128(14, 2));
         let out = out.as_primitive::<datafusion::arrow::datatypes::Decimal128Type>();
         assert_eq!(out.value(0), 120_000);
+    }
+
+    #[test]
+    fn sql_literals_keep_the_shape_and_drop_the_values() {
+        let raw: ArrayRef = Arc::new(StringArray::from(vec![
+            "SELECT * FROM t WHERE name = 'Wang Wei' AND id > 42 LIMIT 5",
+            "not sql at all",
+        ]));
+        let out = strings(&apply(&Mask::SqlLiterals, &raw, None).unwrap());
+        assert_eq!(
+            out[0].as_deref(),
+            Some("SELECT * FROM t WHERE name = ? AND id > ? LIMIT ?")
+        );
+        assert_eq!(out[1].as_deref(), Some("****"));
     }
 
     #[test]

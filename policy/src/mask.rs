@@ -20,6 +20,9 @@ pub enum Mask {
     Year,
     /// Numbers rounded to a multiple of N.
     Round(u64),
+    /// SQL text with every literal replaced by `?` (statement shapes stay, parameters go); text
+    /// that does not parse as SQL becomes `****`.
+    SqlLiterals,
 }
 
 impl Mask {
@@ -29,6 +32,7 @@ impl Mask {
             Mask::Null => (6, 0),
             Mask::Redact => (5, 0),
             Mask::Hash => (4, 0),
+            Mask::SqlLiterals => (3, u64::MAX),
             // Fewer characters shown hides more.
             Mask::ShowFirst(n) | Mask::ShowLast(n) => (3, u64::MAX - *n as u64),
             Mask::Round(n) => (2, *n),
@@ -60,11 +64,12 @@ impl FromStr for Mask {
             ("redact", None) => Ok(Mask::Redact),
             ("null", None) => Ok(Mask::Null),
             ("year", None) => Ok(Mask::Year),
+            ("sql_literals", None) => Ok(Mask::SqlLiterals),
             ("show_first", _) => Ok(Mask::ShowFirst(number("show_first")? as usize)),
             ("show_last", _) => Ok(Mask::ShowLast(number("show_last")? as usize)),
             ("round", _) => Ok(Mask::Round(number("round")?)),
             _ => Err(format!(
-                "unknown mask `{s}`: use hash, redact, null, show_first:N, show_last:N, year or round:N"
+                "unknown mask `{s}`: use hash, redact, null, show_first:N, show_last:N, year, round:N or sql_literals"
             )),
         }
     }
@@ -80,6 +85,7 @@ impl fmt::Display for Mask {
             Mask::ShowLast(n) => write!(f, "show_last:{n}"),
             Mask::Year => write!(f, "year"),
             Mask::Round(n) => write!(f, "round:{n}"),
+            Mask::SqlLiterals => write!(f, "sql_literals"),
         }
     }
 }

@@ -270,3 +270,61 @@ async fn anchors_in_the_lake_catch_a_trail_cut_off_at_the_end() {
         .to_string();
     assert!(err.contains("cut off the end of the trail"), "{err}");
 }
+
+#[tokio::test]
+async fn the_regulator_reads_the_trail_through_lakegate_with_parameters_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = flight_server::demo::DemoLake::new(dir.path())
+        .with_rows(1_000)
+        .build()
+        .await
+        .unwrap();
+    let mut config = lake_config::Config::load(&path).unwrap();
+    config.audit.segment_bytes = 4096;
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    for _ in 0..4 {
+        query(
+            &mut banker,
+            "SELECT count(*) FROM market.penalties WHERE district = 'Haidian' AND amount > 4242",
+        )
+        .await
+        .unwrap();
+    }
+    query(&mut banker, "DROP TABLE market.penalties")
+        .await
+        .unwrap_err();
+    // Closed segments reach the Delta table within a few seconds.
+    let mut regulator = as_user(&server, "regulator", "supervision").await;
+    let sql =
+        "SELECT user, decision, sql FROM lakegate_audit.queries WHERE user = 'banker' ORDER BY seq";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let got = loop {
+        let got = query(&mut regulator, sql).await.unwrap();
+        if rows(&got) >= 6 || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    let text = lakegate_tests::pretty(&got);
+    assert!(rows(&got) >= 6, "{text}");
+    assert!(text.contains("WHERE district = ? AND amount > ?"), "{text}");
+    assert!(
+        !text.contains("Haidian") && !text.contains("4242"),
+        "{text}"
+    );
+    assert!(text.contains("refused"), "{text}");
+    // The usage table too.
+    let usage = query(
+        &mut regulator,
+        "SELECT user, scenario, queries FROM lakegate_audit.usage WHERE user = 'banker'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows(&usage), 1, "{}", lakegate_tests::pretty(&usage));
+    // Other operators do not see the trail at all.
+    let err = query(&mut banker, "SELECT count(*) FROM lakegate_audit.queries")
+        .await
+        .unwrap_err();
+    assert!(err.contains("not found"), "{err}");
+}

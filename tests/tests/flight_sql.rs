@@ -652,7 +652,13 @@ async fn the_catalog_reads_subject_keys_and_overrides() {
     let lake = catalog::Lake::open(&config.lake).await.unwrap();
     assert_eq!(
         lake.schema_names(),
-        ["health", "market", "social_security", "utilities"]
+        [
+            "health",
+            "lakegate_audit",
+            "market",
+            "social_security",
+            "utilities"
+        ]
     );
     assert_eq!(
         key(&lake, "health", "visits").await.as_deref(),

@@ -1,0 +1,210 @@
+//! The audit trail as data: closed segments are appended to the Delta table
+//! `lake.lakegate_audit.queries`, and `lake.lakegate_audit.usage` is rewritten from the trail, so
+//! that a regulator can query them through lakegate itself — under policy like any table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use deltalake::protocol::SaveMode;
+use deltalake::DeltaTable;
+
+use crate::audit::{segments, AuditRecord, UsageRow};
+use crate::GatewayError;
+
+/// The schema (department) lakegate's own tables live in.
+pub const AUDIT_SCHEMA: &str = "lakegate_audit";
+
+fn utf8(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, true)
+}
+
+fn int64(name: &str) -> Field {
+    Field::new(name, DataType::Int64, true)
+}
+
+/// The columns of `lakegate_audit.queries`.
+pub fn queries_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        int64("seq"),
+        utf8("time"),
+        utf8("kind"),
+        utf8("query_id"),
+        utf8("user"),
+        utf8("scenario"),
+        utf8("client"),
+        utf8("sql"),
+        utf8("rewritten_sql"),
+        utf8("policy_set"),
+        utf8("policy_ids"),
+        utf8("decision"),
+        utf8("reason"),
+        utf8("tables"),
+        int64("rows_out"),
+        int64("bytes_out"),
+        int64("duration_ms"),
+        utf8("result_digest"),
+        utf8("prev_hash"),
+        utf8("hash"),
+    ]))
+}
+
+/// The columns of `lakegate_audit.usage`.
+pub fn usage_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        utf8("day"),
+        utf8("user"),
+        utf8("scenario"),
+        int64("queries"),
+        int64("refused"),
+        int64("review_refused"),
+        int64("rows_out"),
+        int64("bytes_out"),
+        int64("wall_ms"),
+    ]))
+}
+
+fn strings<'a>(v: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    Arc::new(v.collect::<StringArray>())
+}
+
+fn longs(v: impl Iterator<Item = Option<u64>>) -> ArrayRef {
+    Arc::new(v.map(|x| x.map(|x| x as i64)).collect::<Int64Array>())
+}
+
+/// Audit records as a batch of `lakegate_audit.queries`.
+pub fn queries_batch(records: &[AuditRecord]) -> Result<RecordBatch, GatewayError> {
+    let tables: Vec<String> = records
+        .iter()
+        .map(|r| serde_json::to_string(&r.tables).expect("tables serialize"))
+        .collect();
+    let policies: Vec<String> = records.iter().map(|r| r.policy_ids.join(",")).collect();
+    let columns = vec![
+        longs(records.iter().map(|r| Some(r.seq))),
+        strings(records.iter().map(|r| Some(r.time.as_str()))),
+        strings(records.iter().map(|r| Some(r.kind.as_str()))),
+        strings(records.iter().map(|r| Some(r.query_id.as_str()))),
+        strings(records.iter().map(|r| Some(r.user.as_str()))),
+        strings(records.iter().map(|r| r.scenario.as_deref())),
+        strings(records.iter().map(|r| r.client.as_deref())),
+        strings(records.iter().map(|r| Some(r.sql.as_str()))),
+        strings(records.iter().map(|r| r.rewritten_sql.as_deref())),
+        strings(records.iter().map(|r| Some(r.policy_set.as_str()))),
+        strings(policies.iter().map(|p| Some(p.as_str()))),
+        strings(records.iter().map(|r| Some(r.decision.as_str()))),
+        strings(records.iter().map(|r| r.reason.as_deref())),
+        strings(tables.iter().map(|t| Some(t.as_str()))),
+        longs(records.iter().map(|r| r.rows_out)),
+        longs(records.iter().map(|r| r.bytes_out)),
+        longs(records.iter().map(|r| r.duration_ms)),
+        strings(records.iter().map(|r| r.result_digest.as_deref())),
+        strings(records.iter().map(|r| Some(r.prev_hash.as_str()))),
+        strings(records.iter().map(|r| Some(r.hash.as_str()))),
+    ];
+    RecordBatch::try_new(queries_schema(), columns)
+        .map_err(|e| GatewayError::Audit(format!("audit table batch: {e}")))
+}
+
+/// Usage rows as a batch of `lakegate_audit.usage`.
+pub fn usage_batch(rows: &[UsageRow]) -> Result<RecordBatch, GatewayError> {
+    let columns = vec![
+        strings(rows.iter().map(|r| Some(r.day.as_str()))),
+        strings(rows.iter().map(|r| Some(r.user.as_str()))),
+        strings(rows.iter().map(|r| Some(r.scenario.as_str()))),
+        longs(rows.iter().map(|r| Some(r.queries))),
+        longs(rows.iter().map(|r| Some(r.refused))),
+        longs(rows.iter().map(|r| Some(r.review_refused))),
+        longs(rows.iter().map(|r| Some(r.rows_out))),
+        longs(rows.iter().map(|r| Some(r.bytes_out))),
+        longs(rows.iter().map(|r| Some(r.wall_ms))),
+    ];
+    RecordBatch::try_new(usage_schema(), columns)
+        .map_err(|e| GatewayError::Audit(format!("usage table batch: {e}")))
+}
+
+/// Writes `batch` to the Delta table at `url` (created on first write).
+pub async fn write_table(
+    url: url::Url,
+    options: HashMap<String, String>,
+    batch: RecordBatch,
+    mode: SaveMode,
+) -> Result<(), GatewayError> {
+    let err = |e: deltalake::DeltaTableError| GatewayError::Audit(format!("{url}: {e}"));
+    let table = DeltaTable::try_from_url_with_storage_options(url.clone(), options)
+        .await
+        .map_err(err)?;
+    table
+        .write(vec![batch])
+        .with_save_mode(mode)
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
+impl crate::Gateway {
+    /// Appends every audit segment closed since the last export to `lakegate_audit.queries` and
+    /// rewrites `lakegate_audit.usage`. Returns how many segments were exported.
+    pub async fn export_audit(&self) -> Result<usize, GatewayError> {
+        let mut last = self.last_exported.lock().await;
+        let dir = self.audit_log().dir().to_path_buf();
+        let segs = segments(&dir).map_err(|e| GatewayError::Audit(e.to_string()))?;
+        // The newest segment is still being written: only closed ones are exported.
+        let closed: Vec<_> = segs
+            .iter()
+            .take(segs.len().saturating_sub(1))
+            .filter(|(n, _)| *n > *last)
+            .cloned()
+            .collect();
+        if closed.is_empty() {
+            return Ok(0);
+        }
+        let root = self.lake().root().clone();
+        let options = self.lake().storage_options().clone();
+        let table = |name: &str| {
+            root.join(&format!("{AUDIT_SCHEMA}/{name}/"))
+                .map_err(|e| GatewayError::Audit(e.to_string()))
+        };
+        for (n, path) in &closed {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| GatewayError::Audit(format!("{}: {e}", path.display())))?;
+            let records: Vec<AuditRecord> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if !records.is_empty() {
+                write_table(
+                    table("queries")?,
+                    options.clone(),
+                    queries_batch(&records)?,
+                    SaveMode::Append,
+                )
+                .await?;
+            }
+            *last = *n;
+            self.lake()
+                .put_own_file("audit-export/last-segment", n.to_string().into_bytes())
+                .await?;
+        }
+        let usage = crate::audit::usage(&dir, None, None)
+            .map_err(|e| GatewayError::Audit(e.to_string()))?;
+        write_table(
+            table("usage")?,
+            options,
+            usage_batch(&usage)?,
+            SaveMode::Overwrite,
+        )
+        .await?;
+        Ok(closed.len())
+    }
+
+    /// Reads where the last export stopped (after a restart).
+    pub(crate) async fn load_export_state(&self) -> Result<(), GatewayError> {
+        let files = self.lake().own_files("audit-export/").await?;
+        if let Some((_, bytes)) = files.into_iter().find(|(n, _)| n.ends_with("last-segment")) {
+            let n = String::from_utf8_lossy(&bytes).trim().parse().unwrap_or(0);
+            *self.last_exported.lock().await = n;
+        }
+        Ok(())
+    }
+}
