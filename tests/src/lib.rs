@@ -12,6 +12,10 @@ use futures::TryStreamExt;
 use tonic::transport::Channel;
 
 use flight_server::demo::DemoLake;
+use flight_server::session_options::{
+    OptionValue, SessionOptionValue, SetSessionOptionsRequest, SetSessionOptionsResult,
+    SET_SESSION_OPTIONS,
+};
 use lake_config::Config;
 
 /// Rows of the demo lake the tests share (market.enterprises then has 200 rows).
@@ -113,6 +117,52 @@ impl Drop for TestServer {
             let _ = tx.send(());
         }
     }
+}
+
+/// Runs a Flight action and collects its result bodies, or the error text.
+pub async fn action(
+    c: &mut FlightSqlServiceClient<Channel>,
+    kind: &str,
+    body: Vec<u8>,
+) -> Result<Vec<bytes::Bytes>, String> {
+    let stream = c
+        .do_action(arrow_flight::Action::new(kind.to_string(), body))
+        .await
+        .map_err(|e| e.to_string())?;
+    let results: Vec<arrow_flight::Result> =
+        stream.try_collect().await.map_err(|e| e.to_string())?;
+    Ok(results.into_iter().map(|r| r.body).collect())
+}
+
+/// Sets the session option `scenario` (SetSessionOptions), as ADBC does.
+pub async fn set_scenario(
+    c: &mut FlightSqlServiceClient<Channel>,
+    scenario: &str,
+) -> Result<SetSessionOptionsResult, String> {
+    use prost::Message;
+    let request = SetSessionOptionsRequest {
+        session_options: std::collections::HashMap::from([(
+            "scenario".to_string(),
+            SessionOptionValue {
+                option_value: Some(OptionValue::StringValue(scenario.to_string())),
+            },
+        )]),
+    };
+    let results = action(c, SET_SESSION_OPTIONS, request.encode_to_vec()).await?;
+    let body = results.first().cloned().unwrap_or_default();
+    SetSessionOptionsResult::decode(body).map_err(|e| e.to_string())
+}
+
+/// A demo user (password `<user>-demo`) logged in, working under `scenario`.
+pub async fn as_user(
+    server: &TestServer,
+    user: &str,
+    scenario: &str,
+) -> FlightSqlServiceClient<Channel> {
+    let mut c = server.login(user, &format!("{user}-demo")).await;
+    let result = set_scenario(&mut c, scenario).await.expect("scenario set");
+    assert!(result.errors.is_empty(), "{result:?}");
+    c
 }
 
 /// Fetches every endpoint of `info`.

@@ -2,40 +2,10 @@
 //! execution a completion record, refusals carry their reason, output review ends results that
 //! exceed a limit, and the chain verifies.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use arrow_flight::Action;
-use futures::TryStreamExt;
-use prost::Message;
-
-use flight_server::session_options::{
-    OptionValue, SessionOptionValue, SetSessionOptionsRequest, SET_SESSION_OPTIONS,
-};
 use gateway::audit::{segments, verify, AuditRecord};
-use lakegate_tests::{fetch, query, rows, shared_demo, TestServer};
-
-type Client = arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>;
-
-async fn as_user(server: &TestServer, user: &str, scenario: &str) -> Client {
-    let mut c = server.login(user, &format!("{user}-demo")).await;
-    let request = SetSessionOptionsRequest {
-        session_options: HashMap::from([(
-            "scenario".to_string(),
-            SessionOptionValue {
-                option_value: Some(OptionValue::StringValue(scenario.to_string())),
-            },
-        )]),
-    };
-    let _: Vec<_> = c
-        .do_action(Action::new(SET_SESSION_OPTIONS, request.encode_to_vec()))
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    c
-}
+use lakegate_tests::{as_user, fetch, query, rows, shared_demo, TestServer};
 
 fn records(dir: &Path) -> Vec<AuditRecord> {
     segments(dir)

@@ -2,42 +2,18 @@
 //! identity numbers, hide names and confine the district officer to their district. Every byte a
 //! client receives (batches, schemas, errors) is searched for raw values it must not see.
 
-use std::collections::HashMap;
 use std::collections::HashSet;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema};
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::CommandGetTables;
-use arrow_flight::{Action, IpcMessage};
-use futures::TryStreamExt;
-use prost::Message;
+use arrow_flight::IpcMessage;
 use tonic::transport::Channel;
 
-use flight_server::session_options::{
-    OptionValue, SessionOptionValue, SetSessionOptionsRequest, SET_SESSION_OPTIONS,
-};
-use lakegate_tests::{fetch, pretty, query, raw_query, rows, shared_demo, TestServer};
+use lakegate_tests::{as_user, fetch, pretty, query, raw_query, rows, shared_demo, TestServer};
 
 type Client = FlightSqlServiceClient<Channel>;
-
-async fn as_user(server: &TestServer, user: &str, scenario: &str) -> Client {
-    let mut c = server.login(user, &format!("{user}-demo")).await;
-    let request = SetSessionOptionsRequest {
-        session_options: HashMap::from([(
-            "scenario".to_string(),
-            SessionOptionValue {
-                option_value: Some(OptionValue::StringValue(scenario.to_string())),
-            },
-        )]),
-    };
-    let stream = c
-        .do_action(Action::new(SET_SESSION_OPTIONS, request.encode_to_vec()))
-        .await
-        .unwrap();
-    let _: Vec<_> = stream.try_collect().await.unwrap();
-    c
-}
 
 /// Every distinct string value of `column` in the raw table.
 async fn raw_values(sql: &str) -> HashSet<String> {

@@ -6,25 +6,20 @@ use std::sync::Arc;
 
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{
     ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
     CommandGetDbSchemas, CommandGetTables, CommandPreparedStatementQuery, CommandStatementIngest,
     ProstMessageExt, SqlInfo,
 };
-use arrow_flight::{Action, FlightDescriptor, IpcMessage, Ticket};
+use arrow_flight::{FlightDescriptor, IpcMessage, Ticket};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use prost::Message;
-use tonic::transport::Channel;
 
-use flight_server::session_options::{
-    GetSessionOptionsResult, OptionValue, SessionOptionValue, SetSessionOptionsRequest,
-    SetSessionOptionsResult, GET_SESSION_OPTIONS, SET_SESSION_OPTIONS,
+use flight_server::session_options::{GetSessionOptionsResult, OptionValue, GET_SESSION_OPTIONS};
+use lakegate_tests::{
+    action, as_user, fetch, pretty, query, raw_query, rows, set_scenario, shared_demo, TestServer,
 };
-use lakegate_tests::{fetch, pretty, query, raw_query, rows, shared_demo, TestServer};
-
-type Client = FlightSqlServiceClient<Channel>;
 
 // How tonic describes the gRPC codes in error text.
 const DENIED: &str = "does not have permission";
@@ -32,38 +27,6 @@ const INVALID: &str = "invalid argument";
 const UNAUTHENTICATED: &str = "valid authentication credentials";
 const NOT_FOUND: &str = "not found";
 const PRECONDITION: &str = "not in a state required";
-
-async fn set_scenario(c: &mut Client, scenario: &str) -> Result<SetSessionOptionsResult, String> {
-    let request = SetSessionOptionsRequest {
-        session_options: HashMap::from([(
-            "scenario".to_string(),
-            SessionOptionValue {
-                option_value: Some(OptionValue::StringValue(scenario.to_string())),
-            },
-        )]),
-    };
-    let results = action(c, SET_SESSION_OPTIONS, request.encode_to_vec()).await?;
-    let body = results.first().cloned().unwrap_or_default();
-    SetSessionOptionsResult::decode(body).map_err(|e| e.to_string())
-}
-
-/// Runs a Flight action and collects its result bodies, or the error text.
-async fn action(c: &mut Client, kind: &str, body: Vec<u8>) -> Result<Vec<bytes::Bytes>, String> {
-    let stream = c
-        .do_action(Action::new(kind.to_string(), body))
-        .await
-        .map_err(|e| e.to_string())?;
-    let results: Vec<arrow_flight::Result> =
-        stream.try_collect().await.map_err(|e| e.to_string())?;
-    Ok(results.into_iter().map(|r| r.body).collect())
-}
-
-async fn as_user(server: &TestServer, user: &str, scenario: &str) -> Client {
-    let mut c = server.login(user, &format!("{user}-demo")).await;
-    let result = set_scenario(&mut c, scenario).await.expect("scenario set");
-    assert!(result.errors.is_empty(), "{result:?}");
-    c
-}
 
 /// The same SQL run straight on the Delta tables, no gateway.
 async fn reference(sql: &str) -> String {

@@ -1,19 +1,12 @@
 //! Policy hot reload: a changed policy folder takes effect without a restart; a set that fails
 //! validation is refused and the last good set keeps serving.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use arrow::array::AsArray;
 use arrow::datatypes::DataType;
-use arrow_flight::Action;
-use futures::TryStreamExt;
-use prost::Message;
 
-use flight_server::session_options::{
-    OptionValue, SessionOptionValue, SetSessionOptionsRequest, SET_SESSION_OPTIONS,
-};
-use lakegate_tests::{query, shared_demo, TestServer};
+use lakegate_tests::{as_user, query, shared_demo, TestServer};
 
 async fn first_value(
     c: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
@@ -36,22 +29,7 @@ async fn policy_changes_apply_without_a_restart_and_bad_sets_are_refused() {
     let mut config = lake_config::Config::load(&demo.join("lakegate.toml")).unwrap();
     config.policy.dir = policies.clone();
     let server = TestServer::start_with(&config).await;
-    let mut c = server.login("banker", "banker-demo").await;
-    let request = SetSessionOptionsRequest {
-        session_options: HashMap::from([(
-            "scenario".to_string(),
-            SessionOptionValue {
-                option_value: Some(OptionValue::StringValue("bank-credit".into())),
-            },
-        )]),
-    };
-    let _: Vec<_> = c
-        .do_action(Action::new(SET_SESSION_OPTIONS, request.encode_to_vec()))
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let mut c = as_user(&server, "banker", "bank-credit").await;
     let sql = "SELECT legal_rep_id FROM market.enterprises ORDER BY credit_code LIMIT 1";
     let hashed = first_value(&mut c, sql).await.unwrap();
     assert_eq!(hashed.len(), 64);
