@@ -50,10 +50,16 @@ fn check_read_only(statement: &Statement) -> Result<(), GatewayError> {
         Statement::Statement(s) => match s.as_ref() {
             ast::Statement::Query(_) => Ok(()),
             ast::Statement::Explain {
-                analyze, statement, ..
+                analyze,
+                verbose,
+                statement,
+                ..
             } => {
                 if *analyze {
                     return refuse("EXPLAIN ANALYZE (it reports statistics of the raw data)");
+                }
+                if *verbose {
+                    return refuse("EXPLAIN VERBOSE (it prints plan statistics)");
                 }
                 match statement.as_ref() {
                     ast::Statement::Query(_) => Ok(()),
@@ -80,6 +86,9 @@ fn check_read_only(statement: &Statement) -> Result<(), GatewayError> {
         Statement::Explain(e) => {
             if e.options.analyze {
                 return refuse("EXPLAIN ANALYZE (it reports statistics of the raw data)");
+            }
+            if e.options.verbose {
+                return refuse("EXPLAIN VERBOSE (it prints plan statistics)");
             }
             check_read_only(&e.statement)
         }
@@ -166,6 +175,7 @@ mod tests {
             ("COPY (SELECT 1) TO '/tmp/x.csv'", "COPY"),
             ("SET datafusion.execution.batch_size = 1", "SET"),
             ("EXPLAIN ANALYZE SELECT 1", "EXPLAIN ANALYZE"),
+            ("EXPLAIN VERBOSE SELECT 1", "EXPLAIN VERBOSE"),
             ("EXPLAIN CREATE TABLE t AS SELECT 1", "EXPLAIN"),
         ] {
             let err = refused(sql);
