@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
-use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
-use gateway::{Completion, Gateway, GatewayError, Query};
+use gateway::{scan_metrics, Completion, Gateway, GatewayError, Query};
 
 use crate::error::to_status;
 use crate::service::DoGetStream;
@@ -30,6 +30,8 @@ pub(crate) fn completion(
         bytes: 0,
         digest: hex::encode(Sha256::digest(b"")),
         duration: started.elapsed(),
+        rows_scanned: None,
+        cpu_ms: None,
     }
 }
 
@@ -46,14 +48,18 @@ struct Progress {
 struct Recorder {
     gateway: Arc<Gateway>,
     query: Query,
+    plan: Arc<dyn ExecutionPlan>,
     started: Instant,
     progress: Arc<Mutex<Progress>>,
 }
 
 impl Drop for Recorder {
     fn drop(&mut self) {
+        let (rows_scanned, cpu_ms) = scan_metrics(&self.plan);
         let p = self.progress.lock().expect("progress lock");
         let c = Completion {
+            rows_scanned: Some(rows_scanned),
+            cpu_ms: Some(cpu_ms),
             outcome: p.outcome.unwrap_or("cancelled"),
             reason: p.reason.clone(),
             rows: p.rows,
@@ -81,6 +87,7 @@ pub(crate) fn reviewed_stream(
     gateway: Arc<Gateway>,
     query: Query,
     stream: SendableRecordBatchStream,
+    plan: Arc<dyn ExecutionPlan>,
     started: Instant,
 ) -> DoGetStream {
     let (max_rows, max_bytes) = query
@@ -98,6 +105,7 @@ pub(crate) fn reviewed_stream(
     let recorder = Recorder {
         gateway,
         query,
+        plan,
         started,
         progress: progress.clone(),
     };

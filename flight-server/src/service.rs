@@ -174,11 +174,12 @@ impl LakegateService {
 
     async fn execute(&self, query: &Query) -> Result<Response<DoGetStream>, Status> {
         let started = Instant::now();
-        match query.execute().await {
-            Ok(stream) => Ok(Response::new(crate::review::reviewed_stream(
+        match query.execute_with_plan().await {
+            Ok((stream, plan)) => Ok(Response::new(crate::review::reviewed_stream(
                 self.gateway.clone(),
                 query.clone(),
                 stream,
+                plan,
                 started,
             ))),
             Err(e) => {
@@ -304,6 +305,23 @@ impl LakegateService {
         builder
             .build()
             .map_err(|e| internal("cannot list schemas", e))
+    }
+
+    /// Puts a metadata listing on the audit trail; a failing write refuses the request.
+    fn record_metadata(
+        &self,
+        caller: &Caller,
+        request: &str,
+        client: Option<String>,
+        batch: &Result<RecordBatch, Status>,
+    ) -> Result<(), Status> {
+        let outcome = match batch {
+            Ok(b) => Ok(b.num_rows() as u64),
+            Err(s) => Err(s.message().to_string()),
+        };
+        self.gateway
+            .record_metadata(&caller.principal, request, client, outcome)
+            .map_err(to_status)
     }
 
     fn catalogs_batch(&self) -> Result<RecordBatch, Status> {
@@ -650,9 +668,9 @@ impl FlightSqlService for LakegateService {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let caller = self.caller(request.metadata())?;
-        Ok(Response::new(one_batch(
-            self.schemas_batch(&caller, cmd).await?,
-        )))
+        let batch = self.schemas_batch(&caller, cmd).await;
+        self.record_metadata(&caller, "GetDbSchemas", client(&request), &batch)?;
+        Ok(Response::new(one_batch(batch?)))
     }
 
     async fn get_flight_info_tables(
@@ -671,9 +689,9 @@ impl FlightSqlService for LakegateService {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let caller = self.caller(request.metadata())?;
-        Ok(Response::new(one_batch(
-            self.tables_batch(&caller, cmd).await?,
-        )))
+        let batch = self.tables_batch(&caller, cmd).await;
+        self.record_metadata(&caller, "GetTables", client(&request), &batch)?;
+        Ok(Response::new(one_batch(batch?)))
     }
 
     async fn get_flight_info_table_types(

@@ -95,6 +95,10 @@ pub struct AuditRecord {
     pub duration_ms: Option<u64>,
     /// SHA-256 of the Arrow IPC stream as sent (completion records).
     pub result_digest: Option<String>,
+    /// Raw rows the secure scans read (completion records).
+    pub rows_scanned: Option<u64>,
+    /// Compute time of the plan's operators in milliseconds (completion records).
+    pub cpu_ms: Option<u64>,
     /// The previous record's hash.
     pub prev_hash: String,
     /// This record's hash.
@@ -123,6 +127,8 @@ impl AuditRecord {
             bytes_out: None,
             duration_ms: None,
             result_digest: None,
+            rows_scanned: None,
+            cpu_ms: None,
             prev_hash: String::new(),
             hash: String::new(),
         }
@@ -639,6 +645,10 @@ pub struct UsageRow {
     pub bytes_out: u64,
     /// Wall-clock milliseconds of execution.
     pub wall_ms: u64,
+    /// Raw rows read by the secure scans.
+    pub rows_scanned: u64,
+    /// Compute time of the plans' operators, milliseconds.
+    pub cpu_ms: u64,
 }
 
 /// Usage per (day, user, scenario) from the records in `dir`, optionally for one scenario and
@@ -682,6 +692,8 @@ pub fn usage(
                     row.rows_out += r.rows_out.unwrap_or(0);
                     row.bytes_out += r.bytes_out.unwrap_or(0);
                     row.wall_ms += r.duration_ms.unwrap_or(0);
+                    row.rows_scanned += r.rows_scanned.unwrap_or(0);
+                    row.cpu_ms += r.cpu_ms.unwrap_or(0);
                 }
                 _ => {}
             }

@@ -45,6 +45,8 @@ pub fn queries_schema() -> SchemaRef {
         int64("bytes_out"),
         int64("duration_ms"),
         utf8("result_digest"),
+        int64("rows_scanned"),
+        int64("cpu_ms"),
         utf8("prev_hash"),
         utf8("hash"),
     ]))
@@ -62,6 +64,8 @@ pub fn usage_schema() -> SchemaRef {
         int64("rows_out"),
         int64("bytes_out"),
         int64("wall_ms"),
+        int64("rows_scanned"),
+        int64("cpu_ms"),
     ]))
 }
 
@@ -99,6 +103,8 @@ pub fn queries_batch(records: &[AuditRecord]) -> Result<RecordBatch, GatewayErro
         longs(records.iter().map(|r| r.bytes_out)),
         longs(records.iter().map(|r| r.duration_ms)),
         strings(records.iter().map(|r| r.result_digest.as_deref())),
+        longs(records.iter().map(|r| r.rows_scanned)),
+        longs(records.iter().map(|r| r.cpu_ms)),
         strings(records.iter().map(|r| Some(r.prev_hash.as_str()))),
         strings(records.iter().map(|r| Some(r.hash.as_str()))),
     ];
@@ -118,6 +124,8 @@ pub fn usage_batch(rows: &[UsageRow]) -> Result<RecordBatch, GatewayError> {
         longs(rows.iter().map(|r| Some(r.rows_out))),
         longs(rows.iter().map(|r| Some(r.bytes_out))),
         longs(rows.iter().map(|r| Some(r.wall_ms))),
+        longs(rows.iter().map(|r| Some(r.rows_scanned))),
+        longs(rows.iter().map(|r| Some(r.cpu_ms))),
     ];
     RecordBatch::try_new(usage_schema(), columns)
         .map_err(|e| GatewayError::Audit(format!("usage table batch: {e}")))

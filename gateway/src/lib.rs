@@ -34,7 +34,7 @@ use lake_config::Config;
 use policy::{CedarType, ColumnDescription, LakeDescription, PolicySet, TableDescription};
 
 pub use error::GatewayError;
-pub use query::{served_schema, AuditContext, Completion, Query};
+pub use query::{scan_metrics, served_schema, AuditContext, Completion, Query};
 pub use secure_exec::{SecureScanCodec, SecureScanExec};
 pub use secure_scan::{SecureTable, SUBJECT_COLUMN};
 use session_gate::SessionGate;
@@ -217,6 +217,40 @@ impl Gateway {
         Ok(query)
     }
 
+    /// Records a metadata request (GetDbSchemas, GetTables) that lists the lake for `who`:
+    /// what was asked, how many entries were listed, or why it failed.
+    pub fn record_metadata(
+        &self,
+        who: &Principal,
+        request: &str,
+        client: Option<String>,
+        outcome: Result<u64, String>,
+    ) -> Result<(), GatewayError> {
+        let mut record = audit::AuditRecord::new(
+            "decision",
+            &uuid::Uuid::new_v4().to_string(),
+            &who.user,
+            request,
+        );
+        record.scenario = who.scenario.clone();
+        record.client = client;
+        record.policy_set = self.policies().hash().to_string();
+        match outcome {
+            Ok(n) => {
+                record.decision = "allowed".into();
+                record.rows_out = Some(n);
+            }
+            Err(e) => {
+                record.decision = "refused".into();
+                record.reason = Some(e);
+            }
+        }
+        self.audit
+            .append(record)
+            .map(|_| ())
+            .map_err(|e| GatewayError::Audit(e.to_string()))
+    }
+
     /// Records how an executed query ended (after its stream ended, failed or was dropped).
     pub fn record_completion(
         &self,
@@ -234,6 +268,8 @@ impl Gateway {
         record.bytes_out = Some(completion.bytes);
         record.duration_ms = Some(completion.duration.as_millis() as u64);
         record.result_digest = Some(completion.digest);
+        record.rows_scanned = completion.rows_scanned;
+        record.cpu_ms = completion.cpu_ms;
         self.audit
             .append(record)
             .map(|_| ())

@@ -53,6 +53,10 @@ pub struct Completion {
     pub digest: String,
     /// From execution to the end of the stream.
     pub duration: std::time::Duration,
+    /// Raw rows the secure scans read.
+    pub rows_scanned: Option<u64>,
+    /// Compute time of the plan's operators, milliseconds.
+    pub cpu_ms: Option<u64>,
 }
 
 /// What a plan reads, for the audit trail.
@@ -224,6 +228,20 @@ impl Query {
 
     /// Runs the query. Every batch of the stream has exactly [`Query::schema`].
     pub async fn execute(&self) -> Result<SendableRecordBatchStream, GatewayError> {
+        self.execute_with_plan().await.map(|(s, _)| s)
+    }
+
+    /// [`Query::execute`], with the physical plan that runs, for its metrics afterwards
+    /// ([`scan_metrics`]).
+    pub async fn execute_with_plan(
+        &self,
+    ) -> Result<
+        (
+            SendableRecordBatchStream,
+            Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        ),
+        GatewayError,
+    > {
         if !self.parameters.fields().is_empty() {
             return Err(GatewayError::Parameters(format!(
                 "the statement has {} unbound parameter(s): bind values before executing",
@@ -235,15 +253,37 @@ impl Query {
             .create_physical_plan(&self.plan)
             .await
             .map_err(GatewayError::from_planning)?;
-        let stream =
-            execute_stream(physical, self.state.task_ctx()).map_err(GatewayError::Execution)?;
+        let stream = execute_stream(physical.clone(), self.state.task_ctx())
+            .map_err(GatewayError::Execution)?;
         let schema = self.schema.clone();
         let conformed = stream.map(move |batch| batch.and_then(|b| conform(b, &schema)));
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
-            conformed,
-        )))
+        Ok((
+            Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                conformed,
+            )),
+            physical,
+        ))
     }
+}
+
+/// Raw rows read by the plan's secure scans, and the compute time of its operators
+/// (milliseconds, summed over partitions): the meter's "rows scanned" and "CPU time".
+pub fn scan_metrics(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> (u64, u64) {
+    let mut rows = 0u64;
+    let mut nanos = 0u64;
+    let mut stack = vec![plan.clone()];
+    while let Some(p) = stack.pop() {
+        if let Some(m) = p.metrics() {
+            nanos += m.elapsed_compute().unwrap_or(0) as u64;
+            rows += m
+                .sum_by_name(crate::secure_exec::ROWS_SCANNED)
+                .map(|v| v.as_usize() as u64)
+                .unwrap_or(0);
+        }
+        stack.extend(p.children().into_iter().cloned());
+    }
+    (rows, nanos / 1_000_000)
 }
 
 /// The schema as sent to clients: view types become their plain forms, which every Flight SQL

@@ -28,6 +28,9 @@ use datafusion::physical_expr::{
     create_physical_expr, EquivalenceProperties, Partitioning, PhysicalExpr,
 };
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
@@ -44,6 +47,9 @@ use serde::{Deserialize, Serialize};
 use policy::{Mask, Predicate};
 
 use crate::{masks, row_filter};
+
+/// The metric counting the raw rows a secure scan read (before its row predicate).
+pub const ROWS_SCANNED: &str = "rows_scanned";
 
 /// What a secure scan reads and how it secures it: everything that crosses the wire.
 #[derive(Debug, Clone)]
@@ -85,6 +91,7 @@ pub struct SecureScanExec {
     storage: Arc<HashMap<String, String>>,
     planned: Option<Planned>,
     properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl fmt::Debug for SecureScanExec {
@@ -166,6 +173,7 @@ impl SecureScanExec {
             storage,
             planned,
             properties,
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -225,7 +233,11 @@ fn secure(
     planned: &Planned,
     schema: &SchemaRef,
     key: Option<&[u8]>,
+    metrics: &BaselineMetrics,
+    scanned: &Count,
 ) -> Result<RecordBatch> {
+    let _timer = metrics.elapsed_compute().timer();
+    scanned.add(batch.num_rows());
     let batch = match &planned.predicate {
         None => batch,
         Some(p) => {
@@ -316,6 +328,10 @@ impl ExecutionPlan for SecureScanExec {
         Ok(self)
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(
         &self,
         partition: usize,
@@ -323,30 +339,37 @@ impl ExecutionPlan for SecureScanExec {
     ) -> Result<SendableRecordBatchStream> {
         let schema = self.schema.clone();
         let key = self.mask_key.clone();
-        let stream =
-            match &self.planned {
-                Some(planned) => {
-                    let planned = planned.clone();
-                    let input = planned.input.execute(partition, context)?;
-                    let schema = schema.clone();
-                    input
-                        .map(move |b| b.and_then(|b| secure(b, &planned, &schema, key.as_deref())))
-                        .boxed()
-                }
-                None => {
-                    let (spec, storage, schema) =
-                        (self.spec.clone(), self.storage.clone(), schema.clone());
-                    futures::stream::once(async move {
-                        let planned = Self::plan(spec, storage, context.clone()).await?;
-                        let input = planned.input.execute(partition, context)?;
-                        Ok::<_, DataFusionError>(input.map(move |b| {
-                            b.and_then(|b| secure(b, &planned, &schema, key.as_deref()))
-                        }))
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let scanned = MetricBuilder::new(&self.metrics).counter(ROWS_SCANNED, partition);
+        let stream = match &self.planned {
+            Some(planned) => {
+                let planned = planned.clone();
+                let input = planned.input.execute(partition, context)?;
+                let schema = schema.clone();
+                input
+                    .map(move |b| {
+                        b.and_then(|b| {
+                            secure(b, &planned, &schema, key.as_deref(), &baseline, &scanned)
+                        })
                     })
-                    .try_flatten()
                     .boxed()
-                }
-            };
+            }
+            None => {
+                let (spec, storage, schema) =
+                    (self.spec.clone(), self.storage.clone(), schema.clone());
+                futures::stream::once(async move {
+                    let planned = Self::plan(spec, storage, context.clone()).await?;
+                    let input = planned.input.execute(partition, context)?;
+                    Ok::<_, DataFusionError>(input.map(move |b| {
+                        b.and_then(|b| {
+                            secure(b, &planned, &schema, key.as_deref(), &baseline, &scanned)
+                        })
+                    }))
+                })
+                .try_flatten()
+                .boxed()
+            }
+        };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             stream,

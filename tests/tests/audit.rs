@@ -298,3 +298,66 @@ async fn the_regulator_reads_the_trail_through_lakegate_with_parameters_masked()
         .unwrap_err();
     assert!(err.contains("not found"), "{err}");
 }
+
+#[tokio::test]
+async fn refused_attacks_metadata_and_scans_are_on_the_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path(), None, None);
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    let mut insurer = as_user(&server, "insurer", "insurance-underwriting").await;
+    let attacks = [
+        "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+        "COPY (SELECT * FROM market.enterprises) TO '/tmp/x.csv'",
+        "SET datafusion.execution.batch_size = 1",
+        "SELECT * FROM '/etc/passwd'",
+        "SELECT 1; SELECT 2",
+        "EXPLAIN ANALYZE SELECT 1",
+        "SELECT person_name FROM social_security.contributions",
+    ];
+    for sql in attacks {
+        query(&mut banker, sql).await.unwrap_err();
+    }
+    let evasions = [
+        "SELECT DISTINCT diagnosis FROM health.visits",
+        "SELECT min(diagnosis) FROM health.visits",
+        "SELECT diagnosis, count(*) FROM health.visits GROUP BY ROLLUP(diagnosis)",
+        "SELECT count(*) OVER (PARTITION BY diagnosis) FROM health.visits",
+    ];
+    for sql in evasions {
+        query(&mut insurer, sql).await.unwrap_err();
+    }
+    query(&mut banker, "SELECT count(*) FROM market.enterprises")
+        .await
+        .unwrap();
+    let info = banker
+        .get_tables(arrow_flight::sql::CommandGetTables {
+            include_schema: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    fetch(&mut banker, info).await.unwrap();
+    drop(server);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let trail = records(&config.audit.dir);
+    for sql in attacks.iter().chain(&evasions) {
+        let r = trail
+            .iter()
+            .find(|r| r.sql == *sql)
+            .unwrap_or_else(|| panic!("{sql} is not on the trail"));
+        assert_eq!(r.decision, "refused", "{r:?}");
+        assert!(!r.reason.as_deref().unwrap_or("").is_empty(), "{r:?}");
+    }
+    let listing = trail.iter().find(|r| r.sql == "GetTables").unwrap();
+    assert_eq!(listing.decision, "allowed");
+    assert_eq!(listing.rows_out, Some(3));
+    let count = trail
+        .iter()
+        .find(|r| r.kind == "completion" && r.sql == "SELECT count(*) FROM market.enterprises")
+        .unwrap();
+    assert_eq!(count.rows_scanned, Some(200));
+    assert!(count.cpu_ms.is_some());
+    verify(&config.audit.dir).unwrap();
+}
