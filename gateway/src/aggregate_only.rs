@@ -386,8 +386,102 @@ impl Checker {
     }
 }
 
-/// Checks `plan` and rewrites the aggregates that release aggregate-only columns.
-pub(crate) fn enforce(plan: LogicalPlan) -> Result<LogicalPlan, GatewayError> {
+/// Counts the groups the minimum-group rule withholds, for output review's record (how many,
+/// never which).
+#[derive(Debug, Clone, Default)]
+pub struct Suppressed(Arc<std::sync::atomic::AtomicU64>);
+
+impl Suppressed {
+    /// Groups withheld so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// `lakegate_release(ok)`: passes `ok` through (NULL as false) and counts the groups it
+/// withholds. Volatile, so that no optimizer folds it away or moves it.
+#[derive(Debug)]
+struct ReleaseUdf {
+    suppressed: Suppressed,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl PartialEq for ReleaseUdf {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.suppressed.0, &other.suppressed.0)
+    }
+}
+impl Eq for ReleaseUdf {}
+impl std::hash::Hash for ReleaseUdf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.suppressed.0) as usize).hash(state)
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for ReleaseUdf {
+    fn name(&self) -> &str {
+        RELEASE_UDF
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        _arg_types: &[datafusion::arrow::datatypes::DataType],
+    ) -> datafusion::error::Result<datafusion::arrow::datatypes::DataType> {
+        Ok(datafusion::arrow::datatypes::DataType::Boolean)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+        use datafusion::arrow::array::{Array, BooleanArray};
+        let ok = args.args[0].clone().into_array(args.number_rows)?;
+        let ok = ok
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| DataFusionError::Internal("lakegate_release takes a boolean".into()))?;
+        let released: BooleanArray = ok.iter().map(|v| Some(v.unwrap_or(false))).collect();
+        let withheld = released.len() - released.true_count();
+        self.suppressed
+            .0
+            .fetch_add(withheld as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
+            released,
+        )))
+    }
+}
+
+/// The name of the release function in plans.
+pub(crate) const RELEASE_UDF: &str = "lakegate_release";
+
+/// The release function counting into `suppressed`.
+pub(crate) fn release_udf(suppressed: &Suppressed) -> datafusion::logical_expr::ScalarUDF {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(ReleaseUdf {
+        suppressed: suppressed.clone(),
+        signature: datafusion::logical_expr::Signature::exact(
+            vec![datafusion::arrow::datatypes::DataType::Boolean],
+            datafusion::logical_expr::Volatility::Volatile,
+        ),
+    })
+}
+
+fn release(ok: Expr, suppressed: &Suppressed) -> Expr {
+    Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+        Arc::new(release_udf(suppressed)),
+        vec![ok],
+    ))
+}
+
+/// Checks `plan` and rewrites the aggregates that release aggregate-only columns; `suppressed`
+/// counts the groups withheld when it runs.
+pub(crate) fn enforce(
+    plan: LogicalPlan,
+    suppressed: &Suppressed,
+) -> Result<LogicalPlan, GatewayError> {
     let mut checker = Checker {
         needs_check: Vec::new(),
     };
@@ -404,7 +498,7 @@ pub(crate) fn enforce(plan: LogicalPlan) -> Result<LogicalPlan, GatewayError> {
     }
     let needs = checker.needs_check;
     let rewritten = plan
-        .transform_up_with_subqueries(|node| rewrite(node, &needs))
+        .transform_up_with_subqueries(|node| rewrite(node, &needs, suppressed))
         .map(|t| t.data)
         .map_err(|e| GatewayError::AggregateOnly(e.strip_backtrace()))?;
     // The subject column exists for the check only; it must never be an output.
@@ -424,6 +518,7 @@ pub(crate) fn enforce(plan: LogicalPlan) -> Result<LogicalPlan, GatewayError> {
 fn rewrite(
     node: LogicalPlan,
     needs: &[DFSchemaRef],
+    suppressed: &Suppressed,
 ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
     match node {
         LogicalPlan::TableScan(scan) => {
@@ -456,7 +551,7 @@ fn rewrite(
                 .iter()
                 .any(|s| Arc::ptr_eq(s, &a.schema) || **s == *a.schema) =>
         {
-            Ok(Transformed::yes(min_group_check(a)?))
+            Ok(Transformed::yes(min_group_check(a, suppressed)?))
         }
         other => {
             // Schemas above a rewritten scan gain the subject column where they pass all
@@ -467,7 +562,10 @@ fn rewrite(
 }
 
 /// Adds `count(DISTINCT subject) >= k` per aggregate-only table read by the aggregate.
-fn min_group_check(a: Aggregate) -> datafusion::error::Result<LogicalPlan> {
+fn min_group_check(
+    a: Aggregate,
+    suppressed: &Suppressed,
+) -> datafusion::error::Result<LogicalPlan> {
     let input_schema = a.input.schema().clone();
     // Which scans' aggregate-only columns does this aggregate read, and their k.
     let mut scans: HashMap<TableReference, u64> = HashMap::new();
@@ -509,10 +607,12 @@ fn min_group_check(a: Aggregate) -> datafusion::error::Result<LogicalPlan> {
         a.group_expr.clone(),
         aggr_expr,
     )?);
-    let ok = conditions
+    let cond = conditions
         .into_iter()
         .reduce(|x, y| x.and(y))
         .expect("at least one check");
+    // Counted once per group: the filter, or the first output column of a global aggregate.
+    let ok = release(cond.clone(), suppressed);
     let outputs: Vec<(
         Option<&TableReference>,
         &Arc<datafusion::arrow::datatypes::Field>,
@@ -521,9 +621,11 @@ fn min_group_check(a: Aggregate) -> datafusion::error::Result<LogicalPlan> {
         // One group: its aggregates become NULL below k.
         let exprs = outputs
             .into_iter()
-            .map(|(q, f)| {
+            .enumerate()
+            .map(|(i, (q, f))| {
                 let c = Expr::Column(Column::new(q.cloned(), f.name()));
-                Ok(when(ok.clone(), c)
+                let test = if i == 0 { ok.clone() } else { cond.clone() };
+                Ok(when(test, c)
                     .otherwise(lit(datafusion::common::ScalarValue::try_from(
                         f.data_type(),
                     )?))?

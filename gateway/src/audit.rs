@@ -99,6 +99,8 @@ pub struct AuditRecord {
     pub rows_scanned: Option<u64>,
     /// Compute time of the plan's operators in milliseconds (completion records).
     pub cpu_ms: Option<u64>,
+    /// Groups the minimum-group rule withheld (how many, never which; completion records).
+    pub suppressed_groups: Option<u64>,
     /// The previous record's hash.
     pub prev_hash: String,
     /// This record's hash.
@@ -129,6 +131,7 @@ impl AuditRecord {
             result_digest: None,
             rows_scanned: None,
             cpu_ms: None,
+            suppressed_groups: None,
             prev_hash: String::new(),
             hash: String::new(),
         }

@@ -47,6 +47,7 @@ pub fn queries_schema() -> SchemaRef {
         utf8("result_digest"),
         int64("rows_scanned"),
         int64("cpu_ms"),
+        int64("suppressed_groups"),
         utf8("prev_hash"),
         utf8("hash"),
     ]))
@@ -105,6 +106,7 @@ pub fn queries_batch(records: &[AuditRecord]) -> Result<RecordBatch, GatewayErro
         strings(records.iter().map(|r| r.result_digest.as_deref())),
         longs(records.iter().map(|r| r.rows_scanned)),
         longs(records.iter().map(|r| r.cpu_ms)),
+        longs(records.iter().map(|r| r.suppressed_groups)),
         strings(records.iter().map(|r| Some(r.prev_hash.as_str()))),
         strings(records.iter().map(|r| Some(r.hash.as_str()))),
     ];

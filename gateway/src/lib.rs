@@ -33,6 +33,7 @@ use catalog::{Lake, LakeCatalogProvider, TableRef, LAKE_CATALOG};
 use lake_config::Config;
 use policy::{CedarType, ColumnDescription, LakeDescription, PolicySet, TableDescription};
 
+pub use aggregate_only::Suppressed;
 pub use error::GatewayError;
 pub use query::{scan_metrics, served_schema, AuditContext, Completion, Query};
 pub use secure_exec::{SecureScanCodec, SecureScanExec};
@@ -269,6 +270,7 @@ impl Gateway {
         record.duration_ms = Some(completion.duration.as_millis() as u64);
         record.result_digest = Some(completion.digest);
         record.rows_scanned = completion.rows_scanned;
+        record.suppressed_groups = Some(query.suppressed_groups());
         record.cpu_ms = completion.cpu_ms;
         self.audit
             .append(record)
@@ -309,8 +311,11 @@ impl Gateway {
             .await
             .map_err(GatewayError::from_planning)?;
         statement::verify_read_plan(&plan)?;
-        let plan = aggregate_only::enforce(plan)?;
-        Query::new(Arc::new(state), plan)
+        let suppressed = aggregate_only::Suppressed::default();
+        let plan = aggregate_only::enforce(plan, &suppressed)?;
+        let mut query = Query::new(Arc::new(state), plan)?;
+        query.set_suppressed(suppressed);
+        Ok(query)
     }
 
     /// The tables `who` may query, with their served schemas. Empty without a scenario.

@@ -23,6 +23,7 @@ pub struct Query {
     schema: SchemaRef,
     parameters: SchemaRef,
     audit: Option<Arc<AuditContext>>,
+    suppressed: crate::Suppressed,
 }
 
 /// What the audit trail and output review know of a query.
@@ -89,7 +90,17 @@ impl Query {
             schema,
             parameters,
             audit: None,
+            suppressed: crate::Suppressed::default(),
         })
+    }
+
+    pub(crate) fn set_suppressed(&mut self, suppressed: crate::Suppressed) {
+        self.suppressed = suppressed;
+    }
+
+    /// Groups the minimum-group rule has withheld from this query's results so far.
+    pub fn suppressed_groups(&self) -> u64 {
+        self.suppressed.get()
     }
 
     pub(crate) fn set_audit(&mut self, ctx: AuditContext) {
@@ -208,6 +219,7 @@ impl Query {
             .map_err(|e| GatewayError::Parameters(e.strip_backtrace()))?;
         let mut bound = Query::new(self.state.clone(), plan)?;
         bound.audit = self.audit.clone();
+        bound.suppressed = self.suppressed.clone();
         Ok(bound)
     }
 

@@ -422,6 +422,31 @@ fn codec_err(e: impl std::fmt::Display) -> DataFusionError {
 }
 
 impl PhysicalExtensionCodec for SecureScanCodec {
+    fn try_decode_udf(
+        &self,
+        name: &str,
+        _buf: &[u8],
+    ) -> Result<Arc<datafusion::logical_expr::ScalarUDF>> {
+        if name == crate::aggregate_only::RELEASE_UDF {
+            // The minimum-group filter: it releases the same groups here; the count of withheld
+            // groups stays with this process.
+            return Ok(Arc::new(crate::aggregate_only::release_udf(
+                &crate::Suppressed::default(),
+            )));
+        }
+        Err(codec_err(format!("unknown function {name}")))
+    }
+
+    fn try_encode_udf(
+        &self,
+        node: &datafusion::logical_expr::ScalarUDF,
+        _buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        // Built-in functions travel by name; lakegate_release needs no state either.
+        let _ = node;
+        Ok(())
+    }
+
     fn try_decode(
         &self,
         buf: &[u8],

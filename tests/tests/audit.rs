@@ -361,3 +361,41 @@ async fn refused_attacks_metadata_and_scans_are_on_the_trail() {
     assert!(count.cpu_ms.is_some());
     verify(&config.audit.dir).unwrap();
 }
+
+#[tokio::test]
+async fn output_review_records_how_many_groups_were_withheld() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path(), None, None);
+    let server = TestServer::start_with(&config).await;
+    let mut insurer = as_user(&server, "insurer", "insurance-underwriting").await;
+    let grouped =
+        "SELECT district, diagnosis, count(*) FROM health.visits GROUP BY district, diagnosis";
+    let global = "SELECT count(diagnosis), sum(visit_id) FROM health.visits WHERE visit_id < 5";
+    let released = query(&mut insurer, grouped).await.unwrap();
+    assert_eq!(rows(&released), 47);
+    query(&mut insurer, global).await.unwrap();
+    query(
+        &mut insurer,
+        "SELECT diagnosis, count(*) FROM health.visits GROUP BY diagnosis",
+    )
+    .await
+    .unwrap();
+    drop(server);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let trail = records(&config.audit.dir);
+    let withheld = |sql: &str| {
+        trail
+            .iter()
+            .find(|r| r.kind == "completion" && r.sql.starts_with(sql))
+            .and_then(|r| r.suppressed_groups)
+    };
+    assert_eq!(withheld(grouped), Some(1));
+    assert_eq!(withheld(global), Some(1));
+    assert_eq!(withheld("SELECT diagnosis, count(*)"), Some(0));
+    // How many, never which: the withheld group's values are nowhere on the trail.
+    let text = std::fs::read_to_string(segments(&config.audit.dir).unwrap()[0].1.clone()).unwrap();
+    assert!(
+        !text.contains("Xicheng"),
+        "a withheld group's key reached the trail"
+    );
+}

@@ -20,7 +20,7 @@ async fn the_secure_scan_round_trips_through_its_codec() {
         (
             "officer",
             "district-services",
-            "SELECT visit_id, patient_id, district FROM health.visits WHERE hospital = 'Haidian Hospital' ORDER BY visit_id",
+            "SELECT visit_id, upper(patient_id), district FROM health.visits WHERE hospital = 'Haidian Hospital' ORDER BY visit_id",
         ),
         (
             "banker",
