@@ -399,3 +399,40 @@ async fn output_review_records_how_many_groups_were_withheld() {
         "a withheld group's key reached the trail"
     );
 }
+
+#[tokio::test]
+async fn a_failing_audit_write_refuses_the_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = demo_config(dir.path(), None, None);
+    config.audit.segment_bytes = 4096;
+    let server = TestServer::start_with(&config).await;
+    // The next segment cannot be created: a folder stands where its file would go.
+    std::fs::create_dir_all(config.audit.dir.join("segment-000002.jsonl")).unwrap();
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let mut refused = None;
+    for _ in 0..20 {
+        match query(&mut c, "SELECT count(*) FROM market.enterprises").await {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let err = refused.expect("the trail filled its first segment and could not go on");
+    assert!(
+        err.contains("audit") && err.contains("refused until the audit folder is writable"),
+        "{err}"
+    );
+    drop(server);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    std::fs::remove_dir(config.audit.dir.join("segment-000002.jsonl")).unwrap();
+    // Nothing ran without its record: every completion has its decision.
+    let trail = records(&config.audit.dir);
+    for r in trail.iter().filter(|r| r.kind == "completion") {
+        assert!(trail
+            .iter()
+            .any(|d| d.kind == "decision" && d.query_id == r.query_id));
+    }
+    verify(&config.audit.dir).unwrap();
+}
