@@ -569,9 +569,17 @@ pub async fn write_delta_table(
     batch: RecordBatch,
     subject_key: &str,
 ) -> anyhow::Result<DeltaTable> {
-    let table = DeltaTable::try_from_url_with_storage_options(url.clone(), options)
-        .await
+    // Load only a table that exists: loading a missing one makes delta-kernel log an error.
+    let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())?
+        .with_storage_options(options)
+        .build()
         .with_context(|| format!("cannot open {url}"))?;
+    if table.verify_deltatable_existence().await? {
+        table
+            .load()
+            .await
+            .with_context(|| format!("cannot load {url}"))?;
+    }
     let table = table
         .write(vec![batch])
         .with_save_mode(SaveMode::Overwrite)

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::protocol::SaveMode;
-use deltalake::DeltaTable;
 
 use crate::audit::{segments, AuditRecord, UsageRow};
 use crate::GatewayError;
@@ -141,9 +140,15 @@ pub async fn write_table(
     mode: SaveMode,
 ) -> Result<(), GatewayError> {
     let err = |e: deltalake::DeltaTableError| GatewayError::Audit(format!("{url}: {e}"));
-    let table = DeltaTable::try_from_url_with_storage_options(url.clone(), options)
-        .await
+    // Load only a table that exists: loading a missing one makes delta-kernel log an error.
+    let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())
+        .map_err(err)?
+        .with_storage_options(options)
+        .build()
         .map_err(err)?;
+    if table.verify_deltatable_existence().await.map_err(err)? {
+        table.load().await.map_err(err)?;
+    }
     table
         .write(vec![batch])
         .with_save_mode(mode)
