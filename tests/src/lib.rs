@@ -44,6 +44,17 @@ pub fn shared_demo() -> &'static Path {
     })
 }
 
+/// A demo lake of a test's own under `dir` (for tests that change the lake or its trail), and
+/// its configuration.
+pub async fn private_demo(dir: &Path) -> Config {
+    let path = DemoLake::new(dir)
+        .with_rows(DEMO_ROWS)
+        .build()
+        .await
+        .expect("demo lake");
+    Config::load(&path).expect("demo config")
+}
+
 /// A lakegate server running in this process on 127.0.0.1 until dropped.
 pub struct TestServer {
     /// Where it listens.

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use gateway::audit::{segments, verify, AuditRecord};
-use lakegate_tests::{as_user, fetch, query, rows, shared_demo, TestServer};
+use lakegate_tests::{as_user, fetch, private_demo, query, rows, shared_demo, TestServer};
 
 fn records(dir: &Path) -> Vec<AuditRecord> {
     segments(dir)
@@ -204,12 +204,7 @@ async fn output_review_ends_results_over_the_limits() {
 async fn anchors_in_the_lake_catch_a_trail_cut_off_at_the_end() {
     // A lake of its own: anchors are written into it.
     let dir = tempfile::tempdir().unwrap();
-    let path = flight_server::demo::DemoLake::new(dir.path())
-        .with_rows(1_000)
-        .build()
-        .await
-        .unwrap();
-    let mut config = lake_config::Config::load(&path).unwrap();
+    let mut config = private_demo(dir.path()).await;
     config.audit.anchor_interval_secs = 1;
     let server = TestServer::start_with(&config).await;
     let mut c = as_user(&server, "banker", "bank-credit").await;
@@ -244,12 +239,7 @@ async fn anchors_in_the_lake_catch_a_trail_cut_off_at_the_end() {
 #[tokio::test]
 async fn the_regulator_reads_the_trail_through_lakegate_with_parameters_masked() {
     let dir = tempfile::tempdir().unwrap();
-    let path = flight_server::demo::DemoLake::new(dir.path())
-        .with_rows(1_000)
-        .build()
-        .await
-        .unwrap();
-    let mut config = lake_config::Config::load(&path).unwrap();
+    let mut config = private_demo(dir.path()).await;
     config.audit.segment_bytes = 4096;
     let server = TestServer::start_with(&config).await;
     let mut banker = as_user(&server, "banker", "bank-credit").await;

@@ -18,7 +18,8 @@ use prost::Message;
 
 use flight_server::session_options::{GetSessionOptionsResult, OptionValue, GET_SESSION_OPTIONS};
 use lakegate_tests::{
-    action, as_user, fetch, pretty, query, raw_query, rows, set_scenario, shared_demo, TestServer,
+    action, as_user, fetch, pretty, private_demo, query, raw_query, rows, set_scenario,
+    shared_demo, TestServer,
 };
 
 // How tonic describes the gRPC codes in error text.
@@ -544,12 +545,8 @@ async fn tickets_and_handles_are_bound_to_the_user() {
 async fn a_new_commit_is_seen_by_the_next_query() {
     // A lake of its own: this test appends to a table.
     let dir = tempfile::tempdir().unwrap();
-    let config = flight_server::demo::DemoLake::new(dir.path())
-        .with_rows(1_000)
-        .build()
-        .await
-        .unwrap();
-    let server = TestServer::start(&config).await;
+    let demo = private_demo(dir.path()).await;
+    let server = TestServer::start_with(&demo).await;
     let mut c = as_user(&server, "banker", "bank-credit").await;
     let count = "SELECT count(*) FROM market.penalties";
     let before = first_i64(&query(&mut c, count).await.unwrap());
@@ -576,7 +573,7 @@ async fn a_new_commit_is_seen_by_the_next_query() {
     assert_eq!(after, before + 7);
 
     // A table a department adds later is found without a restart.
-    let lake_config = lake_config::Config::load(&config).unwrap().lake;
+    let lake_config = demo.lake.clone();
     let lake = catalog::Lake::open(&lake_config).await.unwrap();
     let licences = catalog::TableRef::new("market", "licences");
     assert!(lake.snapshot(&licences).await.unwrap().is_none());
