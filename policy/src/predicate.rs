@@ -234,35 +234,30 @@ pub fn translate_clauses(
 }
 
 fn simplify_and(parts: Vec<Predicate>) -> Predicate {
-    let mut out = Vec::new();
-    for p in parts {
-        match p {
-            Predicate::Const(true) => {}
-            Predicate::Const(false) => return Predicate::Const(false),
-            Predicate::And(inner) => out.extend(inner),
-            other => out.push(other),
-        }
-    }
-    match out.len() {
-        0 => Predicate::Const(true),
-        1 => out.pop().expect("one"),
-        _ => Predicate::And(out),
-    }
+    flatten(parts, true)
 }
 
 fn simplify_or(parts: Vec<Predicate>) -> Predicate {
+    flatten(parts, false)
+}
+
+/// AND (`conjunction`) or OR of `parts`, flattened, with constants folded: the neutral constant
+/// drops out, the absorbing one decides.
+fn flatten(parts: Vec<Predicate>, conjunction: bool) -> Predicate {
     let mut out = Vec::new();
     for p in parts {
         match p {
-            Predicate::Const(false) => {}
-            Predicate::Const(true) => return Predicate::Const(true),
-            Predicate::Or(inner) => out.extend(inner),
+            Predicate::Const(b) if b == conjunction => {}
+            Predicate::Const(b) => return Predicate::Const(b),
+            Predicate::And(inner) if conjunction => out.extend(inner),
+            Predicate::Or(inner) if !conjunction => out.extend(inner),
             other => out.push(other),
         }
     }
     match out.len() {
-        0 => Predicate::Const(false),
+        0 => Predicate::Const(conjunction),
         1 => out.pop().expect("one"),
+        _ if conjunction => Predicate::And(out),
         _ => Predicate::Or(out),
     }
 }
