@@ -25,7 +25,9 @@ pub fn to_status(e: GatewayError) -> Status {
             DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(text),
             _ => Status::invalid_argument(text),
         },
-        GatewayError::Catalog(_) | GatewayError::Audit(_) => Status::unavailable(text),
+        GatewayError::Catalog(_) | GatewayError::Audit(_) | GatewayError::Config(_) => {
+            Status::unavailable(text)
+        }
         GatewayError::Review(_) => Status::resource_exhausted(text),
         GatewayError::Policy(_) => Status::internal(text),
     }

@@ -30,6 +30,9 @@ pub enum GatewayError {
     /// Output review ended the result: a limit of the scenario or the deployment was exceeded.
     #[error("output review: {0}")]
     Review(String),
+    /// The server's own configuration cannot be put to work.
+    #[error("configuration: {0}")]
+    Config(String),
     /// The lake could not be read.
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),

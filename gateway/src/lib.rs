@@ -111,7 +111,7 @@ impl Gateway {
                 .mask_key
                 .as_ref()
                 .map(|k| Arc::from(k.as_bytes())),
-            runtime: Arc::new(RuntimeEnv::default()),
+            runtime: runtime_env(&config.execution)?,
         };
         gateway.load_export_state().await?;
         Ok(gateway)
@@ -449,4 +449,20 @@ fn cedar_type(t: &DataType) -> Option<CedarType> {
         Dictionary(_, v) => cedar_type(v),
         _ => None,
     }
+}
+
+/// The runtime all of one gateway's queries share: `[execution]`'s memory pool and spill folder.
+fn runtime_env(config: &lake_config::ExecutionConfig) -> Result<Arc<RuntimeEnv>, GatewayError> {
+    let mut builder = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+    if let Some(limit) = config.memory_limit_bytes {
+        builder = builder.with_memory_limit(limit as usize, 1.0);
+    }
+    if let Some(dir) = &config.spill_dir {
+        builder = builder.with_temp_file_path(dir);
+    }
+    builder.build_arc().map_err(|e| {
+        GatewayError::Config(format!(
+            "cannot set up query execution ({e}); check [execution] spill_dir"
+        ))
+    })
 }

@@ -42,6 +42,8 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// `[audit]`.
     pub audit: AuditConfig,
+    /// `[execution]`.
+    pub execution: ExecutionConfig,
 }
 
 /// `[server]`: where and how the Flight SQL endpoint listens.
@@ -178,6 +180,17 @@ pub struct AuditConfig {
     pub anchor_interval_secs: u64,
 }
 
+/// `[execution]`: the resources one server's queries may use.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionConfig {
+    /// `memory_limit_bytes`: the memory pool all running queries share; operators that can spill
+    /// (sorts, aggregations, joins) go to disk beyond it and others fail with a resources error.
+    /// Default: no limit.
+    pub memory_limit_bytes: Option<u64>,
+    /// `spill_dir`: where spill files go (default: the system's temporary folder).
+    pub spill_dir: Option<PathBuf>,
+}
+
 // ---- the file as written ----------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -191,6 +204,15 @@ struct RawConfig {
     users: Vec<RawUser>,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    execution: RawExecution,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawExecution {
+    memory_limit_bytes: Option<u64>,
+    spill_dir: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -245,6 +267,9 @@ struct RawAudit {
     max_result_bytes: Option<u64>,
     anchor_interval_secs: Option<u64>,
 }
+
+/// The smallest `execution.memory_limit_bytes` accepted (64 MiB).
+pub const MIN_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -435,6 +460,19 @@ impl Config {
             max_result_bytes: raw.audit.max_result_bytes,
             anchor_interval_secs: raw.audit.anchor_interval_secs.unwrap_or(60).max(1),
         };
+        if let Some(limit) = raw.execution.memory_limit_bytes {
+            if limit < MIN_MEMORY_LIMIT {
+                return Err(invalid(
+                    "execution.memory_limit_bytes",
+                    format!("{limit} bytes cannot hold a query's working set"),
+                    "write at least 67108864 (64 MiB), e.g. memory_limit_bytes = 4294967296 for 4 GiB",
+                ));
+            }
+        }
+        let execution = ExecutionConfig {
+            memory_limit_bytes: raw.execution.memory_limit_bytes,
+            spill_dir: raw.execution.spill_dir.as_deref().map(|d| base.join(d)),
+        };
 
         Ok(Config {
             source: source.map(Path::to_path_buf),
@@ -450,6 +488,7 @@ impl Config {
             policy,
             users,
             audit,
+            execution,
         })
     }
 }

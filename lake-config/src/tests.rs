@@ -159,3 +159,27 @@ fn duplicate_users_are_refused() {
     let err = parse(&text).unwrap_err().to_string();
     assert!(err.contains("listed twice"), "{err}");
 }
+
+#[test]
+fn execution_limits_parse_and_a_tiny_pool_is_refused() {
+    let c = parse(
+        "[lake]\nroot = \"lake\"\n[policy]\ndir = \"p\"\n\
+         [execution]\nmemory_limit_bytes = 4294967296\nspill_dir = \"spill\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.execution.memory_limit_bytes, Some(4 << 30));
+    assert_eq!(
+        c.execution.spill_dir.as_deref(),
+        Some(Path::new("/etc/lakegate/spill"))
+    );
+    let default = parse("[lake]\nroot = \"lake\"\n[policy]\ndir = \"p\"\n").unwrap();
+    assert_eq!(default.execution.memory_limit_bytes, None);
+
+    let err = parse(
+        "[lake]\nroot = \"lake\"\n[policy]\ndir = \"p\"\n[execution]\nmemory_limit_bytes = 1000\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("execution.memory_limit_bytes"), "{err}");
+    assert!(err.contains("64 MiB"), "{err}");
+}

@@ -1,0 +1,179 @@
+//! `lakegate-bench`: generate TPC-H as Delta, run the modes, stream a large result, run under a
+//! memory pool. See `benches/README.md`.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand};
+use lakegate_benches::harness::{self, RunOptions};
+use lakegate_benches::modes::Mode;
+use lakegate_benches::{queries, tpch, wire};
+
+#[derive(Parser)]
+#[command(
+    name = "lakegate-bench",
+    about = "lakegate benchmarks over TPC-H in Delta"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Writes TPC-H at a scale factor as Delta tables, with the lakegate set-up to serve them.
+    Gen {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 0.1)]
+        sf: f64,
+        /// Also write `wire.rows` with this many rows (the wire benchmark's result).
+        #[arg(long)]
+        wire_rows: Option<usize>,
+    },
+    /// Runs the queries in the modes and prints medians and ratios; every answer is checked.
+    Run {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Mode letters: a raw DataFusion, b gateway permissive, c gateway realistic,
+        /// d Flight SQL (Rust), e ADBC (Python), f DuckDB (Python).
+        #[arg(long, default_value = "abcdef")]
+        modes: String,
+        /// Query numbers, e.g. `1,6,14` (default: all 22).
+        #[arg(long)]
+        queries: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The Python for modes e and f (default: `.venv/bin/python` when it exists).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Write the report as JSON here too.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Streams `wire.rows` by raw DoGet, lakegate Flight SQL and ADBC; prints MB/s.
+    Wire {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
+    /// Runs each query through the gateway (mode b) under a memory pool with spilling; reports
+    /// which complete, the time and the peak RSS.
+    Memory {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The pool, in bytes (default 4 GiB).
+        #[arg(long, default_value_t = 4 << 30)]
+        limit: u64,
+        #[arg(long)]
+        queries: Option<String>,
+    },
+}
+
+fn default_python() -> Option<PathBuf> {
+    let venv = PathBuf::from(".venv/bin/python");
+    venv.exists().then_some(venv)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Gen { dir, sf, wire_rows } => {
+            eprintln!("generating TPC-H SF {sf} into {}", dir.display());
+            let m = tpch::generate(&dir, sf).await?;
+            if let Some(rows) = wire_rows {
+                eprintln!("writing wire.rows ({rows} rows)");
+                wire::generate(&std::fs::canonicalize(&dir)?, rows).await?;
+            }
+            eprintln!(
+                "done: {} lineitem rows; config {}",
+                m.rows.get("lineitem").copied().unwrap_or(0),
+                dir.join("lakegate.toml").display()
+            );
+        }
+        Command::Run {
+            dir,
+            modes,
+            queries: list,
+            warmup,
+            runs,
+            python,
+            json,
+        } => {
+            let mut selected = Vec::new();
+            for c in modes.chars() {
+                match Mode::from_letter(c) {
+                    Some(m) => selected.push(m),
+                    None => bail!("unknown mode `{c}`: use letters a to f"),
+                }
+            }
+            selected.sort();
+            selected.dedup();
+            if runs == 0 {
+                bail!("--runs must be at least 1");
+            }
+            let opts = RunOptions {
+                dir,
+                modes: selected.clone(),
+                queries: match list {
+                    Some(l) => queries::select(&l)?,
+                    None => queries::all(),
+                },
+                warmup,
+                runs,
+                python: python.or_else(default_python),
+                memory_limit: None,
+            };
+            let report = harness::run(&opts).await?;
+            println!("{}", report.markdown(&selected));
+            if let Some(path) = json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+            }
+            let problems = report.problems();
+            if !problems.is_empty() {
+                bail!(
+                    "{} problem(s): a mode failed or gave a wrong answer",
+                    problems.len()
+                );
+            }
+        }
+        Command::Wire { dir, runs, python } => {
+            let python = python.or_else(default_python);
+            let r = wire::run(&dir, runs, python.as_deref()).await?;
+            println!(
+                "{} rows, {:.1} MB of Arrow data\n\n| path | median s | MB/s | vs raw DoGet |\n|---|---|---|---|",
+                r.rows,
+                r.bytes as f64 / 1e6
+            );
+            let base = r.figures.first().map(|f| f.mb_per_s).unwrap_or(f64::NAN);
+            for f in &r.figures {
+                let mut t = f.times.clone();
+                t.sort_by(|a, b| a.total_cmp(b));
+                println!(
+                    "| {} | {:.2} | {:.0} | {:.0}% |",
+                    f.path,
+                    t[t.len() / 2],
+                    f.mb_per_s,
+                    100.0 * f.mb_per_s / base
+                );
+            }
+        }
+        Command::Memory {
+            dir,
+            limit,
+            queries: list,
+        } => {
+            let qs = match list {
+                Some(l) => queries::select(&l)?,
+                None => queries::all(),
+            };
+            lakegate_benches::memory::run(&dir, limit, &qs).await?;
+        }
+    }
+    Ok(())
+}

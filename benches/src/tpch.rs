@@ -1,0 +1,402 @@
+//! TPC-H data as Delta tables, and the lakegate set-up the benchmarks serve it with.
+//!
+//! ```text
+//! <dir>/lake/tpch/<table>/   Delta tables written with delta-rs from tpchgen's Arrow batches
+//! <dir>/manifest.json        scale factor and, per table, the Parquet files of its snapshot
+//! <dir>/lakegate.toml        one user, two scenarios (permissive and realistic)
+//! <dir>/policies/            schema.cedarschema, policies.cedar, entities.json
+//! <dir>/audit/               the audit folder
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema};
+use deltalake::protocol::SaveMode;
+use serde::{Deserialize, Serialize};
+
+/// The bench user's login.
+pub const USER: &str = "analyst";
+/// The bench user's password (a local benchmark lake only).
+pub const PASSWORD: &str = "analyst-bench";
+/// Mode (b): every table, column and row.
+pub const PERMISSIVE: &str = "tpch-open";
+/// Mode (c): scope, masks, a row filter and an aggregate-only column.
+pub const REALISTIC: &str = "tpch-policed";
+
+/// The nations whose customers the realistic scenario may see: AMERICA and EUROPE.
+pub const REALISTIC_NATIONS: [i64; 10] = [1, 2, 3, 17, 24, 6, 7, 19, 22, 23];
+
+/// The eight tables and their subject keys (used by the aggregate-only rule).
+pub const TABLES: [(&str, &str); 8] = [
+    ("nation", "n_nationkey"),
+    ("region", "r_regionkey"),
+    ("part", "p_partkey"),
+    ("supplier", "s_suppkey"),
+    ("partsupp", "ps_partkey"),
+    ("customer", "c_custkey"),
+    ("orders", "o_custkey"),
+    ("lineitem", "l_orderkey"),
+];
+
+/// What `generate` wrote.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// The TPC-H scale factor.
+    pub scale_factor: f64,
+    /// Rows per table.
+    pub rows: BTreeMap<String, u64>,
+    /// Per table, the absolute paths of the Parquet files of its Delta snapshot: what the DuckDB
+    /// mode reads.
+    pub files: BTreeMap<String, Vec<PathBuf>>,
+}
+
+impl Manifest {
+    /// Reads `<dir>/manifest.json`.
+    pub fn read(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no benchmark lake at {}: run `lakegate-bench gen`",
+                dir.display()
+            )
+        })?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// The lake folder under a bench dir.
+pub fn lake_dir(dir: &Path) -> PathBuf {
+    dir.join("lake")
+}
+
+/// Generates TPC-H at `scale_factor` into `<dir>` unless the same scale factor is already there,
+/// and (re)writes the configuration and policies. Returns the manifest.
+pub async fn generate(dir: &Path, scale_factor: f64) -> anyhow::Result<Manifest> {
+    if scale_factor <= 0.0 {
+        bail!("the scale factor must be positive, e.g. 0.1");
+    }
+    std::fs::create_dir_all(dir)?;
+    let dir = std::fs::canonicalize(dir)?;
+    if let Ok(m) = Manifest::read(&dir) {
+        if m.scale_factor == scale_factor {
+            write_setup(&dir)?;
+            return Ok(m);
+        }
+    }
+    let lake = lake_dir(&dir);
+    if lake.exists() {
+        std::fs::remove_dir_all(&lake)?;
+    }
+    let _ = std::fs::remove_file(dir.join("manifest.json"));
+    let mut manifest = Manifest {
+        scale_factor,
+        rows: BTreeMap::new(),
+        files: BTreeMap::new(),
+    };
+    for (table, _) in TABLES {
+        let started = std::time::Instant::now();
+        let path = lake.join("tpch").join(table);
+        std::fs::create_dir_all(&path)?;
+        let url = url::Url::from_directory_path(&path)
+            .map_err(|_| anyhow::anyhow!("{} is not an absolute path", path.display()))?;
+        let (rows, files) = write_table(url, table, scale_factor).await?;
+        eprintln!(
+            "  tpch.{table}: {rows} rows, {} file(s), {:.1} s",
+            files.len(),
+            started.elapsed().as_secs_f64()
+        );
+        manifest.rows.insert(table.to_string(), rows);
+        manifest.files.insert(table.to_string(), files);
+    }
+    write_setup(&dir)?;
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?,
+    )?;
+    Ok(manifest)
+}
+
+/// Rows per generator part: large tables are written in several commits so that memory stays
+/// bounded at any scale factor.
+const ROWS_PER_PART: f64 = 4_000_000.0;
+
+fn approx_rows(table: &str, sf: f64) -> f64 {
+    match table {
+        "lineitem" => 6_000_000.0 * sf,
+        "orders" => 1_500_000.0 * sf,
+        "partsupp" => 800_000.0 * sf,
+        "customer" => 150_000.0 * sf,
+        "part" => 200_000.0 * sf,
+        "supplier" => 10_000.0 * sf,
+        _ => 25.0,
+    }
+}
+
+type Batches = Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>>;
+
+fn batches(table: &str, sf: f64, part: i32, parts: i32) -> Batches {
+    use tpchgen::generators::*;
+    use tpchgen_arrow::*;
+    const BATCH: usize = 65_536;
+    match table {
+        "nation" => {
+            Box::new(NationArrow::new(NationGenerator::new(sf, part, parts)).with_batch_size(BATCH))
+        }
+        "region" => {
+            Box::new(RegionArrow::new(RegionGenerator::new(sf, part, parts)).with_batch_size(BATCH))
+        }
+        "part" => {
+            Box::new(PartArrow::new(PartGenerator::new(sf, part, parts)).with_batch_size(BATCH))
+        }
+        "supplier" => Box::new(
+            SupplierArrow::new(SupplierGenerator::new(sf, part, parts)).with_batch_size(BATCH),
+        ),
+        "partsupp" => Box::new(
+            PartSuppArrow::new(PartSuppGenerator::new(sf, part, parts)).with_batch_size(BATCH),
+        ),
+        "customer" => Box::new(
+            CustomerArrow::new(CustomerGenerator::new(sf, part, parts)).with_batch_size(BATCH),
+        ),
+        "orders" => {
+            Box::new(OrderArrow::new(OrderGenerator::new(sf, part, parts)).with_batch_size(BATCH))
+        }
+        "lineitem" => Box::new(
+            LineItemArrow::new(LineItemGenerator::new(sf, part, parts)).with_batch_size(BATCH),
+        ),
+        other => unreachable!("not a TPC-H table: {other}"),
+    }
+}
+
+/// Delta stores strings as `string`: write `Utf8` rather than tpchgen's `Utf8View`.
+fn plain_strings(batch: RecordBatch) -> anyhow::Result<RecordBatch> {
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .zip(&fields)
+        .map(|(c, f)| cast(c, f.data_type()))
+        .collect::<Result<_, _>>()?;
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+async fn write_table(url: url::Url, table: &str, sf: f64) -> anyhow::Result<(u64, Vec<PathBuf>)> {
+    let parts = (approx_rows(table, sf) / ROWS_PER_PART).ceil().max(1.0) as i32;
+    let mut delta = deltalake::DeltaTableBuilder::from_url(url.clone())?.build()?;
+    let mut rows = 0u64;
+    for part in 1..=parts {
+        let chunk: Vec<RecordBatch> = batches(table, sf, part, parts)
+            .map(|b| plain_strings(b?))
+            .collect::<Result<_, _>>()?;
+        rows += chunk.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        delta = delta
+            .write(chunk)
+            .with_save_mode(if part == 1 {
+                SaveMode::Overwrite
+            } else {
+                SaveMode::Append
+            })
+            .await
+            .with_context(|| format!("cannot write {url}"))?;
+    }
+    let root = url
+        .to_file_path()
+        .map_err(|_| anyhow::anyhow!("{url} is not a local folder"))?;
+    let mut files: Vec<PathBuf> = delta
+        .get_file_uris()?
+        .map(|u| match url::Url::parse(&u) {
+            Ok(url) if url.scheme() == "file" => url.to_file_path().unwrap_or_default(),
+            _ => PathBuf::from(u),
+        })
+        .collect();
+    if files.iter().any(|f| !f.starts_with(&root)) {
+        bail!("unexpected file paths in {url}: {files:?}");
+    }
+    files.sort();
+    Ok((rows, files))
+}
+
+/// Writes `lakegate.toml` and the policy folder for a bench dir.
+pub fn write_setup(dir: &Path) -> anyhow::Result<PathBuf> {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies)?;
+    std::fs::write(policies.join("schema.cedarschema"), ADMIN_SCHEMA)?;
+    std::fs::write(policies.join("policies.cedar"), POLICIES)?;
+    std::fs::write(
+        policies.join("entities.json"),
+        serde_json::to_string_pretty(&entities())?,
+    )?;
+    let mut toml = String::from(
+        "# Written by `lakegate-bench gen`. Paths are relative to this file.\n\n\
+         [lake]\nroot = \"lake\"\n\n",
+    );
+    for (table, key) in TABLES {
+        toml.push_str(&format!(
+            "[lake.tables.\"tpch.{table}\"]\nsubject_key = \"{key}\"\n\n"
+        ));
+    }
+    toml.push_str(&format!(
+        "[policy]\ndir = \"policies\"\n\n[audit]\ndir = \"audit\"\n\n\
+         [[users]]\nname = \"{USER}\"  # password: {PASSWORD}\npassword_hash = \"{}\"\n",
+        flight_server::auth::hash_password(PASSWORD)
+    ));
+    let path = dir.join("lakegate.toml");
+    std::fs::write(&path, toml)?;
+    Ok(path)
+}
+
+/// The configuration of a bench dir, with the listen address and memory limit the run wants.
+pub fn config(dir: &Path, memory_limit: Option<u64>) -> anyhow::Result<lake_config::Config> {
+    let mut config = lake_config::Config::load(&dir.join("lakegate.toml"))?;
+    config.server.listen = "127.0.0.1:0".parse()?;
+    config.execution.memory_limit_bytes = memory_limit;
+    config.execution.spill_dir = memory_limit.map(|_| dir.join("spill"));
+    if let Some(spill) = &config.execution.spill_dir {
+        std::fs::create_dir_all(spill)?;
+    }
+    Ok(config)
+}
+
+const ADMIN_SCHEMA: &str = r#"// The admin's part of the Cedar schema for the TPC-H benchmark lake.
+namespace Lake {
+  entity Org;
+  entity User in [Org];
+  entity Scenario {
+    purpose: String,
+    operator: Org,
+    expires: datetime,
+    tables: Set<Table>,
+    nations: Set<Long>,
+  };
+}
+"#;
+
+/// Two scenarios over the same tables. `tpch-open` sees everything (mode b); `tpch-policed` is a
+/// realistic licence (mode c): customer names redacted, phones reduced to the country code,
+/// customers only of the scenario's nations, part retail prices only in aggregates over at least
+/// five parts.
+pub const POLICIES: &str = r#"// TPC-H benchmark policies.
+
+@id("scenario-scope")
+permit (principal, action == Lake::Action::"query", resource)
+when {
+  resource in context.scenario.tables &&
+  principal in context.scenario.operator &&
+  context.now < context.scenario.expires
+};
+
+// ---- tpch-open: every column and row -------------------------------------------------------
+@id("open-columns")
+permit (principal, action == Lake::Action::"read_column", resource)
+when { context.scenario == Lake::Scenario::"tpch-open" };
+
+@id("open-rows")
+permit (principal, action == Lake::Action::"read_row", resource)
+when { context.scenario == Lake::Scenario::"tpch-open" };
+
+// ---- tpch-policed ----------------------------------------------------------------------------
+@id("policed-columns")
+permit (principal, action == Lake::Action::"read_column", resource)
+when {
+  context.scenario == Lake::Scenario::"tpch-policed" &&
+  !["c_name", "c_phone", "p_retailprice"].contains(resource.name)
+};
+
+@id("policed-names-redacted")
+@mask("redact")
+permit (principal, action == Lake::Action::"read_masked",
+        resource == Lake::Column::"tpch.customer.c_name")
+when { context.scenario == Lake::Scenario::"tpch-policed" };
+
+@id("policed-phones-country-code")
+@mask("show_first:2")
+permit (principal, action == Lake::Action::"read_masked",
+        resource == Lake::Column::"tpch.customer.c_phone")
+when { context.scenario == Lake::Scenario::"tpch-policed" };
+
+@id("policed-retail-price-aggregate-only")
+@min_group("5")
+permit (principal, action == Lake::Action::"aggregate",
+        resource == Lake::Column::"tpch.part.p_retailprice")
+when { context.scenario == Lake::Scenario::"tpch-policed" };
+
+// Customers only of the scenario's nations; every row of the other tables.
+@id("policed-customers-by-nation")
+permit (principal, action == Lake::Action::"read_row", resource is Lake::Rows::tpch::customer)
+when {
+  context.scenario == Lake::Scenario::"tpch-policed" &&
+  context.scenario.nations.contains(resource.c_nationkey)
+};
+
+@id("policed-other-rows")
+permit (principal, action == Lake::Action::"read_row", resource)
+when {
+  context.scenario == Lake::Scenario::"tpch-policed" &&
+  !(resource is Lake::Rows::tpch::customer)
+};
+"#;
+
+fn entities() -> serde_json::Value {
+    use serde_json::json;
+    let tables: Vec<serde_json::Value> = TABLES
+        .iter()
+        .map(|(t, _)| format!("tpch.{t}"))
+        .chain([crate::wire::TABLE.to_string()])
+        .map(|t| json!({"__entity": {"type": "Lake::Table", "id": t}}))
+        .collect();
+    let scenario = |id: &str, purpose: &str, nations: &[i64]| {
+        json!({"uid": {"type": "Lake::Scenario", "id": id},
+               "attrs": {"purpose": purpose,
+                         "operator": {"__entity": {"type": "Lake::Org", "id": "bench_bank"}},
+                         "expires": {"__extn": {"fn": "datetime", "arg": "2099-12-31T23:59:59Z"}},
+                         "tables": tables,
+                         "nations": nations},
+               "parents": []})
+    };
+    let all: Vec<i64> = (0..25).collect();
+    json!([
+        {"uid": {"type": "Lake::Org", "id": "bench_bank"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "Lake::User", "id": USER}, "attrs": {},
+         "parents": [{"type": "Lake::Org", "id": "bench_bank"}]},
+        scenario(PERMISSIVE, "benchmark: everything visible", &all),
+        scenario(REALISTIC, "benchmark: a realistic licence", &REALISTIC_NATIONS),
+    ])
+}
+
+/// Registers the raw Delta tables of a bench dir as `<schema>.<table>` in `ctx` (mode a and the
+/// reference answers).
+pub async fn register_raw(
+    ctx: &datafusion::prelude::SessionContext,
+    dir: &Path,
+    schema_name: &str,
+) -> anyhow::Result<()> {
+    use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
+    let schema = Arc::new(MemorySchemaProvider::new());
+    for (table, _) in TABLES {
+        let path = lake_dir(dir).join("tpch").join(table);
+        let url = url::Url::from_directory_path(&path)
+            .map_err(|_| anyhow::anyhow!("{} is not an absolute path", path.display()))?;
+        let t = deltalake::open_table_with_storage_options(url, HashMap::new()).await?;
+        let provider = t.table_provider().await?;
+        schema.register_table(table.to_string(), provider)?;
+    }
+    ctx.catalog("datafusion")
+        .context("no default catalog")?
+        .register_schema(schema_name, schema)?;
+    Ok(())
+}
