@@ -76,6 +76,8 @@ export LAKEGATE_TEST_S3_SECRET=$(printf '%s\n' "$KEY_OUT" | awk -F': *' '/Secret
 [ -n "$LAKEGATE_TEST_S3_KEY_ID" ] && [ -n "$LAKEGATE_TEST_S3_SECRET" ] || {
   echo "could not read the Garage key:"; printf '%s\n' "$KEY_OUT"; exit 1; }
 export LAKEGATE_REQUIRE_S3=1
+# The benchmark harness's tiny-scale agreement test runs modes e (ADBC) and f (DuckDB) with it.
+export LAKEGATE_PYTHON="$ROOT/.venv/bin/python"
 
 step "Rust tests"
 cargo test --workspace --no-fail-fast
