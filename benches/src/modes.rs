@@ -79,9 +79,19 @@ pub struct Raw {
 }
 
 impl Raw {
-    /// Registers the bench dir's tables.
+    /// Registers the bench dir's tables. `LAKEGATE_BENCH_RAW_CONFIG` (`key=value,...`) sets
+    /// DataFusion options of this mode only, for experiments such as turning off dynamic filters.
     pub async fn open(dir: &Path) -> anyhow::Result<Self> {
-        let ctx = SessionContext::new();
+        let mut config = datafusion::prelude::SessionConfig::new();
+        if let Ok(options) = std::env::var("LAKEGATE_BENCH_RAW_CONFIG") {
+            for kv in options.split(',').filter(|s| !s.is_empty()) {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("`{kv}` is not key=value"))?;
+                config.options_mut().set(k.trim(), v.trim())?;
+            }
+        }
+        let ctx = SessionContext::new_with_config(config);
         tpch::register_raw(&ctx, dir, "tpch").await?;
         Ok(Self { ctx })
     }

@@ -92,6 +92,8 @@ pub struct SecureScanExec {
     planned: Option<Planned>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    /// Whether the raw scan's statistics may be reported (the table is served as stored).
+    share_statistics: bool,
 }
 
 impl fmt::Debug for SecureScanExec {
@@ -174,7 +176,15 @@ impl SecureScanExec {
             planned,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
+            share_statistics: false,
         }
+    }
+
+    /// Reports the raw scan's statistics: only for a table served exactly as stored (every
+    /// column raw, every row, nothing aggregate-only).
+    pub(crate) fn with_raw_statistics(mut self, share: bool) -> Self {
+        self.share_statistics = share;
+        self
     }
 
     /// Plans the Delta scan in this process (after decoding on an executor).
@@ -330,6 +340,43 @@ impl ExecutionPlan for SecureScanExec {
 
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
+    }
+
+    /// The raw scan's statistics (row counts, min/max, null counts) when the table is served
+    /// exactly as stored: joins then pick their build side as they would without the gateway.
+    /// Under a row predicate or a mask they would describe rows and values the user may not see
+    /// (and EXPLAIN could print them), so they stay unknown.
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<datafusion::common::Statistics>],
+        args: &datafusion::physical_plan::statistics::StatisticsArgs,
+    ) -> Result<Arc<datafusion::common::Statistics>> {
+        let unknown = || {
+            Ok(Arc::new(datafusion::common::Statistics::new_unknown(
+                &self.schema,
+            )))
+        };
+        let Some(planned) = &self.planned else {
+            return unknown();
+        };
+        if !self.share_statistics
+            || self.spec.predicate.is_some()
+            || self.spec.outputs.iter().any(|(_, m)| m.is_some())
+        {
+            return unknown();
+        }
+        let raw = datafusion::physical_plan::statistics::StatisticsContext::new()
+            .compute(planned.input.as_ref(), args)?;
+        if raw.column_statistics.len() != planned.input.schema().fields().len() {
+            return unknown();
+        }
+        let mut stats = (*raw).clone();
+        stats.column_statistics = planned
+            .outputs
+            .iter()
+            .map(|(i, _)| raw.column_statistics[*i].clone())
+            .collect();
+        Ok(Arc::new(stats))
     }
 
     fn execute(

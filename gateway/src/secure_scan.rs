@@ -289,12 +289,15 @@ impl TableProvider for SecureTable {
                 .collect(),
             partitions: inner.output_partitioning().partition_count(),
         };
-        Ok(Arc::new(SecureScanExec::planned(
-            spec,
-            output_schema,
-            inner,
-            self.mask_key.clone(),
-            self.storage.clone(),
-        )?))
+        Ok(Arc::new(
+            SecureScanExec::planned(
+                spec,
+                output_schema,
+                inner,
+                self.mask_key.clone(),
+                self.storage.clone(),
+            )?
+            .with_raw_statistics(everything_raw),
+        ))
     }
 }
