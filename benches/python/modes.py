@@ -10,7 +10,6 @@ with seconds per timed run and the answer of the first run in the harness's cano
 
 import argparse
 import datetime
-import decimal
 import json
 import sys
 import time
@@ -40,8 +39,6 @@ def text(v):
         return v.isoformat()
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, decimal.Decimal):
-        return str(v)
     return str(v)
 
 
@@ -61,6 +58,17 @@ def measure(run, sql, warmup, runs):
     return out
 
 
+def adbc_connect(a):
+    """A lakegate connection as the bench user, working under the run's scenario."""
+    import adbc_driver_flightsql.dbapi as flightsql
+
+    return flightsql.connect(
+        a.endpoint,
+        db_kwargs={"username": a.user, "password": a.password},
+        conn_kwargs={"adbc.flight.sql.session.option.scenario": a.scenario},
+    )
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--modes", default="ef")
@@ -77,13 +85,7 @@ def main():
     a = p.parse_args()
 
     if a.wire:
-        import adbc_driver_flightsql.dbapi as flightsql
-
-        conn = flightsql.connect(
-            a.endpoint,
-            db_kwargs={"username": a.user, "password": a.password},
-            conn_kwargs={"adbc.flight.sql.session.option.scenario": a.scenario},
-        )
+        conn = adbc_connect(a)
         times, rows = [], 0
         for i in range(a.runs + 1):  # one warm-up run
             started = time.perf_counter()
@@ -103,13 +105,7 @@ def main():
     result = {}
 
     if "e" in a.modes:
-        import adbc_driver_flightsql.dbapi as flightsql
-
-        conn = flightsql.connect(
-            a.endpoint,
-            db_kwargs={"username": a.user, "password": a.password},
-            conn_kwargs={"adbc.flight.sql.session.option.scenario": a.scenario},
-        )
+        conn = adbc_connect(a)
 
         def adbc(sql):
             with conn.cursor() as cur:

@@ -22,10 +22,6 @@ pub enum Cell {
 /// A whole answer: rows of cells.
 pub type Answer = Vec<Vec<Cell>>;
 
-fn is_number(t: &DataType) -> bool {
-    t.is_numeric()
-}
-
 /// The canonical answer of Arrow batches.
 pub fn canonical(batches: &[RecordBatch]) -> anyhow::Result<Answer> {
     let mut rows: Answer = Vec::new();
@@ -34,7 +30,7 @@ pub fn canonical(batches: &[RecordBatch]) -> anyhow::Result<Answer> {
             .columns()
             .iter()
             .map(|c| {
-                if is_number(c.data_type()) {
+                if c.data_type().is_numeric() {
                     Ok((cast(c, &DataType::Float64)?, true))
                 } else {
                     Ok((cast(c, &DataType::Utf8)?, false))

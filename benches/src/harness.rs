@@ -28,8 +28,6 @@ pub struct RunOptions {
     pub runs: usize,
     /// The Python with `adbc-driver-flightsql` and `duckdb` (modes e and f).
     pub python: Option<PathBuf>,
-    /// The memory pool of the gateway and raw DataFusion, if limited.
-    pub memory_limit: Option<u64>,
 }
 
 /// One query in one mode.
@@ -132,6 +130,10 @@ impl Report {
             "TPC-H SF {}, {} warm-up + {} timed runs, median ms per query; ratios of medians.\n",
             self.scale_factor, self.warmup, self.runs
         );
+        for m in modes {
+            let _ = writeln!(s, "- ({}) {}", m.letter(), m.label());
+        }
+        let _ = writeln!(s);
         let _ = write!(s, "| query | rows |");
         for m in modes {
             let _ = write!(s, " ({}) ms |", m.letter());
@@ -250,7 +252,7 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
         .with_context(|| format!("no bench dir at {}", opts.dir.display()))?;
     let manifest = tpch::Manifest::read(&dir)?;
     tpch::write_setup(&dir)?;
-    let config = tpch::config(&dir, opts.memory_limit)?;
+    let config = tpch::config(&dir, None)?;
     let want = |m: Mode| opts.modes.contains(&m);
 
     let raw = modes::Raw::open(&dir).await?;

@@ -127,7 +127,6 @@ async fn main() -> anyhow::Result<()> {
                 warmup,
                 runs,
                 python: python.or_else(default_python),
-                memory_limit: None,
             };
             let report = harness::run(&opts).await?;
             println!("{}", report.markdown(&selected));
@@ -152,12 +151,10 @@ async fn main() -> anyhow::Result<()> {
             );
             let base = r.figures.first().map(|f| f.mb_per_s).unwrap_or(f64::NAN);
             for f in &r.figures {
-                let mut t = f.times.clone();
-                t.sort_by(|a, b| a.total_cmp(b));
                 println!(
                     "| {} | {:.2} | {:.0} | {:.0}% |",
                     f.path,
-                    t[t.len() / 2],
+                    f.median_s,
                     f.mb_per_s,
                     100.0 * f.mb_per_s / base
                 );

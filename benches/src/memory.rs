@@ -6,8 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::TryStreamExt;
-
 use crate::queries::Query;
 use crate::tpch;
 
@@ -32,10 +30,7 @@ pub async fn run(dir: &Path, limit: u64, queries: &[Query]) -> anyhow::Result<()
     let mut config = tpch::config(&dir, Some(limit))?;
     config.audit.dir = dir.join("audit-memory");
     let gateway = Arc::new(gateway::Gateway::open(&config).await?);
-    let who = gateway::Principal {
-        user: tpch::USER.into(),
-        scenario: Some(tpch::PERMISSIVE.into()),
-    };
+    let mode_b = crate::modes::InProcess::new(gateway, tpch::PERMISSIVE);
     let resettable = reset_peak_rss();
     println!(
         "TPC-H SF {} through the gateway (permissive), memory pool {:.1} GiB, spilling to {}; \
@@ -56,13 +51,10 @@ pub async fn run(dir: &Path, limit: u64, queries: &[Query]) -> anyhow::Result<()
     for q in queries {
         reset_peak_rss();
         let started = Instant::now();
-        let result: anyhow::Result<usize> = async {
-            let query = gateway.prepare(&who, &q.sql).await?;
-            let stream = query.execute().await?;
-            let batches: Vec<_> = stream.try_collect().await?;
-            Ok(batches.iter().map(|b| b.num_rows()).sum())
-        }
-        .await;
+        let result = mode_b
+            .run(&q.sql)
+            .await
+            .map(|batches| batches.iter().map(|b| b.num_rows()).sum::<usize>());
         let secs = started.elapsed().as_secs_f64();
         let peak = peak_rss().unwrap_or(0) as f64 / (1u64 << 20) as f64;
         match result {

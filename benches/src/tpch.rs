@@ -74,6 +74,31 @@ pub fn lake_dir(dir: &Path) -> PathBuf {
     dir.join("lake")
 }
 
+/// The URL of a table folder (an absolute path).
+pub fn table_url(path: &Path) -> anyhow::Result<url::Url> {
+    url::Url::from_directory_path(path)
+        .map_err(|_| anyhow::anyhow!("{} is not an absolute path", path.display()))
+}
+
+/// Writes one part of a table: the first part replaces whatever is there, later ones append, so
+/// that a large table never has to be in memory at once.
+pub async fn write_part(
+    table: deltalake::DeltaTable,
+    batches: Vec<RecordBatch>,
+    first: bool,
+) -> anyhow::Result<deltalake::DeltaTable> {
+    let url = table.table_url().clone();
+    table
+        .write(batches)
+        .with_save_mode(if first {
+            SaveMode::Overwrite
+        } else {
+            SaveMode::Append
+        })
+        .await
+        .with_context(|| format!("cannot write {url}"))
+}
+
 /// Generates TPC-H at `scale_factor` into `<dir>` unless the same scale factor is already there,
 /// and (re)writes the configuration and policies. Returns the manifest.
 pub async fn generate(dir: &Path, scale_factor: f64) -> anyhow::Result<Manifest> {
@@ -102,9 +127,7 @@ pub async fn generate(dir: &Path, scale_factor: f64) -> anyhow::Result<Manifest>
         let started = std::time::Instant::now();
         let path = lake.join("tpch").join(table);
         std::fs::create_dir_all(&path)?;
-        let url = url::Url::from_directory_path(&path)
-            .map_err(|_| anyhow::anyhow!("{} is not an absolute path", path.display()))?;
-        let (rows, files) = write_table(url, table, scale_factor).await?;
+        let (rows, files) = write_table(table_url(&path)?, table, scale_factor).await?;
         eprintln!(
             "  tpch.{table}: {rows} rows, {} file(s), {:.1} s",
             files.len(),
@@ -204,15 +227,7 @@ async fn write_table(url: url::Url, table: &str, sf: f64) -> anyhow::Result<(u64
             .map(|b| plain_strings(b?))
             .collect::<Result<_, _>>()?;
         rows += chunk.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-        delta = delta
-            .write(chunk)
-            .with_save_mode(if part == 1 {
-                SaveMode::Overwrite
-            } else {
-                SaveMode::Append
-            })
-            .await
-            .with_context(|| format!("cannot write {url}"))?;
+        delta = write_part(delta, chunk, part == 1).await?;
     }
     let root = url
         .to_file_path()
@@ -389,9 +404,8 @@ pub async fn register_raw(
     let schema = Arc::new(MemorySchemaProvider::new());
     for (table, _) in TABLES {
         let path = lake_dir(dir).join("tpch").join(table);
-        let url = url::Url::from_directory_path(&path)
-            .map_err(|_| anyhow::anyhow!("{} is not an absolute path", path.display()))?;
-        let t = deltalake::open_table_with_storage_options(url, HashMap::new()).await?;
+        let t =
+            deltalake::open_table_with_storage_options(table_url(&path)?, HashMap::new()).await?;
         let provider = t.table_provider().await?;
         schema.register_table(table.to_string(), provider)?;
     }

@@ -17,7 +17,6 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use deltalake::protocol::SaveMode;
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
@@ -36,9 +35,8 @@ pub async fn generate(dir: &Path, rows: usize) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&path)?;
     }
     std::fs::create_dir_all(&path)?;
-    let url = url::Url::from_directory_path(&path)
-        .map_err(|_| anyhow::anyhow!("{} is not an absolute path", path.display()))?;
-    let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())?.build()?;
+    let mut table =
+        deltalake::DeltaTableBuilder::from_url(crate::tpch::table_url(&path)?)?.build()?;
     const CHUNK: usize = 1_000_000;
     let flags = ["A", "N", "R"];
     let mut start = 0usize;
@@ -78,15 +76,7 @@ pub async fn generate(dir: &Path, rows: usize) -> anyhow::Result<()> {
                 )) as ArrayRef,
             ),
         ])?;
-        table = table
-            .write(vec![batch])
-            .with_save_mode(if start == 0 {
-                SaveMode::Overwrite
-            } else {
-                SaveMode::Append
-            })
-            .await
-            .with_context(|| format!("cannot write {url}"))?;
+        table = crate::tpch::write_part(table, vec![batch], start == 0).await?;
         start += n;
     }
     std::fs::write(marker, b"")?;
@@ -184,6 +174,8 @@ pub struct WireFigure {
     pub rows: u64,
     /// Seconds per timed run.
     pub times: Vec<f64>,
+    /// The median of `times`.
+    pub median_s: f64,
     /// MB (10^6 bytes of Arrow data) per second at the median time.
     pub mb_per_s: f64,
 }
@@ -199,12 +191,6 @@ pub struct WireReport {
     pub figures: Vec<WireFigure>,
 }
 
-fn median(times: &[f64]) -> f64 {
-    let mut t = times.to_vec();
-    t.sort_by(|a, b| a.total_cmp(b));
-    t[t.len() / 2]
-}
-
 /// Runs the wire benchmark over `wire.rows` of a bench dir.
 pub async fn run(dir: &Path, runs: usize, python: Option<&Path>) -> anyhow::Result<WireReport> {
     let dir = std::fs::canonicalize(dir)?;
@@ -214,11 +200,10 @@ pub async fn run(dir: &Path, runs: usize, python: Option<&Path>) -> anyhow::Resu
     // The same batches, read once with raw DataFusion.
     let ctx = datafusion::prelude::SessionContext::new();
     let path = crate::tpch::lake_dir(&dir).join("wire").join("rows");
-    let url = url::Url::from_directory_path(&path)
-        .map_err(|_| anyhow::anyhow!("{} is not an absolute path", path.display()))?;
-    let t = deltalake::open_table_with_storage_options(url, HashMap::new())
-        .await
-        .context("no wire table: run `lakegate-bench gen --wire-rows N` first")?;
+    let t =
+        deltalake::open_table_with_storage_options(crate::tpch::table_url(&path)?, HashMap::new())
+            .await
+            .context("no wire table: run `lakegate-bench gen --wire-rows N` first")?;
     ctx.register_table("wire_rows", t.table_provider().await?)?;
     let batches = ctx.sql("SELECT * FROM wire_rows").await?.collect().await?;
     let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -298,10 +283,17 @@ fn tokio_stream_listener(
 }
 
 fn figure(path: &str, (rows, times): (u64, Vec<f64>), mb: f64) -> WireFigure {
+    let median_s = crate::harness::Measured {
+        times: times.clone(),
+        problem: None,
+    }
+    .median()
+    .unwrap_or(f64::NAN);
     WireFigure {
         path: path.into(),
         rows,
-        mb_per_s: mb / median(&times),
+        median_s,
+        mb_per_s: mb / median_s,
         times,
     }
 }

@@ -44,7 +44,6 @@ async fn every_mode_gives_the_same_answers_at_a_tiny_scale() {
         warmup: 0,
         runs: 1,
         python,
-        memory_limit: None,
     })
     .await
     .unwrap();
@@ -114,4 +113,61 @@ async fn the_realistic_policies_change_the_answers_they_should() {
         .unwrap_err()
         .to_string();
     assert!(refused.contains("aggregate-only"), "{refused}");
+}
+
+/// The statistics the secure scan reports for `sql` planned as `scenario`: (rows, whether any
+/// column has a known max).
+async fn scan_statistics(g: &gateway::Gateway, scenario: &str, sql: &str) -> (String, bool) {
+    use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+    let who = gateway::Principal {
+        user: tpch::USER.into(),
+        scenario: Some(scenario.into()),
+    };
+    let plan = g
+        .prepare(&who, sql)
+        .await
+        .unwrap()
+        .physical_plan()
+        .await
+        .unwrap();
+    let mut scan = plan;
+    while scan.name() != "SecureScanExec" {
+        let child = scan.children().first().map(|c| (*c).clone());
+        scan = child.expect("a secure scan under the plan");
+    }
+    let stats = StatisticsContext::new()
+        .compute(scan.as_ref(), &StatisticsArgs::new())
+        .unwrap();
+    let max_known = stats
+        .column_statistics
+        .iter()
+        .any(|c| c.max_value.get_value().is_some());
+    (format!("{:?}", stats.num_rows), max_known)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secure_scan_reports_statistics_only_for_tables_served_as_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    tpch::generate(dir.path(), 0.01).await.unwrap();
+    let g = gateway::Gateway::open(&tpch::config(dir.path(), None).unwrap())
+        .await
+        .unwrap();
+    // Served as stored: the Delta log's row count reaches the planner.
+    let (rows, _) = scan_statistics(
+        &g,
+        tpch::PERMISSIVE,
+        "SELECT c_custkey, c_name FROM tpch.customer",
+    )
+    .await;
+    assert_eq!(rows, "Exact(1500)");
+    // Rows filtered and names masked, or an aggregate-only column in the table (part, with no
+    // mask or row filter): nothing about the stored values.
+    for sql in [
+        "SELECT c_custkey, c_name FROM tpch.customer",
+        "SELECT p_partkey, p_name FROM tpch.part",
+    ] {
+        let (rows, max_known) = scan_statistics(&g, tpch::REALISTIC, sql).await;
+        assert_eq!(rows, "Absent", "{sql}");
+        assert!(!max_known, "{sql}");
+    }
 }

@@ -342,8 +342,8 @@ impl ExecutionPlan for SecureScanExec {
         Some(self.metrics.clone_inner())
     }
 
-    /// The raw scan's statistics (row counts, min/max, null counts) when the table is served
-    /// exactly as stored: joins then pick their build side as they would without the gateway.
+    /// The raw scan's statistics (its row count, and whatever else the Delta scan knows) when the
+    /// table is served exactly as stored: joins then pick their build side as they would without the gateway.
     /// Under a row predicate or a mask they would describe rows and values the user may not see
     /// (and EXPLAIN could print them), so they stay unknown.
     fn statistics_from_inputs(
