@@ -343,9 +343,9 @@ impl ExecutionPlan for SecureScanExec {
     }
 
     /// The raw scan's statistics (its row count, and whatever else the Delta scan knows) when the
-    /// table is served exactly as stored: joins then pick their build side as they would without the gateway.
-    /// Under a row predicate or a mask they would describe rows and values the user may not see
-    /// (and EXPLAIN could print them), so they stay unknown.
+    /// table is served exactly as stored: joins then pick their build side as they would without
+    /// the gateway. Under a row predicate, a mask or an aggregate-only column they would describe
+    /// rows and values the user may not see (and EXPLAIN could print them), so they stay unknown.
     fn statistics_from_inputs(
         &self,
         _input_stats: &[Arc<datafusion::common::Statistics>],
