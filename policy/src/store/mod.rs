@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::SystemTime;
 
 use cedar_policy::{
-    pst, Authorizer, Context, Decision, Entities, Entity, EntityTypeName, EntityUid,
+    pst, Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
     PartialEntities, PartialEntityUid, PartialRequest, PolicyId, Request, RestrictedExpression,
     Schema, SchemaFragment, ValidationMode, Validator,
 };
@@ -14,15 +14,41 @@ use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
 use crate::grant::{ColumnTreatment, Grant, RowPredicate};
-use crate::lake_schema::{generate_schema, quote, row_type, LakeDescription, TableDescription};
+use crate::lake_schema::{generate_schema, row_type, LakeDescription, TableDescription};
 use crate::predicate::{self, Predicate};
 use crate::{Mask, PolicyError};
+
+mod slice;
+
+use slice::{Reach, Requester};
 
 /// (user, scenario, table).
 type GrantKey = (String, String, String);
 
 /// How many grants a policy set keeps before it starts over.
 const GRANT_CACHE_ENTRIES: usize = 10_000;
+
+/// How many (user, scenario) slices a policy set keeps before it starts over.
+const SLICE_CACHE_ENTRIES: usize = 10_000;
+
+/// The actions a grant asks about; a [`Slice`] holds one policy set per action, in this order.
+const ACTIONS: [&str; 5] = [
+    "query",
+    "read_column",
+    "read_masked",
+    "aggregate",
+    "read_row",
+];
+const QUERY: usize = 0;
+const READ_COLUMN: usize = 1;
+const READ_MASKED: usize = 2;
+const AGGREGATE: usize = 3;
+const READ_ROW: usize = 4;
+
+/// The policies that can apply to one (user, scenario), per action (see [`slice`]).
+struct Slice {
+    sets: Vec<cedar_policy::PolicySet>,
+}
 
 /// The minimum group size of an `aggregate` permit without `@min_group`.
 pub const DEFAULT_MIN_GROUP: u64 = 10;
@@ -47,6 +73,14 @@ pub struct PolicySet {
     authorizer: Authorizer,
     /// Grants by (user, scenario, table), with the second they were decided at.
     grants: std::sync::Mutex<HashMap<GrantKey, (u64, Grant)>>,
+    /// Every policy with the requests it can reach, in load order.
+    reach: Vec<(cedar_policy::Policy, Reach)>,
+    /// [`ACTIONS`] as entity uids, and their ancestors (`None`: not in the store).
+    actions: Vec<(EntityUid, Option<HashSet<EntityUid>>)>,
+    /// `Lake::Column`, parsed once.
+    column_type: EntityTypeName,
+    /// Slices by (user, scenario): they do not depend on time.
+    slices: std::sync::Mutex<HashMap<(String, String), std::sync::Arc<Slice>>>,
     tables: BTreeMap<String, TableDescription>,
 }
 
@@ -313,6 +347,18 @@ impl PolicySet {
                 }
             })?;
 
+        let reach = policies
+            .policies()
+            .map(|p| (p.clone(), Reach::of(p)))
+            .collect();
+        let actions = slice::action_uids()
+            .into_iter()
+            .map(|a| {
+                let ancestors = entities.ancestors(&a).map(|i| i.cloned().collect());
+                (a, ancestors)
+            })
+            .collect();
+
         Ok(PolicySet {
             schema,
             schema_text,
@@ -324,6 +370,10 @@ impl PolicySet {
             hash: hex::encode(hasher.finalize()),
             authorizer: Authorizer::new(),
             grants: std::sync::Mutex::new(HashMap::new()),
+            reach,
+            actions,
+            column_type: EntityTypeName::from_str("Lake::Column").expect("a valid type name"),
+            slices: std::sync::Mutex::new(HashMap::new()),
             tables: lake.tables.iter().map(|t| (t.id(), t.clone())).collect(),
         })
     }
@@ -414,9 +464,24 @@ impl PolicySet {
             return Ok(Grant::denied(vec![]));
         }
         let principal = entity_uid("Lake::User", user)?;
+        let slice = self.slice(&principal, user, scenario);
+        self.decide_grant_with(&slice, desc, &principal, scenario, now)
+    }
+
+    /// The grant for `desc`, decided against `slice` (the whole set gives the same grant).
+    fn decide_grant_with(
+        &self,
+        slice: &Slice,
+        desc: &TableDescription,
+        principal: &EntityUid,
+        scenario: &str,
+        now: SystemTime,
+    ) -> Result<Grant, PolicyError> {
+        let table = desc.id();
         let context = self.context(scenario, now)?;
-        let table_uid = entity_uid("Lake::Table", table)?;
-        let (allowed, table_policies) = self.decide(&principal, "query", table_uid, &context)?;
+        let table_uid = entity_uid("Lake::Table", &table)?;
+        let (allowed, table_policies) =
+            self.decide(&slice.sets[QUERY], principal, QUERY, table_uid, &context)?;
         if !allowed {
             return Ok(Grant::denied(table_policies));
         }
@@ -424,11 +489,11 @@ impl PolicySet {
         let mut columns = BTreeMap::new();
         let mut column_policies = BTreeMap::new();
         for c in &desc.columns {
-            let (treatment, why) = self.column(&principal, table, &c.name, &context)?;
+            let (treatment, why) = self.column(slice, principal, &table, &c.name, &context)?;
             columns.insert(c.name.clone(), treatment);
             column_policies.insert(c.name.clone(), why);
         }
-        let (rows, row_policies) = self.rows(desc, &principal, &context)?;
+        let (rows, row_policies) = self.rows(&slice.sets[READ_ROW], desc, principal, &context)?;
         Ok(Grant {
             allowed: true,
             columns,
@@ -442,16 +507,32 @@ impl PolicySet {
     /// `read_column`, else `read_masked`, else `aggregate`, else hidden.
     fn column(
         &self,
+        slice: &Slice,
         principal: &EntityUid,
         table: &str,
         column: &str,
         context: &Context,
     ) -> Result<(ColumnTreatment, Vec<String>), PolicyError> {
-        let uid = entity_uid("Lake::Column", &format!("{table}.{column}"))?;
-        if let (true, why) = self.decide(principal, "read_column", uid.clone(), context)? {
+        let uid = EntityUid::from_type_name_and_id(
+            self.column_type.clone(),
+            EntityId::new(format!("{table}.{column}")),
+        );
+        if let (true, why) = self.decide(
+            &slice.sets[READ_COLUMN],
+            principal,
+            READ_COLUMN,
+            uid.clone(),
+            context,
+        )? {
             return Ok((ColumnTreatment::Raw, why));
         }
-        if let (true, why) = self.decide(principal, "read_masked", uid.clone(), context)? {
+        if let (true, why) = self.decide(
+            &slice.sets[READ_MASKED],
+            principal,
+            READ_MASKED,
+            uid.clone(),
+            context,
+        )? {
             let masks = why
                 .iter()
                 .map(|id| {
@@ -465,7 +546,9 @@ impl PolicySet {
             let mask = Mask::most_restrictive(masks).expect("an allow has a reason");
             return Ok((ColumnTreatment::Masked(mask), why));
         }
-        if let (true, why) = self.decide(principal, "aggregate", uid, context)? {
+        if let (true, why) =
+            self.decide(&slice.sets[AGGREGATE], principal, AGGREGATE, uid, context)?
+        {
             let k = why
                 .iter()
                 .map(|id| {
@@ -481,34 +564,42 @@ impl PolicySet {
         Ok((ColumnTreatment::Hidden, vec![]))
     }
 
-    /// One Cedar decision: allowed or not, and the determining policy ids.
+    /// One Cedar decision of [`ACTIONS`]`[action]` against `policies`: allowed or not, and the
+    /// determining policy ids.
     fn decide(
         &self,
+        policies: &cedar_policy::PolicySet,
         principal: &EntityUid,
-        action: &str,
+        action: usize,
         resource: EntityUid,
         context: &Context,
     ) -> Result<(bool, Vec<String>), PolicyError> {
+        // The table's `query` request is checked against the schema; a column's request has
+        // the same principal and context and a column for a column action, so it is valid too.
+        let schema = (action == QUERY).then_some(&self.schema);
         let request = Request::new(
             principal.clone(),
-            entity_uid("Lake::Action", action)?,
+            self.actions[action].0.clone(),
             resource,
             context.clone(),
-            Some(&self.schema),
+            schema,
         )
         .map_err(|e| PolicyError::Request(describe(&e)))?;
         let response = self
             .authorizer
-            .is_authorized(&request, &self.policies, &self.entities);
+            .is_authorized(&request, policies, &self.entities);
         for e in response.diagnostics().errors() {
             // Cedar skips a policy that errors; the decision stands on the rest.
+            let action = ACTIONS[action];
             tracing::warn!(%principal, action, "policy evaluation error: {e}");
         }
-        let ids = response
+        let mut ids: Vec<String> = response
             .diagnostics()
             .reason()
             .map(|p| p.to_string())
             .collect();
+        // Cedar's reasons come from a hash set: sorted, records do not depend on its order.
+        ids.sort();
         Ok((response.decision() == Decision::Allow, ids))
     }
 
@@ -517,6 +608,7 @@ impl PolicySet {
     /// permit then admits no row, a forbid excludes every row.
     fn rows(
         &self,
+        policies: &cedar_policy::PolicySet,
         desc: &TableDescription,
         principal: &EntityUid,
         context: &Context,
@@ -529,14 +621,13 @@ impl PolicySet {
         let ty = EntityTypeName::from_str(&row_type).map_err(|e| request_err(&e))?;
         let request = PartialRequest::new(
             PartialEntityUid::from_concrete(principal.clone()),
-            entity_uid("Lake::Action", "read_row")?,
+            self.actions[READ_ROW].0.clone(),
             PartialEntityUid::new(ty, None),
             Some(context.clone()),
             &self.schema,
         )
         .map_err(|e| request_err(&e))?;
-        let response = self
-            .policies
+        let response = policies
             .tpe(&request, &self.partial_entities, &self.schema)
             .map_err(|e| request_err(&e))?;
         let columns: Vec<String> = desc.columns.iter().map(|c| c.name.clone()).collect();
@@ -578,7 +669,13 @@ impl PolicySet {
             }
             predicate::translate_clauses(body.clauses(), &columns)
         };
-        for id in response.residual_permits() {
+        // Sorted, so that the predicate does not depend on the response's iteration order.
+        fn sorted<'a>(ids: impl Iterator<Item = &'a PolicyId>) -> Vec<&'a PolicyId> {
+            let mut ids: Vec<_> = ids.collect();
+            ids.sort_by_key(|id| id.to_string());
+            ids
+        }
+        for id in sorted(response.residual_permits()) {
             ids.push(id.to_string());
             match residual(id) {
                 Ok(p) => permits.push(p),
@@ -587,7 +684,7 @@ impl PolicySet {
                 }
             }
         }
-        for id in response.residual_forbids() {
+        for id in sorted(response.residual_forbids()) {
             ids.push(id.to_string());
             match residual(id) {
                 Ok(p) => forbids.push(p),
@@ -597,12 +694,51 @@ impl PolicySet {
                 }
             }
         }
+        ids.sort();
         let rows = match predicate::combine(permits, forbids) {
             Predicate::Const(true) => RowPredicate::All,
             Predicate::Const(false) => RowPredicate::None,
             p => RowPredicate::Where(p),
         };
         Ok((rows, ids))
+    }
+
+    /// The policies that can apply to `user` under `scenario`, per action; cached.
+    fn slice(&self, principal: &EntityUid, user: &str, scenario: &str) -> std::sync::Arc<Slice> {
+        let key = (user.to_string(), scenario.to_string());
+        if let Some(s) = self.slices.lock().expect("slice cache poisoned").get(&key) {
+            return s.clone();
+        }
+        let who = Requester {
+            user: principal,
+            ancestors: self
+                .entities
+                .ancestors(principal)
+                .map(|a| a.cloned().collect()),
+            scenario,
+        };
+        let mut sets: Vec<cedar_policy::PolicySet> = ACTIONS
+            .iter()
+            .map(|_| cedar_policy::PolicySet::new())
+            .collect();
+        for (policy, reach) in &self.reach {
+            if !reach.reaches(&who) {
+                continue;
+            }
+            for (set, (action, ancestors)) in sets.iter_mut().zip(&self.actions) {
+                if reach.reaches_action(action, ancestors.as_ref()) {
+                    set.add(policy.clone())
+                        .expect("a policy of a valid set adds to a subset");
+                }
+            }
+        }
+        let slice = std::sync::Arc::new(Slice { sets });
+        let mut cache = self.slices.lock().expect("slice cache poisoned");
+        if cache.len() >= SLICE_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, slice.clone());
+        slice
     }
 
     fn context(&self, scenario: &str, now: SystemTime) -> Result<Context, PolicyError> {
@@ -619,10 +755,11 @@ impl PolicySet {
     }
 }
 
-/// `Type::"id"` with any id text.
+/// `Type::"id"` with any id text (built, not parsed: no escaping to get wrong).
 fn entity_uid(ty: &str, id: &str) -> Result<EntityUid, PolicyError> {
-    EntityUid::from_str(&format!("{ty}::{}", quote(id)))
-        .map_err(|e| PolicyError::Request(format!("`{id}` as {ty}: {}", describe(&e))))
+    let ty = EntityTypeName::from_str(ty)
+        .map_err(|e| PolicyError::Request(format!("`{id}` as {ty}: {}", describe(&e))))?;
+    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
 }
 
 /// The lake's own entities: departments, tables and columns.

@@ -320,3 +320,128 @@ fn grants_are_cached_per_second_and_exact() {
             .allowed
     );
 }
+
+/// Policies of every scope shape the slicer reads, and some it must not trust: scenario tests
+/// first, not first, reversed, under `unless`; principal `==`, `in`, `is`, `is .. in`; action
+/// `==`, `in [..]`, any; permits and forbids; rows and columns.
+const MIXED: &str = r#"
+@id("scope-any")
+permit (principal, action == Lake::Action::"query", resource)
+when { resource in context.scenario.tables && principal in context.scenario.operator };
+
+@id("scope-old-only")
+permit (principal in Lake::Org::"acme", action == Lake::Action::"query", resource)
+when { context.scenario == Lake::Scenario::"old" };
+
+@id("cols-hr-stats")
+permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"read_column", resource)
+when { context.scenario == Lake::Scenario::"hr-stats" && resource.name != "salary" };
+
+@id("cols-reversed")
+@mask("null")
+permit (principal is Lake::User, action in [Lake::Action::"read_column", Lake::Action::"read_masked"], resource)
+when { Lake::Scenario::"old" == context.scenario && resource.name == "salary" };
+
+@id("mask-not-first")
+@mask("show_last:4")
+permit (principal, action == Lake::Action::"read_masked", resource)
+when { resource.name == "id_card" && context.scenario == Lake::Scenario::"old" };
+
+@id("mask-unless")
+@mask("redact")
+permit (principal is Lake::User in Lake::Org::"acme", action == Lake::Action::"read_masked", resource)
+unless { context.scenario == Lake::Scenario::"old" };
+
+@id("agg-alice")
+@min_group("7")
+permit (principal == Lake::User::"alice", action == Lake::Action::"aggregate", resource)
+when { context.scenario == Lake::Scenario::"hr-stats" };
+
+@id("agg-any-action")
+@min_group("3")
+permit (principal == Lake::User::"o'brien \"q\"", action, resource is Lake::Column)
+when { resource.name == "diagnosis" };
+
+@id("forbid-salary-old")
+forbid (principal, action == Lake::Action::"read_column", resource)
+when { context.scenario == Lake::Scenario::"old" && resource.name == "salary" };
+
+@id("rows-hr-stats")
+permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"read_row", resource is Lake::Rows::hr::employees)
+when { context.scenario == Lake::Scenario::"hr-stats" && resource.district == principal.district };
+
+@id("rows-old")
+permit (principal in Lake::Org::"acme", action == Lake::Action::"read_row", resource is Lake::Rows::hr::employees)
+when { context.scenario == Lake::Scenario::"old" && resource.salary < 5000 };
+
+@id("rows-forbid-any")
+forbid (principal, action == Lake::Action::"read_row", resource is Lake::Rows::hr::employees)
+when { resource.salary > 100000 && context.scenario == Lake::Scenario::"hr-stats" };
+"#;
+
+#[test]
+fn slices_decide_exactly_as_the_whole_set() {
+    let entities = ENTITIES.replacen(
+        "[",
+        r#"[{"uid": {"type": "Lake::User", "id": "o'brien \"q\""}, "attrs": {"district": "East"},
+             "parents": [{"type": "Lake::Org", "id": "acme"}]},"#,
+        1,
+    );
+    let dir = folder(MIXED);
+    std::fs::write(dir.path().join("entities.json"), entities).unwrap();
+    let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    let whole = Slice {
+        sets: ACTIONS.iter().map(|_| set.policies.clone()).collect(),
+    };
+    let now = SystemTime::now();
+    let mut compared = 0;
+    for user in ["alice", "mallory", "o'brien \"q\"", "ghost"] {
+        let principal = entity_uid("Lake::User", user).unwrap();
+        for scenario in ["hr-stats", "old"] {
+            let slice = set.slice(&principal, user, scenario);
+            for desc in set.tables.values() {
+                let sliced = set
+                    .decide_grant_with(&slice, desc, &principal, scenario, now)
+                    .unwrap();
+                let full = set
+                    .decide_grant_with(&whole, desc, &principal, scenario, now)
+                    .unwrap();
+                assert_eq!(sliced, full, "{user} {scenario} {}", desc.id());
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 16);
+
+    // The slices are smaller than the set: other scenarios, actions and principals are out.
+    let alice = entity_uid("Lake::User", "alice").unwrap();
+    let ids = |s: &cedar_policy::PolicySet| {
+        let mut v: Vec<String> = s.policies().map(|p| p.id().to_string()).collect();
+        v.sort();
+        v
+    };
+    let slice = set.slice(&alice, "alice", "hr-stats");
+    assert_eq!(ids(&slice.sets[QUERY]), ["scope-any"]);
+    assert_eq!(ids(&slice.sets[READ_COLUMN]), ["cols-hr-stats"]);
+    assert_eq!(
+        ids(&slice.sets[READ_MASKED]),
+        ["mask-not-first", "mask-unless"]
+    );
+    assert_eq!(ids(&slice.sets[AGGREGATE]), ["agg-alice"]);
+    assert_eq!(
+        ids(&slice.sets[READ_ROW]),
+        ["rows-forbid-any", "rows-hr-stats"]
+    );
+    let mallory = entity_uid("Lake::User", "mallory").unwrap();
+    let slice = set.slice(&mallory, "mallory", "old");
+    assert_eq!(ids(&slice.sets[QUERY]), ["scope-any"]);
+    assert_eq!(
+        ids(&slice.sets[READ_COLUMN]),
+        ["cols-reversed", "forbid-salary-old"]
+    );
+    assert!(ids(&slice.sets[AGGREGATE]).is_empty());
+    // A user the store does not hold: no principal scope is trusted to exclude.
+    let ghost = entity_uid("Lake::User", "ghost").unwrap();
+    let slice = set.slice(&ghost, "ghost", "old");
+    assert_eq!(ids(&slice.sets[READ_ROW]), ["rows-forbid-any", "rows-old"]);
+}

@@ -1,0 +1,213 @@
+//! Slicing a policy set to the policies that can apply to one (user, scenario).
+//!
+//! Cedar evaluates every policy of a set for every request. A deployment with many scenarios
+//! has most policies written for other principals, other actions or other scenarios; they
+//! evaluate to `false` and cost time. A policy is left out of a slice only when it is *certain*
+//! to evaluate to `false` without an error for every request of that (user, scenario):
+//!
+//! - its scope names an action, a principal or a principal type the request cannot match (Cedar
+//!   evaluates the scope first, and a scope never errors);
+//! - or the leftmost conjunct of its first `when` clause is
+//!   `context.scenario == Lake::Scenario::"X"` for another scenario X (evaluated right after the
+//!   scope; `==` never errors and `&&` stops at the first `false`).
+//!
+//! A policy left out would have been `false`: not a reason, not an error, no residual. So the
+//! decisions, their reasons and their diagnostics are those of the whole set — the equivalence
+//! test in `tests.rs` checks that on a mixed set. Whatever the reader does not recognise keeps the
+//! policy in.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use cedar_policy::{pst, EntityId, EntityTypeName, EntityUid, Policy};
+
+use super::ACTIONS;
+
+/// The Cedar type of every principal the gateway asks about.
+const USER_TYPE: &str = "Lake::User";
+/// The Cedar type of scenarios.
+const SCENARIO_TYPE: &str = "Lake::Scenario";
+
+/// Which requests a policy may apply to, read off its scope and its first condition.
+#[derive(Debug, Clone)]
+pub(super) struct Reach {
+    /// The actions its scope names (`==` or `in [..]`); `None`: any action.
+    actions: Option<Vec<EntityUid>>,
+    principal: PrincipalReach,
+    /// The scenario its first condition requires, if it requires one first.
+    scenario: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum PrincipalReach {
+    Any,
+    Eq(EntityUid),
+    In(EntityUid),
+    /// `is T`, `is T in E`: a type the gateway never asks about makes the policy unreachable.
+    Is {
+        is_user: bool,
+        within: Option<EntityUid>,
+    },
+}
+
+/// What a slice is cut for: the user, the user's ancestors, the scenario.
+pub(super) struct Requester<'a> {
+    /// `Lake::User::"<id>"`.
+    pub user: &'a EntityUid,
+    /// The user's ancestors in the entity store; `None` if the store does not hold the user
+    /// (then no principal scope is trusted to exclude anything).
+    pub ancestors: Option<HashSet<EntityUid>>,
+    /// The scenario id.
+    pub scenario: &'a str,
+}
+
+impl Reach {
+    /// Reads a policy. Anything not understood widens the reach (keeps the policy in slices).
+    pub(super) fn of(policy: &Policy) -> Reach {
+        let Ok(pst) = policy.to_pst() else {
+            return Reach::everything();
+        };
+        let body = pst.body();
+        let actions = match &body.action {
+            pst::ActionConstraint::Any => None,
+            pst::ActionConstraint::Eq(a) => uid(a).map(|a| vec![a]),
+            pst::ActionConstraint::In(list) => list.iter().map(uid).collect(),
+        };
+        let entity = |e: &pst::EntityOrSlot| match e {
+            pst::EntityOrSlot::Entity(u) => uid(u),
+            pst::EntityOrSlot::Slot(_) => None,
+        };
+        let principal = match &body.principal {
+            pst::PrincipalConstraint::Any => PrincipalReach::Any,
+            pst::PrincipalConstraint::Eq(e) => {
+                entity(e).map_or(PrincipalReach::Any, PrincipalReach::Eq)
+            }
+            pst::PrincipalConstraint::In(e) => {
+                entity(e).map_or(PrincipalReach::Any, PrincipalReach::In)
+            }
+            pst::PrincipalConstraint::Is(t) => PrincipalReach::Is {
+                is_user: t.to_string() == USER_TYPE,
+                within: None,
+            },
+            pst::PrincipalConstraint::IsIn(t, e) => match entity(e) {
+                Some(within) => PrincipalReach::Is {
+                    is_user: t.to_string() == USER_TYPE,
+                    within: Some(within),
+                },
+                None => PrincipalReach::Is {
+                    is_user: t.to_string() == USER_TYPE,
+                    within: None,
+                },
+            },
+        };
+        let scenario = match body.clauses().first() {
+            Some(pst::Clause::When(e)) => required_scenario(e),
+            _ => None,
+        };
+        Reach {
+            actions,
+            principal,
+            scenario,
+        }
+    }
+
+    fn everything() -> Reach {
+        Reach {
+            actions: None,
+            principal: PrincipalReach::Any,
+            scenario: None,
+        }
+    }
+
+    /// Whether the policy may apply to `who` (any action).
+    pub(super) fn reaches(&self, who: &Requester<'_>) -> bool {
+        if let Some(s) = &self.scenario {
+            if s != who.scenario {
+                return false;
+            }
+        }
+        let is_or_in =
+            |e: &EntityUid| e == who.user || who.ancestors.as_ref().is_none_or(|a| a.contains(e));
+        match &self.principal {
+            PrincipalReach::Any => true,
+            PrincipalReach::Eq(e) => e == who.user,
+            PrincipalReach::In(e) => is_or_in(e),
+            PrincipalReach::Is { is_user, within } => {
+                *is_user && within.as_ref().is_none_or(is_or_in)
+            }
+        }
+    }
+
+    /// Whether the policy may apply to `action`, whose ancestors are `action_ancestors`
+    /// (`None`: unknown, then any `in` may hold).
+    pub(super) fn reaches_action(
+        &self,
+        action: &EntityUid,
+        action_ancestors: Option<&HashSet<EntityUid>>,
+    ) -> bool {
+        match &self.actions {
+            None => true,
+            Some(list) => list
+                .iter()
+                .any(|a| a == action || action_ancestors.is_none_or(|anc| anc.contains(a))),
+        }
+    }
+}
+
+/// The actions the gateway asks about, in [`ACTIONS`] order, as entity uids.
+pub(super) fn action_uids() -> Vec<EntityUid> {
+    ACTIONS
+        .iter()
+        .map(|a| {
+            let ty = EntityTypeName::from_str("Lake::Action").expect("a valid type name");
+            EntityUid::from_type_name_and_id(ty, EntityId::new(a))
+        })
+        .collect()
+}
+
+fn uid(u: &pst::EntityUID) -> Option<EntityUid> {
+    let ty = EntityTypeName::from_str(&u.ty.to_string()).ok()?;
+    Some(EntityUid::from_type_name_and_id(
+        ty,
+        EntityId::new(u.eid.as_str()),
+    ))
+}
+
+/// `X` when the leftmost conjunct of `e` is `context.scenario == Lake::Scenario::"X"` (either
+/// side).
+fn required_scenario(e: &pst::Expr) -> Option<String> {
+    let mut e = e;
+    while let pst::Expr::BinaryOp {
+        op: pst::BinaryOp::And,
+        left,
+        ..
+    } = e
+    {
+        e = left;
+    }
+    let pst::Expr::BinaryOp {
+        op: pst::BinaryOp::Eq,
+        left,
+        right,
+    } = e
+    else {
+        return None;
+    };
+    let is_context_scenario = |x: &pst::Expr| {
+        matches!(x, pst::Expr::GetAttr { expr, attr }
+            if attr.as_str() == "scenario" && matches!(expr.as_ref(), pst::Expr::Var(pst::Var::Context)))
+    };
+    let scenario_literal = |x: &pst::Expr| match x {
+        pst::Expr::Literal(pst::Literal::EntityUID(u)) if u.ty.to_string() == SCENARIO_TYPE => {
+            Some(u.eid.to_string())
+        }
+        _ => None,
+    };
+    if is_context_scenario(left) {
+        scenario_literal(right)
+    } else if is_context_scenario(right) {
+        scenario_literal(left)
+    } else {
+        None
+    }
+}
