@@ -72,6 +72,9 @@ pub struct Gateway {
     policy_fingerprint: std::sync::Mutex<Vec<(PathBuf, u64, SystemTime)>>,
     mask_key: Option<Arc<[u8]>>,
     runtime: Arc<RuntimeEnv>,
+    /// `[execution] sort_merge_joins`: DataFusion's hash join cannot spill its build side, a
+    /// sort-merge join spills.
+    sort_merge_joins: bool,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -112,6 +115,7 @@ impl Gateway {
                 .as_ref()
                 .map(|k| Arc::from(k.as_bytes())),
             runtime: runtime_env(&config.execution)?,
+            sort_merge_joins: config.execution.sort_merge_joins,
         };
         gateway.load_export_state().await?;
         Ok(gateway)
@@ -354,10 +358,13 @@ impl Gateway {
     /// A DataFusion session for one request: the `lake` catalog behind this principal's gate,
     /// no other catalog, no URL tables, no information_schema.
     fn session(&self, user: &str, scenario: &str) -> datafusion::execution::SessionState {
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(LAKE_CATALOG, "public")
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(false);
+        if self.sort_merge_joins {
+            config.options_mut().optimizer.prefer_hash_join = false;
+        }
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(self.runtime.clone())

@@ -72,6 +72,9 @@ pub(crate) struct ScanSpec {
     pub outputs: Vec<(String, Option<Mask>)>,
     /// The partition count of the Delta scan as planned.
     pub partitions: usize,
+    /// The target partition count the optimizer split the Delta scan's files for, if it did.
+    /// An executor refuses such a scan (see [`SecureScanCodec`]).
+    pub repartition: Option<usize>,
 }
 
 /// The Delta scan as planned in this process, and the compiled row predicate.
@@ -342,6 +345,39 @@ impl ExecutionPlan for SecureScanExec {
         Some(self.metrics.clone_inner())
     }
 
+    /// Splits the raw scan's files over more partitions, as the optimizer does for a bare Delta
+    /// scan (it cannot reach through this leaf). The barrier works batch by batch, so it holds
+    /// the same on any partitioning.
+    fn repartitioned(
+        &self,
+        target_partitions: usize,
+        config: &datafusion::config::ConfigOptions,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(planned) = &self.planned else {
+            return Ok(None);
+        };
+        let Some(input) = planned.input.repartitioned(target_partitions, config)? else {
+            return Ok(None);
+        };
+        let mut spec = (*self.spec).clone();
+        spec.partitions = input.output_partitioning().partition_count();
+        spec.repartition = Some(target_partitions);
+        let planned = Planned {
+            input,
+            ..planned.clone()
+        };
+        Ok(Some(Arc::new(
+            SecureScanExec::new(
+                spec,
+                self.schema.clone(),
+                self.mask_key.clone(),
+                self.storage.clone(),
+                Some(planned),
+            )
+            .with_raw_statistics(self.share_statistics),
+        )))
+    }
+
     /// The raw scan's statistics (its row count, and whatever else the Delta scan knows) when the
     /// table is served exactly as stored: joins then pick their build side as they would without
     /// the gateway. Under a row predicate, a mask or an aggregate-only column they would describe
@@ -436,6 +472,8 @@ struct Wire {
     predicate: Option<Predicate>,
     outputs: Vec<(String, Option<Mask>)>,
     partitions: usize,
+    #[serde(default)]
+    repartition: Option<usize>,
     /// The output schema as an Arrow IPC stream with no batches.
     schema: Vec<u8>,
 }
@@ -505,6 +543,16 @@ impl PhysicalExtensionCodec for SecureScanCodec {
             return Err(codec_err("a secure scan has no inputs"));
         }
         let wire: Wire = serde_json::from_slice(buf).map_err(codec_err)?;
+        if let Some(target) = wire.repartition {
+            // Re-planned and split again here, the Delta scan returned every row in every
+            // partition (seen in tests/tests/codec.rs): refuse rather than answer wrongly.
+            return Err(codec_err(format!(
+                "the secure scan of {} was split over {target} partitions, which an executor \
+                 cannot re-plan yet; plan with datafusion.optimizer.repartition_file_scans = false \
+                 for distributed execution",
+                wire.table
+            )));
+        }
         let nodes = wire
             .filters
             .iter()
@@ -523,6 +571,7 @@ impl PhysicalExtensionCodec for SecureScanCodec {
             predicate: wire.predicate,
             outputs: wire.outputs,
             partitions: wire.partitions,
+            repartition: wire.repartition,
         };
         Ok(Arc::new(SecureScanExec::new(
             spec,
@@ -560,6 +609,7 @@ impl PhysicalExtensionCodec for SecureScanCodec {
             predicate: spec.predicate.clone(),
             outputs: spec.outputs.clone(),
             partitions: spec.partitions,
+            repartition: spec.repartition,
             schema,
         };
         serde_json::to_writer(buf, &wire).map_err(codec_err)

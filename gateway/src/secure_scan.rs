@@ -288,6 +288,7 @@ impl TableProvider for SecureTable {
                 })
                 .collect(),
             partitions: inner.output_partitioning().partition_count(),
+            repartition: None,
         };
         Ok(Arc::new(
             SecureScanExec::planned(

@@ -189,6 +189,10 @@ pub struct ExecutionConfig {
     pub memory_limit_bytes: Option<u64>,
     /// `spill_dir`: where spill files go (default: the system's temporary folder).
     pub spill_dir: Option<PathBuf>,
+    /// `sort_merge_joins`: plan equi-joins as sort-merge joins, which spill, instead of hash
+    /// joins, whose build side must fit the pool. Slower; for pools smaller than a join's build
+    /// side. Default: false.
+    pub sort_merge_joins: bool,
 }
 
 // ---- the file as written ----------------------------------------------------------------
@@ -213,6 +217,8 @@ struct RawConfig {
 struct RawExecution {
     memory_limit_bytes: Option<u64>,
     spill_dir: Option<String>,
+    #[serde(default)]
+    sort_merge_joins: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -472,6 +478,7 @@ impl Config {
         let execution = ExecutionConfig {
             memory_limit_bytes: raw.execution.memory_limit_bytes,
             spill_dir: raw.execution.spill_dir.as_deref().map(|d| base.join(d)),
+            sort_merge_joins: raw.execution.sort_merge_joins,
         };
 
         Ok(Config {

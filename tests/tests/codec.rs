@@ -2,7 +2,7 @@
 //! decoded in a "remote" context that re-plans the Delta scan, it returns exactly what it returns
 //! locally — rows filtered and columns masked — and the encoding holds no mask key.
 
-use datafusion::physical_plan::collect;
+use datafusion::physical_plan::{collect, ExecutionPlanProperties};
 use datafusion_proto::bytes::{
     physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
 };
@@ -55,4 +55,115 @@ async fn the_secure_scan_round_trips_through_its_codec() {
         let remote = pretty(&collect(decoded, ctx).await.unwrap());
         assert_eq!(remote, local, "{sql}");
     }
+}
+
+/// The first secure scan in `plan`.
+fn secure_scan(
+    plan: &std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+) -> Option<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    if plan.name() == "SecureScanExec" {
+        return Some(plan.clone());
+    }
+    plan.children().into_iter().find_map(secure_scan)
+}
+
+/// Rows as sorted text lines: the same rows in any partition order compare equal.
+fn row_lines(batches: &[datafusion::arrow::record_batch::RecordBatch]) -> Vec<String> {
+    let mut lines: Vec<String> = pretty(batches)
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The optimizer splits a bare Delta scan's files over the target partitions; it cannot reach
+/// through the secure scan (a leaf), so the secure scan splits its raw scan itself. Split, it
+/// returns the same filtered and masked rows. An executor refuses to decode a split scan: re-planned
+/// and split there, the Delta scan returned every row in every partition.
+#[tokio::test]
+async fn the_secure_scan_splits_its_files_like_a_bare_scan() {
+    let mut config = lake_config::Config::load(&shared_demo().join("lakegate.toml")).unwrap();
+    let key = "split-test-mask-key";
+    config.policy.mask_key = Some(key.into());
+    // Its own audit folder: one gateway per folder, and the other test here opens the demo's.
+    let audit = tempfile::tempdir().unwrap();
+    config.audit.dir = audit.path().to_path_buf();
+    let gateway = Gateway::open(&config).await.unwrap();
+    let who = Principal {
+        user: "officer".into(),
+        scenario: Some("district-services".into()),
+    };
+    let query = gateway
+        .prepare(&who, "SELECT * FROM health.visits")
+        .await
+        .unwrap();
+    let plan = query.physical_plan().await.unwrap();
+    let scan = secure_scan(&plan).expect("a secure scan");
+    let ctx = query.task_context();
+    let one = row_lines(&collect(scan.clone(), ctx.clone()).await.unwrap());
+    assert!(one.len() > 10, "{}", one.len());
+
+    let mut options = datafusion::config::ConfigOptions::new();
+    options.optimizer.repartition_file_min_size = 0;
+    let split = scan
+        .repartitioned(4, &options)
+        .unwrap()
+        .expect("the raw scan splits");
+    let partitions = split.output_partitioning().partition_count();
+    assert!(partitions > scan.output_partitioning().partition_count());
+    assert_eq!(
+        row_lines(&collect(split.clone(), ctx.clone()).await.unwrap()),
+        one
+    );
+
+    let codec = SecureScanCodec::new(Some(key.as_bytes()), Default::default());
+    let bytes = physical_plan_to_bytes_with_extension_codec(split, &codec).unwrap();
+    let err = physical_plan_from_bytes_with_extension_codec(&bytes, &ctx, &codec)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("split over 4 partitions"), "{err}");
+    assert!(partitions > 1);
+}
+
+/// `[execution] sort_merge_joins` plans sort-merge joins (they spill; hash joins cannot), and the
+/// answers do not change.
+#[tokio::test]
+async fn sort_merge_joins_can_be_chosen_and_answer_the_same() {
+    let sql = "SELECT a.visit_id, b.district FROM health.visits a \
+               JOIN health.visits b ON a.visit_id = b.visit_id ORDER BY a.visit_id";
+    let who = Principal {
+        user: "officer".into(),
+        scenario: Some("district-services".into()),
+    };
+    let mut answers = Vec::new();
+    for sort_merge in [false, true] {
+        let mut config = lake_config::Config::load(&shared_demo().join("lakegate.toml")).unwrap();
+        let audit = tempfile::tempdir().unwrap();
+        config.audit.dir = audit.path().to_path_buf();
+        config.execution.memory_limit_bytes = Some(256 << 20);
+        config.execution.sort_merge_joins = sort_merge;
+        let gateway = Gateway::open(&config).await.unwrap();
+        let query = gateway.prepare(&who, sql).await.unwrap();
+        let plan = query.physical_plan().await.unwrap();
+        let shown = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(false)
+            .to_string();
+        // DataFusion plans sort-merge joins only with more than one target partition.
+        let parallel = query.task_context().session_config().target_partitions() > 1;
+        let (expected, not) = if sort_merge && parallel {
+            ("SortMergeJoin", "HashJoinExec")
+        } else {
+            ("HashJoinExec", "SortMergeJoin")
+        };
+        assert!(
+            shown.contains(expected) && !shown.contains(not),
+            "{sort_merge}\n{shown}"
+        );
+        answers.push(pretty(&collect(plan, query.task_context()).await.unwrap()));
+    }
+    assert!(answers[0].lines().count() > 10);
+    assert_eq!(answers[0], answers[1]);
 }
