@@ -7,6 +7,7 @@
 #   scripts/bench.sh wire [ROWS]     10M-row result: raw DoGet vs Flight SQL vs ADBC, MB/s
 #   scripts/bench.sh micro           policy decision / rewrite / TPE micro-benchmarks
 #   scripts/bench.sh memory [SF]     SF 10 (default) under a 4 GiB memory pool with spilling
+#                                    (then Q18 again with sort-merge joins)
 #
 # RUNS (default 3) and WARMUP (default 1) set the timed and warm-up runs of `modes`.
 set -euo pipefail
@@ -45,6 +46,8 @@ case "${1:-quick}" in
     sf=${2:-10}
     "$BIN" gen --dir "$BENCH/sf$sf" --sf "$sf"
     "$BIN" memory --dir "$BENCH/sf$sf" --limit $((4 << 30))
+    # The query whose hash join outgrows the pool, again with sort-merge joins (they spill).
+    "$BIN" memory --dir "$BENCH/sf$sf" --limit $((4 << 30)) --sort-merge-joins --queries 18
     ;;
   *) echo "usage: scripts/bench.sh quick | modes SF | wire [ROWS] | micro | memory [SF]"; exit 2 ;;
 esac

@@ -72,6 +72,9 @@ enum Command {
         limit: u64,
         #[arg(long)]
         queries: Option<String>,
+        /// Plan joins as sort-merge joins (`[execution] sort_merge_joins`), which spill.
+        #[arg(long)]
+        sort_merge_joins: bool,
     },
 }
 
@@ -164,12 +167,13 @@ async fn main() -> anyhow::Result<()> {
             dir,
             limit,
             queries: list,
+            sort_merge_joins,
         } => {
             let qs = match list {
                 Some(l) => queries::select(&l)?,
                 None => queries::all(),
             };
-            lakegate_benches::memory::run(&dir, limit, &qs).await?;
+            lakegate_benches::memory::run(&dir, limit, sort_merge_joins, &qs).await?;
         }
     }
     Ok(())

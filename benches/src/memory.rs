@@ -22,21 +22,33 @@ pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", b"5").is_ok()
 }
 
-/// Runs `queries` through the gateway under a pool of `limit` bytes and prints a Markdown table.
-pub async fn run(dir: &Path, limit: u64, queries: &[Query]) -> anyhow::Result<()> {
+/// Runs `queries` through the gateway under a pool of `limit` bytes (joins planned as sort-merge
+/// joins if `sort_merge_joins`) and prints a Markdown table.
+pub async fn run(
+    dir: &Path,
+    limit: u64,
+    sort_merge_joins: bool,
+    queries: &[Query],
+) -> anyhow::Result<()> {
     let dir = std::fs::canonicalize(dir)?;
     let manifest = tpch::Manifest::read(&dir)?;
     tpch::write_setup(&dir)?;
     let mut config = tpch::config(&dir, Some(limit))?;
     config.audit.dir = dir.join("audit-memory");
+    config.execution.sort_merge_joins = sort_merge_joins;
     let gateway = Arc::new(gateway::Gateway::open(&config).await?);
     let mode_b = crate::modes::InProcess::new(gateway, tpch::PERMISSIVE);
     let resettable = reset_peak_rss();
     println!(
-        "TPC-H SF {} through the gateway (permissive), memory pool {:.1} GiB, spilling to {}; \
-         peak RSS {}\n",
+        "TPC-H SF {} through the gateway (permissive), memory pool {:.1} GiB, {} joins, \
+         spilling to {}; peak RSS {}\n",
         manifest.scale_factor,
         limit as f64 / (1u64 << 30) as f64,
+        if sort_merge_joins {
+            "sort-merge"
+        } else {
+            "hash"
+        },
         dir.join("spill").display(),
         if resettable {
             "per query (VmHWM reset before each)"
