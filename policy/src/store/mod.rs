@@ -464,7 +464,7 @@ impl PolicySet {
             return Ok(Grant::denied(vec![]));
         }
         let principal = entity_uid("Lake::User", user)?;
-        let slice = self.slice(&principal, user, scenario);
+        let slice = self.slice(&principal, user, scenario)?;
         self.decide_grant_with(&slice, desc, &principal, scenario, now)
     }
 
@@ -704,10 +704,15 @@ impl PolicySet {
     }
 
     /// The policies that can apply to `user` under `scenario`, per action; cached.
-    fn slice(&self, principal: &EntityUid, user: &str, scenario: &str) -> std::sync::Arc<Slice> {
+    fn slice(
+        &self,
+        principal: &EntityUid,
+        user: &str,
+        scenario: &str,
+    ) -> Result<std::sync::Arc<Slice>, PolicyError> {
         let key = (user.to_string(), scenario.to_string());
         if let Some(s) = self.slices.lock().expect("slice cache poisoned").get(&key) {
-            return s.clone();
+            return Ok(s.clone());
         }
         let who = Requester {
             user: principal,
@@ -728,7 +733,7 @@ impl PolicySet {
             for (set, (action, ancestors)) in sets.iter_mut().zip(&self.actions) {
                 if reach.reaches_action(action, ancestors.as_ref()) {
                     set.add(policy.clone())
-                        .expect("a policy of a valid set adds to a subset");
+                        .map_err(|e| PolicyError::Request(describe(&e)))?;
                 }
             }
         }
@@ -738,7 +743,7 @@ impl PolicySet {
             cache.clear();
         }
         cache.insert(key, slice.clone());
-        slice
+        Ok(slice)
     }
 
     fn context(&self, scenario: &str, now: SystemTime) -> Result<Context, PolicyError> {

@@ -398,7 +398,7 @@ fn slices_decide_exactly_as_the_whole_set() {
     for user in ["alice", "mallory", "o'brien \"q\"", "ghost"] {
         let principal = entity_uid("Lake::User", user).unwrap();
         for scenario in ["hr-stats", "old"] {
-            let slice = set.slice(&principal, user, scenario);
+            let slice = set.slice(&principal, user, scenario).unwrap();
             for desc in set.tables.values() {
                 let sliced = set
                     .decide_grant_with(&slice, desc, &principal, scenario, now)
@@ -420,7 +420,7 @@ fn slices_decide_exactly_as_the_whole_set() {
         v.sort();
         v
     };
-    let slice = set.slice(&alice, "alice", "hr-stats");
+    let slice = set.slice(&alice, "alice", "hr-stats").unwrap();
     assert_eq!(ids(&slice.sets[QUERY]), ["scope-any"]);
     assert_eq!(ids(&slice.sets[READ_COLUMN]), ["cols-hr-stats"]);
     assert_eq!(
@@ -433,7 +433,7 @@ fn slices_decide_exactly_as_the_whole_set() {
         ["rows-forbid-any", "rows-hr-stats"]
     );
     let mallory = entity_uid("Lake::User", "mallory").unwrap();
-    let slice = set.slice(&mallory, "mallory", "old");
+    let slice = set.slice(&mallory, "mallory", "old").unwrap();
     assert_eq!(ids(&slice.sets[QUERY]), ["scope-any"]);
     assert_eq!(
         ids(&slice.sets[READ_COLUMN]),
@@ -442,6 +442,6 @@ fn slices_decide_exactly_as_the_whole_set() {
     assert!(ids(&slice.sets[AGGREGATE]).is_empty());
     // A user the store does not hold: no principal scope is trusted to exclude.
     let ghost = entity_uid("Lake::User", "ghost").unwrap();
-    let slice = set.slice(&ghost, "ghost", "old");
+    let slice = set.slice(&ghost, "ghost", "old").unwrap();
     assert_eq!(ids(&slice.sets[READ_ROW]), ["rows-forbid-any", "rows-old"]);
 }
