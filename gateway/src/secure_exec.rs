@@ -72,8 +72,8 @@ pub(crate) struct ScanSpec {
     pub outputs: Vec<(String, Option<Mask>)>,
     /// The partition count of the Delta scan as planned.
     pub partitions: usize,
-    /// The target partition count the optimizer split the Delta scan's files for, if it did.
-    /// An executor refuses such a scan (see [`SecureScanCodec`]).
+    /// The target partition count the optimizer split the Delta scan's files for, if it did
+    /// (an executor re-plans the scan and splits it the same way).
     pub repartition: Option<usize>,
 }
 
@@ -219,6 +219,17 @@ impl SecureScanExec {
                 spec.limit,
             )
             .await?;
+        let input = match spec.repartition {
+            Some(target) => {
+                // The planner chose to split; split the same files the same way whatever this
+                // process's size threshold says.
+                let mut options = ctx.session_config().options().as_ref().clone();
+                options.optimizer.repartition_file_scans = true;
+                options.optimizer.repartition_file_min_size = 0;
+                input.repartitioned(target, &options)?.unwrap_or(input)
+            }
+            None => input,
+        };
         if input.output_partitioning().partition_count() != spec.partitions {
             return Err(DataFusionError::Execution(format!(
                 "secure scan of {}: the Delta scan has {} partitions here, {} were planned",
@@ -440,6 +451,25 @@ impl ExecutionPlan for SecureScanExec {
             None => {
                 let (spec, storage, schema) =
                     (self.spec.clone(), self.storage.clone(), schema.clone());
+                // A re-planned scan executes one partition per plan instance: without this,
+                // DataFusion's file streams steal their siblings' files and every partition
+                // returns every row (`enable_file_stream_work_stealing` is meant for one process
+                // polling all partitions of one instance).
+                let mut config = context.session_config().clone();
+                config
+                    .options_mut()
+                    .execution
+                    .enable_file_stream_work_stealing = false;
+                let context = Arc::new(TaskContext::new(
+                    context.task_id(),
+                    context.session_id(),
+                    config,
+                    HashMap::new(),
+                    HashMap::new(),
+                    HashMap::new(),
+                    HashMap::new(),
+                    context.runtime_env(),
+                ));
                 futures::stream::once(async move {
                     let planned = Self::plan(spec, storage, context.clone()).await?;
                     let input = planned.input.execute(partition, context)?;
@@ -543,16 +573,6 @@ impl PhysicalExtensionCodec for SecureScanCodec {
             return Err(codec_err("a secure scan has no inputs"));
         }
         let wire: Wire = serde_json::from_slice(buf).map_err(codec_err)?;
-        if let Some(target) = wire.repartition {
-            // Re-planned and split again here, the Delta scan returned every row in every
-            // partition (seen in tests/tests/codec.rs): refuse rather than answer wrongly.
-            return Err(codec_err(format!(
-                "the secure scan of {} was split over {target} partitions, which an executor \
-                 cannot re-plan yet; plan with datafusion.optimizer.repartition_file_scans = false \
-                 for distributed execution",
-                wire.table
-            )));
-        }
         let nodes = wire
             .filters
             .iter()
