@@ -25,11 +25,23 @@ use slice::{Reach, Requester};
 /// (user, scenario, table).
 type GrantKey = (String, String, String);
 
+/// (action index, indices into `PolicySet::reach`): names an [`ActionSet`].
+type ActionSetKey = (usize, Vec<u32>);
+
 /// How many grants a policy set keeps before it starts over.
 const GRANT_CACHE_ENTRIES: usize = 10_000;
 
 /// How many (user, scenario) slices a policy set keeps before it starts over.
 const SLICE_CACHE_ENTRIES: usize = 10_000;
+
+/// How many distinct per-action policy sets a policy set keeps before it starts over.
+const ACTION_SET_ENTRIES: usize = 10_000;
+
+/// How many decisions one [`ActionSet`] memo keeps before it starts over.
+const MEMO_ENTRIES: usize = 100_000;
+
+/// How many (scenario, time) request contexts a policy set keeps before it starts over.
+const CONTEXT_ENTRIES: usize = 10_000;
 
 /// The actions a grant asks about; a [`Slice`] holds one policy set per action, in this order.
 const ACTIONS: [&str; 5] = [
@@ -47,7 +59,75 @@ const READ_ROW: usize = 4;
 
 /// The policies that can apply to one (user, scenario), per action (see [`slice`]).
 struct Slice {
-    sets: Vec<cedar_policy::PolicySet>,
+    /// One per [`ACTIONS`] entry; slices with the same policies for an action share its set.
+    sets: Vec<std::sync::Arc<ActionSet>>,
+    /// The entity store holds the user, so the slice settled every principal scope it kept:
+    /// shared sets may answer from their memos.
+    exact: bool,
+}
+
+/// The policies of one action that can apply to some (user, scenario).
+struct ActionSet {
+    policies: cedar_policy::PolicySet,
+    /// No policy reads the principal or the time ([`slice::reads_only_scenario`]): for every
+    /// user of an exact slice holding these policies, a decision depends only on the scenario
+    /// and the resource, and is memoized by them.
+    shared: bool,
+    /// Column and table decisions by (scenario, resource id).
+    decisions: Memo<(bool, Vec<String>)>,
+    /// Row predicates by (scenario, table id).
+    rows: Memo<(RowPredicate, Vec<String>)>,
+}
+
+impl ActionSet {
+    fn new(policies: cedar_policy::PolicySet, shared: bool) -> Self {
+        ActionSet {
+            policies,
+            shared,
+            decisions: Memo::default(),
+            rows: Memo::default(),
+        }
+    }
+}
+
+/// Answers by scenario, then resource; starts over when full.
+struct Memo<T> {
+    entries: std::sync::Mutex<MemoEntries<T>>,
+}
+
+struct MemoEntries<T> {
+    count: usize,
+    by_scenario: HashMap<String, HashMap<String, T>>,
+}
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Memo {
+            entries: std::sync::Mutex::new(MemoEntries {
+                count: 0,
+                by_scenario: HashMap::new(),
+            }),
+        }
+    }
+}
+
+impl<T: Clone> Memo<T> {
+    fn get(&self, scenario: &str, resource: &str) -> Option<T> {
+        let entries = self.entries.lock().expect("memo poisoned");
+        entries.by_scenario.get(scenario)?.get(resource).cloned()
+    }
+
+    fn put(&self, scenario: &str, resource: &str, value: T) {
+        let mut entries = self.entries.lock().expect("memo poisoned");
+        if entries.count >= MEMO_ENTRIES {
+            entries.count = 0;
+            entries.by_scenario.clear();
+        }
+        let by_resource = entries.by_scenario.entry(scenario.to_string()).or_default();
+        if by_resource.insert(resource.to_string(), value).is_none() {
+            entries.count += 1;
+        }
+    }
 }
 
 /// The minimum group size of an `aggregate` permit without `@min_group`.
@@ -81,6 +161,10 @@ pub struct PolicySet {
     column_type: EntityTypeName,
     /// Slices by (user, scenario): they do not depend on time.
     slices: std::sync::Mutex<HashMap<(String, String), std::sync::Arc<Slice>>>,
+    /// Per-action policy sets by (action, indices into `reach`): slices share them.
+    action_sets: std::sync::Mutex<HashMap<ActionSetKey, std::sync::Arc<ActionSet>>>,
+    /// Request contexts by scenario, with the time they were built for.
+    contexts: std::sync::Mutex<HashMap<String, (SystemTime, Context)>>,
     tables: BTreeMap<String, TableDescription>,
 }
 
@@ -374,6 +458,8 @@ impl PolicySet {
             actions,
             column_type: EntityTypeName::from_str("Lake::Column").expect("a valid type name"),
             slices: std::sync::Mutex::new(HashMap::new()),
+            action_sets: std::sync::Mutex::new(HashMap::new()),
+            contexts: std::sync::Mutex::new(HashMap::new()),
             tables: lake.tables.iter().map(|t| (t.id(), t.clone())).collect(),
         })
     }
@@ -419,7 +505,10 @@ impl PolicySet {
     /// the row unknown.
     ///
     /// Decisions are made at whole seconds (`context.now`) and cached per (user, scenario, table,
-    /// second) for the life of this set, so a repeated request costs a map lookup.
+    /// second) for the life of this set, so a repeated request costs a map lookup. Only the
+    /// policies that can apply to the (user, scenario) are evaluated (a slice); a column or row
+    /// decision of policies that read neither the principal nor the time is memoized per
+    /// (scenario, resource) and serves every user whose slice holds the same policies.
     pub fn grant(
         &self,
         user: &str,
@@ -479,9 +568,14 @@ impl PolicySet {
     ) -> Result<Grant, PolicyError> {
         let table = desc.id();
         let context = self.context(scenario, now)?;
+        let ask = Ask {
+            slice,
+            principal,
+            scenario,
+            context: &context,
+        };
         let table_uid = entity_uid("Lake::Table", &table)?;
-        let (allowed, table_policies) =
-            self.decide(&slice.sets[QUERY], principal, QUERY, table_uid, &context)?;
+        let (allowed, table_policies) = self.decide(&ask, QUERY, table_uid)?;
         if !allowed {
             return Ok(Grant::denied(table_policies));
         }
@@ -489,11 +583,11 @@ impl PolicySet {
         let mut columns = BTreeMap::new();
         let mut column_policies = BTreeMap::new();
         for c in &desc.columns {
-            let (treatment, why) = self.column(slice, principal, &table, &c.name, &context)?;
+            let (treatment, why) = self.column(&ask, &table, &c.name)?;
             columns.insert(c.name.clone(), treatment);
             column_policies.insert(c.name.clone(), why);
         }
-        let (rows, row_policies) = self.rows(&slice.sets[READ_ROW], desc, principal, &context)?;
+        let (rows, row_policies) = self.rows(&ask, desc)?;
         Ok(Grant {
             allowed: true,
             columns,
@@ -507,32 +601,18 @@ impl PolicySet {
     /// `read_column`, else `read_masked`, else `aggregate`, else hidden.
     fn column(
         &self,
-        slice: &Slice,
-        principal: &EntityUid,
+        ask: &Ask<'_>,
         table: &str,
         column: &str,
-        context: &Context,
     ) -> Result<(ColumnTreatment, Vec<String>), PolicyError> {
         let uid = EntityUid::from_type_name_and_id(
             self.column_type.clone(),
             EntityId::new(format!("{table}.{column}")),
         );
-        if let (true, why) = self.decide(
-            &slice.sets[READ_COLUMN],
-            principal,
-            READ_COLUMN,
-            uid.clone(),
-            context,
-        )? {
+        if let (true, why) = self.decide(ask, READ_COLUMN, uid.clone())? {
             return Ok((ColumnTreatment::Raw, why));
         }
-        if let (true, why) = self.decide(
-            &slice.sets[READ_MASKED],
-            principal,
-            READ_MASKED,
-            uid.clone(),
-            context,
-        )? {
+        if let (true, why) = self.decide(ask, READ_MASKED, uid.clone())? {
             let masks = why
                 .iter()
                 .map(|id| {
@@ -546,9 +626,7 @@ impl PolicySet {
             let mask = Mask::most_restrictive(masks).expect("an allow has a reason");
             return Ok((ColumnTreatment::Masked(mask), why));
         }
-        if let (true, why) =
-            self.decide(&slice.sets[AGGREGATE], principal, AGGREGATE, uid, context)?
-        {
+        if let (true, why) = self.decide(ask, AGGREGATE, uid)? {
             let k = why
                 .iter()
                 .map(|id| {
@@ -564,33 +642,44 @@ impl PolicySet {
         Ok((ColumnTreatment::Hidden, vec![]))
     }
 
-    /// One Cedar decision of [`ACTIONS`]`[action]` against `policies`: allowed or not, and the
-    /// determining policy ids.
+    /// One Cedar decision of [`ACTIONS`]`[action]` on `resource` against the slice's policies
+    /// for that action: allowed or not, and the determining policy ids.
     fn decide(
         &self,
-        policies: &cedar_policy::PolicySet,
-        principal: &EntityUid,
+        ask: &Ask<'_>,
         action: usize,
         resource: EntityUid,
-        context: &Context,
     ) -> Result<(bool, Vec<String>), PolicyError> {
+        let set = &ask.slice.sets[action];
+        if set.policies.is_empty() {
+            // What Cedar answers for no policies: deny, no reasons, no errors.
+            return Ok((false, vec![]));
+        }
+        let memo = ask.slice.exact && set.shared;
+        let key = resource.id().unescaped();
+        if memo {
+            if let Some(answer) = set.decisions.get(ask.scenario, key) {
+                return Ok(answer);
+            }
+        }
         // The table's `query` request is checked against the schema; a column's request has
         // the same principal and context and a column for a column action, so it is valid too.
         let schema = (action == QUERY).then_some(&self.schema);
         let request = Request::new(
-            principal.clone(),
+            ask.principal.clone(),
             self.actions[action].0.clone(),
-            resource,
-            context.clone(),
+            resource.clone(),
+            ask.context.clone(),
             schema,
         )
         .map_err(|e| PolicyError::Request(describe(&e)))?;
         let response = self
             .authorizer
-            .is_authorized(&request, policies, &self.entities);
+            .is_authorized(&request, &set.policies, &self.entities);
         for e in response.diagnostics().errors() {
             // Cedar skips a policy that errors; the decision stands on the rest.
             let action = ACTIONS[action];
+            let principal = ask.principal;
             tracing::warn!(%principal, action, "policy evaluation error: {e}");
         }
         let mut ids: Vec<String> = response
@@ -600,7 +689,11 @@ impl PolicySet {
             .collect();
         // Cedar's reasons come from a hash set: sorted, records do not depend on its order.
         ids.sort();
-        Ok((response.decision() == Decision::Allow, ids))
+        let answer = (response.decision() == Decision::Allow, ids);
+        if memo {
+            set.decisions.put(ask.scenario, key, answer.clone());
+        }
+        Ok(answer)
     }
 
     /// The row predicate: `read_row` with the row unknown. Permit residuals are OR-ed, forbid
@@ -608,11 +701,35 @@ impl PolicySet {
     /// permit then admits no row, a forbid excludes every row.
     fn rows(
         &self,
+        ask: &Ask<'_>,
+        desc: &TableDescription,
+    ) -> Result<(RowPredicate, Vec<String>), PolicyError> {
+        let set = &ask.slice.sets[READ_ROW];
+        if set.policies.is_empty() {
+            // No permit: no row, and nothing to name.
+            return Ok((RowPredicate::None, vec![]));
+        }
+        let memo = ask.slice.exact && set.shared;
+        let table = desc.id();
+        if memo {
+            if let Some(answer) = set.rows.get(ask.scenario, &table) {
+                return Ok(answer);
+            }
+        }
+        let answer = self.partially_evaluate_rows(&set.policies, desc, ask)?;
+        if memo {
+            set.rows.put(ask.scenario, &table, answer.clone());
+        }
+        Ok(answer)
+    }
+
+    fn partially_evaluate_rows(
+        &self,
         policies: &cedar_policy::PolicySet,
         desc: &TableDescription,
-        principal: &EntityUid,
-        context: &Context,
+        ask: &Ask<'_>,
     ) -> Result<(RowPredicate, Vec<String>), PolicyError> {
+        let (principal, context) = (ask.principal, ask.context);
         let Some(row_type) = row_type(desc) else {
             tracing::warn!(table = %desc.id(), "table name is not a Cedar identifier: no rows");
             return Ok((RowPredicate::None, vec![]));
@@ -722,22 +839,26 @@ impl PolicySet {
                 .map(|a| a.cloned().collect()),
             scenario,
         };
-        let mut sets: Vec<cedar_policy::PolicySet> = ACTIONS
-            .iter()
-            .map(|_| cedar_policy::PolicySet::new())
-            .collect();
-        for (policy, reach) in &self.reach {
+        let mut members: Vec<Vec<u32>> = ACTIONS.iter().map(|_| Vec::new()).collect();
+        for (i, (_, reach)) in self.reach.iter().enumerate() {
             if !reach.reaches(&who) {
                 continue;
             }
-            for (set, (action, ancestors)) in sets.iter_mut().zip(&self.actions) {
+            for (list, (action, ancestors)) in members.iter_mut().zip(&self.actions) {
                 if reach.reaches_action(action, ancestors.as_ref()) {
-                    set.add(policy.clone())
-                        .map_err(|e| PolicyError::Request(describe(&e)))?;
+                    list.push(i as u32);
                 }
             }
         }
-        let slice = std::sync::Arc::new(Slice { sets });
+        let sets = members
+            .into_iter()
+            .enumerate()
+            .map(|(action, list)| self.action_set(action, list))
+            .collect::<Result<_, _>>()?;
+        let slice = std::sync::Arc::new(Slice {
+            sets,
+            exact: who.ancestors.is_some(),
+        });
         let mut cache = self.slices.lock().expect("slice cache poisoned");
         if cache.len() >= SLICE_CACHE_ENTRIES {
             cache.clear();
@@ -746,18 +867,73 @@ impl PolicySet {
         Ok(slice)
     }
 
+    /// The set of the policies `members` (indices into `reach`) for `action`, shared with
+    /// every slice that holds the same ones.
+    fn action_set(
+        &self,
+        action: usize,
+        members: Vec<u32>,
+    ) -> Result<std::sync::Arc<ActionSet>, PolicyError> {
+        let mut sets = self.action_sets.lock().expect("action sets poisoned");
+        let key = (action, members);
+        if let Some(set) = sets.get(&key) {
+            return Ok(set.clone());
+        }
+        let mut policies = cedar_policy::PolicySet::new();
+        let mut shared = true;
+        for &i in &key.1 {
+            let (policy, reach) = &self.reach[i as usize];
+            policies
+                .add(policy.clone())
+                .map_err(|e| PolicyError::Request(describe(&e)))?;
+            shared &= reach.shared;
+        }
+        let set = std::sync::Arc::new(ActionSet::new(policies, shared));
+        if sets.len() >= ACTION_SET_ENTRIES {
+            sets.clear();
+        }
+        sets.insert(key, set.clone());
+        Ok(set)
+    }
+
+    /// `{scenario, now}`; the last one built per scenario is kept (building parses the
+    /// datetime, which costs more than a decision).
     fn context(&self, scenario: &str, now: SystemTime) -> Result<Context, PolicyError> {
-        let now: chrono::DateTime<chrono::Utc> = now.into();
-        let now = now.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-        Context::from_pairs([
+        if let Some((at, context)) = self
+            .contexts
+            .lock()
+            .expect("context cache poisoned")
+            .get(scenario)
+        {
+            if *at == now {
+                return Ok(context.clone());
+            }
+        }
+        let at: chrono::DateTime<chrono::Utc> = now.into();
+        let at = at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let context = Context::from_pairs([
             (
                 "scenario".to_string(),
                 RestrictedExpression::new_entity_uid(entity_uid("Lake::Scenario", scenario)?),
             ),
-            ("now".to_string(), RestrictedExpression::new_datetime(now)),
+            ("now".to_string(), RestrictedExpression::new_datetime(at)),
         ])
-        .map_err(|e| PolicyError::Request(describe(&e)))
+        .map_err(|e| PolicyError::Request(describe(&e)))?;
+        let mut contexts = self.contexts.lock().expect("context cache poisoned");
+        if contexts.len() >= CONTEXT_ENTRIES {
+            contexts.clear();
+        }
+        contexts.insert(scenario.to_string(), (now, context.clone()));
+        Ok(context)
     }
+}
+
+/// One grant's requests: who asks, under which scenario, with which policies.
+struct Ask<'a> {
+    slice: &'a Slice,
+    principal: &'a EntityUid,
+    scenario: &'a str,
+    context: &'a Context,
 }
 
 /// `Type::"id"` with any id text (built, not parsed: no escaping to get wrong).

@@ -36,6 +36,9 @@ pub(super) struct Reach {
     principal: PrincipalReach,
     /// The scenario its first condition requires, if it requires one first.
     scenario: Option<String>,
+    /// Its conditions read nothing of the request but the action, the resource and
+    /// `context.scenario` (see [`reads_only_scenario`]).
+    pub(super) shared: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +111,7 @@ impl Reach {
             actions,
             principal,
             scenario,
+            shared: reads_only_scenario(policy),
         }
     }
 
@@ -116,6 +120,7 @@ impl Reach {
             actions: None,
             principal: PrincipalReach::Any,
             scenario: None,
+            shared: false,
         }
     }
 
@@ -151,6 +156,55 @@ impl Reach {
                 .iter()
                 .any(|a| a == action || action_ancestors.is_none_or(|anc| anc.contains(a))),
         }
+    }
+}
+
+/// Whether `policy`'s conditions read neither `principal` nor any of `context` but
+/// `context.scenario`. Then, for a user the entity store holds, its value depends only on the
+/// action, the resource and the scenario: its principal scope is settled by the slice (a slice
+/// holds it only when the scope admits the user), and the time is not read. Every user whose
+/// slice holds the same policies gets the same decisions, at any time.
+///
+/// Read off the policy's JSON form: every variable there is a `{"Var": ..}` node, so a
+/// generic walk cannot miss a kind of expression. Anything unexpected counts as reading.
+pub(super) fn reads_only_scenario(policy: &Policy) -> bool {
+    match policy.to_json() {
+        Ok(json) => match json.get("conditions") {
+            Some(conditions @ serde_json::Value::Array(_)) => !reads_user_or_time(conditions),
+            _ => false,
+        },
+        Err(_) => false,
+    }
+}
+
+fn reads_user_or_time(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(var)) = m.get("Var") {
+                return var == "principal" || var == "context";
+            }
+            // `context.scenario` and `context has scenario`: the scenario, which keys memos.
+            let is_scenario = |op: &str| {
+                m.len() == 1
+                    && m.get(op).and_then(Value::as_object).is_some_and(|inner| {
+                        inner.len() == 2
+                            && inner.get("attr").and_then(Value::as_str) == Some("scenario")
+                            && inner.get("left").is_some_and(|l| {
+                                l.as_object().is_some_and(|l| {
+                                    l.len() == 1
+                                        && l.get("Var").and_then(Value::as_str) == Some("context")
+                                })
+                            })
+                    })
+            };
+            if is_scenario(".") || is_scenario("has") {
+                return false;
+            }
+            m.values().any(reads_user_or_time)
+        }
+        Value::Array(a) => a.iter().any(reads_user_or_time),
+        _ => false,
     }
 }
 

@@ -374,6 +374,12 @@ when { context.scenario == Lake::Scenario::"hr-stats" && resource.district == pr
 permit (principal in Lake::Org::"acme", action == Lake::Action::"read_row", resource is Lake::Rows::hr::employees)
 when { context.scenario == Lake::Scenario::"old" && resource.salary < 5000 };
 
+@id("mask-until-2030")
+@mask("hash")
+permit (principal in Lake::Org::"acme", action == Lake::Action::"read_masked", resource)
+when { context.scenario == Lake::Scenario::"hr-stats" && resource.name == "salary"
+       && context.now < datetime("2030-01-01") };
+
 @id("rows-forbid-any")
 forbid (principal, action == Lake::Action::"read_row", resource is Lake::Rows::hr::employees)
 when { resource.salary > 100000 && context.scenario == Lake::Scenario::"hr-stats" };
@@ -381,42 +387,71 @@ when { resource.salary > 100000 && context.scenario == Lake::Scenario::"hr-stats
 
 #[test]
 fn slices_decide_exactly_as_the_whole_set() {
+    // bob's slices hold alice's policies; his district differs, which one row policy reads.
     let entities = ENTITIES.replacen(
         "[",
         r#"[{"uid": {"type": "Lake::User", "id": "o'brien \"q\""}, "attrs": {"district": "East"},
-             "parents": [{"type": "Lake::Org", "id": "acme"}]},"#,
+             "parents": [{"type": "Lake::Org", "id": "acme"}]},
+            {"uid": {"type": "Lake::User", "id": "bob"}, "attrs": {"district": "South"},
+             "parents": [{"type": "Lake::Role", "id": "hr_analyst"}, {"type": "Lake::Org", "id": "acme"}]},"#,
         1,
     );
     let dir = folder(MIXED);
     std::fs::write(dir.path().join("entities.json"), entities).unwrap();
     let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    // The whole set, never memoized: what Cedar says of every request.
     let whole = Slice {
-        sets: ACTIONS.iter().map(|_| set.policies.clone()).collect(),
+        sets: ACTIONS
+            .iter()
+            .map(|_| std::sync::Arc::new(ActionSet::new(set.policies.clone(), false)))
+            .collect(),
+        exact: false,
     };
-    let now = SystemTime::now();
+    // Before and after `mask-until-2030` stops applying.
+    let times = [
+        SystemTime::now(),
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_925_000_000),
+    ];
+    // An unknown user is not memoized for others: ghost's column set is alice's (the slice
+    // cannot settle `principal in Lake::Role::"hr_analyst"` for him), his answers are not hers.
+    let ghost = entity_uid("Lake::User", "ghost").unwrap();
+    let slice = set.slice(&ghost, "ghost", "hr-stats").unwrap();
+    let context = set.context("hr-stats", times[0]).unwrap();
+    let ask = Ask {
+        slice: &slice,
+        principal: &ghost,
+        scenario: "hr-stats",
+        context: &context,
+    };
+    assert_eq!(
+        set.column(&ask, "hr.employees", "name").unwrap(),
+        (ColumnTreatment::Hidden, vec![])
+    );
     let mut compared = 0;
-    for user in ["alice", "mallory", "o'brien \"q\"", "ghost"] {
-        let principal = entity_uid("Lake::User", user).unwrap();
-        for scenario in ["hr-stats", "old"] {
-            let slice = set.slice(&principal, user, scenario).unwrap();
-            for desc in set.tables.values() {
-                let sliced = set
-                    .decide_grant_with(&slice, desc, &principal, scenario, now)
-                    .unwrap();
-                let full = set
-                    .decide_grant_with(&whole, desc, &principal, scenario, now)
-                    .unwrap();
-                assert_eq!(sliced, full, "{user} {scenario} {}", desc.id());
-                compared += 1;
+    for now in times {
+        for user in ["alice", "bob", "mallory", "o'brien \"q\"", "ghost"] {
+            let principal = entity_uid("Lake::User", user).unwrap();
+            for scenario in ["hr-stats", "old"] {
+                let slice = set.slice(&principal, user, scenario).unwrap();
+                for desc in set.tables.values() {
+                    let sliced = set
+                        .decide_grant_with(&slice, desc, &principal, scenario, now)
+                        .unwrap();
+                    let full = set
+                        .decide_grant_with(&whole, desc, &principal, scenario, now)
+                        .unwrap();
+                    assert_eq!(sliced, full, "{user} {scenario} {} {now:?}", desc.id());
+                    compared += 1;
+                }
             }
         }
     }
-    assert_eq!(compared, 16);
+    assert_eq!(compared, 40);
 
     // The slices are smaller than the set: other scenarios, actions and principals are out.
     let alice = entity_uid("Lake::User", "alice").unwrap();
-    let ids = |s: &cedar_policy::PolicySet| {
-        let mut v: Vec<String> = s.policies().map(|p| p.id().to_string()).collect();
+    let ids = |s: &ActionSet| {
+        let mut v: Vec<String> = s.policies.policies().map(|p| p.id().to_string()).collect();
         v.sort();
         v
     };
@@ -425,7 +460,7 @@ fn slices_decide_exactly_as_the_whole_set() {
     assert_eq!(ids(&slice.sets[READ_COLUMN]), ["cols-hr-stats"]);
     assert_eq!(
         ids(&slice.sets[READ_MASKED]),
-        ["mask-not-first", "mask-unless"]
+        ["mask-not-first", "mask-unless", "mask-until-2030"]
     );
     assert_eq!(ids(&slice.sets[AGGREGATE]), ["agg-alice"]);
     assert_eq!(
@@ -444,4 +479,65 @@ fn slices_decide_exactly_as_the_whole_set() {
     let ghost = entity_uid("Lake::User", "ghost").unwrap();
     let slice = set.slice(&ghost, "ghost", "old").unwrap();
     assert_eq!(ids(&slice.sets[READ_ROW]), ["rows-forbid-any", "rows-old"]);
+    assert!(!slice.exact);
+
+    // Slices with the same policies share their sets; a set whose policies read neither the
+    // principal nor the time memoizes its decisions for the other users.
+    let bob = entity_uid("Lake::User", "bob").unwrap();
+    let a = set.slice(&alice, "alice", "hr-stats").unwrap();
+    let b = set.slice(&bob, "bob", "hr-stats").unwrap();
+    assert!(a.exact && b.exact);
+    for action in [QUERY, READ_COLUMN, READ_MASKED, AGGREGATE, READ_ROW] {
+        if action == AGGREGATE {
+            // `agg-alice` names alice.
+            assert!(!std::sync::Arc::ptr_eq(&a.sets[action], &b.sets[action]));
+        } else {
+            assert!(std::sync::Arc::ptr_eq(&a.sets[action], &b.sets[action]));
+        }
+    }
+    assert!(a.sets[READ_COLUMN].shared);
+    assert_eq!(
+        a.sets[READ_COLUMN]
+            .decisions
+            .get("hr-stats", "hr.employees.name"),
+        Some((true, vec!["cols-hr-stats".to_string()]))
+    );
+    assert!(!a.sets[QUERY].shared, "scope-any reads the principal");
+    assert!(
+        !a.sets[READ_MASKED].shared,
+        "mask-until-2030 reads the time"
+    );
+    assert!(
+        !a.sets[READ_ROW].shared,
+        "rows-hr-stats reads the principal"
+    );
+}
+
+#[test]
+fn policies_that_read_the_user_or_the_time_are_not_shared() {
+    let shared = |cond: &str| {
+        let text = format!("permit (principal in Lake::Org::\"acme\", action, resource) {cond};");
+        slice::reads_only_scenario(&cedar_policy::Policy::from_str(&text).unwrap())
+    };
+    assert!(shared(""));
+    assert!(shared("when { resource.name == \"x\" }"));
+    assert!(shared("when { context.scenario == Lake::Scenario::\"s\" }"));
+    assert!(shared("when { resource in context.scenario.tables }"));
+    assert!(shared(
+        "unless { context has scenario && action == Lake::Action::\"query\" }"
+    ));
+    assert!(!shared("when { principal.district == \"North\" }"));
+    assert!(!shared(
+        "when { resource.name == \"x\" } unless { principal in Lake::Org::\"b\" }"
+    ));
+    assert!(!shared("when { context.now < datetime(\"2030-01-01\") }"));
+    assert!(!shared("when { context has now }"));
+    assert!(!shared(
+        "when { context == {\"scenario\": Lake::Scenario::\"s\"} }"
+    ));
+    assert!(!shared("when { context.scenario.operator == principal }"));
+    assert!(!shared("when { [principal].contains(resource) }"));
+    assert!(!shared(
+        "when { {\"a\": context}.a.scenario == Lake::Scenario::\"s\" }"
+    ));
 }
