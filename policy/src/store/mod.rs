@@ -37,8 +37,9 @@ const SLICE_CACHE_ENTRIES: usize = 10_000;
 /// How many distinct per-action policy sets a policy set keeps before it starts over.
 const ACTION_SET_ENTRIES: usize = 10_000;
 
-/// How many decisions one [`ActionSet`] memo keeps before it starts over.
-const MEMO_ENTRIES: usize = 100_000;
+/// How many memoized answers all of a policy set's [`ActionSet`]s hold at most (a few hundred
+/// bytes each); past it, decisions are made without being memoized until sets are dropped.
+const MEMO_BUDGET: usize = 250_000;
 
 /// How many (scenario, time) request contexts a policy set keeps before it starts over.
 const CONTEXT_ENTRIES: usize = 10_000;
@@ -80,53 +81,67 @@ struct ActionSet {
 }
 
 impl ActionSet {
-    fn new(policies: cedar_policy::PolicySet, shared: bool) -> Self {
+    fn new(policies: cedar_policy::PolicySet, shared: bool, budget: &Budget) -> Self {
         ActionSet {
             policies,
             shared,
-            decisions: Memo::default(),
-            rows: Memo::default(),
+            decisions: Memo::new(budget.clone()),
+            rows: Memo::new(budget.clone()),
         }
     }
 }
 
-/// Answers by scenario, then resource; starts over when full.
+/// Memo entries in use out of [`MEMO_BUDGET`], shared by a policy set's memos.
+type Budget = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
+/// Answers by scenario, then resource, within a budget shared with the other memos of the policy
+/// set; an answer that does not fit is not kept (and decided again next time).
 struct Memo<T> {
-    entries: std::sync::Mutex<MemoEntries<T>>,
-}
-
-struct MemoEntries<T> {
-    count: usize,
-    by_scenario: HashMap<String, HashMap<String, T>>,
-}
-
-impl<T> Default for Memo<T> {
-    fn default() -> Self {
-        Memo {
-            entries: std::sync::Mutex::new(MemoEntries {
-                count: 0,
-                by_scenario: HashMap::new(),
-            }),
-        }
-    }
+    entries: std::sync::Mutex<HashMap<String, HashMap<String, T>>>,
+    /// How many answers this memo holds (returned to the budget when it is dropped).
+    count: std::sync::atomic::AtomicUsize,
+    budget: Budget,
 }
 
 impl<T: Clone> Memo<T> {
+    fn new(budget: Budget) -> Self {
+        Memo {
+            entries: std::sync::Mutex::new(HashMap::new()),
+            count: std::sync::atomic::AtomicUsize::new(0),
+            budget,
+        }
+    }
+
     fn get(&self, scenario: &str, resource: &str) -> Option<T> {
         let entries = self.entries.lock().expect("memo poisoned");
-        entries.by_scenario.get(scenario)?.get(resource).cloned()
+        entries.get(scenario)?.get(resource).cloned()
     }
 
     fn put(&self, scenario: &str, resource: &str, value: T) {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut entries = self.entries.lock().expect("memo poisoned");
-        if entries.count >= MEMO_ENTRIES {
-            entries.count = 0;
-            entries.by_scenario.clear();
+        if let Some(by_resource) = entries.get_mut(scenario) {
+            if let Some(old) = by_resource.get_mut(resource) {
+                *old = value;
+                return;
+            }
         }
-        let by_resource = entries.by_scenario.entry(scenario.to_string()).or_default();
-        if by_resource.insert(resource.to_string(), value).is_none() {
-            entries.count += 1;
+        if self.budget.fetch_add(1, Relaxed) >= MEMO_BUDGET {
+            self.budget.fetch_sub(1, Relaxed);
+            return;
         }
+        self.count.fetch_add(1, Relaxed);
+        entries
+            .entry(scenario.to_string())
+            .or_default()
+            .insert(resource.to_string(), value);
+    }
+}
+
+impl<T> Drop for Memo<T> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.budget.fetch_sub(*self.count.get_mut(), Relaxed);
     }
 }
 
@@ -165,6 +180,8 @@ pub struct PolicySet {
     action_sets: std::sync::Mutex<HashMap<ActionSetKey, std::sync::Arc<ActionSet>>>,
     /// Request contexts by scenario, with the time they were built for.
     contexts: std::sync::Mutex<HashMap<String, (SystemTime, Context)>>,
+    /// Memo entries held by this set's [`ActionSet`]s.
+    memo_budget: Budget,
     tables: BTreeMap<String, TableDescription>,
 }
 
@@ -460,6 +477,7 @@ impl PolicySet {
             slices: std::sync::Mutex::new(HashMap::new()),
             action_sets: std::sync::Mutex::new(HashMap::new()),
             contexts: std::sync::Mutex::new(HashMap::new()),
+            memo_budget: Budget::default(),
             tables: lake.tables.iter().map(|t| (t.id(), t.clone())).collect(),
         })
     }
@@ -888,7 +906,7 @@ impl PolicySet {
                 .map_err(|e| PolicyError::Request(describe(&e)))?;
             shared &= reach.shared;
         }
-        let set = std::sync::Arc::new(ActionSet::new(policies, shared));
+        let set = std::sync::Arc::new(ActionSet::new(policies, shared, &self.memo_budget));
         if sets.len() >= ACTION_SET_ENTRIES {
             sets.clear();
         }

@@ -403,7 +403,13 @@ fn slices_decide_exactly_as_the_whole_set() {
     let whole = Slice {
         sets: ACTIONS
             .iter()
-            .map(|_| std::sync::Arc::new(ActionSet::new(set.policies.clone(), false)))
+            .map(|_| {
+                std::sync::Arc::new(ActionSet::new(
+                    set.policies.clone(),
+                    false,
+                    &Budget::default(),
+                ))
+            })
             .collect(),
         exact: false,
     };
@@ -540,4 +546,24 @@ fn policies_that_read_the_user_or_the_time_are_not_shared() {
     assert!(!shared(
         "when { {\"a\": context}.a.scenario == Lake::Scenario::\"s\" }"
     ));
+}
+
+#[test]
+fn memos_stay_within_their_budget_and_return_it_when_dropped() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let budget = Budget::default();
+    budget.store(MEMO_BUDGET - 2, Relaxed);
+    let a = Memo::new(budget.clone());
+    let b = Memo::new(budget.clone());
+    a.put("s", "t.c1", 1);
+    a.put("s", "t.c1", 2); // an update takes no more budget
+    b.put("s", "t.c2", 3);
+    b.put("s", "t.c3", 4); // over budget: not kept
+    assert_eq!((a.get("s", "t.c1"), b.get("s", "t.c2")), (Some(2), Some(3)));
+    assert_eq!(b.get("s", "t.c3"), None);
+    assert_eq!(budget.load(Relaxed), MEMO_BUDGET);
+    drop(a);
+    assert_eq!(budget.load(Relaxed), MEMO_BUDGET - 1);
+    b.put("s", "t.c3", 4);
+    assert_eq!(b.get("s", "t.c3"), Some(4));
 }
