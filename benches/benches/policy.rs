@@ -193,6 +193,18 @@ fn residual() -> cedar_policy::pst::Policy {
         .unwrap()
 }
 
+/// Seconds each call of `f` took, for the n-th pairs ([`principal`]) of `pairs`.
+fn time_each(pairs: std::ops::Range<usize>, mut f: impl FnMut(&Principal)) -> Vec<f64> {
+    pairs
+        .map(|n| {
+            let who = principal(n);
+            let t = Instant::now();
+            f(&who);
+            t.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
 fn percentiles(label: &str, mut samples: Vec<f64>) {
     samples.sort_by(|a, b| a.total_cmp(b));
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize] * 1e3;
@@ -272,52 +284,31 @@ fn main() {
     let mut cold = Vec::new();
     for _ in 0..10 {
         rt.block_on(g.reload_policies()).unwrap();
-        for k in 0..POLICED_SCENARIOS {
-            let who = principal(k);
-            let t = Instant::now();
-            decide_and_rewrite(&g, &who, &snapshots);
-            cold.push(t.elapsed().as_secs_f64());
-        }
+        cold.extend(time_each(0..POLICED_SCENARIOS, |who| {
+            decide_and_rewrite(&g, who, &snapshots)
+        }));
     }
     // Then (user, scenario) pairs never decided before (15,000 of the 17,910 pairs): no grant
     // or slice answers; the column and row decisions of a scenario's policies that read
     // neither the user nor the time come from the memo the first user of the scenario filled.
     let calls = 5_000;
-    let first = POLICED_SCENARIOS;
+    let (first, second, third) = (
+        POLICED_SCENARIOS,
+        POLICED_SCENARIOS + calls,
+        POLICED_SCENARIOS + 2 * calls,
+    );
     // One loop per measurement: timed right after a `prepare`, a decision's p99 was twice what
     // it is in a loop of its own (0.61 against 0.27 ms; caches and allocator state left by
     // planning, presumably).
-    let mut decision = Vec::with_capacity(calls);
-    for i in 0..calls {
-        let who = principal(first + i);
-        let t = Instant::now();
-        decide(&g, &who);
-        decision.push(t.elapsed().as_secs_f64());
-    }
-    let mut rewrite = Vec::with_capacity(calls);
-    for i in 0..calls {
-        let who = principal(first + calls + i);
-        let t = Instant::now();
-        decide_and_rewrite(&g, &who, &snapshots);
-        rewrite.push(t.elapsed().as_secs_f64());
-    }
-    let mut prepare = Vec::with_capacity(calls);
-    for i in 0..calls {
-        let who = principal(first + 2 * calls + i);
-        let t = Instant::now();
-        rt.block_on(async { black_box(g.prepare(&who, QUERY).await.unwrap()) });
-        prepare.push(t.elapsed().as_secs_f64());
-    }
+    let decision = time_each(first..second, |who| decide(&g, who));
+    let rewrite = time_each(second..third, |who| decide_and_rewrite(&g, who, &snapshots));
+    let prepare = time_each(third..third + calls, |who| {
+        rt.block_on(async { black_box(g.prepare(who, QUERY).await.unwrap()) });
+    });
     // The same users and scenarios again a second later: the grants are decided anew (a new
     // second), against the slices cut above.
     std::thread::sleep(std::time::Duration::from_millis(1_100));
-    let mut again = Vec::with_capacity(calls);
-    for i in 0..calls {
-        let who = principal(first + calls + i);
-        let t = Instant::now();
-        decide_and_rewrite(&g, &who, &snapshots);
-        again.push(t.elapsed().as_secs_f64());
-    }
+    let again = time_each(second..third, |who| decide_and_rewrite(&g, who, &snapshots));
     println!("\nPercentiles ({POLICIES} policies, 10,000 entities):");
     percentiles("cold: 1st of a scenario", cold);
     percentiles("decision, 3 tables", decision);
