@@ -27,9 +27,24 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value_t = 0.1)]
         sf: f64,
-        /// Also write `wire.rows` with this many rows (the wire benchmark's result).
+        /// Also write `wire.rows` with this many rows (the wire benchmark's result; local lake
+        /// only).
         #[arg(long)]
         wire_rows: Option<usize>,
+        /// Write the tables to this S3 prefix (`s3://bucket/prefix`) instead of `<dir>/lake`;
+        /// credentials from `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. DuckDB then reads
+        /// local copies of the same Parquet files (`<dir>/parquet/`).
+        #[arg(long)]
+        s3: Option<String>,
+        /// The S3-compatible endpoint, e.g. `http://127.0.0.1:3900` (default: AWS).
+        #[arg(long, requires = "s3")]
+        s3_endpoint: Option<String>,
+        /// The S3 region (default `us-east-1`).
+        #[arg(long, requires = "s3")]
+        s3_region: Option<String>,
+        /// Allow a plain-HTTP endpoint (a server on loopback).
+        #[arg(long, requires = "s3")]
+        s3_allow_http: bool,
     },
     /// Runs the queries in the modes and prints medians and ratios; every answer is checked.
     Run {
@@ -86,9 +101,32 @@ fn default_python() -> Option<PathBuf> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Gen { dir, sf, wire_rows } => {
-            eprintln!("generating TPC-H SF {sf} into {}", dir.display());
-            let m = tpch::generate(&dir, sf).await?;
+        Command::Gen {
+            dir,
+            sf,
+            wire_rows,
+            s3,
+            s3_endpoint,
+            s3_region,
+            s3_allow_http,
+        } => {
+            if s3.is_some() && wire_rows.is_some() {
+                bail!(
+                    "--wire-rows writes to the local lake: generate it in a bench dir without --s3"
+                );
+            }
+            let lake = tpch::LakeSpec {
+                s3_root: s3,
+                endpoint: s3_endpoint,
+                region: s3_region,
+                allow_http: s3_allow_http,
+            };
+            let target = lake
+                .s3_root
+                .clone()
+                .unwrap_or_else(|| dir.join("lake").display().to_string());
+            eprintln!("generating TPC-H SF {sf} into {target}");
+            let m = tpch::generate_in(&dir, sf, &lake).await?;
             if let Some(rows) = wire_rows {
                 eprintln!("writing wire.rows ({rows} rows)");
                 wire::generate(&std::fs::canonicalize(&dir)?, rows).await?;

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! <dir>/lake/tpch/<table>/   Delta tables written with delta-rs from tpchgen's Arrow batches
-//! <dir>/manifest.json        scale factor and, per table, the Parquet files of its snapshot
+//!                            (or s3://bucket/prefix/tpch/<table>/, see [`LakeSpec`])
+//! <dir>/parquet/<table>/     for a lake on S3: local copies of its Parquet files, for DuckDB
+//! <dir>/manifest.json        scale factor, lake and, per table, the Parquet files of its snapshot
 //! <dir>/lakegate.toml        one user, two scenarios (permissive and realistic)
 //! <dir>/policies/            schema.cedarschema, policies.cedar, entities.json
 //! <dir>/audit/               the audit folder
@@ -43,15 +45,34 @@ pub const TABLES: [(&str, &str); 8] = [
     ("lineitem", "l_orderkey"),
 ];
 
+/// Where `generate` writes the tables: the bench dir's `lake/` folder, or a prefix on an
+/// S3-compatible server. Credentials are never written down: the gateway and the writer take
+/// them from `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (as `[lake.s3]` documents).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LakeSpec {
+    /// `s3://bucket/prefix`; `None`: `<dir>/lake`.
+    pub s3_root: Option<String>,
+    /// `[lake.s3] endpoint`, e.g. `http://127.0.0.1:3900`.
+    pub endpoint: Option<String>,
+    /// `[lake.s3] region`.
+    pub region: Option<String>,
+    /// `[lake.s3] allow_http`: a plain-HTTP endpoint (a server on loopback).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
 /// What `generate` wrote.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     /// The TPC-H scale factor.
     pub scale_factor: f64,
+    /// Where the tables are.
+    #[serde(default)]
+    pub lake: LakeSpec,
     /// Rows per table.
     pub rows: BTreeMap<String, u64>,
-    /// Per table, the absolute paths of the Parquet files of its Delta snapshot: what the DuckDB
-    /// mode reads.
+    /// Per table, the absolute paths of the Parquet files of its Delta snapshot (local copies
+    /// when the lake is on S3): what the DuckDB mode reads.
     pub files: BTreeMap<String, Vec<PathBuf>>,
 }
 
@@ -99,35 +120,60 @@ pub async fn write_part(
         .with_context(|| format!("cannot write {url}"))
 }
 
-/// Generates TPC-H at `scale_factor` into `<dir>` unless the same scale factor is already there,
-/// and (re)writes the configuration and policies. Returns the manifest.
+/// Generates TPC-H at `scale_factor` into `<dir>/lake` unless the same scale factor is already
+/// there, and (re)writes the configuration and policies. Returns the manifest.
 pub async fn generate(dir: &Path, scale_factor: f64) -> anyhow::Result<Manifest> {
+    generate_in(dir, scale_factor, &LakeSpec::default()).await
+}
+
+/// [`generate`] into `lake`.
+pub async fn generate_in(
+    dir: &Path,
+    scale_factor: f64,
+    lake: &LakeSpec,
+) -> anyhow::Result<Manifest> {
     if scale_factor <= 0.0 {
         bail!("the scale factor must be positive, e.g. 0.1");
     }
     std::fs::create_dir_all(dir)?;
     let dir = std::fs::canonicalize(dir)?;
     if let Ok(m) = Manifest::read(&dir) {
-        if m.scale_factor == scale_factor {
-            write_setup(&dir)?;
+        if m.scale_factor == scale_factor && m.lake == *lake {
+            write_setup_for(&dir, lake)?;
             return Ok(m);
         }
     }
-    let lake = lake_dir(&dir);
-    if lake.exists() {
-        std::fs::remove_dir_all(&lake)?;
-    }
     let _ = std::fs::remove_file(dir.join("manifest.json"));
+    for folder in [lake_dir(&dir), dir.join("parquet")] {
+        if folder.exists() {
+            std::fs::remove_dir_all(&folder)?;
+        }
+    }
+    let config = lake_config::Config::load(&write_setup_for(&dir, lake)?)?;
+    let mut options: HashMap<String, String> = config
+        .lake
+        .s3
+        .as_ref()
+        .map(|s3| s3.storage_options().into_iter().collect())
+        .unwrap_or_default();
+    if lake.s3_root.is_some() {
+        // `gen` is the only writer; see shared notes on Garage and conditional puts.
+        options.insert("AWS_S3_ALLOW_UNSAFE_RENAME".into(), "true".into());
+    }
     let mut manifest = Manifest {
         scale_factor,
+        lake: lake.clone(),
         rows: BTreeMap::new(),
         files: BTreeMap::new(),
     };
     for (table, _) in TABLES {
         let started = std::time::Instant::now();
-        let path = lake.join("tpch").join(table);
-        std::fs::create_dir_all(&path)?;
-        let (rows, files) = write_table(table_url(&path)?, table, scale_factor).await?;
+        let url = config.lake.root.join(&format!("tpch/{table}/"))?;
+        if let Ok(path) = url.to_file_path() {
+            std::fs::create_dir_all(path)?;
+        }
+        let copies = dir.join("parquet").join(table);
+        let (rows, files) = write_table(url, &options, table, scale_factor, &copies).await?;
         eprintln!(
             "  tpch.{table}: {rows} rows, {} file(s), {:.1} s",
             files.len(),
@@ -136,7 +182,6 @@ pub async fn generate(dir: &Path, scale_factor: f64) -> anyhow::Result<Manifest>
         manifest.rows.insert(table.to_string(), rows);
         manifest.files.insert(table.to_string(), files);
     }
-    write_setup(&dir)?;
     std::fs::write(
         dir.join("manifest.json"),
         serde_json::to_string_pretty(&manifest)?,
@@ -218,9 +263,23 @@ fn plain_strings(batch: RecordBatch) -> anyhow::Result<RecordBatch> {
     )?)
 }
 
-async fn write_table(url: url::Url, table: &str, sf: f64) -> anyhow::Result<(u64, Vec<PathBuf>)> {
+/// Writes one table at `url`; returns its rows and the local Parquet files of its snapshot (for
+/// a table on S3, copies made in `copies`).
+async fn write_table(
+    url: url::Url,
+    options: &HashMap<String, String>,
+    table: &str,
+    sf: f64,
+    copies: &Path,
+) -> anyhow::Result<(u64, Vec<PathBuf>)> {
     let parts = (approx_rows(table, sf) / ROWS_PER_PART).ceil().max(1.0) as i32;
-    let mut delta = deltalake::DeltaTableBuilder::from_url(url.clone())?.build()?;
+    let mut delta = deltalake::DeltaTableBuilder::from_url(url.clone())?
+        .with_storage_options(options.clone())
+        .build()?;
+    // A table left on S3 by an earlier `gen` is loaded, then overwritten.
+    if delta.verify_deltatable_existence().await? {
+        delta.load().await?;
+    }
     let mut rows = 0u64;
     for part in 1..=parts {
         let chunk: Vec<RecordBatch> = batches(table, sf, part, parts)
@@ -229,25 +288,44 @@ async fn write_table(url: url::Url, table: &str, sf: f64) -> anyhow::Result<(u64
         rows += chunk.iter().map(|b| b.num_rows() as u64).sum::<u64>();
         delta = write_part(delta, chunk, part == 1).await?;
     }
-    let root = url
-        .to_file_path()
-        .map_err(|_| anyhow::anyhow!("{url} is not a local folder"))?;
-    let mut files: Vec<PathBuf> = delta
-        .get_file_uris()?
-        .map(|u| match url::Url::parse(&u) {
-            Ok(url) if url.scheme() == "file" => url.to_file_path().unwrap_or_default(),
-            _ => PathBuf::from(u),
-        })
-        .collect();
-    if files.iter().any(|f| !f.starts_with(&root)) {
-        bail!("unexpected file paths in {url}: {files:?}");
+    let mut files = Vec::new();
+    if let Ok(root) = url.to_file_path() {
+        for u in delta.get_file_uris()? {
+            let file = match url::Url::parse(&u) {
+                Ok(url) if url.scheme() == "file" => url.to_file_path().unwrap_or_default(),
+                _ => PathBuf::from(u),
+            };
+            if !file.starts_with(&root) {
+                bail!("unexpected file path in {url}: {}", file.display());
+            }
+            files.push(file);
+        }
+    } else {
+        use object_store::ObjectStoreExt;
+        std::fs::create_dir_all(copies)?;
+        let store = delta.object_store();
+        for path in delta.get_files_by_partitions(&[]).await? {
+            let name = path
+                .filename()
+                .with_context(|| format!("a data file of {url} has no name: {path}"))?;
+            let bytes = store.get(&path).await?.bytes().await?;
+            let local = copies.join(name);
+            std::fs::write(&local, &bytes)?;
+            files.push(local);
+        }
     }
     files.sort();
     Ok((rows, files))
 }
 
-/// Writes `lakegate.toml` and the policy folder for a bench dir.
+/// Writes `lakegate.toml` and the policy folder for a bench dir, for the lake its manifest
+/// names (`<dir>/lake` without one).
 pub fn write_setup(dir: &Path) -> anyhow::Result<PathBuf> {
+    let lake = Manifest::read(dir).map(|m| m.lake).unwrap_or_default();
+    write_setup_for(dir, &lake)
+}
+
+fn write_setup_for(dir: &Path, lake: &LakeSpec) -> anyhow::Result<PathBuf> {
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies)?;
     std::fs::write(policies.join("schema.cedarschema"), ADMIN_SCHEMA)?;
@@ -257,9 +335,22 @@ pub fn write_setup(dir: &Path) -> anyhow::Result<PathBuf> {
         serde_json::to_string_pretty(&entities())?,
     )?;
     let mut toml = String::from(
-        "# Written by `lakegate-bench gen`. Paths are relative to this file.\n\n\
-         [lake]\nroot = \"lake\"\n\n",
+        "# Written by `lakegate-bench gen`. Paths are relative to this file.\n\n[lake]\n",
     );
+    match &lake.s3_root {
+        None => toml.push_str("root = \"lake\"\n\n"),
+        Some(root) => {
+            // Credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, never this file.
+            toml.push_str(&format!("root = {}\n\n[lake.s3]\n", toml_string(root)));
+            if let Some(e) = &lake.endpoint {
+                toml.push_str(&format!("endpoint = {}\n", toml_string(e)));
+            }
+            if let Some(r) = &lake.region {
+                toml.push_str(&format!("region = {}\n", toml_string(r)));
+            }
+            toml.push_str(&format!("allow_http = {}\n\n", lake.allow_http));
+        }
+    }
     for (table, key) in TABLES {
         toml.push_str(&format!(
             "[lake.tables.\"tpch.{table}\"]\nsubject_key = \"{key}\"\n\n"
@@ -273,6 +364,11 @@ pub fn write_setup(dir: &Path) -> anyhow::Result<PathBuf> {
     let path = dir.join("lakegate.toml");
     std::fs::write(&path, toml)?;
     Ok(path)
+}
+
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
 }
 
 /// The configuration of a bench dir, with the listen address and memory limit the run wants.
@@ -401,11 +497,13 @@ pub async fn register_raw(
     schema_name: &str,
 ) -> anyhow::Result<()> {
     use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
+    let config = lake_config::Config::load(&dir.join("lakegate.toml"))?;
+    let lake = catalog::Lake::open(&config.lake).await?;
     let schema = Arc::new(MemorySchemaProvider::new());
     for (table, _) in TABLES {
-        let path = lake_dir(dir).join("tpch").join(table);
+        let url = lake.table_url(&catalog::TableRef::new("tpch", table));
         let t =
-            deltalake::open_table_with_storage_options(table_url(&path)?, HashMap::new()).await?;
+            deltalake::open_table_with_storage_options(url, lake.storage_options().clone()).await?;
         let provider = t.table_provider().await?;
         schema.register_table(table.to_string(), provider)?;
     }
