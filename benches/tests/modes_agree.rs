@@ -1,29 +1,11 @@
 //! The harness at a tiny scale (TPC-H SF 0.01), untimed: every mode answers all 22 queries and
 //! every answer agrees — b, d, e, f with raw DataFusion, c with the hand-written policy views.
 
-use std::path::PathBuf;
+mod common;
 
 use lakegate_benches::answers::{canonical, difference};
-use lakegate_benches::harness::{self, RunOptions};
-use lakegate_benches::modes::{Mode, PolicedReference, Raw};
+use lakegate_benches::modes::{PolicedReference, Raw};
 use lakegate_benches::{queries, tpch};
-
-fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("LAKEGATE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    if p.exists() {
-        return Some(p);
-    }
-    // CI installs the venv before the tests: there, a missing Python is a failure.
-    assert!(
-        std::env::var_os("LAKEGATE_REQUIRE_S3").is_none(),
-        "no Python for modes e and f at {}: run scripts/test.sh",
-        p.display()
-    );
-    eprintln!("no Python venv: modes e and f skipped (scripts/test.sh sets one up)");
-    None
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mode_gives_the_same_answers_at_a_tiny_scale() {
@@ -32,39 +14,7 @@ async fn every_mode_gives_the_same_answers_at_a_tiny_scale() {
     assert_eq!(manifest.rows["customer"], 1500);
     assert_eq!(manifest.files.len(), 8);
 
-    let python = python();
-    let modes: Vec<Mode> = Mode::ALL
-        .into_iter()
-        .filter(|m| python.is_some() || !matches!(m, Mode::Adbc | Mode::DuckDb))
-        .collect();
-    let report = harness::run(&RunOptions {
-        dir: dir.path().to_path_buf(),
-        modes: modes.clone(),
-        queries: queries::all(),
-        warmup: 0,
-        runs: 1,
-        python,
-    })
-    .await
-    .unwrap();
-    let problems = report.problems();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
-    assert_eq!(report.results.len(), 22);
-    for (q, per_mode) in &report.results {
-        for m in &modes {
-            assert!(
-                per_mode.contains_key(&m.letter()),
-                "{q} has no ({}) result",
-                m.letter()
-            );
-        }
-    }
-    // Answers are not all empty: the comparison compares something.
-    assert!(
-        report.rows.values().filter(|n| **n > 0).count() >= 20,
-        "{:?}",
-        report.rows
-    );
+    common::every_mode_agrees(dir.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,21 +7,12 @@
 //! `LAKEGATE_REQUIRE_S3=1` (as the test script sets). Its own test binary: it sets the AWS
 //! credential variables the gateway reads before any other thread runs.
 
-use std::path::PathBuf;
+mod common;
 
-use lakegate_benches::harness::{self, RunOptions};
-use lakegate_benches::modes::Mode;
-use lakegate_benches::{queries, tpch};
+use lakegate_benches::tpch;
 
 fn s3_env(k: &str) -> Option<String> {
     std::env::var(format!("LAKEGATE_TEST_S3_{k}")).ok()
-}
-
-fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("LAKEGATE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    p.exists().then_some(p)
 }
 
 #[test]
@@ -79,34 +70,7 @@ fn every_mode_agrees_on_a_lake_in_s3() {
             "no credential in the file"
         );
 
-        let python = python();
-        let modes: Vec<Mode> = Mode::ALL
-            .into_iter()
-            .filter(|m| python.is_some() || !matches!(m, Mode::Adbc | Mode::DuckDb))
-            .collect();
-        let report = harness::run(&RunOptions {
-            dir: dir.path().to_path_buf(),
-            modes: modes.clone(),
-            queries: queries::all(),
-            warmup: 0,
-            runs: 1,
-            python,
-        })
-        .await
-        .unwrap();
-        let problems = report.problems();
-        assert!(problems.is_empty(), "{}", problems.join("\n"));
-        assert_eq!(report.results.len(), 22);
-        for (q, per_mode) in &report.results {
-            for m in &modes {
-                assert!(
-                    per_mode.contains_key(&m.letter()),
-                    "{q}: no ({})",
-                    m.letter()
-                );
-            }
-        }
-        assert!(report.rows.values().filter(|n| **n > 0).count() >= 20);
+        common::every_mode_agrees(dir.path()).await;
 
         // The same scale factor and lake again: nothing is rewritten.
         let again = tpch::generate_in(dir.path(), 0.01, &lake).await.unwrap();
