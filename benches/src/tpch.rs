@@ -289,29 +289,22 @@ async fn write_table(
         delta = write_part(delta, chunk, part == 1).await?;
     }
     let mut files = Vec::new();
-    if let Ok(root) = url.to_file_path() {
-        for u in delta.get_file_uris()? {
-            let file = match url::Url::parse(&u) {
-                Ok(url) if url.scheme() == "file" => url.to_file_path().unwrap_or_default(),
-                _ => PathBuf::from(u),
-            };
-            if !file.starts_with(&root) {
-                bail!("unexpected file path in {url}: {}", file.display());
+    let local_root = url.to_file_path().ok();
+    let store = delta.object_store();
+    for path in delta.get_files_by_partitions(&[]).await? {
+        match &local_root {
+            Some(root) => files.push(root.join(path.as_ref())),
+            None => {
+                use object_store::ObjectStoreExt;
+                let name = path
+                    .filename()
+                    .with_context(|| format!("a data file of {url} has no name: {path}"))?;
+                std::fs::create_dir_all(copies)?;
+                let bytes = store.get(&path).await?.bytes().await?;
+                let local = copies.join(name);
+                std::fs::write(&local, &bytes)?;
+                files.push(local);
             }
-            files.push(file);
-        }
-    } else {
-        use object_store::ObjectStoreExt;
-        std::fs::create_dir_all(copies)?;
-        let store = delta.object_store();
-        for path in delta.get_files_by_partitions(&[]).await? {
-            let name = path
-                .filename()
-                .with_context(|| format!("a data file of {url} has no name: {path}"))?;
-            let bytes = store.get(&path).await?.bytes().await?;
-            let local = copies.join(name);
-            std::fs::write(&local, &bytes)?;
-            files.push(local);
         }
     }
     files.sort();

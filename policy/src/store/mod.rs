@@ -98,8 +98,6 @@ type Budget = std::sync::Arc<std::sync::atomic::AtomicUsize>;
 /// set; an answer that does not fit is not kept (and decided again next time).
 struct Memo<T> {
     entries: std::sync::Mutex<HashMap<String, HashMap<String, T>>>,
-    /// How many answers this memo holds (returned to the budget when it is dropped).
-    count: std::sync::atomic::AtomicUsize,
     budget: Budget,
 }
 
@@ -107,7 +105,6 @@ impl<T: Clone> Memo<T> {
     fn new(budget: Budget) -> Self {
         Memo {
             entries: std::sync::Mutex::new(HashMap::new()),
-            count: std::sync::atomic::AtomicUsize::new(0),
             budget,
         }
     }
@@ -130,7 +127,6 @@ impl<T: Clone> Memo<T> {
             self.budget.fetch_sub(1, Relaxed);
             return;
         }
-        self.count.fetch_add(1, Relaxed);
         entries
             .entry(scenario.to_string())
             .or_default()
@@ -140,8 +136,11 @@ impl<T: Clone> Memo<T> {
 
 impl<T> Drop for Memo<T> {
     fn drop(&mut self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.budget.fetch_sub(*self.count.get_mut(), Relaxed);
+        // Return what this memo held to the budget.
+        let entries = self.entries.get_mut().unwrap_or_else(|p| p.into_inner());
+        let held: usize = entries.values().map(HashMap::len).sum();
+        self.budget
+            .fetch_sub(held, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
