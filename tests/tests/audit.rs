@@ -254,14 +254,16 @@ async fn the_regulator_reads_the_trail_through_lakegate_with_parameters_masked()
     query(&mut banker, "DROP TABLE market.penalties")
         .await
         .unwrap_err();
-    // Closed segments reach the Delta table within a few seconds.
+    // Closed segments reach the Delta table within a few seconds; the refusal may sit in a
+    // segment that the regulator's own records close later.
     let mut regulator = as_user(&server, "regulator", "supervision").await;
     let sql =
         "SELECT user, decision, sql FROM lakegate_audit.queries WHERE user = 'banker' ORDER BY seq";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let got = loop {
         let got = query(&mut regulator, sql).await.unwrap();
-        if rows(&got) >= 6 || std::time::Instant::now() > deadline {
+        let done = rows(&got) >= 6 && lakegate_tests::pretty(&got).contains("refused");
+        if done || std::time::Instant::now() > deadline {
             break got;
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
