@@ -9,6 +9,11 @@ use lakegate_benches::harness::{self, RunOptions};
 use lakegate_benches::modes::Mode;
 use lakegate_benches::{queries, tpch, wire};
 
+/// mimalloc: DataFusion's and Cedar's many short-lived allocations are cheaper than with the
+/// system allocator (see benches/RESULTS.md), which is also what datafusion-cli ships.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "lakegate-bench",

@@ -136,6 +136,11 @@ async fn load_policies(config: &Config) -> anyhow::Result<policy::PolicySet> {
     Ok(policy::PolicySet::load(&config.policy.dir, &description)?)
 }
 
+/// mimalloc: DataFusion's and Cedar's many short-lived allocations are cheaper than with the
+/// system allocator (see benches/RESULTS.md), which is also what datafusion-cli ships.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging();

@@ -48,7 +48,7 @@ struct ServedColumn {
 #[derive(Debug)]
 pub struct SecureTable {
     snapshot: TableSnapshot,
-    grant: Grant,
+    grant: Arc<Grant>,
     served: Vec<ServedColumn>,
     schema: SchemaRef,
     mask_key: Option<Arc<[u8]>>,
@@ -59,7 +59,7 @@ impl SecureTable {
     /// The secure view of `snapshot` under `grant`. Refuses what it cannot enforce.
     pub fn try_new(
         snapshot: TableSnapshot,
-        grant: Grant,
+        grant: Arc<Grant>,
         mask_key: Option<Arc<[u8]>>,
         storage: Arc<HashMap<String, String>>,
     ) -> Result<Self> {

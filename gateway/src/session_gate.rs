@@ -21,7 +21,7 @@ pub(crate) struct SessionGate {
     now: SystemTime,
     mask_key: Option<Arc<[u8]>>,
     storage: Arc<HashMap<String, String>>,
-    grants: Mutex<HashMap<TableRef, Grant>>,
+    grants: Mutex<HashMap<TableRef, Arc<Grant>>>,
 }
 
 impl SessionGate {
@@ -44,7 +44,7 @@ impl SessionGate {
         }
     }
 
-    fn grant(&self, t: &TableRef) -> Result<Grant, policy::PolicyError> {
+    fn grant(&self, t: &TableRef) -> Result<Arc<Grant>, policy::PolicyError> {
         if let Some(g) = self.grants.lock().expect("grant cache poisoned").get(t) {
             return Ok(g.clone());
         }

@@ -166,7 +166,7 @@ pub struct PolicySet {
     hash: String,
     authorizer: Authorizer,
     /// Grants by (user, scenario, table), with the second they were decided at.
-    grants: std::sync::Mutex<HashMap<GrantKey, (u64, Grant)>>,
+    grants: std::sync::Mutex<HashMap<GrantKey, (u64, std::sync::Arc<Grant>)>>,
     /// Every policy with the requests it can reach, in load order.
     reach: Vec<(cedar_policy::Policy, Reach)>,
     /// [`ACTIONS`] as entity uids, and their ancestors (`None`: not in the store).
@@ -179,6 +179,8 @@ pub struct PolicySet {
     action_sets: std::sync::Mutex<HashMap<ActionSetKey, std::sync::Arc<ActionSet>>>,
     /// Request contexts by scenario, with the time they were built for.
     contexts: std::sync::Mutex<HashMap<String, (SystemTime, Context)>>,
+    /// The last `context.now` built, with its time.
+    now: std::sync::Mutex<Option<(SystemTime, RestrictedExpression)>>,
     /// Memo entries held by this set's [`ActionSet`]s.
     memo_budget: Budget,
     tables: BTreeMap<String, TableDescription>,
@@ -476,6 +478,7 @@ impl PolicySet {
             slices: std::sync::Mutex::new(HashMap::new()),
             action_sets: std::sync::Mutex::new(HashMap::new()),
             contexts: std::sync::Mutex::new(HashMap::new()),
+            now: std::sync::Mutex::new(None),
             memo_budget: Budget::default(),
             tables: lake.tables.iter().map(|t| (t.id(), t.clone())).collect(),
         })
@@ -522,7 +525,8 @@ impl PolicySet {
     /// the row unknown.
     ///
     /// Decisions are made at whole seconds (`context.now`) and cached per (user, scenario, table,
-    /// second) for the life of this set, so a repeated request costs a map lookup. Only the
+    /// second) for the life of this set, so a repeated request costs a map lookup (the grant is
+    /// shared with the cache, not copied). Only the
     /// policies that can apply to the (user, scenario) are evaluated (a slice); a column or row
     /// decision of policies that read neither the principal nor the time is memoized per
     /// (scenario, resource) and serves every user whose slice holds the same policies.
@@ -532,7 +536,7 @@ impl PolicySet {
         scenario: &str,
         table: &str,
         now: SystemTime,
-    ) -> Result<Grant, PolicyError> {
+    ) -> Result<std::sync::Arc<Grant>, PolicyError> {
         let second = now
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -547,13 +551,35 @@ impl PolicySet {
             }
         }
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(second);
-        let grant = self.decide_grant(user, scenario, table, now)?;
+        let grant = std::sync::Arc::new(self.decide_grant(user, scenario, table, now)?);
         let mut cache = self.grants.lock().expect("grant cache poisoned");
         if cache.len() >= GRANT_CACHE_ENTRIES {
             cache.clear();
         }
         cache.insert(key, (second, grant.clone()));
         Ok(grant)
+    }
+
+    /// The (user, scenario, table) of the grants decided most recently, newest first, at most
+    /// `limit`: what [`Self::warm`] on the next policy set decides before it serves.
+    pub fn recent_grants(&self, limit: usize) -> Vec<(String, String, String)> {
+        let cache = self.grants.lock().expect("grant cache poisoned");
+        let mut keys: Vec<(&GrantKey, u64)> = cache.iter().map(|(k, (at, _))| (k, *at)).collect();
+        keys.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        keys.into_iter()
+            .take(limit)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Decides the grants of `requests` (user, scenario, table) at `now`, so that the slices and
+    /// memos they fill answer the first queries after a reload; a request that errors is left
+    /// to its query to report. Returns how many were decided.
+    pub fn warm(&self, requests: &[(String, String, String)], now: SystemTime) -> usize {
+        requests
+            .iter()
+            .filter(|(user, scenario, table)| self.grant(user, scenario, table, now).is_ok())
+            .count()
     }
 
     fn decide_grant(
@@ -566,7 +592,9 @@ impl PolicySet {
         let Some(desc) = self.tables.get(table) else {
             return Ok(Grant::denied(vec![]));
         };
-        if self.scenario(scenario).is_none() {
+        let known = entity_uid("Lake::Scenario", scenario)
+            .is_ok_and(|uid| self.entities.get(&uid).is_some());
+        if !known {
             return Ok(Grant::denied(vec![]));
         }
         let principal = entity_uid("Lake::User", user)?;
@@ -679,15 +707,15 @@ impl PolicySet {
                 return Ok(answer);
             }
         }
-        // The table's `query` request is checked against the schema; a column's request has
-        // the same principal and context and a column for a column action, so it is valid too.
-        let schema = (action == QUERY).then_some(&self.schema);
+        // Not validated against the schema here: [`Self::context`] validated the context, and
+        // the principal (a `Lake::User`) and resources (a `Lake::Table` for `query`, a
+        // `Lake::Column` for the column actions) are of the types the lake schema gives them.
         let request = Request::new(
             ask.principal.clone(),
             self.actions[action].0.clone(),
             resource.clone(),
             ask.context.clone(),
-            schema,
+            None,
         )
         .map_err(|e| PolicyError::Request(describe(&e)))?;
         let response = self
@@ -913,8 +941,8 @@ impl PolicySet {
         Ok(set)
     }
 
-    /// `{scenario, now}`; the last one built per scenario is kept (building parses the
-    /// datetime, which costs more than a decision).
+    /// `{scenario, now}`, validated against the schema's request context; the last one built
+    /// per scenario is kept (building parses the datetime, which costs more than a decision).
     fn context(&self, scenario: &str, now: SystemTime) -> Result<Context, PolicyError> {
         if let Some((at, context)) = self
             .contexts
@@ -926,22 +954,40 @@ impl PolicySet {
                 return Ok(context.clone());
             }
         }
-        let at: chrono::DateTime<chrono::Utc> = now.into();
-        let at = at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
         let context = Context::from_pairs([
             (
                 "scenario".to_string(),
                 RestrictedExpression::new_entity_uid(entity_uid("Lake::Scenario", scenario)?),
             ),
-            ("now".to_string(), RestrictedExpression::new_datetime(at)),
+            ("now".to_string(), self.datetime(now)),
         ])
         .map_err(|e| PolicyError::Request(describe(&e)))?;
+        // Every action has the same context type; one check stands for all requests with it.
+        context
+            .validate(&self.schema, &self.actions[QUERY].0)
+            .map_err(|e| PolicyError::Request(describe(&e)))?;
         let mut contexts = self.contexts.lock().expect("context cache poisoned");
         if contexts.len() >= CONTEXT_ENTRIES {
             contexts.clear();
         }
         contexts.insert(scenario.to_string(), (now, context.clone()));
         Ok(context)
+    }
+
+    /// `now` as a Cedar datetime; the last one is kept, as every scenario's context of the same
+    /// second holds it.
+    fn datetime(&self, now: SystemTime) -> RestrictedExpression {
+        let mut last = self.now.lock().expect("datetime cache poisoned");
+        if let Some((at, expr)) = &*last {
+            if *at == now {
+                return expr.clone();
+            }
+        }
+        let at: chrono::DateTime<chrono::Utc> = now.into();
+        let expr =
+            RestrictedExpression::new_datetime(at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+        *last = Some((now, expr.clone()));
+        expr
     }
 }
 

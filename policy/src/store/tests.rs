@@ -567,3 +567,43 @@ fn memos_stay_within_their_budget_and_return_it_when_dropped() {
     b.put("s", "t.c3", 4);
     assert_eq!(b.get("s", "t.c3"), Some(4));
 }
+
+#[test]
+fn a_reloaded_set_warms_the_last_grants_with_its_own_policies() {
+    let second = |s: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
+    let dir = folder(POLICIES);
+    let old = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    old.grant("alice", "hr-stats", "hr.employees", second(1_900_000_000))
+        .unwrap();
+    old.grant("mallory", "hr-stats", "hr.employees", second(1_900_000_000))
+        .unwrap();
+    old.grant("alice", "hr-stats", "hr.payroll", second(1_900_000_001))
+        .unwrap();
+    let key = |u: &str, t: &str| (u.to_string(), "hr-stats".to_string(), t.to_string());
+    // Newest first, at most `limit`.
+    assert_eq!(
+        old.recent_grants(2),
+        [key("alice", "hr.payroll"), key("alice", "hr.employees")]
+    );
+
+    // The admin changes a mask: the new set decides the old set's last grants with its own.
+    let changed = POLICIES.replace("@mask(\"hash\")", "@mask(\"redact\")");
+    std::fs::write(dir.path().join("policies.cedar"), changed).unwrap();
+    let new = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    let recent = old.recent_grants(10);
+    assert_eq!(new.warm(&recent, second(1_900_000_002)), 3);
+    let mut warmed = new.recent_grants(10);
+    warmed.sort();
+    let mut expected = recent.clone();
+    expected.sort();
+    assert_eq!(warmed, expected);
+    let g = new
+        .grant("alice", "hr-stats", "hr.employees", second(1_900_000_002))
+        .unwrap();
+    assert_eq!(g.column("id_card"), &ColumnTreatment::Masked(Mask::Redact));
+    assert!(
+        !new.grant("mallory", "hr-stats", "hr.employees", second(1_900_000_002))
+            .unwrap()
+            .allowed
+    );
+}
