@@ -294,9 +294,11 @@ fn main() {
     // scenarios each.
     let description = rt.block_on(gateway::describe_lake(g.lake())).unwrap();
     let policy_dir = s.dir.path().join("policies");
-    let mut cold = Vec::new();
+    let (mut cold, mut loads) = (Vec::new(), Vec::new());
     for _ in 0..10 {
+        let t = Instant::now();
         let set = PolicySet::load(&policy_dir, &description).unwrap();
+        loads.push(t.elapsed().as_secs_f64());
         cold.extend(time_each(0..POLICED_SCENARIOS, |who| {
             decide_and_rewrite_with(&set, who, &snapshots)
         }));
@@ -341,6 +343,7 @@ fn main() {
     println!("\nPercentiles ({POLICIES} policies, 10,000 entities):");
     percentiles("cold: 1st of a scenario", cold);
     percentiles("1st after a reload (warmed)", after_reload);
+    percentiles("load of a policy set", loads);
     percentiles("reload (load, warm)", reloads);
     percentiles("decision, 3 tables", decision);
     percentiles("decision + rewrite, 3 tables", rewrite);
