@@ -1,6 +1,7 @@
 //! The whole path against a real S3-compatible server (Garage, started on 127.0.0.1 by
 //! `scripts/test.sh`): write a Delta table into a bucket, serve it, query it over Flight SQL,
-//! append a commit, and see it in the next query.
+//! append a commit, see it in the next query, and find the audit trail exported to Delta
+//! tables in the same bucket.
 //!
 //! The test script exports `LAKEGATE_TEST_S3_ENDPOINT`, `..._BUCKET`, `..._KEY_ID` and
 //! `..._SECRET`. Run alone without them the test says so and passes, unless
@@ -130,6 +131,8 @@ access_key_id = "{}"
 secret_access_key = "{}"
 [policy]
 dir = "policies"
+[audit]
+segment_bytes = 4096
 [[users]]
 name = "alice"
 password_hash = "{}"
@@ -172,4 +175,49 @@ password_hash = "{}"
          | Haidian  | 7 | 42 |\n\
          +----------+---+----+"
     );
+
+    // The audit trail is exported to the lake's own Delta tables in the bucket, with the
+    // server's options: no unsafe rename; delta-rs commits with `If-None-Match` puts (which
+    // Garage 2.5 answers 200 without enforcing: one writer per lake root there).
+    let trail = url::Url::parse(&format!("{root}lakegate_audit/queries/")).unwrap();
+    let reader_options: HashMap<String, String> = writer_options
+        .into_iter()
+        .filter(|(k, _)| k != "AWS_S3_ALLOW_UNSAFE_RENAME")
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let exported = loop {
+        // Each query adds records, so segments keep closing.
+        query(&mut c, sql).await.unwrap();
+        let n = exported_rows(&trail, &reader_options).await;
+        if n >= 4 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert!(exported >= 4, "{exported} audit rows in {trail}");
+}
+
+/// Rows of alice's `allowed` records in the exported audit table (0 while it does not exist).
+async fn exported_rows(table: &url::Url, options: &HashMap<String, String>) -> usize {
+    let Ok(t) = deltalake::open_table_with_storage_options(table.clone(), options.clone()).await
+    else {
+        return 0;
+    };
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("q", t.table_provider().await.unwrap())
+        .unwrap();
+    let batches = ctx
+        .sql("SELECT count(*) FROM q WHERE user = 'alice' AND decision = 'allowed'")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let n = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
+    n as usize
 }
