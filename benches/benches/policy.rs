@@ -29,10 +29,9 @@ use gateway::{Gateway, Principal, SecureTable};
 use lakegate_benches::tpch;
 use policy::PolicySet;
 
-/// mimalloc: DataFusion's and Cedar's many short-lived allocations are cheaper than with the
-/// system allocator (see benches/RESULTS.md), which is also what datafusion-cli ships.
+/// The `lakegate` binary's allocator and options: see [`flight_server::allocator`].
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: flight_server::allocator::MiMalloc = flight_server::allocator::MiMalloc;
 
 const POLICIES: usize = 1_000;
 const ORGS: usize = 100;
@@ -229,6 +228,7 @@ fn percentiles(label: &str, mut samples: Vec<f64>) {
 }
 
 fn main() {
+    flight_server::allocator::configure();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

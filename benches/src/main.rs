@@ -9,10 +9,9 @@ use lakegate_benches::harness::{self, RunOptions};
 use lakegate_benches::modes::Mode;
 use lakegate_benches::{queries, tpch, wire};
 
-/// mimalloc: DataFusion's and Cedar's many short-lived allocations are cheaper than with the
-/// system allocator (see benches/RESULTS.md), which is also what datafusion-cli ships.
+/// The `lakegate` binary's allocator and options: see [`flight_server::allocator`].
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: flight_server::allocator::MiMalloc = flight_server::allocator::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -103,8 +102,16 @@ fn default_python() -> Option<PathBuf> {
     venv.exists().then_some(venv)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime starts its threads.
+    flight_server::allocator::configure();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Gen {
             dir,

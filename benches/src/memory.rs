@@ -41,7 +41,7 @@ pub async fn run(
     let resettable = reset_peak_rss();
     println!(
         "TPC-H SF {} through the gateway (permissive), memory pool {:.1} GiB, {} joins, \
-         spilling to {}; peak RSS {}\n",
+         spilling to {}; peak RSS {}; mimalloc purge delay {} ms\n",
         manifest.scale_factor,
         limit as f64 / (1u64 << 30) as f64,
         if sort_merge_joins {
@@ -54,7 +54,8 @@ pub async fn run(
             "per query (VmHWM reset before each)"
         } else {
             "cumulative (VmHWM could not be reset)"
-        }
+        },
+        flight_server::allocator::purge_delay_ms()
     );
     println!(
         "| query | completed | seconds | rows | peak RSS MiB | error |\n|---|---|---|---|---|---|"

@@ -4,6 +4,7 @@
 //! scenario a session works under, mapping Flight SQL commands to gateway calls, and turning
 //! errors into gRPC statuses. How policies are decided is the gateway's business.
 
+pub mod allocator;
 pub mod auth;
 pub mod demo;
 mod error;

@@ -136,13 +136,20 @@ async fn load_policies(config: &Config) -> anyhow::Result<policy::PolicySet> {
     Ok(policy::PolicySet::load(&config.policy.dir, &description)?)
 }
 
-/// mimalloc: DataFusion's and Cedar's many short-lived allocations are cheaper than with the
-/// system allocator (see benches/RESULTS.md), which is also what datafusion-cli ships.
+/// mimalloc, returning freed pages at once: see [`flight_server::allocator`].
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: flight_server::allocator::MiMalloc = flight_server::allocator::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime starts its threads.
+    flight_server::allocator::configure();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     init_logging();
     match Cli::parse().command {
         Command::Serve { config, listen } => {
