@@ -29,7 +29,7 @@ use gateway::{Gateway, Principal, SecureTable};
 use lakegate_benches::tpch;
 use policy::PolicySet;
 
-/// The `lakegate` binary's allocator and options: see [`flight_server::allocator`].
+/// The `lakegate` binary's allocator: see [`flight_server::allocator`].
 #[global_allocator]
 static ALLOC: flight_server::allocator::MiMalloc = flight_server::allocator::MiMalloc;
 
@@ -228,7 +228,6 @@ fn percentiles(label: &str, mut samples: Vec<f64>) {
 }
 
 fn main() {
-    flight_server::allocator::configure();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -9,7 +9,7 @@ use lakegate_benches::harness::{self, RunOptions};
 use lakegate_benches::modes::Mode;
 use lakegate_benches::{queries, tpch, wire};
 
-/// The `lakegate` binary's allocator and options: see [`flight_server::allocator`].
+/// The `lakegate` binary's allocator: see [`flight_server::allocator`].
 #[global_allocator]
 static ALLOC: flight_server::allocator::MiMalloc = flight_server::allocator::MiMalloc;
 
@@ -102,16 +102,8 @@ fn default_python() -> Option<PathBuf> {
     venv.exists().then_some(venv)
 }
 
-fn main() -> anyhow::Result<()> {
-    // Before the runtime starts its threads.
-    flight_server::allocator::configure();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
-}
-
-async fn run() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Gen {
             dir,

@@ -136,20 +136,12 @@ async fn load_policies(config: &Config) -> anyhow::Result<policy::PolicySet> {
     Ok(policy::PolicySet::load(&config.policy.dir, &description)?)
 }
 
-/// mimalloc, returning freed pages at once: see [`flight_server::allocator`].
+/// mimalloc: see [`flight_server::allocator`].
 #[global_allocator]
 static ALLOC: flight_server::allocator::MiMalloc = flight_server::allocator::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
-    // Before the runtime starts its threads.
-    flight_server::allocator::configure();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
-}
-
-async fn run() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     init_logging();
     match Cli::parse().command {
         Command::Serve { config, listen } => {
