@@ -210,6 +210,16 @@ pub fn pretty(batches: &[RecordBatch]) -> String {
         .to_string()
 }
 
+/// The first value of the first column, an `Int64` (a `count(*)`, say).
+pub fn first_i64(batches: &[RecordBatch]) -> i64 {
+    batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("int64")
+        .value(0)
+}
+
 /// The total row count of `batches`.
 pub fn rows(batches: &[RecordBatch]) -> usize {
     batches.iter().map(|b| b.num_rows()).sum()

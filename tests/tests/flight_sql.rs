@@ -18,7 +18,7 @@ use prost::Message;
 
 use flight_server::session_options::{GetSessionOptionsResult, OptionValue, GET_SESSION_OPTIONS};
 use lakegate_tests::{
-    action, as_user, fetch, pretty, private_demo, query, raw_query, rows, set_scenario,
+    action, as_user, fetch, first_i64, pretty, private_demo, query, raw_query, rows, set_scenario,
     shared_demo, TestServer,
 };
 
@@ -32,14 +32,6 @@ const PRECONDITION: &str = "not in a state required";
 /// The same SQL run straight on the Delta tables, no gateway.
 async fn reference(sql: &str) -> String {
     pretty(&raw_query(sql).await)
-}
-
-fn first_i64(batches: &[RecordBatch]) -> i64 {
-    let col = batches[0].column(0);
-    col.as_any()
-        .downcast_ref::<Int64Array>()
-        .expect("int64")
-        .value(0)
 }
 
 fn strings(batches: &[RecordBatch], column: &str) -> Vec<String> {

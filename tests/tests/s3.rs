@@ -16,7 +16,7 @@ use deltalake::protocol::SaveMode;
 
 use flight_server::demo::write_delta_table;
 use lake_config::Config;
-use lakegate_tests::{pretty, query, TestServer};
+use lakegate_tests::{first_i64, pretty, query, TestServer};
 
 struct S3 {
     endpoint: String,
@@ -213,11 +213,5 @@ async fn exported_rows(table: &url::Url, options: &HashMap<String, String>) -> u
         .collect()
         .await
         .unwrap();
-    let n = batches[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .unwrap()
-        .value(0);
-    n as usize
+    first_i64(&batches) as usize
 }
