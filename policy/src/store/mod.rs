@@ -20,7 +20,7 @@ use crate::{Mask, PolicyError};
 
 mod slice;
 
-use slice::{Reach, Requester};
+use slice::{Reaches, Requester};
 
 /// (user, scenario, table).
 type GrantKey = (String, String, String);
@@ -28,20 +28,23 @@ type GrantKey = (String, String, String);
 /// (action index, indices into `PolicySet::reach`): names an [`ActionSet`].
 type ActionSetKey = (usize, Vec<u32>);
 
-/// How many grants a policy set keeps before it starts over.
+// The caches below keep the most recently used entries: past their size, each new entry makes
+// the least recently used one go, so no call pays for dropping many at once.
+
+/// How many grants a policy set keeps.
 const GRANT_CACHE_ENTRIES: usize = 10_000;
 
-/// How many (user, scenario) slices a policy set keeps before it starts over.
+/// How many (user, scenario) slices a policy set keeps.
 const SLICE_CACHE_ENTRIES: usize = 10_000;
 
-/// How many distinct per-action policy sets a policy set keeps before it starts over.
+/// How many distinct per-action policy sets a policy set keeps.
 const ACTION_SET_ENTRIES: usize = 10_000;
 
 /// How many memoized answers all of a policy set's [`ActionSet`]s hold at most (a few hundred
 /// bytes each); past it, decisions are made without being memoized until sets are dropped.
 const MEMO_BUDGET: usize = 250_000;
 
-/// How many (scenario, time) request contexts a policy set keeps before it starts over.
+/// How many (scenario, time) request contexts a policy set keeps.
 const CONTEXT_ENTRIES: usize = 10_000;
 
 /// The actions a grant asks about; a [`Slice`] holds one policy set per action, in this order.
@@ -144,6 +147,14 @@ impl<T> Drop for Memo<T> {
     }
 }
 
+type Lru<K, V> = lru::LruCache<K, V>;
+
+/// An empty cache of at most `entries` entries.
+fn lru<K: std::hash::Hash + Eq, V>(entries: usize) -> std::sync::Mutex<Lru<K, V>> {
+    let entries = std::num::NonZeroUsize::new(entries).expect("a cache holds at least one entry");
+    std::sync::Mutex::new(Lru::new(entries))
+}
+
 /// The minimum group size of an `aggregate` permit without `@min_group`.
 pub const DEFAULT_MIN_GROUP: u64 = 10;
 
@@ -166,19 +177,19 @@ pub struct PolicySet {
     hash: String,
     authorizer: Authorizer,
     /// Grants by (user, scenario, table), with the second they were decided at.
-    grants: std::sync::Mutex<HashMap<GrantKey, (u64, std::sync::Arc<Grant>)>>,
+    grants: std::sync::Mutex<Lru<GrantKey, (u64, std::sync::Arc<Grant>)>>,
     /// Every policy with the requests it can reach, in load order.
-    reach: Vec<(cedar_policy::Policy, Reach)>,
+    reach: Reaches,
     /// [`ACTIONS`] as entity uids, and their ancestors (`None`: not in the store).
     actions: Vec<(EntityUid, Option<HashSet<EntityUid>>)>,
     /// `Lake::Column`, parsed once.
     column_type: EntityTypeName,
     /// Slices by (user, scenario): they do not depend on time.
-    slices: std::sync::Mutex<HashMap<(String, String), std::sync::Arc<Slice>>>,
+    slices: std::sync::Mutex<Lru<(String, String), std::sync::Arc<Slice>>>,
     /// Per-action policy sets by (action, indices into `reach`): slices share them.
-    action_sets: std::sync::Mutex<HashMap<ActionSetKey, std::sync::Arc<ActionSet>>>,
+    action_sets: std::sync::Mutex<Lru<ActionSetKey, std::sync::Arc<ActionSet>>>,
     /// Request contexts by scenario, with the time they were built for.
-    contexts: std::sync::Mutex<HashMap<String, (SystemTime, Context)>>,
+    contexts: std::sync::Mutex<Lru<String, (SystemTime, Context)>>,
     /// The last `context.now` built, with its time.
     now: std::sync::Mutex<Option<(SystemTime, RestrictedExpression)>>,
     /// Memo entries held by this set's [`ActionSet`]s.
@@ -449,10 +460,7 @@ impl PolicySet {
                 }
             })?;
 
-        let reach = policies
-            .policies()
-            .map(|p| (p.clone(), Reach::of(p)))
-            .collect();
+        let reach = Reaches::new(&policies);
         let actions = slice::action_uids()
             .into_iter()
             .map(|a| {
@@ -471,13 +479,13 @@ impl PolicySet {
             min_groups,
             hash: hex::encode(hasher.finalize()),
             authorizer: Authorizer::new(),
-            grants: std::sync::Mutex::new(HashMap::new()),
+            grants: lru(GRANT_CACHE_ENTRIES),
             reach,
             actions,
             column_type: EntityTypeName::from_str("Lake::Column").expect("a valid type name"),
-            slices: std::sync::Mutex::new(HashMap::new()),
-            action_sets: std::sync::Mutex::new(HashMap::new()),
-            contexts: std::sync::Mutex::new(HashMap::new()),
+            slices: lru(SLICE_CACHE_ENTRIES),
+            action_sets: lru(ACTION_SET_ENTRIES),
+            contexts: lru(CONTEXT_ENTRIES),
             now: std::sync::Mutex::new(None),
             memo_budget: Budget::default(),
             tables: lake.tables.iter().map(|t| (t.id(), t.clone())).collect(),
@@ -543,7 +551,7 @@ impl PolicySet {
             .unwrap_or(0);
         let key = (user.to_string(), scenario.to_string(), table.to_string());
         {
-            let cache = self.grants.lock().expect("grant cache poisoned");
+            let mut cache = self.grants.lock().expect("grant cache poisoned");
             if let Some((at, g)) = cache.get(&key) {
                 if *at == second {
                     return Ok(g.clone());
@@ -552,24 +560,23 @@ impl PolicySet {
         }
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(second);
         let grant = std::sync::Arc::new(self.decide_grant(user, scenario, table, now)?);
-        let mut cache = self.grants.lock().expect("grant cache poisoned");
-        if cache.len() >= GRANT_CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(key, (second, grant.clone()));
+        let evicted = self
+            .grants
+            .lock()
+            .expect("grant cache poisoned")
+            .push(key, (second, grant.clone()));
+        // Dropped outside the lock: the least recently used grant, or this key's older one.
+        drop(evicted);
         Ok(grant)
     }
 
-    /// The (user, scenario, table) of the grants decided most recently, newest first, at most
-    /// `limit`: what [`Self::warm`] on the next policy set decides before it serves.
+    /// The (user, scenario, table) of the grants used most recently (decided or answered from
+    /// the cache), newest first, at most `limit`: what [`Self::warm`] on the next policy set
+    /// decides before it serves.
     pub fn recent_grants(&self, limit: usize) -> Vec<(String, String, String)> {
         let cache = self.grants.lock().expect("grant cache poisoned");
-        let mut keys: Vec<(&GrantKey, u64)> = cache.iter().map(|(k, (at, _))| (k, *at)).collect();
-        keys.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        keys.into_iter()
-            .take(limit)
-            .map(|(k, _)| k.clone())
-            .collect()
+        // Most recently used first.
+        cache.iter().take(limit).map(|(k, _)| k.clone()).collect()
     }
 
     /// Decides the grants of `requests` (user, scenario, table) at `now`, so that the slices and
@@ -704,9 +711,8 @@ impl PolicySet {
             return Ok((false, vec![]));
         }
         let memo = ask.slice.exact && set.shared;
-        let key = resource.id().unescaped();
         if memo {
-            if let Some(answer) = set.decisions.get(ask.scenario, key) {
+            if let Some(answer) = set.decisions.get(ask.scenario, resource.id().unescaped()) {
                 return Ok(answer);
             }
         }
@@ -716,7 +722,7 @@ impl PolicySet {
         let request = Request::new(
             ask.principal.clone(),
             self.actions[action].0.clone(),
-            resource.clone(),
+            resource,
             ask.context.clone(),
             None,
         )
@@ -730,16 +736,13 @@ impl PolicySet {
             let principal = ask.principal;
             tracing::warn!(%principal, action, "policy evaluation error: {e}");
         }
-        let mut ids: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(|p| p.to_string())
-            .collect();
+        let mut ids: Vec<String> = response.diagnostics().reason().map(id_text).collect();
         // Cedar's reasons come from a hash set: sorted, records do not depend on its order.
         ids.sort();
         let answer = (response.decision() == Decision::Allow, ids);
-        if memo {
-            set.decisions.put(ask.scenario, key, answer.clone());
+        if let (true, Some(resource)) = (memo, request.resource()) {
+            set.decisions
+                .put(ask.scenario, resource.id().unescaped(), answer.clone());
         }
         Ok(answer)
     }
@@ -800,16 +803,16 @@ impl PolicySet {
         let mut permits = Vec::new();
         let mut forbids = Vec::new();
         for id in response.true_permits() {
-            ids.push(id.to_string());
+            ids.push(id_text(id));
             permits.push(Predicate::Const(true));
         }
         for id in response.true_forbids() {
-            ids.push(id.to_string());
+            ids.push(id_text(id));
             forbids.push(Predicate::Const(true));
         }
         for id in response.error_forbids() {
             tracing::warn!(policy = %id, table = %desc.id(), "forbid errors on read_row: no rows");
-            ids.push(id.to_string());
+            ids.push(id_text(id));
             forbids.push(Predicate::Const(true));
         }
         let residual = |id: &PolicyId| -> Result<Predicate, predicate::Untranslatable> {
@@ -837,11 +840,11 @@ impl PolicySet {
         // Sorted, so that the predicate does not depend on the response's iteration order.
         fn sorted<'a>(ids: impl Iterator<Item = &'a PolicyId>) -> Vec<&'a PolicyId> {
             let mut ids: Vec<_> = ids.collect();
-            ids.sort_by_key(|id| id.to_string());
+            ids.sort_by_key(|id| id_text(id));
             ids
         }
         for id in sorted(response.residual_permits()) {
-            ids.push(id.to_string());
+            ids.push(id_text(id));
             match residual(id) {
                 Ok(p) => permits.push(p),
                 Err(e) => {
@@ -850,7 +853,7 @@ impl PolicySet {
             }
         }
         for id in sorted(response.residual_forbids()) {
-            ids.push(id.to_string());
+            ids.push(id_text(id));
             match residual(id) {
                 Ok(p) => forbids.push(p),
                 Err(e) => {
@@ -888,13 +891,14 @@ impl PolicySet {
             scenario,
         };
         let mut members: Vec<Vec<u32>> = ACTIONS.iter().map(|_| Vec::new()).collect();
-        for (i, (_, reach)) in self.reach.iter().enumerate() {
+        for i in self.reach.for_scenario(scenario) {
+            let (_, reach) = self.reach.get(i);
             if !reach.reaches(&who) {
                 continue;
             }
             for (list, (action, ancestors)) in members.iter_mut().zip(&self.actions) {
                 if reach.reaches_action(action, ancestors.as_ref()) {
-                    list.push(i as u32);
+                    list.push(i);
                 }
             }
         }
@@ -907,11 +911,12 @@ impl PolicySet {
             sets,
             exact: who.ancestors.is_some(),
         });
-        let mut cache = self.slices.lock().expect("slice cache poisoned");
-        if cache.len() >= SLICE_CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(key, slice.clone());
+        let evicted = self
+            .slices
+            .lock()
+            .expect("slice cache poisoned")
+            .push(key, slice.clone());
+        drop(evicted);
         Ok(slice)
     }
 
@@ -930,17 +935,16 @@ impl PolicySet {
         let mut policies = cedar_policy::PolicySet::new();
         let mut shared = true;
         for &i in &key.1 {
-            let (policy, reach) = &self.reach[i as usize];
+            let (policy, reach) = self.reach.get(i);
             policies
                 .add(policy.clone())
                 .map_err(|e| PolicyError::Request(describe(&e)))?;
             shared &= reach.shared;
         }
         let set = std::sync::Arc::new(ActionSet::new(policies, shared, &self.memo_budget));
-        if sets.len() >= ACTION_SET_ENTRIES {
-            sets.clear();
-        }
-        sets.insert(key, set.clone());
+        let evicted = sets.push(key, set.clone());
+        drop(sets);
+        drop(evicted);
         Ok(set)
     }
 
@@ -969,11 +973,10 @@ impl PolicySet {
         context
             .validate(&self.schema, &self.actions[QUERY].0)
             .map_err(|e| PolicyError::Request(describe(&e)))?;
-        let mut contexts = self.contexts.lock().expect("context cache poisoned");
-        if contexts.len() >= CONTEXT_ENTRIES {
-            contexts.clear();
-        }
-        contexts.insert(scenario.to_string(), (now, context.clone()));
+        self.contexts
+            .lock()
+            .expect("context cache poisoned")
+            .put(scenario.to_string(), (now, context.clone()));
         Ok(context)
     }
 
@@ -1000,6 +1003,12 @@ struct Ask<'a> {
     principal: &'a EntityUid,
     scenario: &'a str,
     context: &'a Context,
+}
+
+/// A policy id as written in its `@id` (`PolicyId`'s `Display` escapes quotes and backslashes,
+/// and the `@mask`/`@min_group` maps are keyed by the id as written).
+fn id_text(id: &PolicyId) -> String {
+    AsRef::<str>::as_ref(id).to_string()
 }
 
 /// `Type::"id"` with any id text (built, not parsed: no escaping to get wrong).

@@ -16,7 +16,7 @@
 //! test in `tests.rs` checks that on a mixed set. Whatever the reader does not recognise keeps the
 //! policy in.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use cedar_policy::{pst, EntityId, EntityTypeName, EntityUid, Policy};
@@ -27,6 +27,68 @@ use super::ACTIONS;
 const USER_TYPE: &str = "Lake::User";
 /// The Cedar type of scenarios.
 const SCENARIO_TYPE: &str = "Lake::Scenario";
+
+/// Every policy of a set with its [`Reach`], indexed by the scenario its first condition
+/// requires, so that cutting a slice reads only the policies of its scenario and those that
+/// require none (not all of a set with many scenarios).
+pub(super) struct Reaches {
+    /// In the set's order; indices into this name policies in slices.
+    all: Vec<(Policy, Reach)>,
+    /// Indices of the policies that require no scenario, ascending.
+    any_scenario: Vec<u32>,
+    /// Indices of the policies that require the scenario, ascending.
+    by_scenario: HashMap<String, Vec<u32>>,
+}
+
+impl Reaches {
+    /// Reads every policy of `policies`.
+    pub(super) fn new(policies: &cedar_policy::PolicySet) -> Self {
+        let all: Vec<(Policy, Reach)> = policies
+            .policies()
+            .map(|p| (p.clone(), Reach::of(p)))
+            .collect();
+        let mut any_scenario = Vec::new();
+        let mut by_scenario: HashMap<String, Vec<u32>> = HashMap::new();
+        for (i, (_, reach)) in all.iter().enumerate() {
+            match &reach.scenario {
+                Some(s) => by_scenario.entry(s.clone()).or_default().push(i as u32),
+                None => any_scenario.push(i as u32),
+            }
+        }
+        Reaches {
+            all,
+            any_scenario,
+            by_scenario,
+        }
+    }
+
+    /// The policy at `index` and its reach.
+    pub(super) fn get(&self, index: u32) -> &(Policy, Reach) {
+        &self.all[index as usize]
+    }
+
+    /// The indices of the policies whose first condition does not rule `scenario` out,
+    /// ascending (slices holding the same policies then have equal member lists).
+    pub(super) fn for_scenario(&self, scenario: &str) -> Vec<u32> {
+        let named = self
+            .by_scenario
+            .get(scenario)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let (mut a, mut b) = (self.any_scenario.iter().peekable(), named.iter().peekable());
+        let mut out = Vec::with_capacity(self.any_scenario.len() + named.len());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x < y => a.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, None) => break,
+            };
+            out.extend(next);
+        }
+        out
+    }
+}
 
 /// Which requests a policy may apply to, read off its scope and its first condition.
 #[derive(Debug, Clone)]
@@ -263,5 +325,42 @@ fn required_scenario(e: &pst::Expr) -> Option<String> {
         scenario_literal(left)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scenario_reads_its_own_policies_and_those_of_no_scenario_in_set_order() {
+        let text = r#"
+            permit (principal, action, resource) when { context.scenario == Lake::Scenario::"b" };
+            permit (principal, action, resource);
+            permit (principal, action, resource) when { context.scenario == Lake::Scenario::"a" };
+            permit (principal, action, resource) when { context.scenario == Lake::Scenario::"b" && true };
+            permit (principal, action, resource) when { true && context.scenario == Lake::Scenario::"a" };
+        "#;
+        let mut set = cedar_policy::PolicySet::new();
+        for (i, p) in cedar_policy::PolicySet::from_str(text)
+            .unwrap()
+            .policies()
+            .enumerate()
+        {
+            set.add(p.new_id(cedar_policy::PolicyId::new(format!("p{i}"))))
+                .unwrap();
+        }
+        let reaches = Reaches::new(&set);
+        let ids = |scenario: &str| -> Vec<String> {
+            reaches
+                .for_scenario(scenario)
+                .into_iter()
+                .map(|i| reaches.get(i).0.id().to_string())
+                .collect()
+        };
+        // p4 names scenario a, but not first: it is read for every scenario.
+        assert_eq!(ids("a"), ["p1", "p2", "p4"]);
+        assert_eq!(ids("b"), ["p0", "p1", "p3", "p4"]);
+        assert_eq!(ids("c"), ["p1", "p4"]);
     }
 }

@@ -135,6 +135,37 @@ fn grants_follow_the_contract_example() {
 }
 
 #[test]
+fn ids_with_quotes_and_backslashes_keep_their_masks_and_group_sizes() {
+    // Cedar's `Display` of a policy id escapes `"` and `\`; grants name ids as written.
+    let quoted = POLICIES
+        .replace("@id(\"hr-id-card\")", r#"@id("card \"hashed\"")"#)
+        .replace("@id(\"hr-diagnosis\")", r#"@id("diag\\nosis")"#)
+        .replace("@min_group(\"10\")", "@min_group(\"7\")")
+        .replace("@id(\"hr-own-district\")", r#"@id("own \"district\"")"#);
+    assert!(quoted.contains(r#"@id("card \"hashed\"")"#));
+    let dir = folder(&quoted);
+    let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    let g = set
+        .grant("alice", "hr-stats", "hr.employees", SystemTime::now())
+        .unwrap();
+    assert_eq!(g.column("id_card"), &ColumnTreatment::Masked(Mask::Hash));
+    assert_eq!(
+        g.column("diagnosis"),
+        &ColumnTreatment::AggregateOnly { min_group: 7 }
+    );
+    assert_eq!(
+        g.policy_ids(),
+        [
+            r#"card "hashed""#,
+            r#"diag\nosis"#,
+            "hr-columns",
+            r#"own "district""#,
+            "scenario-scope"
+        ]
+    );
+}
+
+#[test]
 fn forbid_residuals_are_subtracted_and_no_permit_means_no_rows() {
     let with_forbid = format!(
         "{POLICIES}\n@id(\"no-high-salaries\")\nforbid (principal, action == Lake::Action::\"read_row\", resource is Lake::Rows::hr::employees)\nwhen {{ resource.salary > 100000 && !(principal in Lake::Role::\"director\") }};\n"
@@ -580,10 +611,17 @@ fn a_reloaded_set_warms_the_last_grants_with_its_own_policies() {
     old.grant("alice", "hr-stats", "hr.payroll", second(1_900_000_001))
         .unwrap();
     let key = |u: &str, t: &str| (u.to_string(), "hr-stats".to_string(), t.to_string());
-    // Newest first, at most `limit`.
+    // Most recently used first, at most `limit`.
     assert_eq!(
         old.recent_grants(2),
-        [key("alice", "hr.payroll"), key("alice", "hr.employees")]
+        [key("alice", "hr.payroll"), key("mallory", "hr.employees")]
+    );
+    // A grant answered from the cache counts as used.
+    old.grant("alice", "hr-stats", "hr.employees", second(1_900_000_000))
+        .unwrap();
+    assert_eq!(
+        old.recent_grants(2),
+        [key("alice", "hr.employees"), key("alice", "hr.payroll")]
     );
 
     // The admin changes a mask: the new set decides the old set's last grants with its own.
