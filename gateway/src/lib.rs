@@ -24,6 +24,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::catalog::TableProvider;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::SessionStateBuilder;
@@ -75,10 +76,10 @@ pub struct Gateway {
     /// What the policy folder looked like when the current set was loaded.
     policy_fingerprint: std::sync::Mutex<Vec<(PathBuf, u64, SystemTime)>>,
     mask_key: Option<Arc<[u8]>>,
-    runtime: Arc<RuntimeEnv>,
-    /// `[execution] sort_merge_joins`: DataFusion's hash join cannot spill its build side, a
-    /// sort-merge join spills.
-    sort_merge_joins: bool,
+    /// What every query's session starts from: configuration, runtime, DataFusion's functions
+    /// and rules. Built once and cloned per query (building one registers every built-in
+    /// function: a fifth of planning a query), never given a catalog.
+    template: datafusion::execution::SessionState,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -118,8 +119,10 @@ impl Gateway {
                 .mask_key
                 .as_ref()
                 .map(|k| Arc::from(k.as_bytes())),
-            runtime: runtime_env(&config.execution)?,
-            sort_merge_joins: config.execution.sort_merge_joins,
+            template: session_template(
+                runtime_env(&config.execution)?,
+                config.execution.sort_merge_joins,
+            ),
         };
         gateway.load_export_state().await?;
         Ok(gateway)
@@ -375,18 +378,6 @@ impl Gateway {
     /// A DataFusion session for one request: the `lake` catalog behind this principal's gate,
     /// no other catalog, no URL tables, no information_schema.
     fn session(&self, user: &str, scenario: &str) -> datafusion::execution::SessionState {
-        let mut config = SessionConfig::new()
-            .with_default_catalog_and_schema(LAKE_CATALOG, "public")
-            .with_create_default_catalog_and_schema(false)
-            .with_information_schema(false);
-        if self.sort_merge_joins {
-            config.options_mut().optimizer.prefer_hash_join = false;
-        }
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(self.runtime.clone())
-            .with_default_features()
-            .build();
         let gate = Arc::new(SessionGate::new(
             self.policies(),
             user,
@@ -395,11 +386,10 @@ impl Gateway {
             self.mask_key.clone(),
             Arc::new(self.lake.storage_options().clone()),
         ));
-        state.catalog_list().register_catalog(
-            LAKE_CATALOG.to_string(),
+        session_from(
+            &self.template,
             Arc::new(LakeCatalogProvider::new(self.lake.clone(), gate)),
-        );
-        state
+        )
     }
 }
 
@@ -476,6 +466,40 @@ fn cedar_type(t: &DataType) -> Option<CedarType> {
 }
 
 /// The runtime all of one gateway's queries share: `[execution]`'s memory pool and spill folder.
+/// The session [`Gateway::session`] clones: the lake catalog as default, no information schema,
+/// DataFusion's built-in functions and rules.
+fn session_template(
+    runtime: Arc<RuntimeEnv>,
+    sort_merge_joins: bool,
+) -> datafusion::execution::SessionState {
+    let mut config = SessionConfig::new()
+        .with_default_catalog_and_schema(LAKE_CATALOG, "public")
+        .with_create_default_catalog_and_schema(false)
+        .with_information_schema(false);
+    if sort_merge_joins {
+        config.options_mut().optimizer.prefer_hash_join = false;
+    }
+    SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .build()
+}
+
+/// A clone of `template` whose only catalog is `lake`, in a catalog list of its own: the
+/// template's list (shared by every clone) stays empty, so no session sees another's gate.
+fn session_from(
+    template: &datafusion::execution::SessionState,
+    lake: Arc<dyn datafusion::catalog::CatalogProvider>,
+) -> datafusion::execution::SessionState {
+    let mut state = template.clone();
+    state.register_catalog_list(Arc::new(MemoryCatalogProviderList::new()));
+    state
+        .catalog_list()
+        .register_catalog(LAKE_CATALOG.to_string(), lake);
+    state
+}
+
 fn runtime_env(config: &lake_config::ExecutionConfig) -> Result<Arc<RuntimeEnv>, GatewayError> {
     let mut builder = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
     if let Some(limit) = config.memory_limit_bytes {
@@ -489,4 +513,37 @@ fn runtime_env(config: &lake_config::ExecutionConfig) -> Result<Arc<RuntimeEnv>,
             "cannot set up query execution ({e}); check [execution] spill_dir"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+
+    #[test]
+    fn sessions_cloned_from_the_template_see_only_their_own_catalog() {
+        let template = session_template(Arc::new(RuntimeEnv::default()), false);
+        let (a, b): (Arc<dyn CatalogProvider>, Arc<dyn CatalogProvider>) = (
+            Arc::new(MemoryCatalogProvider::new()),
+            Arc::new(MemoryCatalogProvider::new()),
+        );
+        let first = session_from(&template, a.clone());
+        let second = session_from(&template, b.clone());
+        let lake = |s: &datafusion::execution::SessionState| {
+            s.catalog_list()
+                .catalog(LAKE_CATALOG)
+                .expect("a lake catalog")
+        };
+        assert!(Arc::ptr_eq(&lake(&first), &a));
+        assert!(Arc::ptr_eq(&lake(&second), &b));
+        assert!(template.catalog_list().catalog_names().is_empty());
+        assert_eq!(first.catalog_list().catalog_names(), [LAKE_CATALOG]);
+        // The clones keep the template's configuration.
+        let options = first.config().options();
+        assert_eq!(options.catalog.default_catalog, LAKE_CATALOG);
+        assert!(!options.catalog.information_schema);
+        assert!(options.optimizer.prefer_hash_join);
+        let merge = session_template(Arc::new(RuntimeEnv::default()), true);
+        assert!(!merge.config().options().optimizer.prefer_hash_join);
+    }
 }
