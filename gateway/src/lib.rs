@@ -465,7 +465,6 @@ fn cedar_type(t: &DataType) -> Option<CedarType> {
     }
 }
 
-/// The runtime all of one gateway's queries share: `[execution]`'s memory pool and spill folder.
 /// The session [`Gateway::session`] clones: the lake catalog as default, no information schema,
 /// DataFusion's built-in functions and rules.
 fn session_template(
@@ -500,6 +499,7 @@ fn session_from(
     state
 }
 
+/// The runtime all of one gateway's queries share: `[execution]`'s memory pool and spill folder.
 fn runtime_env(config: &lake_config::ExecutionConfig) -> Result<Arc<RuntimeEnv>, GatewayError> {
     let mut builder = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
     if let Some(limit) = config.memory_limit_bytes {

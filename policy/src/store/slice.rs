@@ -70,22 +70,9 @@ impl Reaches {
     /// The indices of the policies whose first condition does not rule `scenario` out,
     /// ascending (slices holding the same policies then have equal member lists).
     pub(super) fn for_scenario(&self, scenario: &str) -> Vec<u32> {
-        let named = self
-            .by_scenario
-            .get(scenario)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let (mut a, mut b) = (self.any_scenario.iter().peekable(), named.iter().peekable());
-        let mut out = Vec::with_capacity(self.any_scenario.len() + named.len());
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x < y => a.next(),
-                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, None) => break,
-            };
-            out.extend(next);
-        }
+        let mut out = self.any_scenario.clone();
+        out.extend(self.by_scenario.get(scenario).into_iter().flatten());
+        out.sort_unstable();
         out
     }
 }
