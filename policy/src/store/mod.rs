@@ -150,7 +150,7 @@ impl<T> Drop for Memo<T> {
 type Lru<K, V> = lru::LruCache<K, V>;
 
 /// An empty cache of at most `entries` entries.
-fn lru<K: std::hash::Hash + Eq, V>(entries: usize) -> std::sync::Mutex<Lru<K, V>> {
+fn lru_cache<K: std::hash::Hash + Eq, V>(entries: usize) -> std::sync::Mutex<Lru<K, V>> {
     let entries = std::num::NonZeroUsize::new(entries).expect("a cache holds at least one entry");
     std::sync::Mutex::new(Lru::new(entries))
 }
@@ -479,13 +479,13 @@ impl PolicySet {
             min_groups,
             hash: hex::encode(hasher.finalize()),
             authorizer: Authorizer::new(),
-            grants: lru(GRANT_CACHE_ENTRIES),
+            grants: lru_cache(GRANT_CACHE_ENTRIES),
             reach,
             actions,
             column_type: EntityTypeName::from_str("Lake::Column").expect("a valid type name"),
-            slices: lru(SLICE_CACHE_ENTRIES),
-            action_sets: lru(ACTION_SET_ENTRIES),
-            contexts: lru(CONTEXT_ENTRIES),
+            slices: lru_cache(SLICE_CACHE_ENTRIES),
+            action_sets: lru_cache(ACTION_SET_ENTRIES),
+            contexts: lru_cache(CONTEXT_ENTRIES),
             now: std::sync::Mutex::new(None),
             memo_budget: Budget::default(),
             tables: lake.tables.iter().map(|t| (t.id(), t.clone())).collect(),
@@ -840,7 +840,7 @@ impl PolicySet {
         // Sorted, so that the predicate does not depend on the response's iteration order.
         fn sorted<'a>(ids: impl Iterator<Item = &'a PolicyId>) -> Vec<&'a PolicyId> {
             let mut ids: Vec<_> = ids.collect();
-            ids.sort_by_key(|id| id_text(id));
+            ids.sort_by_key(|id| AsRef::<str>::as_ref(*id));
             ids
         }
         for id in sorted(response.residual_permits()) {
