@@ -483,7 +483,7 @@ fn entities() -> serde_json::Value {
 }
 
 /// Registers the raw Delta tables of a bench dir as `<schema>.<table>` in `ctx` (mode a and the
-/// reference answers).
+/// reference answers), scanned with `ctx`'s Parquet options.
 pub async fn register_raw(
     ctx: &datafusion::prelude::SessionContext,
     dir: &Path,
@@ -497,7 +497,12 @@ pub async fn register_raw(
         let url = lake.table_url(&catalog::TableRef::new("tpch", table));
         let t =
             deltalake::open_table_with_storage_options(url, lake.storage_options().clone()).await?;
-        let provider = t.table_provider().await?;
+        // The scan takes its Parquet options (pushdown, view types) from `ctx`, as the gateway's
+        // take theirs from `[execution]`: delta-rs's own default pushes filters into the reader.
+        let provider = t
+            .table_provider()
+            .with_session(Arc::new(ctx.state()))
+            .await?;
         schema.register_table(table.to_string(), provider)?;
     }
     ctx.catalog("datafusion")

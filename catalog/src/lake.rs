@@ -2,10 +2,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::prelude::SessionConfig;
 use deltalake::logstore::{LogStoreRef, ObjectStoreRef};
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use futures::future::try_join_all;
@@ -60,6 +62,31 @@ pub struct TableSnapshot {
     pub subject_key: Option<String>,
     /// The raw Delta scan, pinned to `version`. Only the gateway's secure scan may wrap it.
     pub provider: Arc<dyn TableProvider>,
+    /// Whether `provider` evaluates the filters it is given inside the Parquet reader (see
+    /// [`delta_scan`]); a scan of this snapshot re-planned elsewhere does the same.
+    pub parquet_pushdown: bool,
+}
+
+/// The sessions delta-rs reads its scan configuration from, without and with Parquet pushdown.
+static SCAN_SESSIONS: LazyLock<[Arc<SessionState>; 2]> = LazyLock::new(|| {
+    [false, true].map(|pushdown| {
+        let mut config = SessionConfig::new();
+        config.options_mut().execution.parquet.pushdown_filters = pushdown;
+        Arc::new(SessionStateBuilder::new().with_config(config).build())
+    })
+});
+
+/// The raw Delta scan of `table` at its loaded version. With `parquet_pushdown` the filters the
+/// scan is given are also evaluated inside the Parquet reader, row by row before the other
+/// columns are decoded (delta-rs's default when it is given no session); without, they prune
+/// files, row groups and pages only (DataFusion's default). Either way delta-rs calls them
+/// inexact, so DataFusion still filters the rows the scan returns.
+pub async fn delta_scan(
+    table: &DeltaTable,
+    parquet_pushdown: bool,
+) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+    let session = SCAN_SESSIONS[usize::from(parquet_pushdown)].clone();
+    table.table_provider().with_session(session).await
 }
 
 /// The lake under one root URI. Cheap to share (`Arc<Lake>`); all methods take `&self`.
@@ -68,6 +95,8 @@ pub struct Lake {
     options: HashMap<String, String>,
     store: ObjectStoreRef,
     overrides: BTreeMap<String, TableOverride>,
+    /// `[execution] parquet_pushdown` for the scans of this lake's snapshots.
+    parquet_pushdown: bool,
     /// Discovered tables; a table is opened on first use and refreshed on every use after.
     tables: RwLock<BTreeMap<TableRef, Arc<tokio::sync::Mutex<Option<DeltaTable>>>>>,
 }
@@ -124,10 +153,18 @@ impl Lake {
             root,
             options,
             overrides,
+            parquet_pushdown: false,
             tables: RwLock::new(BTreeMap::new()),
         };
         lake.refresh().await?;
         Ok(lake)
+    }
+
+    /// Whether the scans of this lake's snapshots evaluate their filters inside the Parquet
+    /// reader (`[execution] parquet_pushdown`, see [`delta_scan`]). Off unless set.
+    pub fn with_parquet_pushdown(mut self, on: bool) -> Self {
+        self.parquet_pushdown = on;
+        self
     }
 
     /// The root URI (ends with `/`).
@@ -259,8 +296,7 @@ impl Lake {
         };
         let version = table.version().unwrap_or_default();
         let subject_key = self.subject_key(t, &table).map_err(delta_err)?;
-        let provider = table
-            .table_provider()
+        let provider = delta_scan(&table, self.parquet_pushdown)
             .await
             .map_err(|e| CatalogError::Delta {
                 table: t.to_string(),
@@ -283,6 +319,7 @@ impl Lake {
             schema,
             subject_key,
             provider,
+            parquet_pushdown: self.parquet_pushdown,
         }))
     }
 

@@ -94,7 +94,11 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Opens the lake and loads the policy folder named by `config`.
     pub async fn open(config: &Config) -> Result<Self, GatewayError> {
-        let lake = Arc::new(Lake::open(&config.lake).await?);
+        let lake = Arc::new(
+            Lake::open(&config.lake)
+                .await?
+                .with_parquet_pushdown(config.execution.parquet_pushdown),
+        );
         let description = describe_lake(&lake).await?;
         let policies = PolicySet::load(&config.policy.dir, &description)?;
         tracing::info!(

@@ -24,16 +24,24 @@ use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, Task
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::Expr;
 use datafusion::optimizer::analyzer::type_coercion::TypeCoercionRewriter;
+use datafusion::physical_expr::utils::{conjunction, reassign_expr_columns};
 use datafusion::physical_expr::{
     create_physical_expr, EquivalenceProperties, Partitioning, PhysicalExpr,
 };
+use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::filter_pushdown::{
+    ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation, PushedDown,
+};
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+    apply_expression_roots, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
+    PlanProperties,
 };
 use datafusion_proto::logical_plan::from_proto::parse_exprs;
 use datafusion_proto::logical_plan::to_proto::serialize_exprs;
@@ -75,6 +83,9 @@ pub(crate) struct ScanSpec {
     /// The target partition count the optimizer split the Delta scan's files for, if it did
     /// (an executor re-plans the scan and splits it the same way).
     pub repartition: Option<usize>,
+    /// Whether the Delta scan evaluates `filters` inside the Parquet reader
+    /// (`[execution] parquet_pushdown` where the query was planned).
+    pub parquet_pushdown: bool,
 }
 
 /// The Delta scan as planned in this process, and the compiled row predicate.
@@ -83,6 +94,10 @@ struct Planned {
     input: Arc<dyn ExecutionPlan>,
     predicate: Option<Arc<dyn PhysicalExpr>>,
     outputs: Vec<(usize, Option<Mask>)>,
+    /// Dynamic filters passed into `input` (see `handle_child_pushdown_result`). Reported as
+    /// this node's expressions: a hash join computes its filter only when its probe side shows
+    /// a consumer.
+    dynamic: Vec<Arc<dyn PhysicalExpr>>,
 }
 
 /// The barrier node.
@@ -95,8 +110,10 @@ pub struct SecureScanExec {
     planned: Option<Planned>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
-    /// Whether the raw scan's statistics may be reported (the table is served as stored).
-    share_statistics: bool,
+    /// Whether the table is served exactly as stored (every column raw, every row, nothing
+    /// aggregate-only): only then are the raw scan's statistics reported and dynamic filters
+    /// passed into it.
+    as_stored: bool,
 }
 
 impl fmt::Debug for SecureScanExec {
@@ -152,6 +169,7 @@ impl SecureScanExec {
                 input,
                 predicate,
                 outputs,
+                dynamic: vec![],
             }),
         ))
     }
@@ -179,15 +197,23 @@ impl SecureScanExec {
             planned,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
-            share_statistics: false,
+            as_stored: false,
         }
     }
 
-    /// Reports the raw scan's statistics: only for a table served exactly as stored (every
-    /// column raw, every row, nothing aggregate-only).
-    pub(crate) fn with_raw_statistics(mut self, share: bool) -> Self {
-        self.share_statistics = share;
+    /// Marks the table as served exactly as stored (every column raw, every row, nothing
+    /// aggregate-only): the raw scan's statistics are reported and dynamic filters reach it.
+    pub(crate) fn served_as_stored(mut self, as_stored: bool) -> Self {
+        self.as_stored = as_stored;
         self
+    }
+
+    /// Served exactly as stored, and nothing in the spec says otherwise: no row predicate, no
+    /// mask (defence in depth for what may see the raw scan: statistics, dynamic filters).
+    fn serves_raw_rows(&self) -> bool {
+        self.as_stored
+            && self.spec.predicate.is_none()
+            && self.spec.outputs.iter().all(|(_, m)| m.is_none())
     }
 
     /// Plans the Delta scan in this process (after decoding on an executor).
@@ -205,7 +231,7 @@ impl SecureScanExec {
             .load()
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let provider = table.table_provider().await?;
+        let provider = catalog::delta_scan(&table, spec.parquet_pushdown).await?;
         let state = SessionStateBuilder::new()
             .with_config(ctx.session_config().clone())
             .with_runtime_env(ctx.runtime_env())
@@ -247,6 +273,7 @@ impl SecureScanExec {
             input,
             predicate,
             outputs,
+            dynamic: vec![],
         })
     }
 }
@@ -312,6 +339,9 @@ impl DisplayAs for SecureScanExec {
         if !self.spec.filters.is_empty() {
             let filters: Vec<String> = self.spec.filters.iter().map(|e| e.to_string()).collect();
             write!(f, ", pushed=[{}]", filters.join(", "))?;
+            if self.spec.parquet_pushdown {
+                write!(f, " into the Parquet reader")?;
+            }
         }
         Ok(())
     }
@@ -337,9 +367,14 @@ impl ExecutionPlan for SecureScanExec {
 
     fn apply_expressions(
         &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
+        // Only the dynamic filters it took in, never the row predicate or masks: those stay
+        // out of reach of rules that rewrite a plan's expressions.
+        match &self.planned {
+            Some(planned) => apply_expression_roots(planned.dynamic.iter(), f),
+            None => Ok(TreeNodeRecursion::Continue),
+        }
     }
 
     fn with_new_children(
@@ -385,7 +420,7 @@ impl ExecutionPlan for SecureScanExec {
                 self.storage.clone(),
                 Some(planned),
             )
-            .with_raw_statistics(self.share_statistics),
+            .served_as_stored(self.as_stored),
         )))
     }
 
@@ -406,10 +441,7 @@ impl ExecutionPlan for SecureScanExec {
         let Some(planned) = &self.planned else {
             return unknown();
         };
-        if !self.share_statistics
-            || self.spec.predicate.is_some()
-            || self.spec.outputs.iter().any(|(_, m)| m.is_some())
-        {
+        if !self.serves_raw_rows() {
             return unknown();
         }
         let raw = datafusion::physical_plan::statistics::StatisticsContext::new()
@@ -424,6 +456,78 @@ impl ExecutionPlan for SecureScanExec {
             .map(|(i, _)| raw.column_statistics[*i].clone())
             .collect();
         Ok(Arc::new(stats))
+    }
+
+    /// Dynamic filters (a hash join's build-side bounds, a TopK's threshold) arriving after
+    /// planning are passed into the raw scan, through DataFusion's own filter pushdown, only when
+    /// the table is served exactly as stored: the raw rows are then the served rows, so pruning
+    /// with a filter on them is pruning the served rows. The scan may use them to skip files, row
+    /// groups and pages; it never reports a filter as applied, so its parents keep filtering. A
+    /// decoded plan loses them (they are runtime state), which costs only the pruning.
+    fn handle_child_pushdown_result(
+        &self,
+        phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        config: &datafusion::config::ConfigOptions,
+    ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        let filters: Vec<_> = child_pushdown_result
+            .parent_filters
+            .into_iter()
+            .map(|f| f.filter)
+            .collect();
+        let mut propagation = FilterPushdownPropagation::with_parent_pushdown_result(vec![
+                PushedDown::No;
+                filters.len()
+            ]);
+        // The user's own filters reached the raw scan when it was planned (`Pre` is theirs).
+        let Some(planned) = &self.planned else {
+            return Ok(propagation);
+        };
+        if phase != FilterPushdownPhase::Post || filters.is_empty() || !self.serves_raw_rows() {
+            return Ok(propagation);
+        }
+        // The served columns are raw columns of the same names, in another order.
+        let raw_schema = planned.input.schema();
+        let bound = filters
+            .into_iter()
+            .map(|f| reassign_expr_columns(f, &raw_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let probe: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(
+            conjunction(bound.clone()),
+            planned.input.clone(),
+        )?);
+        let pushed = FilterPushdown::new().optimize(probe, config)?;
+        // The probe filter itself is dropped: the filters stay with whoever asked.
+        let any: &dyn std::any::Any = pushed.as_ref();
+        let input = match any.downcast_ref::<FilterExec>() {
+            Some(filter) => filter.input().clone(),
+            None => pushed,
+        };
+        // Nothing taken (a scan that declines filters), or a changed shape: leave the scan be.
+        if Arc::ptr_eq(&input, &planned.input)
+            || input.schema() != raw_schema
+            || input.output_partitioning().partition_count() != self.spec.partitions
+        {
+            return Ok(propagation);
+        }
+        let mut dynamic = planned.dynamic.clone();
+        dynamic.extend(bound);
+        let planned = Planned {
+            input,
+            dynamic,
+            ..planned.clone()
+        };
+        propagation.updated_node = Some(Arc::new(
+            SecureScanExec::new(
+                (*self.spec).clone(),
+                self.schema.clone(),
+                self.mask_key.clone(),
+                self.storage.clone(),
+                Some(planned),
+            )
+            .served_as_stored(self.as_stored),
+        ));
+        Ok(propagation)
     }
 
     fn execute(
@@ -504,8 +608,15 @@ struct Wire {
     partitions: usize,
     #[serde(default)]
     repartition: Option<usize>,
+    /// Absent from plans encoded before it existed, whose scans used delta-rs's default (on).
+    #[serde(default = "pushdown_unless_said")]
+    parquet_pushdown: bool,
     /// The output schema as an Arrow IPC stream with no batches.
     schema: Vec<u8>,
+}
+
+fn pushdown_unless_said() -> bool {
+    true
 }
 
 /// Serializes and deserializes [`SecureScanExec`]. An executor builds it with its own mask key
@@ -592,6 +703,7 @@ impl PhysicalExtensionCodec for SecureScanCodec {
             outputs: wire.outputs,
             partitions: wire.partitions,
             repartition: wire.repartition,
+            parquet_pushdown: wire.parquet_pushdown,
         };
         Ok(Arc::new(SecureScanExec::new(
             spec,
@@ -630,6 +742,7 @@ impl PhysicalExtensionCodec for SecureScanCodec {
             outputs: spec.outputs.clone(),
             partitions: spec.partitions,
             repartition: spec.repartition,
+            parquet_pushdown: spec.parquet_pushdown,
             schema,
         };
         serde_json::to_writer(buf, &wire).map_err(codec_err)

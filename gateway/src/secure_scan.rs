@@ -289,6 +289,7 @@ impl TableProvider for SecureTable {
                 .collect(),
             partitions: inner.output_partitioning().partition_count(),
             repartition: None,
+            parquet_pushdown: self.snapshot.parquet_pushdown,
         };
         Ok(Arc::new(
             SecureScanExec::planned(
@@ -298,7 +299,7 @@ impl TableProvider for SecureTable {
                 self.mask_key.clone(),
                 self.storage.clone(),
             )?
-            .with_raw_statistics(everything_raw),
+            .served_as_stored(everything_raw),
         ))
     }
 }

@@ -193,6 +193,11 @@ pub struct ExecutionConfig {
     /// joins, whose build side must fit the pool. Slower; for pools smaller than a join's build
     /// side. Default: false.
     pub sort_merge_joins: bool,
+    /// `parquet_pushdown`: evaluate the filters a scan receives inside the Parquet reader, row by
+    /// row before the other columns are decoded (late materialization), instead of after
+    /// decoding. Pays off only for very selective filters on wide rows; TPC-H ran 20% slower with
+    /// it (benches/RESULTS.md §1). Default: false, as DataFusion's own default.
+    pub parquet_pushdown: bool,
 }
 
 // ---- the file as written ----------------------------------------------------------------
@@ -219,6 +224,8 @@ struct RawExecution {
     spill_dir: Option<String>,
     #[serde(default)]
     sort_merge_joins: bool,
+    #[serde(default)]
+    parquet_pushdown: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -479,6 +486,7 @@ impl Config {
             memory_limit_bytes: raw.execution.memory_limit_bytes,
             spill_dir: raw.execution.spill_dir.as_deref().map(|d| base.join(d)),
             sort_merge_joins: raw.execution.sort_merge_joins,
+            parquet_pushdown: raw.execution.parquet_pushdown,
         };
 
         Ok(Config {

@@ -164,11 +164,13 @@ fn duplicate_users_are_refused() {
 fn execution_limits_parse_and_a_tiny_pool_is_refused() {
     let c = parse(
         "[lake]\nroot = \"lake\"\n[policy]\ndir = \"p\"\n\
-         [execution]\nmemory_limit_bytes = 4294967296\nspill_dir = \"spill\"\nsort_merge_joins = true\n",
+         [execution]\nmemory_limit_bytes = 4294967296\nspill_dir = \"spill\"\nsort_merge_joins = true\n\
+         parquet_pushdown = true\n",
     )
     .unwrap();
     assert_eq!(c.execution.memory_limit_bytes, Some(4 << 30));
     assert!(c.execution.sort_merge_joins);
+    assert!(c.execution.parquet_pushdown);
     assert_eq!(
         c.execution.spill_dir.as_deref(),
         Some(Path::new("/etc/lakegate/spill"))
@@ -176,6 +178,7 @@ fn execution_limits_parse_and_a_tiny_pool_is_refused() {
     let default = parse("[lake]\nroot = \"lake\"\n[policy]\ndir = \"p\"\n").unwrap();
     assert_eq!(default.execution.memory_limit_bytes, None);
     assert!(!default.execution.sort_merge_joins);
+    assert!(!default.execution.parquet_pushdown);
 
     let err = parse(
         "[lake]\nroot = \"lake\"\n[policy]\ndir = \"p\"\n[execution]\nmemory_limit_bytes = 1000\n",

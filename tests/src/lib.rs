@@ -228,8 +228,12 @@ pub fn rows(batches: &[RecordBatch]) -> usize {
 /// Runs `sql` straight on the shared demo's Delta tables with DataFusion, no gateway: the raw
 /// truth tests compare against. Tables are named as in lakegate (`market.enterprises`).
 pub async fn raw_query(sql: &str) -> Vec<RecordBatch> {
+    raw_query_in(&shared_demo().join("lake"), sql).await
+}
+
+/// [`raw_query`] on the demo lake at `lake` (a test's own).
+pub async fn raw_query_in(lake: &Path, sql: &str) -> Vec<RecordBatch> {
     let ctx = datafusion::prelude::SessionContext::new();
-    let lake = shared_demo().join("lake");
     let mut sql = sql.to_string();
     for (schema, table) in [
         ("health", "visits"),
