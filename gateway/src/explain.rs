@@ -6,7 +6,6 @@ use std::fmt::Write;
 use std::time::SystemTime;
 
 use datafusion::sql::resolve::resolve_table_references;
-use datafusion::sql::unparser::plan_to_sql;
 
 use catalog::TableRef;
 use policy::{ColumnTreatment, Grant, RowPredicate};
@@ -57,7 +56,7 @@ impl Gateway {
         }
         out.push_str("\nquery as planned:\n");
         match self.prepare(who, sql).await {
-            Ok(q) => match plan_to_sql(q.plan()) {
+            Ok(q) => match crate::unparse::plan_sql(q.plan()) {
                 Ok(sql) => {
                     let _ = writeln!(out, "  {sql}");
                 }

@@ -18,6 +18,7 @@ mod secure_exec;
 mod secure_scan;
 mod session_gate;
 mod statement;
+mod unparse;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};

@@ -162,9 +162,7 @@ impl Query {
         });
         d.policy_ids.sort();
         d.policy_ids.dedup();
-        d.rewritten_sql = datafusion::sql::unparser::plan_to_sql(&self.plan)
-            .ok()
-            .map(|s| s.to_string());
+        d.rewritten_sql = crate::unparse::plan_sql(&self.plan).ok();
         d
     }
 
