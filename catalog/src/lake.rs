@@ -80,7 +80,8 @@ static SCAN_SESSIONS: LazyLock<[Arc<SessionState>; 2]> = LazyLock::new(|| {
 /// scan is given are also evaluated inside the Parquet reader, row by row before the other
 /// columns are decoded (delta-rs's default when it is given no session); without, they prune
 /// files, row groups and pages only (DataFusion's default). Either way delta-rs calls them
-/// inexact, so DataFusion still filters the rows the scan returns.
+/// inexact: the planner keeps its own filter above the scan (behind the gateway's secure scan
+/// it stays there, so with pushdown those rows are filtered twice).
 pub async fn delta_scan(
     table: &DeltaTable,
     parquet_pushdown: bool,
