@@ -195,8 +195,8 @@ pub struct ExecutionConfig {
     pub sort_merge_joins: bool,
     /// `parquet_pushdown`: evaluate the filters a scan receives inside the Parquet reader, row by
     /// row before the other columns are decoded (late materialization), instead of after
-    /// decoding. Pays off only for very selective filters on wide rows; TPC-H ran 20% slower with
-    /// it (benches/RESULTS.md §1). Default: false, as DataFusion's own default.
+    /// decoding. TPC-H ran 20% slower with it (benches/RESULTS.md §1); very selective filters on
+    /// wide rows are where it can pay off. Default: false, as DataFusion's own default.
     pub parquet_pushdown: bool,
 }
 
