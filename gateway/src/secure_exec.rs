@@ -486,30 +486,15 @@ impl ExecutionPlan for SecureScanExec {
         if phase != FilterPushdownPhase::Post || filters.is_empty() || !self.serves_raw_rows() {
             return Ok(propagation);
         }
-        // The served columns are raw columns of the same names, in another order.
-        let raw_schema = planned.input.schema();
-        let bound = filters
-            .into_iter()
-            .map(|f| reassign_expr_columns(f, &raw_schema))
-            .collect::<Result<Vec<_>>>()?;
-        let probe: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(
-            conjunction(bound.clone()),
-            planned.input.clone(),
-        )?);
-        let pushed = FilterPushdown::new().optimize(probe, config)?;
-        // The probe filter itself is dropped: the filters stay with whoever asked.
-        let any: &dyn std::any::Any = pushed.as_ref();
-        let input = match any.downcast_ref::<FilterExec>() {
-            Some(filter) => filter.input().clone(),
-            None => pushed,
+        // A filter that cannot be taken is only pruning not done: decline it, never fail.
+        let (input, bound) = match with_filters(&planned.input, filters, config) {
+            Ok(Some(taken)) => taken,
+            Ok(None) => return Ok(propagation),
+            Err(e) => {
+                tracing::debug!(table = %self.spec.table, "dynamic filters not taken: {e}");
+                return Ok(propagation);
+            }
         };
-        // Nothing taken (a scan that declines filters), or a changed shape: leave the scan be.
-        if Arc::ptr_eq(&input, &planned.input)
-            || input.schema() != raw_schema
-            || input.output_partitioning().partition_count() != self.spec.partitions
-        {
-            return Ok(propagation);
-        }
         let mut dynamic = planned.dynamic.clone();
         dynamic.extend(bound);
         let planned = Planned {
@@ -592,6 +577,43 @@ impl ExecutionPlan for SecureScanExec {
             stream,
         )))
     }
+}
+
+/// A raw scan with filters pushed into it, and those filters as bound to its columns.
+type WithFilters = (Arc<dyn ExecutionPlan>, Vec<Arc<dyn PhysicalExpr>>);
+
+/// `input` (a raw Delta scan) with `filters` pushed into it by DataFusion's own filter pushdown,
+/// and the filters as bound to its columns; `None` when it takes none or changes shape. The
+/// filters are on the served columns, which are the raw columns of the same names in another
+/// order; the probe filter put over the scan to carry them is dropped again.
+fn with_filters(
+    input: &Arc<dyn ExecutionPlan>,
+    filters: Vec<Arc<dyn PhysicalExpr>>,
+    config: &datafusion::config::ConfigOptions,
+) -> Result<Option<WithFilters>> {
+    let raw_schema = input.schema();
+    let bound = filters
+        .into_iter()
+        .map(|f| reassign_expr_columns(f, &raw_schema))
+        .collect::<Result<Vec<_>>>()?;
+    let probe: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(
+        conjunction(bound.clone()),
+        input.clone(),
+    )?);
+    let pushed = FilterPushdown::new().optimize(probe, config)?;
+    let any: &dyn std::any::Any = pushed.as_ref();
+    let taken = match any.downcast_ref::<FilterExec>() {
+        Some(filter) => filter.input().clone(),
+        None => pushed,
+    };
+    if Arc::ptr_eq(&taken, input)
+        || taken.schema() != raw_schema
+        || taken.output_partitioning().partition_count()
+            != input.output_partitioning().partition_count()
+    {
+        return Ok(None);
+    }
+    Ok(Some((taken, bound)))
 }
 
 /// What [`SecureScanCodec`] writes.
