@@ -208,6 +208,21 @@ impl SecureScanExec {
         self
     }
 
+    /// This barrier over another raw scan of the same table (split, or given dynamic filters):
+    /// same schema, key, storage and served-as-stored mark, fresh metrics.
+    fn replanned(&self, spec: ScanSpec, planned: Planned) -> Arc<dyn ExecutionPlan> {
+        Arc::new(
+            SecureScanExec::new(
+                spec,
+                self.schema.clone(),
+                self.mask_key.clone(),
+                self.storage.clone(),
+                Some(planned),
+            )
+            .served_as_stored(self.as_stored),
+        )
+    }
+
     /// Served exactly as stored, and nothing in the spec says otherwise: no row predicate, no
     /// mask (defence in depth for what may see the raw scan: statistics, dynamic filters).
     fn serves_raw_rows(&self) -> bool {
@@ -412,16 +427,7 @@ impl ExecutionPlan for SecureScanExec {
             input,
             ..planned.clone()
         };
-        Ok(Some(Arc::new(
-            SecureScanExec::new(
-                spec,
-                self.schema.clone(),
-                self.mask_key.clone(),
-                self.storage.clone(),
-                Some(planned),
-            )
-            .served_as_stored(self.as_stored),
-        )))
+        Ok(Some(self.replanned(spec, planned)))
     }
 
     /// The raw scan's statistics (its row count, and whatever else the Delta scan knows) when the
@@ -502,16 +508,7 @@ impl ExecutionPlan for SecureScanExec {
             dynamic,
             ..planned.clone()
         };
-        propagation.updated_node = Some(Arc::new(
-            SecureScanExec::new(
-                (*self.spec).clone(),
-                self.schema.clone(),
-                self.mask_key.clone(),
-                self.storage.clone(),
-                Some(planned),
-            )
-            .served_as_stored(self.as_stored),
-        ));
+        propagation.updated_node = Some(self.replanned((*self.spec).clone(), planned));
         Ok(propagation)
     }
 
