@@ -1,7 +1,8 @@
 //! DataFusion catalog providers over the lake, with a gate in front of every table.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
@@ -31,12 +32,46 @@ pub trait TableGate: Debug + Send + Sync {
 pub struct LakeCatalogProvider {
     lake: Arc<Lake>,
     gate: Arc<dyn TableGate>,
+    prefetched: Prefetched,
 }
+
+/// Snapshots taken ahead of planning, each handed out once.
+type Prefetched = Arc<Mutex<HashMap<TableRef, TableSnapshot>>>;
 
 impl LakeCatalogProvider {
     /// A catalog over `lake` whose tables pass through `gate`.
     pub fn new(lake: Arc<Lake>, gate: Arc<dyn TableGate>) -> Self {
-        Self { lake, gate }
+        Self {
+            lake,
+            gate,
+            prefetched: Prefetched::default(),
+        }
+    }
+
+    /// Takes fresh snapshots of `tables` concurrently, for the planning that follows:
+    /// DataFusion opens a statement's tables one after another, each a round trip to the store.
+    /// Only known tables the gate lists are opened; a table that fails here is opened again
+    /// when planning asks for it, and reports its error then. Each snapshot serves one lookup.
+    pub async fn prefetch(&self, tables: impl IntoIterator<Item = TableRef>) {
+        let mut wanted: Vec<TableRef> = tables
+            .into_iter()
+            .filter(|t| self.lake.contains(t) && self.gate.lists(t))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        if wanted.len() < 2 {
+            return;
+        }
+        let taken = futures::future::join_all(wanted.iter().map(|t| self.lake.snapshot(t))).await;
+        let mut prefetched = self
+            .prefetched
+            .lock()
+            .expect("prefetched snapshots poisoned");
+        for (t, snapshot) in wanted.into_iter().zip(taken) {
+            if let Ok(Some(snapshot)) = snapshot {
+                prefetched.insert(t, snapshot);
+            }
+        }
     }
 }
 
@@ -58,6 +93,7 @@ impl CatalogProvider for LakeCatalogProvider {
             lake: self.lake.clone(),
             gate: self.gate.clone(),
             schema: name.to_string(),
+            prefetched: self.prefetched.clone(),
         }))
     }
 
@@ -76,6 +112,7 @@ struct LakeSchemaProvider {
     lake: Arc<Lake>,
     gate: Arc<dyn TableGate>,
     schema: String,
+    prefetched: Prefetched,
 }
 
 #[async_trait]
@@ -95,7 +132,16 @@ impl SchemaProvider for LakeSchemaProvider {
         if self.lake.contains(&t) && !self.gate.lists(&t) {
             return Ok(None);
         }
-        match self.lake.snapshot(&t).await {
+        let prefetched = self
+            .prefetched
+            .lock()
+            .expect("prefetched snapshots poisoned")
+            .remove(&t);
+        let snapshot = match prefetched {
+            Some(snapshot) => Ok(Some(snapshot)),
+            None => self.lake.snapshot(&t).await,
+        };
+        match snapshot {
             Ok(Some(snapshot)) => {
                 if !self.gate.lists(&t) {
                     return Ok(None);

@@ -334,7 +334,17 @@ impl Gateway {
     pub async fn prepare(&self, who: &Principal, sql: &str) -> Result<Query, GatewayError> {
         let scenario = self.scenario_of(who)?;
         let statement = statement::parse_read_statement(sql)?;
-        let state = self.session(&who.user, &scenario);
+        let (state, lake) = self.session(&who.user, &scenario);
+        // Fresh snapshots of every named lake table at once; planning then takes them in turn.
+        let named = state
+            .resolve_table_references(&statement)
+            .map_err(GatewayError::from_planning)?;
+        let catalog = &state.config_options().catalog;
+        lake.prefetch(named.into_iter().filter_map(|r| {
+            let r = r.resolve(&catalog.default_catalog, &catalog.default_schema);
+            (*r.catalog == *LAKE_CATALOG).then(|| TableRef::new(&*r.schema, &*r.table))
+        }))
+        .await;
         let plan = state
             .statement_to_plan(statement)
             .await
@@ -382,7 +392,14 @@ impl Gateway {
 
     /// A DataFusion session for one request: the `lake` catalog behind this principal's gate,
     /// no other catalog, no URL tables, no information_schema.
-    fn session(&self, user: &str, scenario: &str) -> datafusion::execution::SessionState {
+    fn session(
+        &self,
+        user: &str,
+        scenario: &str,
+    ) -> (
+        datafusion::execution::SessionState,
+        Arc<LakeCatalogProvider>,
+    ) {
         let gate = Arc::new(SessionGate::new(
             self.policies(),
             user,
@@ -391,10 +408,8 @@ impl Gateway {
             self.mask_key.clone(),
             Arc::new(self.lake.storage_options().clone()),
         ));
-        session_from(
-            &self.template,
-            Arc::new(LakeCatalogProvider::new(self.lake.clone(), gate)),
-        )
+        let lake = Arc::new(LakeCatalogProvider::new(self.lake.clone(), gate));
+        (session_from(&self.template, lake.clone()), lake)
     }
 }
 
