@@ -10,7 +10,7 @@ use arrow::array::RecordBatch;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
-use gateway::{Gateway, Principal};
+use gateway::{Completion, Gateway, Principal};
 use tonic::transport::Channel;
 
 use crate::tpch;
@@ -161,14 +161,38 @@ impl InProcess {
         }
     }
 
-    /// Decides (the decision fsynced to the audit trail), plans, runs and collects `sql`.
+    /// Decides, plans, runs and collects `sql`, with the audit records the server writes: the
+    /// decision before execution and the completion after (each fsynced). Nothing is encoded
+    /// for a wire here, so the completion counts the batches' Arrow memory and has no digest.
     pub async fn run(&self, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
         let query = self
             .gateway
             .prepare_audited(&self.who, sql, Some("lakegate-bench".into()))
             .await?;
-        let stream = query.execute().await?;
-        Ok(stream.try_collect().await?)
+        let started = Instant::now();
+        let (stream, plan) = query.execute_with_plan().await?;
+        let result: Result<Vec<RecordBatch>, _> = stream.try_collect().await;
+        let (rows_scanned, cpu_ms) = gateway::scan_metrics(&plan);
+        let batches = result.as_deref().unwrap_or_default();
+        let completion = Completion {
+            outcome: if result.is_ok() {
+                "completed"
+            } else {
+                "failed"
+            },
+            reason: result.as_ref().err().map(ToString::to_string),
+            rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+            bytes: batches
+                .iter()
+                .map(|b| b.get_array_memory_size() as u64)
+                .sum(),
+            digest: String::new(),
+            duration: started.elapsed(),
+            rows_scanned: Some(rows_scanned),
+            cpu_ms: Some(cpu_ms),
+        };
+        self.gateway.record_completion(&query, completion)?;
+        Ok(result?)
     }
 }
 

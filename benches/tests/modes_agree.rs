@@ -37,6 +37,7 @@ async fn the_realistic_policies_change_the_answers_they_should() {
             .await
             .unwrap(),
     );
+    let audit_dir = gateway.audit_log().dir().to_path_buf();
     let c = lakegate_benches::modes::InProcess::new(gateway, tpch::REALISTIC);
     let batches = c
         .run("SELECT c_name, c_phone, c_nationkey FROM tpch.customer")
@@ -44,6 +45,21 @@ async fn the_realistic_policies_change_the_answers_they_should() {
         .unwrap();
     let rows = canonical(&batches).unwrap();
     assert!(!rows.is_empty());
+    // The in-process modes write what the server writes: a decision, then a completion.
+    let trail = audit_records(&audit_dir);
+    let [.., decision, completion] = trail.as_slice() else {
+        panic!("{trail:?}")
+    };
+    assert_eq!(
+        (&decision["kind"], &decision["decision"]),
+        (&"decision".into(), &"allowed".into())
+    );
+    assert_eq!(
+        (&completion["kind"], &completion["decision"]),
+        (&"completion".into(), &"completed".into())
+    );
+    assert_eq!(completion["query_id"], decision["query_id"]);
+    assert_eq!(completion["rows_out"], rows.len() as u64);
     for row in rows {
         let text = format!("{row:?}");
         assert!(!text.contains("Customer#"), "{text}");
@@ -63,6 +79,26 @@ async fn the_realistic_policies_change_the_answers_they_should() {
         .unwrap_err()
         .to_string();
     assert!(refused.contains("aggregate-only"), "{refused}");
+    let last = audit_records(&audit_dir).pop().unwrap();
+    assert_eq!(
+        (&last["kind"], &last["decision"]),
+        (&"decision".into(), &"refused".into())
+    );
+}
+
+/// Every record of the audit trail in `dir`, oldest first.
+fn audit_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    gateway::audit::segments(dir)
+        .unwrap()
+        .iter()
+        .flat_map(|(_, path)| {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// The statistics the secure scan reports for `sql` planned as `scenario`: (rows, whether any
