@@ -67,7 +67,7 @@ pub struct VisibleTable {
 /// The query gateway over one lake and one policy folder.
 pub struct Gateway {
     lake: Arc<Lake>,
-    audit: audit::AuditLog,
+    audit: Arc<audit::AuditLog>,
     last_anchor: tokio::sync::Mutex<u64>,
     /// The last audit segment exported to `lakegate_audit.queries`.
     last_exported: tokio::sync::Mutex<u64>,
@@ -112,7 +112,7 @@ impl Gateway {
             .map_err(|e| GatewayError::Audit(e.to_string()))?;
         let gateway = Self {
             lake,
-            audit,
+            audit: Arc::new(audit),
             last_anchor: tokio::sync::Mutex::new(0),
             last_exported: tokio::sync::Mutex::new(0),
             max_result_bytes: config.audit.max_result_bytes,
@@ -204,7 +204,9 @@ impl Gateway {
 
     /// [`Gateway::prepare`], with the decision on the audit trail (fsynced) before the query can
     /// run: allowed with the tables, columns, versions and policies, or refused with the reason.
-    /// A failing audit write refuses the query.
+    /// A refusal is on disk when this returns; an allowed decision is written beside what
+    /// follows, and [`Query::execute`] and [`Query::physical_plan`] wait for it. A failing audit
+    /// write refuses the query: here for a refusal, at execution for an allowed one.
     pub async fn prepare_audited(
         &self,
         who: &Principal,
@@ -217,26 +219,37 @@ impl Gateway {
         record.scenario = who.scenario.clone();
         record.client = client.clone();
         record.policy_set = self.policies().hash().to_string();
-        match &result {
-            Ok(q) => {
-                let info = q.describe();
-                record.decision = "allowed".into();
-                record.rewritten_sql = info.rewritten_sql;
-                record.policy_ids = info.policy_ids;
-                record.tables = info.tables;
-            }
+        let mut query = match result {
+            Ok(q) => q,
             Err(e) => {
                 record.decision = "refused".into();
                 record.reason = Some(e.to_string());
+                self.audit
+                    .append(record)
+                    .map_err(|e| GatewayError::Audit(e.to_string()))?;
+                return Err(e);
             }
-        }
-        self.audit
-            .append(record.clone())
-            .map_err(|e| GatewayError::Audit(e.to_string()))?;
-        let mut query = result?;
+        };
+        // The allowed decision is described and written beside what follows (the reply, the
+        // physical planning): execution waits for it before any batch, and its failure
+        // refuses the query then.
+        let described = query.clone();
+        let audit = self.audit.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let info = described.describe();
+            record.decision = "allowed".into();
+            record.rewritten_sql = info.rewritten_sql;
+            record.policy_ids = info.policy_ids;
+            record.tables = info.tables;
+            audit
+                .append(record.clone())
+                .map(|_| Arc::new(record))
+                .map_err(|e| e.to_string())
+        });
+        let decision = async move { written.await.map_err(|e| e.to_string())? };
         query.set_audit(query::AuditContext {
             query_id,
-            record,
+            decision: futures::FutureExt::shared(futures::FutureExt::boxed(decision)),
             max_rows: who
                 .scenario
                 .as_deref()
@@ -290,7 +303,7 @@ impl Gateway {
         let Some(ctx) = query.audit_context() else {
             return Ok(());
         };
-        let mut record = ctx.record.clone();
+        let mut record = ctx.decision_record()?.as_ref().clone();
         record.kind = "completion".into();
         record.decision = completion.outcome.into();
         record.reason = completion.reason;

@@ -27,16 +27,54 @@ pub struct Query {
 }
 
 /// What the audit trail and output review know of a query.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AuditContext {
     /// Links the completion record to the decision.
     pub query_id: String,
-    /// The decision record as written (the completion record repeats its fields).
-    pub record: crate::audit::AuditRecord,
+    /// The decision record being written (the completion record repeats its fields), or why
+    /// it could not be.
+    pub(crate) decision: DecisionWrite,
     /// The scenario's `max_rows`.
     pub max_rows: Option<u64>,
     /// The deployment's `max_result_bytes`.
     pub max_bytes: Option<u64>,
+}
+
+/// The write of a decision record, awaited by every execution of the query.
+pub(crate) type DecisionWrite = futures::future::Shared<
+    futures::future::BoxFuture<'static, Result<Arc<crate::audit::AuditRecord>, String>>,
+>;
+
+impl std::fmt::Debug for AuditContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditContext")
+            .field("query_id", &self.query_id)
+            .field("max_rows", &self.max_rows)
+            .field("max_bytes", &self.max_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditContext {
+    /// Waits until the decision record is on disk. A failed write refuses the query.
+    pub async fn recorded(&self) -> Result<Arc<crate::audit::AuditRecord>, GatewayError> {
+        self.decision.clone().await.map_err(refused)
+    }
+
+    /// The decision record as written; an error when its write failed or has not ended (an
+    /// execution waits for it, so after one it has).
+    pub fn decision_record(&self) -> Result<Arc<crate::audit::AuditRecord>, GatewayError> {
+        match self.decision.peek() {
+            Some(written) => written.clone().map_err(refused),
+            None => Err(GatewayError::Audit(
+                "the decision record is still being written".into(),
+            )),
+        }
+    }
+}
+
+fn refused(e: String) -> GatewayError {
+    GatewayError::Audit(format!("decision record: {e}"))
 }
 
 /// How an executed query ended.
@@ -225,10 +263,18 @@ impl Query {
     pub async fn physical_plan(
         &self,
     ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, GatewayError> {
-        self.state
-            .create_physical_plan(&self.plan)
-            .await
-            .map_err(GatewayError::from_planning)
+        let (physical, recorded) =
+            futures::join!(self.state.create_physical_plan(&self.plan), self.recorded());
+        recorded?;
+        physical.map_err(GatewayError::from_planning)
+    }
+
+    /// Waits for the decision record of an audited query (nothing to wait for otherwise).
+    async fn recorded(&self) -> Result<(), GatewayError> {
+        match &self.audit {
+            Some(ctx) => ctx.recorded().await.map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     /// The task context plans of this query run in.
@@ -258,11 +304,8 @@ impl Query {
                 self.parameters.fields().len()
             )));
         }
-        let physical = self
-            .state
-            .create_physical_plan(&self.plan)
-            .await
-            .map_err(GatewayError::from_planning)?;
+        // The decision record is written while the plan is made; nothing runs before it is.
+        let physical = self.physical_plan().await?;
         let stream = execute_stream(physical.clone(), self.state.task_ctx())
             .map_err(GatewayError::Execution)?;
         let schema = self.schema.clone();

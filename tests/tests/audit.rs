@@ -428,3 +428,51 @@ async fn a_failing_audit_write_refuses_the_query() {
     }
     verify(&config.audit.dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_decision_written_beside_planning_still_comes_before_any_batch() {
+    use futures::TryStreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = demo_config(dir.path(), None, None);
+    // Every record after the first needs a new segment, and the second cannot be created.
+    config.audit.segment_bytes = 1;
+    let gateway = gateway::Gateway::open(&config).await.unwrap();
+    std::fs::create_dir_all(config.audit.dir.join("segment-000002.jsonl")).unwrap();
+    let who = gateway::Principal {
+        user: "banker".into(),
+        scenario: Some("bank-credit".into()),
+    };
+    let sql = "SELECT credit_code FROM market.enterprises";
+
+    let first = gateway.prepare_audited(&who, sql, None).await.unwrap();
+    let batches: Vec<_> = first.execute().await.unwrap().try_collect().await.unwrap();
+    assert!(rows(&batches) > 0);
+
+    // Planning answers before the decision is on disk; execution does not.
+    let second = gateway.prepare_audited(&who, sql, None).await.unwrap();
+    for err in [
+        second.execute().await.err().map(|e| e.to_string()),
+        second.physical_plan().await.err().map(|e| e.to_string()),
+    ] {
+        let err = err.expect("no execution without its decision record");
+        assert!(
+            err.contains("refused until the audit folder is writable"),
+            "{err}"
+        );
+    }
+    let no_record = gateway::Completion {
+        outcome: "failed",
+        reason: None,
+        rows: 0,
+        bytes: 0,
+        digest: String::new(),
+        duration: std::time::Duration::ZERO,
+        rows_scanned: None,
+        cpu_ms: None,
+    };
+    assert!(gateway.record_completion(&second, no_record).is_err());
+    std::fs::remove_dir(config.audit.dir.join("segment-000002.jsonl")).unwrap();
+    let trail = records(&config.audit.dir);
+    assert_eq!(trail.len(), 1, "{trail:?}");
+    assert_eq!(trail[0].query_id, first.audit_context().unwrap().query_id);
+}
