@@ -35,6 +35,9 @@ pub struct LakeCatalogProvider {
     prefetched: Prefetched,
 }
 
+/// How many snapshots [`LakeCatalogProvider::prefetch`] takes at a time.
+const PREFETCH_CONCURRENCY: usize = 16;
+
 /// Snapshots taken ahead of planning, each handed out once.
 type Prefetched = Arc<Mutex<HashMap<TableRef, TableSnapshot>>>;
 
@@ -62,12 +65,21 @@ impl LakeCatalogProvider {
         if wanted.len() < 2 {
             return;
         }
-        let taken = futures::future::join_all(wanted.iter().map(|t| self.lake.snapshot(t))).await;
+        use futures::StreamExt;
+        // A statement may name hundreds of tables: a bounded number of requests at a time.
+        let taken: Vec<_> = futures::stream::iter(wanted)
+            .map(|t| async move {
+                let snapshot = self.lake.snapshot(&t).await;
+                (t, snapshot)
+            })
+            .buffer_unordered(PREFETCH_CONCURRENCY)
+            .collect()
+            .await;
         let mut prefetched = self
             .prefetched
             .lock()
             .expect("prefetched snapshots poisoned");
-        for (t, snapshot) in wanted.into_iter().zip(taken) {
+        for (t, snapshot) in taken {
             if let Ok(Some(snapshot)) = snapshot {
                 prefetched.insert(t, snapshot);
             }
