@@ -14,5 +14,5 @@ mod lake;
 mod provider;
 
 pub use error::CatalogError;
-pub use lake::{delta_scan, Lake, TableRef, TableSnapshot, SUBJECT_KEY_PROPERTY};
+pub use lake::{delta_scan, ColumnBounds, Lake, TableRef, TableSnapshot, SUBJECT_KEY_PROPERTY};
 pub use provider::{LakeCatalogProvider, TableGate, LAKE_CATALOG};

@@ -17,7 +17,7 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::common::DFSchema;
+use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::context::ExecutionProps;
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
@@ -52,6 +52,7 @@ use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use catalog::ColumnBounds;
 use policy::{Mask, Predicate};
 
 use crate::{masks, row_filter};
@@ -98,6 +99,9 @@ struct Planned {
     /// this node's expressions: a hash join computes its filter only when its probe side shows
     /// a consumer.
     dynamic: Vec<Arc<dyn PhysicalExpr>>,
+    /// Bounds from the Delta log per column of `input` (empty after decoding: statistics
+    /// serve planning only).
+    bounds: Arc<[Option<ColumnBounds>]>,
 }
 
 /// The barrier node.
@@ -170,8 +174,18 @@ impl SecureScanExec {
                 predicate,
                 outputs,
                 dynamic: vec![],
+                bounds: Arc::new([]),
             }),
         ))
+    }
+
+    /// The Delta log's bounds of the raw scan's columns (in its output order), reported as
+    /// inexact statistics when the table is served exactly as stored.
+    pub(crate) fn with_bounds(mut self, bounds: Vec<Option<ColumnBounds>>) -> Self {
+        if let Some(planned) = &mut self.planned {
+            planned.bounds = bounds.into();
+        }
+        self
     }
 
     fn new(
@@ -289,6 +303,7 @@ impl SecureScanExec {
             predicate,
             outputs,
             dynamic: vec![],
+            bounds: Arc::new([]),
         })
     }
 }
@@ -430,15 +445,18 @@ impl ExecutionPlan for SecureScanExec {
         Ok(Some(self.replanned(spec, planned)))
     }
 
-    /// The raw scan's statistics (its row count, and whatever else the Delta scan knows) when the
-    /// table is served exactly as stored: joins then pick their build side as they would without
-    /// the gateway. Under a row predicate, a mask or an aggregate-only column they would describe
-    /// rows and values the user may not see (and EXPLAIN could print them), so they stay unknown.
+    /// The raw scan's statistics (its row count, and whatever else the Delta scan knows), with
+    /// the Delta log's bounds as inexact minimum and maximum where the scan has none, when the
+    /// table is served exactly as stored: joins then pick their build side from them. Under a
+    /// row predicate, a mask or an aggregate-only column they would describe rows and values the
+    /// user may not see (and EXPLAIN could print them), so they stay unknown. Inexact values
+    /// never answer a query (DataFusion answers `min`, `max` and `count` only from exact ones).
     fn statistics_from_inputs(
         &self,
         _input_stats: &[Arc<datafusion::common::Statistics>],
         args: &datafusion::physical_plan::statistics::StatisticsArgs,
     ) -> Result<Arc<datafusion::common::Statistics>> {
+        use datafusion::common::stats::Precision;
         let unknown = || {
             Ok(Arc::new(datafusion::common::Statistics::new_unknown(
                 &self.schema,
@@ -452,14 +470,34 @@ impl ExecutionPlan for SecureScanExec {
         }
         let raw = datafusion::physical_plan::statistics::StatisticsContext::new()
             .compute(planned.input.as_ref(), args)?;
-        if raw.column_statistics.len() != planned.input.schema().fields().len() {
-            return unknown();
-        }
+        let input_schema = planned.input.schema();
+        let known = raw.column_statistics.len() == input_schema.fields().len();
+        let bound = |i: usize, pick: fn(&ColumnBounds) -> &ScalarValue| {
+            let b = planned.bounds.get(i)?.as_ref()?;
+            pick(b).cast_to(input_schema.field(i).data_type()).ok()
+        };
         let mut stats = (*raw).clone();
         stats.column_statistics = planned
             .outputs
             .iter()
-            .map(|(i, _)| raw.column_statistics[*i].clone())
+            .map(|&(i, _)| {
+                let mut c = if known {
+                    raw.column_statistics[i].clone()
+                } else {
+                    datafusion::common::ColumnStatistics::new_unknown()
+                };
+                if c.min_value == Precision::Absent {
+                    if let Some(v) = bound(i, |b| &b.min) {
+                        c.min_value = Precision::Inexact(v);
+                    }
+                }
+                if c.max_value == Precision::Absent {
+                    if let Some(v) = bound(i, |b| &b.max) {
+                        c.max_value = Precision::Inexact(v);
+                    }
+                }
+                c
+            })
             .collect();
         Ok(Arc::new(stats))
     }

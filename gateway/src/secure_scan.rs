@@ -11,8 +11,9 @@
 //! `SecureScanExec` evaluates the grant's row predicate on raw values, then replaces masked
 //! columns by their masked values and drops hidden ones — before any user expression runs, so
 //! filters, joins, sorts and groups see only what the grant serves. User filters reach the Delta
-//! scan only when the grant serves every column raw and every row. Statistics are unknown, so no
-//! aggregate is answered from raw file statistics. Aggregate-only columns are served raw inside
+//! scan only when the grant serves every column raw and every row; only then are statistics
+//! reported (the raw scan's, and the Delta log's column bounds as inexact estimates), so no
+//! aggregate is answered from raw file statistics of rows or values the grant hides. Aggregate-only columns are served raw inside
 //! the engine; `aggregate_only` decides what of them may leave.
 
 use std::collections::HashMap;
@@ -291,6 +292,12 @@ impl TableProvider for SecureTable {
             repartition: None,
             parquet_pushdown: self.snapshot.parquet_pushdown,
         };
+        let bounds = inner
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| self.snapshot.bounds.get(f.name()).cloned())
+            .collect();
         Ok(Arc::new(
             SecureScanExec::planned(
                 spec,
@@ -299,7 +306,8 @@ impl TableProvider for SecureTable {
                 self.mask_key.clone(),
                 self.storage.clone(),
             )?
-            .served_as_stored(everything_raw),
+            .served_as_stored(everything_raw)
+            .with_bounds(bounds),
         ))
     }
 }

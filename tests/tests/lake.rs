@@ -9,6 +9,7 @@ use arrow::array::{Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use catalog::{Lake, LakeCatalogProvider, TableGate, TableRef, TableSnapshot};
 use datafusion::catalog::{CatalogProvider, TableProvider};
+use datafusion::common::ScalarValue;
 use datafusion::prelude::SessionContext;
 
 fn batch(column: &str, values: Vec<i64>) -> RecordBatch {
@@ -179,4 +180,94 @@ async fn a_prefetched_snapshot_serves_one_lookup_and_hidden_tables_stay_hidden()
         1
     );
     assert!(health.table("secret").await.unwrap().is_none());
+}
+
+/// The bounds of `column` in `s`, as `(min, max)`.
+fn bounds(s: &TableSnapshot, column: &str) -> Option<(ScalarValue, ScalarValue)> {
+    s.bounds.get(column).map(|b| (b.min.clone(), b.max.clone()))
+}
+
+fn long_bounds(min: i64, max: i64) -> Option<(ScalarValue, ScalarValue)> {
+    Some((ScalarValue::Int64(Some(min)), ScalarValue::Int64(Some(max))))
+}
+
+/// Column bounds come from the file statistics in the log, over every file of the version
+/// read: they follow commits and checkpoints, and a column without bounds in one file has none.
+#[tokio::test]
+async fn column_bounds_cover_every_file_of_the_version_read() {
+    use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let t = TableRef::new("health", "visits");
+    write(root, &t, "visit_id", vec![5, 2, 3]).await;
+    let lake = open(root).await;
+    assert_eq!(
+        bounds(&snapshot(&lake, &t).await, "visit_id"),
+        long_bounds(2, 5)
+    );
+
+    append(root, &t, "visit_id", vec![40, 7]).await;
+    assert_eq!(
+        bounds(&snapshot(&lake, &t).await, "visit_id"),
+        long_bounds(2, 40)
+    );
+
+    // Read from a checkpoint by a lake opened after it, and by the lake following the log.
+    let table = deltalake::open_table(table_url(root, &t)).await.unwrap();
+    deltalake::checkpoints::create_checkpoint(&table, None)
+        .await
+        .unwrap();
+    append(root, &t, "visit_id", vec![-1]).await;
+    assert_eq!(
+        bounds(&snapshot(&lake, &t).await, "visit_id"),
+        long_bounds(-1, 40)
+    );
+    let reopened = open(root).await;
+    assert_eq!(
+        bounds(&snapshot(&reopened, &t).await, "visit_id"),
+        long_bounds(-1, 40)
+    );
+
+    // A file written without statistics: no bounds for the table.
+    let table = deltalake::open_table(table_url(root, &t)).await.unwrap();
+    table
+        .write(vec![batch("visit_id", vec![100])])
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .with_writer_properties(
+            WriterProperties::builder()
+                .set_statistics_enabled(EnabledStatistics::None)
+                .build(),
+        )
+        .await
+        .unwrap();
+    let unbounded = snapshot(&lake, &t).await;
+    assert_eq!(rows(unbounded.provider.clone()).await, 7);
+    assert_eq!(bounds(&unbounded, "visit_id"), None);
+
+    // Strings have none (their statistics may be truncated); dates do.
+    let people = TableRef::new("health", "people");
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("born", DataType::Date32, false),
+        ])),
+        vec![
+            Arc::new(arrow::array::StringArray::from(vec!["Li", "Wang"])),
+            Arc::new(arrow::array::Date32Array::from(vec![7000, 9000])),
+        ],
+    )
+    .unwrap();
+    flight_server::demo::write_delta_table(table_url(root, &people), HashMap::new(), batch, "name")
+        .await
+        .unwrap();
+    let people = snapshot(&open(root).await, &people).await;
+    assert_eq!(bounds(&people, "name"), None);
+    assert_eq!(
+        bounds(&people, "born"),
+        Some((
+            ScalarValue::Date32(Some(7000)),
+            ScalarValue::Date32(Some(9000))
+        ))
+    );
 }
