@@ -1,12 +1,18 @@
 //! Users, passwords and sessions: the handshake's basic credentials are checked against the
 //! configured argon2id hashes and answered with an unguessable, expiring bearer token.
+//!
+//! Logins are verified on a bounded pool (argon2 takes tens of MiB and milliseconds of CPU per
+//! check: unbounded, a flood of handshakes takes the machine), an unknown user is checked against
+//! a dummy hash with the same parameters as the real ones (same time), and repeated failures for
+//! one user name or one client address are refused for a growing while without any check.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
-use argon2::Argon2;
+use argon2::{Algorithm, Argon2, Params, Version};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
@@ -28,6 +34,59 @@ pub enum AuthError {
     /// The token's time is up.
     #[error("the bearer token has expired: authenticate again")]
     Expired,
+    /// Too many failed logins for this user name or from this address lately.
+    #[error("too many failed logins: wait {0} s before trying again")]
+    Throttled(u64),
+    /// Every login check is busy and none freed up in time.
+    #[error("the server is busy checking other logins: try again shortly")]
+    Busy,
+}
+
+/// Failed logins for one user name before it is refused for a while.
+const FREE_FAILURES: u32 = 5;
+/// Failed logins from one client address before it is refused for a while: higher, since many
+/// users can share an address.
+const FREE_FAILURES_PER_CLIENT: u32 = 50;
+/// The longest a key is refused after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Failures older than this are forgotten.
+const FAILURE_WINDOW: Duration = Duration::from_secs(300);
+/// How long a login waits for a free check.
+const VERIFY_WAIT: Duration = Duration::from_secs(10);
+
+/// Failed logins of one user name or one client address.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+impl Failures {
+    /// How long this key is still refused, if it is: 1 s after `free` failures, doubling with
+    /// each further one up to [`MAX_BACKOFF`].
+    fn refused_for(&self, free: u32, now: Instant) -> Option<Duration> {
+        if self.count < free {
+            return None;
+        }
+        let backoff = Duration::from_secs(1 << (self.count - free).min(6)).min(MAX_BACKOFF);
+        let until = self.last + backoff;
+        (until > now).then(|| until - now)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ThrottleKey {
+    User(String),
+    Client(IpAddr),
+}
+
+impl ThrottleKey {
+    fn free_failures(&self) -> u32 {
+        match self {
+            ThrottleKey::User(_) => FREE_FAILURES,
+            ThrottleKey::Client(_) => FREE_FAILURES_PER_CLIENT,
+        }
+    }
 }
 
 /// One authenticated session.
@@ -48,20 +107,85 @@ pub struct Sessions {
     dummy_hash: String,
     ttl: Duration,
     live: Mutex<HashMap<String, Session>>,
+    /// Password checks that may run at once.
+    checks: Arc<tokio::sync::Semaphore>,
+    failures: Mutex<HashMap<ThrottleKey, Failures>>,
 }
 
 impl Sessions {
     /// Sessions for `users`, each token valid for `ttl`.
     pub fn new(users: &[UserConfig], ttl: Duration) -> Self {
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             users: users
                 .iter()
                 .map(|u| (u.name.clone(), u.password_hash.clone()))
                 .collect(),
-            dummy_hash: hash_password(&URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())),
+            dummy_hash: dummy_hash(users),
             ttl,
             live: Mutex::new(HashMap::new()),
+            checks: Arc::new(tokio::sync::Semaphore::new(parallel.clamp(1, 4))),
+            failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Checks a login from `client`: throttled keys are refused without a check, checks wait
+    /// for one of a few slots (and give up after a while), failures are counted.
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        user: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<String, AuthError> {
+        let mut keys = vec![ThrottleKey::User(user.to_string())];
+        keys.extend(client.map(ThrottleKey::Client));
+        let now = Instant::now();
+        {
+            let mut failures = self.failures.lock().expect("failure map poisoned");
+            failures.retain(|_, f| now.duration_since(f.last) < FAILURE_WINDOW);
+            if let Some(wait) = keys
+                .iter()
+                .filter_map(|k| {
+                    failures
+                        .get(k)
+                        .and_then(|f| f.refused_for(k.free_failures(), now))
+                })
+                .max()
+            {
+                return Err(AuthError::Throttled(wait.as_secs().max(1)));
+            }
+        }
+        let permit = tokio::time::timeout(VERIFY_WAIT, self.checks.clone().acquire_owned())
+            .await
+            .map_err(|_| AuthError::Busy)?
+            .map_err(|_| AuthError::Busy)?;
+        let (me, u, p) = (self.clone(), user.to_string(), password.to_string());
+        let result = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            me.login(&u, &p)
+        })
+        .await
+        .map_err(|_| AuthError::Busy)?;
+        let mut failures = self.failures.lock().expect("failure map poisoned");
+        let now = Instant::now();
+        match &result {
+            Ok(_) => {
+                for k in &keys {
+                    failures.remove(k);
+                }
+            }
+            Err(_) => {
+                for k in keys {
+                    let f = failures.entry(k).or_insert(Failures {
+                        count: 0,
+                        last: now,
+                    });
+                    f.count = f.count.saturating_add(1);
+                    f.last = now;
+                }
+            }
+        }
+        result
     }
 
     /// Checks the password and opens a session. Slow on purpose (argon2id): call it off the
@@ -119,6 +243,23 @@ impl Sessions {
     }
 }
 
+/// A hash of a random password with the costliest parameters among the users' hashes, so that
+/// checking an unknown user costs what checking a known one does.
+fn dummy_hash(users: &[UserConfig]) -> String {
+    let costliest = users
+        .iter()
+        .filter_map(|u| {
+            let h = PasswordHash::new(&u.password_hash).ok()?;
+            Params::try_from(&h).ok()
+        })
+        .max_by_key(|p| u64::from(p.m_cost()) * u64::from(p.t_cost()) * u64::from(p.p_cost()))
+        .unwrap_or_default();
+    hash_with(
+        &URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()),
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, costliest),
+    )
+}
+
 fn verify(phc: &str, password: &str) -> bool {
     match PasswordHash::new(phc) {
         Ok(h) => Argon2::default()
@@ -131,14 +272,35 @@ fn verify(phc: &str, password: &str) -> bool {
 /// An argon2id PHC string for `password`, with a random salt (for `lakegate hash-password` and
 /// the demo).
 pub fn hash_password(password: &str) -> String {
+    hash_with(password, Argon2::default())
+}
+
+fn hash_with(password: &str, argon: Argon2<'_>) -> String {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let mut salt = [0u8; 16];
     rand::rng().fill_bytes(&mut salt);
     let salt = SaltString::encode_b64(&salt).expect("16 bytes make a valid salt");
-    Argon2::default()
+    argon
         .hash_password(password.as_bytes(), &salt)
-        .expect("argon2 with default parameters cannot fail")
+        .expect("argon2 with valid parameters cannot fail")
         .to_string()
+}
+
+/// `user:password` from the value of an `authorization: Basic …` header: standard base64,
+/// padded or not (the ADBC driver sends it unpadded), a trailing newline tolerated.
+pub fn basic_credentials(encoded: &str) -> Option<(String, String)> {
+    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+    use base64::engine::DecodePaddingMode;
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let bytes = LENIENT.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
 }
 
 #[cfg(test)]
@@ -169,6 +331,87 @@ mod tests {
         s.close(&t1);
         assert_eq!(s.resolve(&t1), Err(AuthError::BadToken));
         assert!(s.resolve(&t2).is_ok());
+    }
+
+    #[test]
+    fn basic_credentials_padded_unpadded_and_with_a_newline() {
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+        for text in [
+            "a:b",
+            "ab:cd",
+            "abc:def",
+            "insurer:insurer-demo",
+            "u:p:with:colons",
+        ] {
+            let (u, p) = text.split_once(':').unwrap();
+            let want = Some((u.to_string(), p.to_string()));
+            assert_eq!(basic_credentials(&STANDARD.encode(text)), want, "{text}");
+            assert_eq!(
+                basic_credentials(&STANDARD_NO_PAD.encode(text)),
+                want,
+                "{text}"
+            );
+            let nl = format!("{text}\n");
+            assert_eq!(basic_credentials(&STANDARD.encode(&nl)), want, "{text}");
+            assert_eq!(
+                basic_credentials(&format!("{}\n", STANDARD.encode(text))),
+                want
+            );
+        }
+        assert_eq!(basic_credentials("not base64!"), None);
+        assert_eq!(basic_credentials(&STANDARD.encode("no-colon")), None);
+    }
+
+    #[test]
+    fn the_dummy_hash_has_the_users_parameters() {
+        let strong = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(32 * 1024, 3, 1, None).unwrap(),
+        );
+        let users = [UserConfig {
+            name: "alice".into(),
+            password_hash: hash_with("secret", strong),
+        }];
+        let s = Sessions::new(&users, Duration::from_secs(60));
+        let dummy = PasswordHash::new(&s.dummy_hash).unwrap();
+        let p = Params::try_from(&dummy).unwrap();
+        assert_eq!((p.m_cost(), p.t_cost(), p.p_cost()), (32 * 1024, 3, 1));
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_are_throttled_per_user_and_address() {
+        let s = Arc::new(sessions(Duration::from_secs(60)));
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        for _ in 0..FREE_FAILURES {
+            assert_eq!(
+                s.authenticate("alice", "wrong", Some(ip)).await,
+                Err(AuthError::BadCredentials)
+            );
+        }
+        // Now that user name is refused without a check, even with the right password and
+        // from elsewhere; another user from the same address is not slowed.
+        let other: IpAddr = "127.0.0.10".parse().unwrap();
+        assert!(matches!(
+            s.authenticate("alice", "secret", Some(other)).await,
+            Err(AuthError::Throttled(_))
+        ));
+        assert_eq!(
+            s.authenticate("bob", "x", Some(ip)).await,
+            Err(AuthError::BadCredentials)
+        );
+        // An address is refused after many failures, for any user.
+        for i in 0..FREE_FAILURES_PER_CLIENT {
+            let _ = s.authenticate(&format!("u{i}"), "x", Some(other)).await;
+        }
+        assert!(matches!(
+            s.authenticate("carol", "x", Some(other)).await,
+            Err(AuthError::Throttled(_))
+        ));
+        assert_eq!(
+            s.authenticate("carol", "x", Some(ip)).await,
+            Err(AuthError::BadCredentials)
+        );
     }
 
     #[test]

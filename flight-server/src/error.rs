@@ -17,7 +17,10 @@ pub fn to_status(e: GatewayError) -> Status {
         GatewayError::ReadOnly(_) | GatewayError::AggregateOnly(_) => {
             Status::permission_denied(text)
         }
-        GatewayError::Sql(_) | GatewayError::Parameters(_) => Status::invalid_argument(text),
+        GatewayError::Sql(_) | GatewayError::Parameters(_) | GatewayError::TooLarge(_) => {
+            Status::invalid_argument(text)
+        }
+        GatewayError::PolicyChanged(_) => Status::failed_precondition(text),
         GatewayError::Execution(d) => match d.find_root() {
             DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => {
                 Status::unavailable(text)

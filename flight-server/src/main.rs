@@ -140,8 +140,20 @@ async fn load_policies(config: &Config) -> anyhow::Result<policy::PolicySet> {
 #[global_allocator]
 static ALLOC: flight_server::allocator::MiMalloc = flight_server::allocator::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Stack of every runtime thread. Statements are bounded in depth before planning
+/// (`[execution] max_expression_depth`) and DataFusion grows its own stack where it recurses;
+/// this is headroom for what recurses beside them (expression evaluation, drops of plans).
+const THREAD_STACK: usize = 16 << 20;
+
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(THREAD_STACK)
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     init_logging();
     match Cli::parse().command {
         Command::Serve { config, listen } => {

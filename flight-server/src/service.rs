@@ -31,7 +31,7 @@ use arrow_flight::{
     Action, ActionType, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
     HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use datafusion::common::ScalarValue;
 use futures::{Stream, TryStreamExt};
@@ -53,6 +53,11 @@ pub const SCENARIO_OPTION: &str = "scenario";
 
 pub(crate) type DoGetStream =
     Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
+
+/// How long an unredeemed statement ticket is kept.
+const STATEMENT_TICKET_TTL: Duration = Duration::from_secs(120);
+/// Statement tickets and prepared statements one user may hold at once.
+const MAX_HANDLES_PER_USER: usize = 256;
 
 /// Who is calling: the session token and the principal it acts as.
 struct Caller {
@@ -101,6 +106,15 @@ impl LakegateService {
         }
     }
 
+    /// How long a handle lives: a statement ticket is redeemed at once by every client, a
+    /// prepared statement lives as long as the session's token.
+    fn ttl_of(&self, h: &Handle) -> Duration {
+        match h.kind {
+            HandleKind::Statement(_) => self.handle_ttl.min(STATEMENT_TICKET_TTL),
+            HandleKind::Prepared { .. } => self.handle_ttl,
+        }
+    }
+
     /// Authenticates a call by its bearer token and works out its scenario.
     fn caller(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
         let token = bearer(metadata).ok_or_else(|| auth_status(AuthError::NoToken))?;
@@ -127,7 +141,20 @@ impl LakegateService {
         let handle = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
         let now = Instant::now();
         let mut handles = self.handles.lock().expect("handle map poisoned");
-        handles.retain(|_, h| now.duration_since(h.created) < self.handle_ttl);
+        handles.retain(|_, h| now.duration_since(h.created) < self.ttl_of(h));
+        // A user's handles are bounded: past the bound the oldest goes.
+        let user = &caller.principal.user;
+        let mut own: Vec<(Instant, String)> = handles
+            .iter()
+            .filter(|(_, h)| &h.user == user)
+            .map(|(k, h)| (h.created, k.clone()))
+            .collect();
+        if own.len() >= MAX_HANDLES_PER_USER {
+            own.sort();
+            for (_, k) in own.iter().take(own.len() + 1 - MAX_HANDLES_PER_USER) {
+                handles.remove(k);
+            }
+        }
         handles.insert(
             handle.clone(),
             Handle {
@@ -153,7 +180,7 @@ impl LakegateService {
         let owned = handles.get(&key).is_some_and(|h| {
             h.user == caller.principal.user
                 && h.scenario == caller.principal.scenario
-                && h.created.elapsed() < self.handle_ttl
+                && h.created.elapsed() < self.ttl_of(h)
         });
         if !owned {
             return Err(Status::not_found(
@@ -172,8 +199,28 @@ impl LakegateService {
         })
     }
 
-    async fn execute(&self, query: &Query) -> Result<Response<DoGetStream>, Status> {
+    async fn execute(&self, planned: &Query) -> Result<Response<DoGetStream>, Status> {
         let started = Instant::now();
+        // Decided again against the policies in force now: a revoked grant stops here.
+        let query = match self.gateway.revalidate(planned).await {
+            Ok(q) => q,
+            Err(e) => {
+                let status = to_status(e);
+                if let Some(ctx) = planned.audit_context() {
+                    let _ = ctx.recorded().await;
+                }
+                let _ = self.gateway.record_completion(
+                    planned,
+                    crate::review::completion(
+                        "failed",
+                        Some(status.message().to_string()),
+                        started,
+                    ),
+                );
+                return Err(status);
+            }
+        };
+        let query = &query;
         match query.execute_with_plan().await {
             Ok((stream, plan)) => Ok(Response::new(crate::review::reviewed_stream(
                 self.gateway.clone(),
@@ -420,25 +467,22 @@ impl FlightSqlService for LakegateService {
                 "the handshake needs basic credentials: authorization: Basic base64(user:password)",
             ));
         }
-        let decoded = STANDARD
-            .decode(encoded.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| {
-                Status::unauthenticated("the basic credentials are not valid base64 text")
-            })?;
-        let (user, password) = decoded.split_once(':').ok_or_else(|| {
-            Status::unauthenticated("the basic credentials are not user:password")
+        let (user, password) = crate::auth::basic_credentials(encoded).ok_or_else(|| {
+            Status::unauthenticated("the basic credentials are not base64 of user:password")
         })?;
-        let sessions = self.sessions.clone();
-        let (user, password) = (user.to_string(), password.to_string());
         let logged_user = user.clone();
-        let token = tokio::task::spawn_blocking(move || sessions.login(&user, &password))
+        let client_ip = request.remote_addr().map(|a| a.ip());
+        let token = self
+            .sessions
+            .authenticate(&user, &password, client_ip)
             .await
-            .map_err(|e| internal("login failed", e))?
             .map_err(|e| {
-                tracing::info!(user = %logged_user, "login refused");
-                auth_status(e)
+                tracing::info!(user = %logged_user, "login refused: {e}");
+                match e {
+                    AuthError::Busy => Status::unavailable(e.to_string()),
+                    AuthError::Throttled(_) => Status::resource_exhausted(e.to_string()),
+                    other => auth_status(other),
+                }
             })?;
         tracing::info!(user = %logged_user, "login");
         let bearer = format!("Bearer {token}");

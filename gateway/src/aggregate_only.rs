@@ -2,21 +2,25 @@
 //!
 //! The checker follows every aggregate-only column through the plan (subqueries included) and
 //! refuses any flow other than the bare argument of `count`, `count(DISTINCT)`, `sum`, `avg`, or a
-//! bare GROUP BY key. Each aggregate such a column flows into is then rewritten so that every
-//! released group covers at least k distinct subjects:
+//! bare GROUP BY key. In a query that releases such a column, every aggregate of the query is one
+//! of those over a bare column, and the releasing aggregate's keys are bare columns: no per-group
+//! computation (`array_agg(name)`, `sum(CASE WHEN id = 10 ...)`) can name people. Each aggregate
+//! such a column flows into is then given a [`MinGroupRelease`] directly above it, so that every
+//! released group covers at least k distinct subjects and nothing above sees another:
 //!
 //! ```text
 //! before:                                   after:
-//!   Aggregate: groupBy=[diagnosis]            Projection: diagnosis, count(*)
-//!     aggr=[count(*)]                           Filter: __lakegate_k0 >= 10
-//!     TableScan: health.visits                    Aggregate: groupBy=[diagnosis]
-//!                                                   aggr=[count(*), count(DISTINCT __lakegate_subject) AS __lakegate_k0]
-//!                                                   TableScan: health.visits (+ __lakegate_subject)
+//!   Aggregate: groupBy=[diagnosis]            MinGroupRelease: __lakegate_k0 >= 10
+//!     aggr=[count(*)]                           Aggregate: groupBy=[diagnosis]
+//!     TableScan: health.visits                    aggr=[count(*), count(DISTINCT __lakegate_subject) AS __lakegate_k0]
+//!                                                 TableScan: health.visits (+ __lakegate_subject)
 //! ```
 //!
 //! Without GROUP BY the one group's aggregates become NULL below k, so that 0 and 1..k-1 look the
 //! same. The subject column is served by the secure scan only to this rewrite: user SQL cannot
-//! name it, and it never reaches the output.
+//! name it, and it never reaches the output. [`verify`] runs the checker again on the optimized
+//! plan: whatever DataFusion moved, no aggregate-only column is used below the release, and every
+//! aggregate that consumes one sits under a release.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -32,6 +36,7 @@ use datafusion::logical_expr::{
     col, lit, when, Aggregate, Expr, Filter, LogicalPlan, Projection, TableScan, TableScanBuilder,
 };
 
+use crate::min_group::{Check, MinGroupRelease, K_PREFIX};
 use crate::secure_scan::{SecureTable, SUBJECT_COLUMN};
 use crate::GatewayError;
 
@@ -90,6 +95,41 @@ fn bare_column(e: &Expr) -> Option<&Column> {
     }
 }
 
+/// A cast of a bare numeric column that cannot fail: what type coercion puts under `avg` and
+/// `sum`. A fallible cast would turn a withheld row's value into an error.
+fn widening_cast_of_column(e: &Expr, schema: &DFSchemaRef) -> bool {
+    use datafusion::arrow::datatypes::DataType as T;
+    let (inner, to) = match e {
+        Expr::Cast(c) => (c.expr.as_ref(), c.field.data_type()),
+        Expr::TryCast(c) => (c.expr.as_ref(), c.field.data_type()),
+        _ => return false,
+    };
+    let Some(column) = bare_column(inner) else {
+        return false;
+    };
+    let Ok(from) = schema
+        .qualified_field_from_column(column)
+        .map(|(_, f)| f.data_type().clone())
+    else {
+        return false;
+    };
+    let signed = matches!(from, T::Int8 | T::Int16 | T::Int32 | T::Int64);
+    let unsigned = matches!(from, T::UInt8 | T::UInt16 | T::UInt32 | T::UInt64);
+    let float = matches!(from, T::Float16 | T::Float32 | T::Float64);
+    match to {
+        T::Int64 => signed,
+        T::UInt64 => unsigned,
+        T::Float64 => signed || unsigned || float,
+        T::Decimal128(p, s) | T::Decimal256(p, s) => match from {
+            T::Decimal128(fp, fs) | T::Decimal256(fp, fs) => {
+                *s >= fs && (*p as i16 - *s as i16) >= (fp as i16 - fs as i16)
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 fn secure_table(scan: &TableScan) -> Option<Arc<dyn datafusion::catalog::TableProvider>> {
     let provider = source_as_provider(&scan.source).ok()?;
     let any: &dyn Any = provider.as_ref();
@@ -107,10 +147,17 @@ fn as_secure(p: &Arc<dyn datafusion::catalog::TableProvider>) -> &SecureTable {
 struct Checker {
     /// Aggregates needing a k check, by their output schema (unique per node).
     needs_check: Vec<DFSchemaRef>,
+    /// Aggregates with a release above them (on an optimized plan), by output schema.
+    released: Vec<DFSchemaRef>,
 }
 
 impl Checker {
     fn walk(&mut self, plan: &LogicalPlan, outer: &Taint) -> Result<Taint, GatewayError> {
+        // Plans as deep as the statement limits allow (a long UNION chain): grow the stack.
+        stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.walk_node(plan, outer))
+    }
+
+    fn walk_node(&mut self, plan: &LogicalPlan, outer: &Taint) -> Result<Taint, GatewayError> {
         // Subqueries in this node's expressions: their results must carry no aggregate-only
         // column, and their outer references are uses too.
         let inputs: Vec<Taint> = plan
@@ -177,6 +224,22 @@ impl Checker {
                     return Ok(Taint::new());
                 };
                 let table = as_secure(&provider);
+                // Filters the optimizer pushed into the scan (any column of the table).
+                for f in &scan.filters {
+                    if let Some(c) = f
+                        .column_refs()
+                        .into_iter()
+                        .find(|c| table.aggregate_only(&c.name).is_some())
+                    {
+                        return Err(refuse(
+                            "it may not be used in WHERE or HAVING",
+                            c,
+                            &Origin {
+                                table: table.snapshot().table.to_string(),
+                            },
+                        ));
+                    }
+                }
                 let mut out = Taint::new();
                 for c in plan.schema().columns() {
                     if table.aggregate_only(&c.name).is_some() {
@@ -262,6 +325,29 @@ impl Checker {
                 Ok(pass_through(&t))
             }
             LogicalPlan::Aggregate(a) => self.aggregate(a, &input_taint(0)),
+            LogicalPlan::Distinct(datafusion::logical_expr::Distinct::On(on)) => {
+                let t = input_taint(0);
+                let keys: Vec<&Expr> = on
+                    .on_expr
+                    .iter()
+                    .chain(on.sort_expr.iter().flatten().map(|s| &s.expr))
+                    .collect();
+                check_exprs(&keys, "it may not be selected DISTINCT; use GROUP BY", &t)?;
+                let mut out = Taint::new();
+                for (e, c) in on.select_expr.iter().zip(plan.schema().columns()) {
+                    match bare_column(e).and_then(|b| lookup(&t, b)) {
+                        Some((_, o)) => {
+                            out.insert(c, o.clone());
+                        }
+                        None => check_exprs(
+                            &[e],
+                            "it may not be used in an expression, only as the bare argument of count, sum or avg or as a GROUP BY key",
+                            &t,
+                        )?,
+                    }
+                }
+                Ok(out)
+            }
             LogicalPlan::Distinct(_) => {
                 let t = input_taint(0);
                 match t.iter().next() {
@@ -285,6 +371,22 @@ impl Checker {
                         c,
                         o,
                     ));
+                }
+                Ok(Taint::new())
+            }
+            LogicalPlan::Extension(_) if MinGroupRelease::of(plan).is_some() => {
+                // An optimized plan: the aggregates below it (two when DataFusion split a
+                // DISTINCT aggregate) are released.
+                let mut below = plan.inputs()[0];
+                loop {
+                    match below {
+                        LogicalPlan::Aggregate(a) => {
+                            self.released.push(a.schema.clone());
+                            below = &a.input;
+                        }
+                        LogicalPlan::Projection(p) => below = &p.input,
+                        _ => break,
+                    }
                 }
                 Ok(Taint::new())
             }
@@ -363,6 +465,19 @@ impl Checker {
             }
         }
         if consumes {
+            // Keys computed from other columns would make trackers (`GROUP BY diagnosis,
+            // id = 10`): a releasing aggregate groups by bare columns only.
+            if let Some(g) = a.group_expr.iter().find(|g| bare_column(g).is_none()) {
+                let (c, o) = t.iter().next().expect("consumes");
+                return Err(refuse(
+                    &format!(
+                        "in a query that releases it, GROUP BY keys are bare columns, not {}",
+                        g.schema_name()
+                    ),
+                    c,
+                    o,
+                ));
+            }
             // A FILTER on any aggregate of this node would let a group be released from fewer
             // subjects than the check counts.
             let has_filter = |e: &Expr| {
@@ -395,6 +510,10 @@ impl Suppressed {
     /// Groups withheld so far.
     pub fn get(&self) -> u64 {
         self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -476,14 +595,15 @@ fn release(ok: Expr, suppressed: &Suppressed) -> Expr {
     ))
 }
 
-/// Checks `plan` and rewrites the aggregates that release aggregate-only columns; `suppressed`
-/// counts the groups withheld when it runs.
+/// Checks `plan` and puts a release above each aggregate that releases aggregate-only columns;
+/// `suppressed` counts the groups withheld when it runs.
 pub(crate) fn enforce(
     plan: LogicalPlan,
     suppressed: &Suppressed,
 ) -> Result<LogicalPlan, GatewayError> {
     let mut checker = Checker {
         needs_check: Vec::new(),
+        released: Vec::new(),
     };
     let root = checker.walk(&plan, &Taint::new())?;
     if let Some((c, o)) = root.iter().next() {
@@ -496,6 +616,7 @@ pub(crate) fn enforce(
     if checker.needs_check.is_empty() {
         return Ok(plan);
     }
+    safe_aggregates(&plan)?;
     let needs = checker.needs_check;
     let rewritten = plan
         .transform_up_with_subqueries(|node| rewrite(node, &needs, suppressed))
@@ -513,6 +634,97 @@ pub(crate) fn enforce(
         ));
     }
     Ok(rewritten)
+}
+
+/// Checks an optimized plan again: no aggregate-only column is used where the checker refuses
+/// it (a filter or join condition pushed below an aggregate, a filter pushed into a scan), and
+/// every aggregate that consumes one has a release above it.
+pub(crate) fn verify(plan: &LogicalPlan) -> Result<(), GatewayError> {
+    let mut checker = Checker {
+        needs_check: Vec::new(),
+        released: Vec::new(),
+    };
+    let root = checker.walk(plan, &Taint::new())?;
+    if let Some((c, o)) = root.iter().next() {
+        return Err(refuse(
+            "it may not reach the output; use count, sum, avg or GROUP BY",
+            c,
+            o,
+        ));
+    }
+    if checker.needs_check.is_empty() {
+        return Ok(());
+    }
+    let unreleased = checker
+        .needs_check
+        .iter()
+        .any(|s| !checker.released.iter().any(|r| Arc::ptr_eq(r, s) || r == s));
+    if unreleased {
+        return Err(GatewayError::AggregateOnly(
+            "an aggregate-only column would be released without its minimum-group check; the query is refused"
+                .into(),
+        ));
+    }
+    safe_aggregates(plan)
+}
+
+/// In a query that releases an aggregate-only column, every aggregate anywhere in it is
+/// `count`, `count(DISTINCT)`, `sum` or `avg` of one bare column (`count` of a constant too),
+/// with no FILTER and no ORDER BY: `min(name)`, `array_agg(id)` or `sum(CASE WHEN id = 10 ...)`
+/// per group would name the people in it.
+fn safe_aggregates(plan: &LogicalPlan) -> Result<(), GatewayError> {
+    let mut refusal = None;
+    let _ = plan.apply_with_subqueries(|p| {
+        let LogicalPlan::Aggregate(a) = p else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        for e in &a.aggr_expr {
+            let inner = match e {
+                Expr::Alias(al) => al.expr.as_ref(),
+                e => e,
+            };
+            let why = match inner {
+                Expr::AggregateFunction(AggregateFunction { func, params }) => {
+                    let name = func.name();
+                    let arg_ok = match params.args.as_slice() {
+                        [arg] => {
+                            bare_column(arg).is_some()
+                                || widening_cast_of_column(arg, a.input.schema())
+                                || (name == "count" && matches!(arg, Expr::Literal(..)))
+                        }
+                        _ => false,
+                    };
+                    if !matches!(name, "count" | "sum" | "avg") {
+                        Some(format!("{name}() is refused"))
+                    } else if params.distinct && name != "count" {
+                        Some(format!("{name}(DISTINCT ...) is refused"))
+                    } else if !arg_ok {
+                        Some(format!(
+                            "{name}() of an expression is refused; aggregate a bare column"
+                        ))
+                    } else if params.filter.is_some() {
+                        Some("aggregates with FILTER are refused".to_string())
+                    } else if !params.order_by.is_empty() {
+                        Some("an aggregate's ORDER BY is refused".to_string())
+                    } else {
+                        None
+                    }
+                }
+                other => Some(format!("{} is refused", other.schema_name())),
+            };
+            if let Some(why) = why {
+                refusal = Some(GatewayError::AggregateOnly(format!(
+                    "the query releases an aggregate-only column, so every aggregate in it is count, count(DISTINCT), sum or avg of a bare column: {why}"
+                )));
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    match refusal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 fn rewrite(
@@ -595,58 +807,70 @@ fn min_group_check(
         ));
     }
     let mut aggr_expr = a.aggr_expr.clone();
-    let mut conditions = Vec::new();
+    let mut release_checks = Vec::new();
     for (i, (subject, k)) in checks.into_iter().enumerate() {
-        let name = format!("__lakegate_k{i}");
+        let name = format!("{K_PREFIX}{i}");
         aggr_expr.push(count_distinct(Expr::Column(subject)).alias(&name));
-        conditions.push(col(Column::from_name(name)).gt_eq(lit(k as i64)));
+        release_checks.push(Check { column: name, k });
     }
-    let original = a.schema.clone();
     let checked = LogicalPlan::Aggregate(Aggregate::try_new(
         a.input.clone(),
         a.group_expr.clone(),
         aggr_expr,
     )?);
-    let cond = conditions
-        .into_iter()
-        .reduce(|x, y| x.and(y))
-        .expect("at least one check");
-    // Counted once per group: the filter, or the first output column of a global aggregate.
-    let ok = release(cond.clone(), suppressed);
-    let outputs: Vec<(
-        Option<&TableReference>,
-        &Arc<datafusion::arrow::datatypes::Field>,
-    )> = original.iter().collect();
-    if a.group_expr.is_empty() {
-        // One group: its aggregates become NULL below k.
-        let exprs = outputs
-            .into_iter()
-            .enumerate()
-            .map(|(i, (q, f))| {
-                let c = Expr::Column(Column::new(q.cloned(), f.name()));
-                let test = if i == 0 { ok.clone() } else { cond.clone() };
-                Ok(when(test, c)
-                    .otherwise(lit(datafusion::common::ScalarValue::try_from(
-                        f.data_type(),
-                    )?))?
-                    .alias_qualified(q.cloned(), f.name()))
-            })
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        Ok(LogicalPlan::Projection(Projection::try_new(
-            exprs,
-            Arc::new(checked),
-        )?))
-    } else {
-        let filtered = LogicalPlan::Filter(Filter::try_new(ok, Arc::new(checked))?);
-        let exprs = outputs
-            .into_iter()
-            .map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))
-            .collect();
-        Ok(LogicalPlan::Projection(Projection::try_new(
-            exprs,
-            Arc::new(filtered),
-        )?))
-    }
+    Ok(MinGroupRelease::try_new(
+        checked,
+        release_checks,
+        a.group_expr.is_empty(),
+        suppressed.clone(),
+    )?
+    .into_plan())
+}
+
+/// `plan` with each release written as the filter it stands for (`HAVING
+/// lakegate_release(count(DISTINCT subject) >= k)`, or NULL aggregates for a global one), so
+/// that DataFusion's unparser can print it for the audit trail and `explain`. Never executed.
+pub(crate) fn display_form(plan: &LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
+    plan.clone()
+        .transform_up_with_subqueries(|node| {
+            let Some(release) = MinGroupRelease::of(&node) else {
+                return Ok(Transformed::no(node));
+            };
+            let input = Arc::new(release.input().clone());
+            let cond = release
+                .checks()
+                .iter()
+                .map(|c| col(Column::from_name(c.column.clone())).gt_eq(lit(c.k as i64)))
+                .reduce(|x, y| x.and(y))
+                .expect("a release has checks");
+            let ok = self::release(cond.clone(), release.suppressed());
+            let outputs: Vec<_> = release.schema_fields();
+            let plan = if release.global() {
+                let exprs = outputs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (q, f))| {
+                        let c = Expr::Column(Column::new(q.clone(), f.name()));
+                        let test = if i == 0 { ok.clone() } else { cond.clone() };
+                        Ok(when(test, c)
+                            .otherwise(lit(datafusion::common::ScalarValue::try_from(
+                                f.data_type(),
+                            )?))?
+                            .alias_qualified(q, f.name()))
+                    })
+                    .collect::<datafusion::error::Result<Vec<_>>>()?;
+                LogicalPlan::Projection(Projection::try_new(exprs, input)?)
+            } else {
+                let filtered = LogicalPlan::Filter(Filter::try_new(ok, input)?);
+                let exprs = outputs
+                    .into_iter()
+                    .map(|(q, f)| Expr::Column(Column::new(q, f.name())))
+                    .collect();
+                LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(filtered))?)
+            };
+            Ok(Transformed::yes(plan))
+        })
+        .map(|t| t.data)
 }
 
 /// The minimum group size of each aggregate-only scan below `plan`, by qualifier (aliases

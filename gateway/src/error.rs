@@ -18,6 +18,14 @@ pub enum GatewayError {
     /// The query would release an aggregate-only column other than as an allowed aggregate.
     #[error("refused by the aggregate-only rule: {0}")]
     AggregateOnly(String),
+    /// The statement is longer or deeper than the deployment's limits (`[execution]
+    /// max_sql_bytes`, `max_expression_depth`).
+    #[error("statement too large: {0}")]
+    TooLarge(String),
+    /// The policy set changed since the statement was planned, in a way that changes its result
+    /// or its columns.
+    #[error("the policies changed since the statement was prepared: {0}")]
+    PolicyChanged(String),
     /// Bound parameters do not fit the statement.
     #[error("parameters: {0}")]
     Parameters(String),

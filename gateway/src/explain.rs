@@ -18,7 +18,7 @@ impl Gateway {
     pub async fn explain(&self, who: &Principal, sql: &str) -> Result<String, GatewayError> {
         let scenario = who.scenario.as_deref().ok_or(GatewayError::NoScenario)?;
         self.check_scenario(scenario)?;
-        let statement = statement::parse_read_statement(sql)?;
+        let statement = statement::parse_read_statement(sql, self.limits)?;
         let (tables, _ctes) =
             resolve_table_references(&statement, true).map_err(GatewayError::Sql)?;
         let policies = self.policies();

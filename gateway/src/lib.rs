@@ -12,6 +12,7 @@ pub mod audit_table;
 mod error;
 mod explain;
 mod masks;
+mod min_group;
 mod query;
 mod row_filter;
 mod secure_exec;
@@ -19,6 +20,7 @@ mod secure_scan;
 mod session_gate;
 mod statement;
 mod unparse;
+mod wildcard;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -37,6 +39,7 @@ use policy::{CedarType, ColumnDescription, LakeDescription, PolicySet, TableDesc
 
 pub use aggregate_only::Suppressed;
 pub use error::GatewayError;
+pub use min_group::MinGroupReleaseExec;
 pub use query::{scan_metrics, served_schema, AuditContext, Completion, Query};
 pub use secure_exec::{SecureScanCodec, SecureScanExec};
 pub use secure_scan::{SecureTable, SUBJECT_COLUMN};
@@ -81,6 +84,7 @@ pub struct Gateway {
     /// and rules. Built once and cloned per query (building one registers every built-in
     /// function: a fifth of planning a query), never given a catalog.
     template: datafusion::execution::SessionState,
+    limits: statement::StatementLimits,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -128,6 +132,10 @@ impl Gateway {
                 runtime_env(&config.execution)?,
                 config.execution.sort_merge_joins,
             ),
+            limits: statement::StatementLimits {
+                max_sql_bytes: config.execution.max_sql_bytes,
+                max_depth: config.execution.max_expression_depth,
+            },
         };
         gateway.load_export_state().await?;
         Ok(gateway)
@@ -214,7 +222,16 @@ impl Gateway {
         client: Option<String>,
     ) -> Result<Query, GatewayError> {
         let query_id = uuid::Uuid::new_v4().to_string();
-        let result = self.prepare(who, sql).await;
+        let result = self.prepare(who, sql).await.map(|mut q| {
+            let grants = q.grants();
+            q.set_origin(query::Origin {
+                who: who.clone(),
+                sql: sql.to_string(),
+                client: client.clone(),
+                grants,
+            });
+            q
+        });
         let mut record = audit::AuditRecord::new("decision", &query_id, &who.user, sql);
         record.scenario = who.scenario.clone();
         record.client = client.clone();
@@ -258,6 +275,46 @@ impl Gateway {
             max_bytes: self.max_result_bytes,
         });
         Ok(query)
+    }
+
+    /// Decides an audited query again before it runs (a DoGet of a ticket, an execution of a
+    /// prepared statement): the grants of the tables it reads under the current policy set and
+    /// time (cached decisions, so cheap). Unchanged: the query as planned. Changed: the
+    /// statement is planned again under the current policies (a denied table then fails as at
+    /// planning); a re-planned result with other columns is refused, since the client holds the
+    /// old schema.
+    pub async fn revalidate(&self, query: &Query) -> Result<Query, GatewayError> {
+        let Some(origin) = query.origin() else {
+            return Ok(query.clone());
+        };
+        let scenario = self.scenario_of(&origin.who)?;
+        let policies = self.policies();
+        let now = SystemTime::now();
+        let mut unchanged = true;
+        for (table, planned) in &origin.grants {
+            let current = policies.grant(&origin.who.user, &scenario, &table.to_string(), now)?;
+            if *current != *planned {
+                unchanged = false;
+                break;
+            }
+        }
+        if unchanged {
+            return Ok(query.clone());
+        }
+        tracing::info!(user = %origin.who.user, %scenario, "grants changed since planning: planning again");
+        let fresh = self
+            .prepare_audited(&origin.who, &origin.sql, origin.client.clone())
+            .await?;
+        if fresh.schema() != query.schema() {
+            return Err(GatewayError::PolicyChanged(
+                "the result's columns are not the same any more; prepare or execute the statement again"
+                    .into(),
+            ));
+        }
+        match query.bound_values() {
+            Some(values) => fresh.bind(values.to_vec()),
+            None => Ok(fresh),
+        }
     }
 
     /// Records a metadata request (GetDbSchemas, GetTables) that lists the lake for `who`:
@@ -346,8 +403,9 @@ impl Gateway {
     /// unbound until [`Query::bind`].
     pub async fn prepare(&self, who: &Principal, sql: &str) -> Result<Query, GatewayError> {
         let scenario = self.scenario_of(who)?;
-        let statement = statement::parse_read_statement(sql)?;
-        let (state, lake) = self.session(&who.user, &scenario);
+        let mut statement = statement::parse_read_statement(sql, self.limits)?;
+        let (state, lake, gate) = self.session(&who.user, &scenario);
+        exclude_aggregate_only(&mut statement, &gate);
         // Fresh snapshots of every named lake table at once; planning then takes them in turn.
         let named = state
             .resolve_table_references(&statement)
@@ -412,6 +470,7 @@ impl Gateway {
     ) -> (
         datafusion::execution::SessionState,
         Arc<LakeCatalogProvider>,
+        Arc<SessionGate>,
     ) {
         let gate = Arc::new(SessionGate::new(
             self.policies(),
@@ -421,9 +480,62 @@ impl Gateway {
             self.mask_key.clone(),
             Arc::new(self.lake.storage_options().clone()),
         ));
-        let lake = Arc::new(LakeCatalogProvider::new(self.lake.clone(), gate));
-        (session_from(&self.template, lake.clone()), lake)
+        let lake = Arc::new(LakeCatalogProvider::new(self.lake.clone(), gate.clone()));
+        (session_from(&self.template, lake.clone()), lake, gate)
     }
+}
+
+/// `SELECT *` over a table with aggregate-only columns leaves them out ([`wildcard`]).
+fn exclude_aggregate_only(statement: &mut datafusion::sql::parser::Statement, gate: &SessionGate) {
+    use datafusion::sql::parser::Statement;
+    use datafusion::sql::sqlparser::ast::ObjectName;
+    let inner = match statement {
+        Statement::Statement(s) => s.as_mut(),
+        Statement::Explain(e) => match e.statement.as_mut() {
+            Statement::Statement(s) => s.as_mut(),
+            _ => return,
+        },
+        _ => return,
+    };
+    let lookup = |name: &ObjectName| -> Option<wildcard::Served> {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|p| {
+                p.as_ident().map(|i| match i.quote_style {
+                    Some(_) => i.value.clone(),
+                    None => i.value.to_lowercase(),
+                })
+            })
+            .collect::<Option<_>>()?;
+        let t = match parts.as_slice() {
+            [schema, table] => TableRef::new(schema, table),
+            [catalog, schema, table] if catalog.as_str() == LAKE_CATALOG => {
+                TableRef::new(schema, table)
+            }
+            _ => return None,
+        };
+        let grant = gate.grant(&t).ok()?;
+        if !grant.allowed {
+            return None;
+        }
+        let mut served = wildcard::Served {
+            columns: Vec::new(),
+            aggregate_only: Vec::new(),
+        };
+        for (c, treatment) in &grant.columns {
+            match treatment {
+                policy::ColumnTreatment::Hidden => {}
+                policy::ColumnTreatment::AggregateOnly { .. } => {
+                    served.columns.push(c.clone());
+                    served.aggregate_only.push(c.clone());
+                }
+                _ => served.columns.push(c.clone()),
+            }
+        }
+        Some(served)
+    };
+    wildcard::exclude_aggregate_only(inner, &lookup);
 }
 
 /// Checks the audit trail of `config` against its chain and the anchors in the lake.
@@ -515,6 +627,7 @@ fn session_template(
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
+        .with_query_planner(Arc::new(min_group::LakegateQueryPlanner))
         .build()
 }
 
@@ -532,12 +645,28 @@ fn session_from(
     state
 }
 
+/// The memory pool when `[execution] memory_limit_bytes` is not set: half of the machine's
+/// memory (4 GiB where it cannot be read), so that one query fails with "resources exhausted"
+/// before it takes the machine.
+pub fn default_memory_limit() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    match total {
+        Some(bytes) => (bytes / 2).max(lake_config::MIN_MEMORY_LIMIT),
+        None => 4 << 30,
+    }
+}
+
 /// The runtime all of one gateway's queries share: `[execution]`'s memory pool and spill folder.
 fn runtime_env(config: &lake_config::ExecutionConfig) -> Result<Arc<RuntimeEnv>, GatewayError> {
     let mut builder = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
-    if let Some(limit) = config.memory_limit_bytes {
-        builder = builder.with_memory_limit(limit as usize, 1.0);
-    }
+    let limit = config
+        .memory_limit_bytes
+        .unwrap_or_else(default_memory_limit);
+    builder = builder.with_memory_limit(limit as usize, 1.0);
     if let Some(dir) = &config.spill_dir {
         builder = builder.with_temp_file_path(dir);
     }

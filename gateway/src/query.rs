@@ -24,6 +24,19 @@ pub struct Query {
     parameters: SchemaRef,
     audit: Option<Arc<AuditContext>>,
     suppressed: crate::Suppressed,
+    origin: Option<Arc<Origin>>,
+    /// The values bound with [`Query::bind`], to bind again after a re-plan.
+    bound: Option<Vec<ScalarValue>>,
+}
+
+/// Where an audited query came from: enough to decide it again at execution.
+#[derive(Debug)]
+pub(crate) struct Origin {
+    pub(crate) who: crate::Principal,
+    pub(crate) sql: String,
+    pub(crate) client: Option<String>,
+    /// The grant of every table the plan reads, as decided at planning.
+    pub(crate) grants: Vec<(catalog::TableRef, policy::Grant)>,
 }
 
 /// What the audit trail and output review know of a query.
@@ -129,7 +142,43 @@ impl Query {
             parameters,
             audit: None,
             suppressed: crate::Suppressed::default(),
+            origin: None,
+            bound: None,
         })
+    }
+
+    pub(crate) fn set_origin(&mut self, origin: Origin) {
+        self.origin = Some(Arc::new(origin));
+    }
+
+    pub(crate) fn origin(&self) -> Option<&Origin> {
+        self.origin.as_deref()
+    }
+
+    pub(crate) fn bound_values(&self) -> Option<&[ScalarValue]> {
+        self.bound.as_deref()
+    }
+
+    /// The grant of every secure table the plan reads.
+    pub(crate) fn grants(&self) -> Vec<(catalog::TableRef, policy::Grant)> {
+        use datafusion::catalog::default_table_source::source_as_provider;
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        let mut out: Vec<(catalog::TableRef, policy::Grant)> = Vec::new();
+        let _ = self.plan.apply_with_subqueries(|p| {
+            if let LogicalPlan::TableScan(scan) = p {
+                if let Ok(provider) = source_as_provider(&scan.source) {
+                    let any: &dyn std::any::Any = provider.as_ref();
+                    if let Some(t) = any.downcast_ref::<crate::SecureTable>() {
+                        let table = t.snapshot().table.clone();
+                        if !out.iter().any(|(r, _)| *r == table) {
+                            out.push((table, t.grant().clone()));
+                        }
+                    }
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        out
     }
 
     pub(crate) fn set_suppressed(&mut self, suppressed: crate::Suppressed) {
@@ -246,6 +295,7 @@ impl Query {
                 })?);
             }
         }
+        let cast_values_kept = cast_values.clone();
         let plan = self
             .plan
             .clone()
@@ -256,6 +306,8 @@ impl Query {
         let mut bound = Query::new(self.state.clone(), plan)?;
         bound.audit = self.audit.clone();
         bound.suppressed = self.suppressed.clone();
+        bound.origin = self.origin.clone();
+        bound.bound = Some(cast_values_kept);
         Ok(bound)
     }
 
@@ -263,10 +315,23 @@ impl Query {
     pub async fn physical_plan(
         &self,
     ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, GatewayError> {
-        let (physical, recorded) =
-            futures::join!(self.state.create_physical_plan(&self.plan), self.recorded());
+        let planned = async {
+            // Checked again after DataFusion's optimizer: nothing it moved may get under a
+            // release or use an aggregate-only column.
+            let optimized = self
+                .state
+                .optimize(&self.plan)
+                .map_err(GatewayError::from_planning)?;
+            crate::aggregate_only::verify(&optimized)?;
+            self.state
+                .query_planner()
+                .create_physical_plan(&optimized, self.state.as_ref())
+                .await
+                .map_err(GatewayError::from_planning)
+        };
+        let (physical, recorded) = futures::join!(planned, self.recorded());
         recorded?;
-        physical.map_err(GatewayError::from_planning)
+        physical
     }
 
     /// Waits for the decision record of an audited query (nothing to wait for otherwise).

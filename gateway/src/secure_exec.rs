@@ -421,6 +421,21 @@ impl ExecutionPlan for SecureScanExec {
         Some(self.metrics.clone_inner())
     }
 
+    fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
+        // Plan walks do not see the raw scan below this leaf: reset it here, as a recursive
+        // CTE or a scalar subquery resets every node it runs again (a Delta scan's file queue
+        // is used up by its first run).
+        match &self.planned {
+            Some(planned) => {
+                let mut planned = planned.clone();
+                planned.input =
+                    datafusion::physical_plan::execution_plan::reset_plan_states(planned.input)?;
+                Ok(self.replanned((*self.spec).clone(), planned))
+            }
+            None => Ok(self),
+        }
+    }
+
     /// Splits the raw scan's files over more partitions, as the optimizer does for a bare Delta
     /// scan (it cannot reach through this leaf). The barrier works batch by batch, so it holds
     /// the same on any partitioning.
@@ -651,7 +666,18 @@ fn with_filters(
     Ok(Some((taken, bound)))
 }
 
-/// What [`SecureScanCodec`] writes.
+/// What [`SecureScanCodec`] writes: a secure scan, or a minimum-group release over its child.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Node {
+    Scan(Box<Wire>),
+    Release {
+        checks: Vec<crate::min_group::Check>,
+        global: bool,
+    },
+}
+
+/// A secure scan as [`SecureScanCodec`] writes it.
 #[derive(Serialize, Deserialize)]
 struct Wire {
     table: String,
@@ -710,13 +736,6 @@ impl PhysicalExtensionCodec for SecureScanCodec {
         name: &str,
         _buf: &[u8],
     ) -> Result<Arc<datafusion::logical_expr::ScalarUDF>> {
-        if name == crate::aggregate_only::RELEASE_UDF {
-            // The minimum-group filter: it releases the same groups here; the count of withheld
-            // groups stays with this process.
-            return Ok(Arc::new(crate::aggregate_only::release_udf(
-                &crate::Suppressed::default(),
-            )));
-        }
         Err(codec_err(format!("unknown function {name}")))
     }
 
@@ -725,7 +744,7 @@ impl PhysicalExtensionCodec for SecureScanCodec {
         node: &datafusion::logical_expr::ScalarUDF,
         _buf: &mut Vec<u8>,
     ) -> Result<()> {
-        // Built-in functions travel by name; lakegate_release needs no state either.
+        // Built-in functions travel by name.
         let _ = node;
         Ok(())
     }
@@ -737,10 +756,22 @@ impl PhysicalExtensionCodec for SecureScanCodec {
         ctx: &TaskContext,
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if !inputs.is_empty() {
-            return Err(codec_err("a secure scan has no inputs"));
-        }
-        let wire: Wire = serde_json::from_slice(buf).map_err(codec_err)?;
+        let wire = match serde_json::from_slice(buf).map_err(codec_err)? {
+            Node::Scan(wire) if inputs.is_empty() => *wire,
+            Node::Release { checks, global } => {
+                let [input] = inputs else {
+                    return Err(codec_err("a release has one input"));
+                };
+                // The count of withheld groups stays with the process that runs it.
+                return Ok(Arc::new(crate::MinGroupReleaseExec::try_new(
+                    input.clone(),
+                    checks,
+                    global,
+                    crate::Suppressed::default(),
+                )?));
+            }
+            Node::Scan(_) => return Err(codec_err("a secure scan has no inputs")),
+        };
         let nodes = wire
             .filters
             .iter()
@@ -778,6 +809,11 @@ impl PhysicalExtensionCodec for SecureScanCodec {
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
         let any: &dyn std::any::Any = node.as_ref();
+        if let Some(release) = any.downcast_ref::<crate::MinGroupReleaseExec>() {
+            let (checks, global) = release.wire();
+            return serde_json::to_writer(buf, &Node::Release { checks, global })
+                .map_err(codec_err);
+        }
         let exec = any
             .downcast_ref::<SecureScanExec>()
             .ok_or_else(|| codec_err(format!("cannot encode {}", node.name())))?;
@@ -802,6 +838,6 @@ impl PhysicalExtensionCodec for SecureScanCodec {
             parquet_pushdown: spec.parquet_pushdown,
             schema,
         };
-        serde_json::to_writer(buf, &wire).map_err(codec_err)
+        serde_json::to_writer(buf, &Node::Scan(Box::new(wire))).map_err(codec_err)
     }
 }

@@ -44,7 +44,7 @@ impl SessionGate {
         }
     }
 
-    fn grant(&self, t: &TableRef) -> Result<Arc<Grant>, policy::PolicyError> {
+    pub(crate) fn grant(&self, t: &TableRef) -> Result<Arc<Grant>, policy::PolicyError> {
         if let Some(g) = self.grants.lock().expect("grant cache poisoned").get(t) {
             return Ok(g.clone());
         }

@@ -11,17 +11,163 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::{DFParserBuilder, Statement};
 use datafusion::sql::sqlparser::ast::{self, visit_expressions_mut, Expr, Value};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::ParserError;
 
 use crate::GatewayError;
 
+/// Bounds on one statement, checked on its text and its parsed form before anything recurses
+/// over it (DataFusion's planner, optimizer and expression evaluation, and our own walks): a
+/// longer or deeper statement is refused with an error, never a crash of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatementLimits {
+    /// The longest SQL text accepted, in bytes.
+    pub max_sql_bytes: usize,
+    /// The deepest nesting of expressions, subqueries and set operations accepted.
+    pub max_depth: usize,
+}
+
+impl Default for StatementLimits {
+    fn default() -> Self {
+        Self {
+            max_sql_bytes: lake_config::DEFAULT_MAX_SQL_BYTES,
+            max_depth: lake_config::DEFAULT_MAX_EXPRESSION_DEPTH,
+        }
+    }
+}
+
 /// Parses `sql` as exactly one read statement, with `?` placeholders numbered `$1, $2, ...`.
-pub(crate) fn parse_read_statement(sql: &str) -> Result<Statement, GatewayError> {
+pub(crate) fn parse_read_statement(
+    sql: &str,
+    limits: StatementLimits,
+) -> Result<Statement, GatewayError> {
+    if sql.len() > limits.max_sql_bytes {
+        return Err(GatewayError::TooLarge(format!(
+            "the SQL text is {} bytes, more than the {} this server accepts ([execution] max_sql_bytes)",
+            sql.len(),
+            limits.max_sql_bytes
+        )));
+    }
+    // Chains of infix operators (`1+1+…`, `a OR b OR …`, `x::int::int…`) and of set operations
+    // are parsed in a loop, not by recursion, so the parser's own recursion limit does not bound
+    // their depth: the tree can be as deep as the text is long. Everything that walks the
+    // statement until its depth is known, and dropping a refused one, gets a stack sized to the
+    // text.
+    let stack = 1 << 20 | sql.len().saturating_mul(512);
+    stacker::grow(stack, || parse_and_bound(sql, limits))
+}
+
+/// The parser's recursion limit. `sqlparser` loses its "recursion limit exceeded" error inside
+/// `CASE` and `NOT` and reports a misleading syntax error instead, so [`check_nesting`] keeps
+/// statements well below this limit and the limit stays a backstop.
+const PARSER_RECURSION_LIMIT: usize = 256;
+
+/// The deepest nesting of brackets, `CASE … END` and prefix operators accepted; each level costs
+/// the parser up to about three levels of recursion.
+pub const MAX_NESTING: usize = 64;
+
+/// Refuses a statement whose brackets, `CASE … END` and runs of prefix operators (`NOT`, unary
+/// `-`, `+`, `~`, `!`) nest deeper than [`MAX_NESTING`], measured on its tokens without recursion.
+/// Text that does not tokenize is left for the parser to report.
+fn check_nesting(sql: &str) -> Result<(), GatewayError> {
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
+        return Ok(());
+    };
+    // What each open bracket or CASE added to the depth, and the prefix operators just read.
+    let mut frames: Vec<usize> = Vec::new();
+    let (mut depth, mut run) = (0usize, 0usize);
+    let mut operand_expected = true;
+    for token in tokens {
+        let keyword = match &token {
+            Token::Word(w) if w.quote_style.is_none() => w.keyword,
+            _ => Keyword::NoKeyword,
+        };
+        let opens = matches!(token, Token::LParen | Token::LBracket | Token::LBrace)
+            || keyword == Keyword::CASE;
+        let closes = matches!(token, Token::RParen | Token::RBracket | Token::RBrace)
+            || keyword == Keyword::END;
+        let prefix = keyword == Keyword::NOT
+            || (operand_expected
+                && matches!(
+                    token,
+                    Token::Minus | Token::Plus | Token::Tilde | Token::ExclamationMark
+                ));
+        match token {
+            Token::Whitespace(_) => continue,
+            _ if opens => {
+                frames.push(1 + run);
+                depth += 1 + run;
+                run = 0;
+            }
+            _ if closes => {
+                depth -= frames.pop().unwrap_or(0);
+                run = 0;
+            }
+            _ if prefix => run += 1,
+            _ => run = 0,
+        }
+        if depth + run > MAX_NESTING {
+            return Err(GatewayError::TooLarge(format!(
+                "brackets, CASE and prefix operators nest more than {MAX_NESTING} levels deep"
+            )));
+        }
+        operand_expected = match &token {
+            Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::NationalStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::Placeholder(_)
+            | Token::RParen
+            | Token::RBracket
+            | Token::RBrace => false,
+            Token::Word(w) => {
+                w.quote_style.is_none()
+                    && !matches!(
+                        w.keyword,
+                        Keyword::NoKeyword
+                            | Keyword::END
+                            | Keyword::NULL
+                            | Keyword::TRUE
+                            | Keyword::FALSE
+                    )
+            }
+            _ => true,
+        };
+    }
+    Ok(())
+}
+
+fn parse_and_bound(sql: &str, limits: StatementLimits) -> Result<Statement, GatewayError> {
     let dialect = GenericDialect {};
+    check_nesting(sql)?;
     let mut statements = DFParserBuilder::new(sql)
         .with_dialect(&dialect)
+        .with_recursion_limit(PARSER_RECURSION_LIMIT)
         .build()
         .and_then(|mut p| p.parse_statements())
-        .map_err(GatewayError::Sql)?;
+        .map_err(|e| match e {
+            datafusion::error::DataFusionError::SQL(ref p, _)
+                if matches!(**p, ParserError::RecursionLimitExceeded) =>
+            {
+                GatewayError::TooLarge(format!(
+                    "it nests deeper than the SQL parser's limit of {PARSER_RECURSION_LIMIT} levels"
+                ))
+            }
+            other => GatewayError::Sql(other),
+        })?;
+    if let Some(s) = statements.iter().find_map(|s| match s {
+        Statement::Statement(s) => Some(s),
+        Statement::Explain(e) => match e.statement.as_ref() {
+            Statement::Statement(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }) {
+        depth::check(s, limits.max_depth)?;
+    }
     if statements.len() != 1 {
         return Err(GatewayError::Sql(datafusion::error::DataFusionError::Plan(
             if statements.is_empty() {
@@ -125,6 +271,123 @@ fn number_placeholders(statement: &mut Statement) -> Result<(), GatewayError> {
     Ok(())
 }
 
+mod depth {
+    //! How deep a parsed statement nests, measured with a walk that stops at the limit.
+
+    use std::ops::ControlFlow;
+
+    use datafusion::sql::sqlparser::ast::{Expr, Query, SetExpr, Statement, Visit, Visitor};
+
+    use crate::GatewayError;
+
+    /// The deepest nesting of queries (subqueries, derived tables, CTE bodies) accepted: the
+    /// optimizer's subquery rules take time exponential in it (25 nested scalar subqueries kept
+    /// a core busy for over fifteen minutes).
+    pub const MAX_QUERY_NESTING: usize = 16;
+
+    /// The deepest chain of set operations (`UNION`, `INTERSECT`, `EXCEPT`) accepted: the
+    /// planner recurses once per level.
+    pub const MAX_SET_OPERATIONS: usize = 100;
+
+    /// The most queries one statement may hold.
+    pub const MAX_QUERIES: usize = 256;
+
+    struct Depth {
+        current: usize,
+        limit: usize,
+        queries_open: usize,
+        queries: usize,
+        refusal: Option<String>,
+    }
+
+    /// The depth of set operations under a query body, walked without recursion.
+    fn set_depth(body: &SetExpr, limit: usize) -> usize {
+        let mut deepest = 0;
+        let mut stack = vec![(body, 1usize)];
+        while let Some((e, d)) = stack.pop() {
+            deepest = deepest.max(d);
+            if deepest > limit {
+                break;
+            }
+            if let SetExpr::SetOperation { left, right, .. } = e {
+                stack.push((left, d + 1));
+                stack.push((right, d + 1));
+            }
+        }
+        deepest
+    }
+
+    impl Visitor for Depth {
+        type Break = ();
+
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            self.queries_open += 1;
+            self.queries += 1;
+            if self.queries_open > MAX_QUERY_NESTING {
+                self.refusal = Some(format!(
+                    "its queries nest more than {MAX_QUERY_NESTING} levels deep"
+                ));
+                return ControlFlow::Break(());
+            }
+            if self.queries > MAX_QUERIES {
+                self.refusal = Some(format!("it holds more than {MAX_QUERIES} queries"));
+                return ControlFlow::Break(());
+            }
+            let sets = set_depth(&query.body, MAX_SET_OPERATIONS + 1);
+            if sets > MAX_SET_OPERATIONS + 1 {
+                self.refusal = Some(format!(
+                    "it chains more than {MAX_SET_OPERATIONS} set operations (UNION, INTERSECT, EXCEPT)"
+                ));
+                return ControlFlow::Break(());
+            }
+            self.current += sets;
+            if self.current > self.limit {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+
+        fn post_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            self.queries_open -= 1;
+            self.current -= set_depth(&query.body, MAX_SET_OPERATIONS + 1);
+            ControlFlow::Continue(())
+        }
+
+        fn pre_visit_expr(&mut self, _expr: &Expr) -> ControlFlow<()> {
+            self.current += 1;
+            if self.current > self.limit {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+
+        fn post_visit_expr(&mut self, _expr: &Expr) -> ControlFlow<()> {
+            self.current -= 1;
+            ControlFlow::Continue(())
+        }
+    }
+
+    /// Refuses a statement nested deeper than `limit`.
+    pub(super) fn check(statement: &Statement, limit: usize) -> Result<(), GatewayError> {
+        let mut depth = Depth {
+            current: 0,
+            limit,
+            queries_open: 0,
+            queries: 0,
+            refusal: None,
+        };
+        match statement.visit(&mut depth) {
+            ControlFlow::Continue(()) => Ok(()),
+            ControlFlow::Break(()) if depth.refusal.is_some() => {
+                Err(GatewayError::TooLarge(depth.refusal.unwrap_or_default()))
+            }
+            ControlFlow::Break(()) => Err(GatewayError::TooLarge(format!(
+                "its expressions, subqueries and set operations nest deeper than {limit} levels ([execution] max_expression_depth); write long chains of OR as IN (...) or split the query"
+            ))),
+        }
+    }
+}
+
 /// The second gate: DataFusion's own check that the plan is no DDL, DML or statement.
 pub(crate) fn verify_read_plan(plan: &LogicalPlan) -> Result<(), GatewayError> {
     SQLOptions::new()
@@ -140,7 +403,7 @@ mod tests {
     use super::*;
 
     fn refused(sql: &str) -> String {
-        match parse_read_statement(sql) {
+        match parse_read_statement(sql, StatementLimits::default()) {
             Err(e) => e.to_string(),
             Ok(s) => panic!("{sql} was accepted as {s}"),
         }
@@ -155,7 +418,7 @@ mod tests {
             "EXPLAIN SELECT 1",
             "select * from health.visits where district = 'North' order by 1 limit 5",
         ] {
-            parse_read_statement(sql).unwrap();
+            parse_read_statement(sql, StatementLimits::default()).unwrap();
         }
     }
 
@@ -196,8 +459,73 @@ mod tests {
 
     #[test]
     fn question_marks_are_numbered() {
-        let s = parse_read_statement("SELECT ? + 1 WHERE ? > 2").unwrap();
+        let s =
+            parse_read_statement("SELECT ? + 1 WHERE ? > 2", StatementLimits::default()).unwrap();
         assert_eq!(s.to_string(), "SELECT $1 + 1 WHERE $2 > 2");
         assert!(refused("SELECT ?, $1").contains("one style"));
+    }
+
+    /// Statements of every deep shape at 10, 1 000 and 100 000 levels: shallow ones parse, the
+    /// rest are refused as too large, and none overflows the stack.
+    #[test]
+    fn deep_statements_are_refused_as_too_large() {
+        type Shape = (&'static str, fn(usize) -> String);
+        let shapes: [Shape; 11] = [
+            ("NOT", |n| format!("SELECT {}true", "NOT ".repeat(n))),
+            ("unary minus", |n| format!("SELECT {}1", "- ".repeat(n))),
+            ("functions", |n| {
+                format!("SELECT {}1{}", "abs(".repeat(n), ")".repeat(n))
+            }),
+            ("derived tables", |n| {
+                format!(
+                    "SELECT * FROM {}(SELECT 1) t{}",
+                    "(SELECT * FROM ".repeat(n),
+                    ") t".repeat(n)
+                )
+            }),
+            ("+", |n| format!("SELECT {}", vec!["1"; n].join("+"))),
+            ("OR", |n| {
+                format!("SELECT 1 WHERE {}", vec!["a = 1"; n].join(" OR "))
+            }),
+            ("parentheses", |n| {
+                format!("SELECT {}1{}", "(".repeat(n), ")".repeat(n))
+            }),
+            ("CASE", |n| {
+                format!(
+                    "SELECT {}0{}",
+                    "CASE WHEN a > 0 THEN ".repeat(n),
+                    " ELSE 1 END".repeat(n)
+                )
+            }),
+            ("subqueries", |n| {
+                format!("SELECT {}1{}", "(SELECT ".repeat(n), ")".repeat(n))
+            }),
+            ("UNION", |n| vec!["SELECT 1"; n].join(" UNION ALL ")),
+            ("casts", |n| format!("SELECT 1{}", "::bigint".repeat(n))),
+        ];
+        // Just inside the nesting bound, every shape still parses.
+        for (shape, sql) in &shapes[..3] {
+            parse_read_statement(&sql(MAX_NESTING - 2), StatementLimits::default())
+                .unwrap_or_else(|e| panic!("{shape} x {}: {e}", MAX_NESTING - 2));
+        }
+        // Queries nest at most MAX_QUERY_NESTING deep.
+        let nested = |n: usize| format!("SELECT {}1{}", "(SELECT ".repeat(n), ")".repeat(n));
+        parse_read_statement(
+            &nested(depth::MAX_QUERY_NESTING - 1),
+            StatementLimits::default(),
+        )
+        .unwrap();
+        assert!(refused(&nested(depth::MAX_QUERY_NESTING)).contains("queries nest"));
+        let many = vec!["(SELECT 1)"; depth::MAX_QUERIES + 1].join(", ");
+        assert!(refused(&format!("SELECT {many}")).contains("more than"));
+        for (shape, sql) in shapes {
+            parse_read_statement(&sql(10), StatementLimits::default())
+                .unwrap_or_else(|e| panic!("{shape} x 10: {e}"));
+            for n in [1_000, 100_000] {
+                let err = refused(&sql(n));
+                assert!(err.contains("too large"), "{shape} x {n}: {err}");
+                assert!(!err.contains("Expected"), "{shape} x {n}: {err}");
+            }
+        }
     }
 }

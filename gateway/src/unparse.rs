@@ -39,7 +39,8 @@ impl Dialect for LakeDialect {
 
 /// `plan` as SQL text.
 pub(crate) fn plan_sql(plan: &LogicalPlan) -> Result<String> {
-    Ok(Unparser::new(&LakeDialect).plan_to_sql(plan)?.to_string())
+    let shown = crate::aggregate_only::display_form(plan)?;
+    Ok(Unparser::new(&LakeDialect).plan_to_sql(&shown)?.to_string())
 }
 
 #[cfg(test)]

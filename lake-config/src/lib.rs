@@ -181,11 +181,11 @@ pub struct AuditConfig {
 }
 
 /// `[execution]`: the resources one server's queries may use.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ExecutionConfig {
     /// `memory_limit_bytes`: the memory pool all running queries share; operators that can spill
     /// (sorts, aggregations, joins) go to disk beyond it and others fail with a resources error.
-    /// Default: no limit.
+    /// Default (`None`): half of the machine's memory, so that one query cannot take it.
     pub memory_limit_bytes: Option<u64>,
     /// `spill_dir`: where spill files go (default: the system's temporary folder).
     pub spill_dir: Option<PathBuf>,
@@ -198,7 +198,30 @@ pub struct ExecutionConfig {
     /// decoding. TPC-H ran 20% slower with it (benches/RESULTS.md §1); very selective filters on
     /// wide rows are where it can pay off. Default: false, as DataFusion's own default.
     pub parquet_pushdown: bool,
+    /// `max_sql_bytes`: the longest statement accepted (default 1 MiB).
+    pub max_sql_bytes: usize,
+    /// `max_expression_depth`: how deep expressions, subqueries and set operations may nest
+    /// (default 1000); deeper statements are refused before planning.
+    pub max_expression_depth: usize,
 }
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit_bytes: None,
+            spill_dir: None,
+            sort_merge_joins: false,
+            parquet_pushdown: false,
+            max_sql_bytes: DEFAULT_MAX_SQL_BYTES,
+            max_expression_depth: DEFAULT_MAX_EXPRESSION_DEPTH,
+        }
+    }
+}
+
+/// The default `execution.max_sql_bytes`.
+pub const DEFAULT_MAX_SQL_BYTES: usize = 1 << 20;
+/// The default `execution.max_expression_depth`.
+pub const DEFAULT_MAX_EXPRESSION_DEPTH: usize = 1000;
 
 // ---- the file as written ----------------------------------------------------------------
 
@@ -226,6 +249,8 @@ struct RawExecution {
     sort_merge_joins: bool,
     #[serde(default)]
     parquet_pushdown: bool,
+    max_sql_bytes: Option<usize>,
+    max_expression_depth: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -487,7 +512,22 @@ impl Config {
             spill_dir: raw.execution.spill_dir.as_deref().map(|d| base.join(d)),
             sort_merge_joins: raw.execution.sort_merge_joins,
             parquet_pushdown: raw.execution.parquet_pushdown,
+            max_sql_bytes: raw.execution.max_sql_bytes.unwrap_or(DEFAULT_MAX_SQL_BYTES),
+            max_expression_depth: raw
+                .execution
+                .max_expression_depth
+                .unwrap_or(DEFAULT_MAX_EXPRESSION_DEPTH),
         };
+        if execution.max_sql_bytes < 1024 || execution.max_expression_depth < 16 {
+            return Err(invalid(
+                "execution.max_sql_bytes",
+                format!(
+                    "max_sql_bytes = {} and max_expression_depth = {} refuse ordinary queries",
+                    execution.max_sql_bytes, execution.max_expression_depth
+                ),
+                "write at least 1024 bytes and a depth of at least 16, or leave both out",
+            ));
+        }
 
         Ok(Config {
             source: source.map(Path::to_path_buf),

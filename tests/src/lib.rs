@@ -18,6 +18,8 @@ use flight_server::session_options::{
 };
 use lake_config::Config;
 
+pub mod attack;
+
 /// Rows of the demo lake the tests share (market.enterprises then has 200 rows).
 pub const DEMO_ROWS: usize = 1_000;
 

@@ -1,0 +1,238 @@
+//! `SELECT *` leaves aggregate-only columns out (`policy-model.md` §5), as it leaves hidden ones
+//! out. DataFusion expands wildcards while planning, from the tables' schemas, which hold the
+//! aggregate-only columns (they may still be grouped and counted), so each wildcard over a lake
+//! table with such columns gets them as `EXCLUDE (...)` on the parsed statement:
+//!
+//! ```text
+//! SELECT * FROM hr.employees             →  SELECT * EXCLUDE ("diagnosis") FROM hr.employees
+//! SELECT e.*, d.* FROM hr.employees e …  →  SELECT e.* EXCLUDE ("diagnosis"), d.* FROM …
+//! SELECT * FROM hr.employees e JOIN … d  →  SELECT e.* EXCLUDE ("diagnosis"), d.* FROM …
+//! ```
+//!
+//! A wildcard this cannot resolve (over a relation whose columns it does not know, or a USING
+//! join) is left as written; the aggregate-only checker then refuses it if it reaches one.
+
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    ExcludeSelectItem, Ident, ObjectName, Query, Select, SelectItem,
+    SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, VisitMut, VisitorMut,
+    WildcardAdditionalOptions,
+};
+
+/// What the session sees of a lake table: its served columns and which are aggregate-only.
+pub(crate) struct Served {
+    pub(crate) columns: Vec<String>,
+    pub(crate) aggregate_only: Vec<String>,
+}
+
+/// Adds the aggregate-only columns of the tables each wildcard covers to its `EXCLUDE`.
+/// `lookup` answers for a table name as written (`schema.table`, `lake.schema.table`), `None`
+/// when it is no lake table the session may query.
+pub(crate) fn exclude_aggregate_only(
+    statement: &mut Statement,
+    lookup: &dyn Fn(&ObjectName) -> Option<Served>,
+) {
+    let mut v = Rewriter { lookup };
+    let _ = statement.visit(&mut v);
+}
+
+struct Rewriter<'a> {
+    lookup: &'a dyn Fn(&ObjectName) -> Option<Served>,
+}
+
+impl VisitorMut for Rewriter<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        let mut bodies = vec![query.body.as_mut()];
+        while let Some(body) = bodies.pop() {
+            match body {
+                SetExpr::Select(select) => self.select(select),
+                SetExpr::SetOperation { left, right, .. } => {
+                    bodies.push(left.as_mut());
+                    bodies.push(right.as_mut());
+                }
+                // Nested queries are visited on their own.
+                _ => {}
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// One relation of a FROM clause.
+struct Relation {
+    /// The name a qualified wildcard uses for it (alias, or the table's last name part).
+    qualifier: Option<String>,
+    /// Its columns, when it is a lake table without column aliases.
+    served: Option<Served>,
+}
+
+/// An identifier as DataFusion resolves it: lowercase unless quoted.
+fn normalized(i: &Ident) -> String {
+    match i.quote_style {
+        Some(_) => i.value.clone(),
+        None => i.value.to_lowercase(),
+    }
+}
+
+impl Rewriter<'_> {
+    fn relation(&self, factor: &TableFactor) -> Relation {
+        match factor {
+            TableFactor::Table {
+                name, alias, args, ..
+            } => {
+                let qualifier = match alias {
+                    Some(a) => Some(normalized(&a.name)),
+                    None => name.0.last().and_then(|p| p.as_ident()).map(normalized),
+                };
+                let renamed = alias.as_ref().is_some_and(|a| !a.columns.is_empty());
+                let served = if args.is_none() && !renamed {
+                    (self.lookup)(name)
+                } else {
+                    None
+                };
+                Relation { qualifier, served }
+            }
+            TableFactor::Derived { alias, .. } => Relation {
+                qualifier: alias.as_ref().map(|a| normalized(&a.name)),
+                served: None,
+            },
+            _ => Relation {
+                qualifier: None,
+                served: None,
+            },
+        }
+    }
+
+    fn select(&self, select: &mut Select) {
+        let mut relations = Vec::new();
+        let mut using = false;
+        for twj in &select.from {
+            relations.push(self.relation(&twj.relation));
+            for j in &twj.joins {
+                relations.push(self.relation(&j.relation));
+                let text = j.to_string().to_uppercase();
+                using |= text.contains("USING") || text.contains("NATURAL");
+            }
+        }
+        let any_hidden = relations.iter().any(|r| {
+            r.served
+                .as_ref()
+                .is_some_and(|s| !s.aggregate_only.is_empty())
+        });
+        if !any_hidden {
+            return;
+        }
+        let mut items = Vec::with_capacity(select.projection.len());
+        for item in std::mem::take(&mut select.projection) {
+            match item {
+                SelectItem::Wildcard(opts) => items.extend(self.wildcard(opts, &relations, using)),
+                SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(n),
+                    mut opts,
+                ) => {
+                    let q = n.0.last().and_then(|p| p.as_ident()).map(normalized);
+                    let matching: Vec<&Relation> = relations
+                        .iter()
+                        .filter(|r| r.qualifier.is_some() && r.qualifier == q)
+                        .collect();
+                    if let [r] = matching.as_slice() {
+                        if let Some(s) = &r.served {
+                            exclude(&mut opts, &s.aggregate_only);
+                        }
+                    }
+                    items.push(SelectItem::QualifiedWildcard(
+                        SelectItemQualifiedWildcardKind::ObjectName(n),
+                        opts,
+                    ));
+                }
+                other => items.push(other),
+            }
+        }
+        select.projection = items;
+    }
+
+    /// An unqualified `*`: an EXCLUDE when the names are unambiguous, else one qualified
+    /// wildcard per relation; as written when neither is possible.
+    fn wildcard(
+        &self,
+        mut opts: WildcardAdditionalOptions,
+        relations: &[Relation],
+        using: bool,
+    ) -> Vec<SelectItem> {
+        let all_known = relations.iter().all(|r| r.served.is_some());
+        let hidden: Vec<&String> = relations
+            .iter()
+            .filter_map(|r| r.served.as_ref())
+            .flat_map(|s| &s.aggregate_only)
+            .collect();
+        let unambiguous = hidden.iter().all(|h| {
+            relations
+                .iter()
+                .filter(|r| r.served.as_ref().is_some_and(|s| s.columns.contains(h)))
+                .count()
+                == 1
+        });
+        if all_known && unambiguous {
+            let names: Vec<String> = hidden.into_iter().cloned().collect();
+            exclude(&mut opts, &names);
+            return vec![SelectItem::Wildcard(opts)];
+        }
+        let qualified = !using
+            && opts.opt_exclude.is_none()
+            && opts.opt_except.is_none()
+            && opts.opt_replace.is_none()
+            && opts.opt_rename.is_none()
+            && opts.opt_ilike.is_none()
+            && relations.iter().all(|r| r.qualifier.is_some());
+        if !qualified {
+            return vec![SelectItem::Wildcard(opts)];
+        }
+        relations
+            .iter()
+            .map(|r| {
+                let mut o = WildcardAdditionalOptions::default();
+                if let Some(s) = &r.served {
+                    exclude(&mut o, &s.aggregate_only);
+                }
+                SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(ObjectName::from(vec![
+                        Ident::with_quote('"', r.qualifier.clone().expect("checked")),
+                    ])),
+                    o,
+                )
+            })
+            .collect()
+    }
+}
+
+/// Adds `names` to a wildcard's EXCLUDE, keeping what the user excluded or excepted.
+fn exclude(opts: &mut WildcardAdditionalOptions, names: &[String]) {
+    let mut list: Vec<ObjectName> = match opts.opt_exclude.take() {
+        Some(ExcludeSelectItem::Single(n)) => vec![n],
+        Some(ExcludeSelectItem::Multiple(ns)) => ns,
+        None => vec![],
+    };
+    let named = |list: &[ObjectName], opts: &WildcardAdditionalOptions, name: &str| {
+        let in_exclude = list.iter().any(|n| {
+            n.0.last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| normalized(i) == name)
+        });
+        let in_except = opts.opt_except.as_ref().is_some_and(|e| {
+            normalized(&e.first_element) == name
+                || e.additional_elements.iter().any(|i| normalized(i) == name)
+        });
+        in_exclude || in_except
+    };
+    for name in names {
+        if !named(&list, opts, name) {
+            list.push(ObjectName::from(vec![Ident::with_quote('"', name.clone())]));
+        }
+    }
+    if !list.is_empty() {
+        opts.opt_exclude = Some(ExcludeSelectItem::Multiple(list));
+    }
+}

@@ -1,0 +1,305 @@
+"""Attacks through the Python ADBC driver, as an operator with a BI tool or a script would try
+them: logins of every shape, error oracles over withheld groups, per-group name lists, grants
+revoked between prepare and execute, and attempts to take the server down (deep statements, a
+flood of handshakes) with the server's resident memory watched.
+
+Each test that changes the server (its policies, its login throttle) gets a demo of its own.
+"""
+
+import os
+import re
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import adbc_driver_flightsql.dbapi as flightsql
+import adbc_driver_manager
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("LAKEGATE_BIN", ROOT / "target" / "debug" / "lakegate"))
+SCENARIO_OPTION = "adbc.flight.sql.session.option.scenario"
+
+# Extra users whose `user:password` is 3k, 3k+1 and 3k+2 bytes long, one long and one not ASCII.
+EXTRA_USERS = [
+    ("abc", "de"),        # 6
+    ("ab", "c"),          # 4
+    ("a", "bcd"),         # 5
+    ("ops-" + "x" * 60, "p" * 97),
+    ("李雷", "密码-ü"),
+]
+
+
+def hash_password(password):
+    out = subprocess.run(
+        [str(BIN), "hash-password"], input=password, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+class Server:
+    """`lakegate serve` over a demo of its own, on a free port of 127.0.0.1."""
+
+    def __init__(self, root, extra_users=()):
+        self.dir = root
+        subprocess.run(
+            [str(BIN), "demo", "--dir", str(root), "--rows", "1000", "--build-only"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        self.config = root / "lakegate.toml"
+        with open(self.config, "a") as f:
+            for name, password in extra_users:
+                f.write(f'\n[[users]]\nname = "{name}"\npassword_hash = "{hash_password(password)}"\n')
+        self.proc = subprocess.Popen(
+            [str(BIN), "serve", "--config", str(self.config), "--listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        timer = threading.Timer(300, self.proc.kill)
+        timer.start()
+        address = None
+        for line in self.proc.stdout:
+            m = re.search(r"lakegate listening on (\S+)", line)
+            if m:
+                address = m.group(1)
+                break
+        timer.cancel()
+        if address is None:
+            self.proc.kill()
+            pytest.fail("lakegate serve did not start")
+        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+        self.uri = f"grpc://{address}"
+
+    def rss_mib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture
+def own(tmp_path):
+    s = Server(tmp_path / "demo", EXTRA_USERS)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("attacks") / "demo")
+    yield s
+    s.stop()
+
+
+def connect(uri, user, password, scenario=None):
+    conn_kwargs = {SCENARIO_OPTION: scenario} if scenario else {}
+    return flightsql.connect(
+        uri,
+        db_kwargs={"username": user, "password": password},
+        conn_kwargs=conn_kwargs,
+        autocommit=True,
+    )
+
+
+def rows(conn, sql, parameters=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, parameters)
+        return cur.fetchall()
+
+
+def failure(conn, sql):
+    """The error text of a query that must fail."""
+    with pytest.raises(adbc_driver_manager.Error) as e:
+        rows(conn, sql)
+    return str(e.value)
+
+
+DEMO_USERS = [
+    ("insurer", "insurance-underwriting", "SELECT count(*) FROM health.visits"),
+    ("banker", "bank-credit", "SELECT count(*) FROM market.enterprises"),
+    ("officer", "district-services", "SELECT count(*) FROM health.visits"),
+    ("regulator", "supervision", "SELECT count(*) FROM market.penalties"),
+]
+
+
+@pytest.mark.parametrize("user,scenario,sql", DEMO_USERS)
+def test_every_readme_demo_user_logs_in_through_adbc(shared, user, scenario, sql):
+    with connect(shared.uri, user, f"{user}-demo", scenario) as conn:
+        assert rows(conn, sql)[0][0] > 0
+
+
+@pytest.mark.parametrize("user,password", EXTRA_USERS)
+def test_credentials_of_every_length_log_in(own, user, password):
+    with connect(own.uri, user, password) as conn:
+        # Logged in: metadata answers (queries need a scenario, which these users lack).
+        assert conn.adbc_get_table_types() is not None
+    with pytest.raises(adbc_driver_manager.Error, match="invalid user name or password"):
+        with connect(own.uri, user, password + "x") as conn:
+            conn.adbc_get_table_types()
+
+
+def login_seconds(uri, user, password):
+    start = time.monotonic()
+    with pytest.raises(adbc_driver_manager.Error) as e:
+        with connect(uri, user, password) as conn:
+            conn.adbc_get_table_types()
+    return time.monotonic() - start, str(e.value)
+
+
+def test_unknown_user_and_wrong_password_look_the_same(shared):
+    # Two attempts each (under the per-user throttle), alternated so the machine's load is shared.
+    known, unknown = [], []
+    for i in range(2):
+        t, e1 = login_seconds(shared.uri, "banker", f"wrong-{i}")
+        known.append(t)
+        t, e2 = login_seconds(shared.uri, f"nobody-{i}", "wrong")
+        unknown.append(t)
+        assert "invalid user name or password" in e1 and "invalid user name or password" in e2
+        assert e1.replace("banker", "X") == e2.replace(f"nobody-{i}", "X")
+    ratio = min(known) / min(unknown)
+    assert 0.5 < ratio < 2.0, (known, unknown)
+
+
+def test_withheld_groups_are_never_evaluated(shared):
+    with connect(shared.uri, "insurer", "insurer-demo", "insurance-underwriting") as conn:
+        # Xicheng's lung-cancer group has 9 patients: withheld. A HAVING that divides by zero
+        # on exactly that group must not see it.
+        got = rows(
+            conn,
+            "SELECT district, diagnosis, count(*) FROM health.visits "
+            "WHERE district IN ('Haidian', 'Xicheng') GROUP BY 1, 2 "
+            "HAVING 1 / (count(DISTINCT patient_id) - 9) >= 0",
+        )
+        assert len(got) == 15
+        assert ("Xicheng", "C34 Lung cancer") not in {(d, x) for d, x, _ in got}
+        # A cast that fails on exactly the withheld group must never run on it.
+        got = rows(
+            conn,
+            "SELECT district, diagnosis FROM health.visits GROUP BY 1, 2 "
+            "HAVING CAST(CASE WHEN district = 'Xicheng' AND diagnosis = 'C34 Lung cancer' "
+            "THEN 'withheld-' || diagnosis ELSE '1' END AS BIGINT) > 0",
+        )
+        assert ("Xicheng", "C34 Lung cancer") not in set(got)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT diagnosis, array_agg(patient_id) FROM health.visits GROUP BY diagnosis",
+        "SELECT diagnosis, string_agg(hospital, ',') FROM health.visits GROUP BY diagnosis",
+        "SELECT diagnosis, min(visit_id) FROM health.visits GROUP BY diagnosis",
+        "SELECT diagnosis, sum(CASE WHEN visit_id = 10 THEN 1 ELSE 0 END) FROM health.visits GROUP BY diagnosis",
+        "SELECT diagnosis, count(*) FILTER (WHERE visit_id = 10) FROM health.visits GROUP BY diagnosis",
+    ],
+)
+def test_per_group_name_lists_are_refused(shared, sql):
+    with connect(shared.uri, "insurer", "insurer-demo", "insurance-underwriting") as conn:
+        text = failure(conn, sql)
+        assert "aggregate-only" in text, text
+
+
+def test_select_star_leaves_aggregate_only_columns_out(shared):
+    with connect(shared.uri, "insurer", "insurer-demo", "insurance-underwriting") as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT * FROM health.visits LIMIT 3")
+            names = [d[0] for d in cur.description]
+            cur.fetchall()
+        assert "diagnosis" not in names and "visit_id" in names, names
+
+
+def wait_until(predicate, seconds=20):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_a_revoked_grant_stops_a_prepared_statement(own):
+    sql = "SELECT count(*) FROM health.visits WHERE district = ?"
+    policies = own.dir / "policies" / "policies.cedar"
+    with connect(own.uri, "insurer", "insurer-demo", "insurance-underwriting") as conn:
+        with conn.cursor() as cur:
+            cur.adbc_prepare(sql)
+            cur.execute(sql, ("Haidian",))
+            assert cur.fetchone()[0] > 0
+            # The admin revokes the insurer's access to visits.
+            policies.write_text(
+                policies.read_text()
+                + '\n@id("revoked")\nforbid (principal, action == Lake::Action::"query", '
+                'resource == Lake::Table::"health.visits");\n'
+            )
+
+            def refused_now():
+                with connect(own.uri, "insurer", "insurer-demo", "insurance-underwriting") as c2:
+                    try:
+                        rows(c2, "SELECT count(*) FROM health.visits")
+                        return False
+                    except adbc_driver_manager.Error:
+                        return True
+
+            wait_until(refused_now)
+            with pytest.raises(adbc_driver_manager.Error, match="not found"):
+                cur.execute(sql, ("Haidian",))
+                cur.fetchall()
+
+
+def test_deep_statements_and_login_floods_do_not_take_the_server_down(own):
+    with connect(own.uri, "banker", "banker-demo", "bank-credit") as conn:
+        for n in (10, 1_000, 100_000):
+            for sql in (
+                "SELECT " + "+".join(["1"] * n),
+                "SELECT count(*) FROM market.enterprises WHERE " + " OR ".join(["district = 'x'"] * n),
+                "SELECT " + "(" * n + "1" + ")" * n,
+            ):
+                try:
+                    rows(conn, sql)
+                    assert n < 100_000, "a 100,000-term statement was answered"
+                except adbc_driver_manager.Error as e:
+                    assert n > 10, str(e)[:300]
+                    assert "too large" in str(e), str(e)[:300]
+                assert own.alive()
+                assert rows(conn, "SELECT count(*) FROM market.enterprises")[0][0] == 200
+    # 200 concurrent handshakes with wrong passwords (and unknown users): memory stays flat.
+    before = own.rss_mib()
+
+    def attempt(i):
+        user = "banker" if i % 2 else f"ghost-{i}"
+        try:
+            with connect(own.uri, user, f"wrong-{i}") as c:
+                c.adbc_get_table_types()
+        except adbc_driver_manager.Error as e:
+            return str(e)
+        return "logged in"
+
+    peak = before
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        futures = [pool.submit(attempt, i) for i in range(200)]
+        while not all(f.done() for f in futures):
+            peak = max(peak, own.rss_mib())
+            time.sleep(0.05)
+        outcomes = [f.result() for f in futures]
+    assert own.alive()
+    assert "logged in" not in outcomes
+    assert all(
+        "invalid user name or password" in o or "too many failed logins" in o or "busy" in o
+        for o in outcomes
+    ), set(outcomes)
+    assert peak - before < 300, f"RSS grew from {before:.0f} to {peak:.0f} MiB"

@@ -1,0 +1,190 @@
+//! The lake of `policy-model.md` §6, planted with canaries, for attack tests: `hr.employees`
+//! (alice is an `hr_analyst` of district North; `diagnosis` aggregate-only with
+//! `@min_group("10")`; `id_card` hashed; South rows hidden) and `org.departments` (a tree, for
+//! recursive queries).
+//!
+//! Canaries: every South row's name and diagnosis, every raw `id_card`, and the diagnoses of the
+//! North groups below k (`CANARY-DX-RARE`: 3 people, `CANARY-DX-NINE`: 9 people) contain
+//! `CANARY`; nothing a client receives may.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+
+/// The substring every planted value carries.
+pub const CANARY: &str = "CANARY";
+
+/// alice's password.
+pub const ALICE_PASSWORD: &str = "alice-pw";
+
+/// The scenario that approves both tables for alice.
+pub const SCENARIO: &str = "hr-analytics";
+
+/// North employees per released diagnosis.
+pub const NORTH_GROUPS: [(&str, usize); 4] = [
+    ("Hypertension", 20),
+    ("Diabetes", 15),
+    ("CANARY-DX-NINE", 9),
+    ("CANARY-DX-RARE", 3),
+];
+
+const SCHEMA: &str = r#"namespace Lake {
+  entity Org, Role;
+  entity User in [Role, Org] { district: String };
+  entity Scenario { purpose: String, operator: Org, expires: datetime, tables: Set<Table> };
+}
+"#;
+
+/// The policies of §6, and full access to `org.departments`.
+pub const POLICIES: &str = r#"@id("scenario-scope")
+permit (principal, action == Lake::Action::"query", resource)
+when { resource in context.scenario.tables
+       && principal in context.scenario.operator
+       && context.now < context.scenario.expires };
+
+@id("hr-columns")
+permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"read_column", resource)
+when { resource.table == Lake::Table::"hr.employees"
+       && ["id", "name", "district", "salary"].contains(resource.name) };
+
+@id("hr-id-card")
+@mask("hash")
+permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"read_masked",
+        resource == Lake::Column::"hr.employees.id_card");
+
+@id("hr-diagnosis")
+@min_group("10")
+permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"aggregate",
+        resource == Lake::Column::"hr.employees.diagnosis");
+
+@id("hr-own-district")
+permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"read_row",
+        resource is Lake::Rows::hr::employees)
+when { resource.district == principal.district };
+
+@id("org-columns")
+permit (principal, action == Lake::Action::"read_column", resource)
+when { resource.table == Lake::Table::"org.departments" };
+
+@id("org-rows")
+permit (principal, action == Lake::Action::"read_row", resource is Lake::Rows::org::departments);
+"#;
+
+fn entities() -> serde_json::Value {
+    serde_json::json!([
+        {"uid": {"type": "Lake::Org", "id": "hr_office"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "Lake::Role", "id": "hr_analyst"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "Lake::User", "id": "alice"}, "attrs": {"district": "North"},
+         "parents": [{"type": "Lake::Role", "id": "hr_analyst"}, {"type": "Lake::Org", "id": "hr_office"}]},
+        {"uid": {"type": "Lake::Scenario", "id": SCENARIO},
+         "attrs": {"purpose": "HR analytics", "operator": {"__entity": {"type": "Lake::Org", "id": "hr_office"}},
+                   "expires": {"__extn": {"fn": "datetime", "arg": "2099-12-31T00:00:00Z"}},
+                   "tables": [{"__entity": {"type": "Lake::Table", "id": "hr.employees"}},
+                              {"__entity": {"type": "Lake::Table", "id": "org.departments"}}]},
+         "parents": []}
+    ])
+}
+
+/// The raw employees: (id, name, district, salary, id_card, diagnosis).
+pub fn employees() -> Vec<(i64, String, String, i64, String, String)> {
+    let mut out = Vec::new();
+    let mut id = 1i64;
+    for (diagnosis, n) in NORTH_GROUPS {
+        for _ in 0..n {
+            out.push((
+                id,
+                format!("Employee {id}"),
+                "North".to_string(),
+                30_000 + id * 100,
+                format!("CANARY-IDCARD-{id:04}"),
+                diagnosis.to_string(),
+            ));
+            id += 1;
+        }
+    }
+    // Hidden rows: South, with diagnoses that exist nowhere else.
+    for _ in 0..25 {
+        out.push((
+            id,
+            format!("CANARY-SOUTH-NAME-{id}"),
+            "South".to_string(),
+            90_000 + id,
+            format!("CANARY-IDCARD-{id:04}"),
+            "CANARY-DX-SOUTH".to_string(),
+        ));
+        id += 1;
+    }
+    out
+}
+
+/// Writes the lake, its policies and a configuration under `dir`; returns the configuration's
+/// path.
+pub async fn build(dir: &Path) -> PathBuf {
+    let lake = dir.join("lake");
+    let rows = employees();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("district", DataType::Utf8, false),
+        Field::new("salary", DataType::Int64, false),
+        Field::new("id_card", DataType::Utf8, false),
+        Field::new("diagnosis", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.2))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.4))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.5))),
+        ],
+    )
+    .unwrap();
+    write(&lake.join("hr").join("employees"), batch, "id").await;
+    let departments = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("parent", DataType::Int64, true),
+        ])),
+        vec![
+            Arc::new(Int64Array::from_iter_values([1, 2, 3])),
+            Arc::new(Int64Array::from(vec![None, Some(1), Some(2)])),
+        ],
+    )
+    .unwrap();
+    write(&lake.join("org").join("departments"), departments, "id").await;
+
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("schema.cedarschema"), SCHEMA).unwrap();
+    std::fs::write(policies.join("policies.cedar"), POLICIES).unwrap();
+    std::fs::write(
+        policies.join("entities.json"),
+        serde_json::to_string_pretty(&entities()).unwrap(),
+    )
+    .unwrap();
+    let config = dir.join("lakegate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[lake]\nroot = \"lake\"\n[policy]\ndir = \"policies\"\nmask_key = \"attack-test-key\"\n\
+             [audit]\ndir = \"audit\"\n[[users]]\nname = \"alice\"\npassword_hash = \"{}\"\n",
+            flight_server::auth::hash_password(ALICE_PASSWORD)
+        ),
+    )
+    .unwrap();
+    config
+}
+
+async fn write(path: &Path, batch: RecordBatch, subject_key: &str) {
+    std::fs::create_dir_all(path).unwrap();
+    let url = url::Url::from_directory_path(path).unwrap();
+    flight_server::demo::write_delta_table(url, HashMap::new(), batch, subject_key)
+        .await
+        .unwrap();
+}

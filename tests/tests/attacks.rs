@@ -1,0 +1,440 @@
+//! Attacks on aggregate-only outputs, stale grants and the server itself, over Flight SQL against
+//! the canary lake of `policy-model.md` §6 (`lakegate_tests::attack`). Every byte a client
+//! receives (FlightInfo, schemas, rows, errors, EXPLAIN) is searched for `CANARY`.
+
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Schema};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use tonic::transport::Channel;
+
+use lakegate_tests::attack::{self, ALICE_PASSWORD, CANARY, SCENARIO};
+use lakegate_tests::{fetch, pretty, query, rows, set_scenario, TestServer};
+
+type Client = FlightSqlServiceClient<Channel>;
+
+async fn alice(server: &TestServer) -> Client {
+    let mut c = server.login("alice", ALICE_PASSWORD).await;
+    set_scenario(&mut c, SCENARIO).await.unwrap();
+    c
+}
+
+async fn lake() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = attack::build(dir.path()).await;
+    (dir, config)
+}
+
+/// Everything a client sees of a query, as text: FlightInfo, schemas, rows, or the error.
+async fn seen(c: &mut Client, sql: &str) -> String {
+    let info = match c.execute(sql.to_string(), None).await {
+        Ok(info) => info,
+        Err(e) => return format!("ERROR {e}"),
+    };
+    // The descriptor echoes the client's own SQL (which may name a canary); all else is searched.
+    let mut shown = info.clone();
+    shown.flight_descriptor = None;
+    let mut text = format!("{shown:?}\n");
+    if let Ok(schema) = Schema::try_from(info.clone()) {
+        text.push_str(&format!("{schema:?}\n"));
+    }
+    match fetch(c, info).await {
+        Ok(batches) => {
+            if let Some(b) = batches.first() {
+                text.push_str(&format!("{:?}\n", b.schema()));
+            }
+            text.push_str(&pretty(&batches));
+        }
+        Err(e) => text.push_str(&format!("ERROR {e}")),
+    }
+    text
+}
+
+fn no_canary(sql: &str, text: &str) {
+    assert!(!text.contains(CANARY), "{sql} leaked a canary:\n{text}");
+}
+
+fn strings(batches: &[RecordBatch], i: usize) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let c = arrow::compute::cast(b.column(i), &DataType::Utf8).unwrap();
+            c.as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap_or("NULL").to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn no_user_expression_sees_a_withheld_group() {
+    let (_dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server).await;
+    // Each evaluates something that fails, or answers differently, on a withheld group's key or
+    // aggregates: only released groups may reach it.
+    for sql in [
+        "SELECT diagnosis FROM hr.employees GROUP BY diagnosis HAVING CAST(diagnosis AS BIGINT) > 0",
+        "SELECT diagnosis FROM hr.employees GROUP BY diagnosis HAVING arrow_cast(diagnosis, 'Int64') > 0",
+        "SELECT diagnosis FROM hr.employees GROUP BY diagnosis HAVING to_timestamp(diagnosis) IS NOT NULL",
+        "SELECT diagnosis FROM hr.employees GROUP BY diagnosis HAVING regexp_like(diagnosis, concat('(', diagnosis))",
+        "SELECT * FROM (SELECT diagnosis, count(*) AS n FROM hr.employees GROUP BY diagnosis) g \
+         WHERE CAST(g.diagnosis AS BIGINT) > 0",
+        "SELECT g.n FROM (SELECT diagnosis, count(*) AS n FROM hr.employees GROUP BY diagnosis) g \
+         JOIN org.departments d ON CAST(g.diagnosis AS BIGINT) = d.id",
+        "SELECT g.n FROM org.departments d JOIN (SELECT diagnosis, count(*) AS n FROM hr.employees \
+         GROUP BY diagnosis) g ON d.id = CAST(g.diagnosis AS BIGINT)",
+        "SELECT diagnosis, id FROM hr.employees GROUP BY diagnosis, id \
+         HAVING CASE WHEN id = 36 THEN CAST(diagnosis AS BIGINT) ELSE 1 END = 1",
+        "SELECT diagnosis FROM hr.employees GROUP BY diagnosis ORDER BY CAST(diagnosis AS BIGINT)",
+        "SELECT count(*) FROM (SELECT diagnosis FROM hr.employees GROUP BY diagnosis) g \
+         WHERE g.diagnosis LIKE 'CANARY%'",
+    ] {
+        let text = seen(&mut c, sql).await;
+        no_canary(sql, &text);
+    }
+    // An arithmetic oracle on a withheld group's size: 9 and 3 people would divide by zero.
+    for k in [9, 3] {
+        let sql = format!(
+            "SELECT diagnosis, count(*) FROM hr.employees GROUP BY diagnosis \
+             HAVING 1 / (count(*) - {k}) >= 0 ORDER BY diagnosis"
+        );
+        let got = query(&mut c, &sql).await.unwrap();
+        assert_eq!(strings(&got, 0), ["Diabetes", "Hypertension"], "{sql}");
+    }
+    let got = query(
+        &mut c,
+        "SELECT count(*) FROM (SELECT diagnosis FROM hr.employees GROUP BY diagnosis) g \
+         WHERE g.diagnosis LIKE 'CANARY%'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(strings(&got, 0), ["0"]);
+
+    // EXPLAIN shows why: the user's filter sits above the release, never on the scan.
+    let text = seen(
+        &mut c,
+        "EXPLAIN SELECT diagnosis FROM hr.employees GROUP BY diagnosis HAVING CAST(diagnosis AS BIGINT) > 0",
+    )
+    .await;
+    no_canary("EXPLAIN", &text);
+    let physical = text
+        .split("physical_plan")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{text}"));
+    let release = physical.find("MinGroupReleaseExec").expect("a release");
+    let filter = physical.find("FilterExec").expect("the HAVING");
+    assert!(filter < release, "the filter is below the release:\n{text}");
+}
+
+#[tokio::test]
+async fn per_group_computations_that_name_people_are_refused() {
+    let (_dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server).await;
+    for sql in [
+        "SELECT diagnosis, array_agg(id) FROM hr.employees GROUP BY diagnosis",
+        "SELECT diagnosis, string_agg(name, ',') FROM hr.employees GROUP BY diagnosis",
+        "SELECT diagnosis, min(name) FROM hr.employees GROUP BY diagnosis",
+        "SELECT diagnosis, max(id) FROM hr.employees GROUP BY diagnosis",
+        "SELECT diagnosis, sum(CASE WHEN id = 10 THEN 1 ELSE 0 END) FROM hr.employees GROUP BY diagnosis",
+        "SELECT diagnosis, count(CASE WHEN id = 10 THEN 1 END) FROM hr.employees GROUP BY diagnosis",
+        "SELECT diagnosis, avg(salary * 1) FROM hr.employees GROUP BY diagnosis",
+        "SELECT diagnosis, sum(DISTINCT id) FROM hr.employees GROUP BY diagnosis",
+        "SELECT diagnosis, count(*) FILTER (WHERE id = 10) FROM hr.employees GROUP BY diagnosis",
+        "SELECT diagnosis, first_value(name ORDER BY id) FROM hr.employees GROUP BY diagnosis",
+        "SELECT diagnosis, median(id) FROM hr.employees GROUP BY diagnosis",
+        "SELECT diagnosis, bit_or(id) FROM hr.employees GROUP BY diagnosis",
+        "SELECT diagnosis, id = 10, count(*) FROM hr.employees GROUP BY diagnosis, id = 10",
+        "SELECT diagnosis, count(*), (SELECT max(name) FROM hr.employees) FROM hr.employees GROUP BY diagnosis",
+        "SELECT count(diagnosis), max(salary) FROM hr.employees",
+    ] {
+        let text = seen(&mut c, sql).await;
+        assert!(
+            text.contains("aggregate-only") && text.contains("ERROR"),
+            "{sql}: {text}"
+        );
+        no_canary(sql, &text);
+        assert!(!text.contains("Employee "), "{sql}: {text}");
+    }
+    // What stays allowed.
+    let got = query(
+        &mut c,
+        "SELECT diagnosis, count(*), count(id), count(DISTINCT name), sum(salary), avg(salary) \
+         FROM hr.employees GROUP BY diagnosis ORDER BY diagnosis",
+    )
+    .await
+    .unwrap();
+    assert_eq!(strings(&got, 0), ["Diabetes", "Hypertension"]);
+    assert_eq!(strings(&got, 1), ["15", "20"]);
+    // A query that releases nothing is not this rule's business.
+    let got = query(
+        &mut c,
+        "SELECT district, max(name), array_agg(id) FROM hr.employees GROUP BY district",
+    )
+    .await
+    .unwrap();
+    assert_eq!(strings(&got, 0), ["North"]);
+}
+
+#[tokio::test]
+async fn select_star_leaves_aggregate_only_columns_out() {
+    let (_dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server).await;
+    let served = ["id", "name", "district", "salary", "id_card"];
+    for sql in [
+        "SELECT * FROM hr.employees ORDER BY id",
+        "SELECT e.* FROM hr.employees e ORDER BY id",
+        "SELECT * FROM lake.hr.employees ORDER BY id",
+        "SELECT DISTINCT ON (id) * FROM hr.employees ORDER BY id",
+        "SELECT * EXCLUDE (salary) FROM hr.employees ORDER BY id",
+    ] {
+        let got = query(&mut c, sql).await.unwrap();
+        let names: Vec<String> = got[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let want: Vec<&str> = served
+            .iter()
+            .copied()
+            .filter(|c| !sql.contains("EXCLUDE") || *c != "salary")
+            .collect();
+        assert_eq!(names, want, "{sql}");
+        assert_eq!(rows(&got), 47, "{sql}");
+        no_canary(sql, &pretty(&got));
+    }
+    // Joins: per table, also when both sides have the column.
+    let got = query(
+        &mut c,
+        "SELECT * FROM hr.employees a JOIN hr.employees b ON a.id = b.id ORDER BY a.id",
+    )
+    .await
+    .unwrap();
+    assert_eq!(got[0].schema().fields().len(), 10);
+    no_canary("self join", &pretty(&got));
+    let got = query(
+        &mut c,
+        "SELECT * FROM hr.employees e JOIN org.departments d ON e.id = d.id ORDER BY e.id",
+    )
+    .await
+    .unwrap();
+    assert_eq!(got[0].schema().fields().len(), 7);
+    // DISTINCT ON without an aggregate-only column is no business of the rule.
+    let got = query(
+        &mut c,
+        "SELECT DISTINCT ON (id) id, name FROM hr.employees ORDER BY id",
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows(&got), 47);
+    // Named, it is still refused.
+    let err = query(&mut c, "SELECT id, diagnosis FROM hr.employees")
+        .await
+        .unwrap_err();
+    assert!(err.contains("may not reach the output"), "{err}");
+    no_canary("named", &err);
+}
+
+#[tokio::test]
+async fn recursive_queries_over_lake_tables_answer_in_full() {
+    let (_dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server).await;
+    let got = query(
+        &mut c,
+        "WITH RECURSIVE tree(id) AS (SELECT id FROM org.departments WHERE parent IS NULL \
+         UNION ALL SELECT d.id FROM org.departments d JOIN tree t ON d.parent = t.id) \
+         SELECT id FROM tree ORDER BY id",
+    )
+    .await
+    .unwrap();
+    assert_eq!(strings(&got, 0), ["1", "2", "3"]);
+    // A scalar subquery re-run per row resets its scan too.
+    let got = query(
+        &mut c,
+        "SELECT id, (SELECT count(*) FROM org.departments) AS n FROM org.departments ORDER BY id",
+    )
+    .await
+    .unwrap();
+    assert_eq!(strings(&got, 1), ["3", "3", "3"]);
+}
+
+/// `n` terms joined by `op`.
+fn chain(n: usize, term: &str, op: &str) -> String {
+    vec![term; n].join(op)
+}
+
+#[tokio::test]
+async fn deep_and_long_statements_are_refused_never_fatal() {
+    let (_dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server).await;
+    type Shape = (&'static str, Box<dyn Fn(usize) -> String>);
+    let shapes: Vec<Shape> = vec![
+        ("+", Box::new(|n| format!("SELECT {}", chain(n, "1", "+")))),
+        (
+            "OR",
+            Box::new(|n| {
+                format!(
+                    "SELECT count(*) FROM hr.employees WHERE {}",
+                    chain(n, "id = 1", " OR ")
+                )
+            }),
+        ),
+        (
+            "parentheses",
+            Box::new(|n| format!("SELECT {}1{}", "(".repeat(n), ")".repeat(n))),
+        ),
+        (
+            "CASE",
+            Box::new(|n| {
+                format!(
+                    "SELECT {}0{}",
+                    "CASE WHEN id > 0 THEN ".repeat(n),
+                    " ELSE 1 END".repeat(n)
+                ) + " FROM hr.employees"
+            }),
+        ),
+        (
+            "subqueries",
+            Box::new(|n| format!("SELECT {}1{}", "(SELECT ".repeat(n), ")".repeat(n))),
+        ),
+        ("UNION", Box::new(|n| chain(n, "SELECT 1", " UNION ALL "))),
+        (
+            "casts",
+            Box::new(|n| format!("SELECT 1{}", "::bigint".repeat(n))),
+        ),
+        (
+            "NOT",
+            Box::new(|n| format!("SELECT {}true", "NOT ".repeat(n))),
+        ),
+        (
+            "derived tables",
+            Box::new(|n| {
+                format!(
+                    "SELECT * FROM {}(SELECT 1) t{}",
+                    "(SELECT * FROM ".repeat(n),
+                    ") t".repeat(n)
+                )
+            }),
+        ),
+    ];
+    for (shape, sql) in &shapes {
+        for n in [10, 60, 990, 1_000, 100_000] {
+            let text = sql(n);
+            let result = query(&mut c, &text).await;
+            match (n, &result) {
+                (10, Err(e)) => panic!("{shape} × {n} was refused: {e}"),
+                (100_000, Ok(_)) => panic!("{shape} × {n} was answered"),
+                (_, Err(e)) => assert!(
+                    e.contains("too large") || e.contains("recursion limit"),
+                    "{shape} × {n}: {}",
+                    &e[..e.len().min(300)]
+                ),
+                _ => {}
+            }
+            // The server is still there for everyone.
+            let one = query(&mut c, "SELECT count(*) FROM hr.employees")
+                .await
+                .unwrap();
+            assert_eq!(strings(&one, 0), ["47"], "after {shape} × {n}");
+        }
+    }
+    // Longer than max_sql_bytes: refused before parsing.
+    let huge = format!("SELECT '{}'", "x".repeat(2 << 20));
+    let err = query(&mut c, &huge).await.unwrap_err();
+    assert!(
+        err.contains("max_sql_bytes"),
+        "{}",
+        &err[..err.len().min(300)]
+    );
+}
+
+/// Rewrites the policy file and waits until a fresh query shows the change.
+async fn change_policies(
+    config: &std::path::Path,
+    c: &mut Client,
+    from: &str,
+    to: &str,
+    until: impl Fn(&Result<Vec<RecordBatch>, String>) -> bool,
+) {
+    let file = config
+        .parent()
+        .unwrap()
+        .join("policies")
+        .join("policies.cedar");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains(from));
+    std::fs::write(&file, text.replacen(from, to, 1)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = query(c, "SELECT count(*) FROM hr.employees").await;
+        if until(&r) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the policy change did not apply: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn decisions_hold_at_execution_not_only_at_planning() {
+    let (_dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server).await;
+    let mut other = alice(&server).await;
+
+    // Narrowed rows: the prepared statement is planned again and counts what is granted now.
+    let mut count = c
+        .prepare("SELECT count(*) FROM hr.employees".into(), None)
+        .await
+        .unwrap();
+    let before = fetch(&mut c, count.execute().await.unwrap()).await.unwrap();
+    assert_eq!(strings(&before, 0), ["47"]);
+    let names = c
+        .execute("SELECT id, name FROM hr.employees ORDER BY id".into(), None)
+        .await
+        .unwrap();
+    change_policies(
+        &config,
+        &mut other,
+        "when { resource.district == principal.district };",
+        "when { resource.district == principal.district && resource.salary < 31000 };",
+        |r| r.as_ref().is_ok_and(|b| strings(b, 0) == ["9"]),
+    )
+    .await;
+    let after = fetch(&mut c, count.execute().await.unwrap()).await.unwrap();
+    assert_eq!(strings(&after, 0), ["9"]);
+    // A ticket made before the change reads under the new rows too.
+    let got = fetch(&mut c, names).await.unwrap();
+    assert_eq!(rows(&got), 9);
+
+    // Revoked: the statement prepared and the ticket planned before both stop.
+    let ticket = c
+        .execute("SELECT count(*) FROM hr.employees".into(), None)
+        .await
+        .unwrap();
+    change_policies(
+        &config,
+        &mut other,
+        "when { resource in context.scenario.tables",
+        "when { resource in context.scenario.tables && resource != Lake::Table::\"hr.employees\"",
+        |r| r.as_ref().is_err_and(|e| e.contains("not found")),
+    )
+    .await;
+    let err = match count.execute().await {
+        Err(e) => e.to_string(),
+        Ok(info) => fetch(&mut c, info).await.unwrap_err(),
+    };
+    assert!(err.contains("not found"), "{err}");
+    let err = fetch(&mut c, ticket).await.unwrap_err();
+    assert!(err.contains("not found"), "{err}");
+}
