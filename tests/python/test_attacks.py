@@ -28,7 +28,7 @@ EXTRA_USERS = [
     ("ab", "c"),          # 4
     ("a", "bcd"),         # 5
     ("ops-" + "x" * 60, "p" * 97),
-    ("李雷", "密码-ü"),
+    ("li.lei@hr", "密码-ü:with:colons"),
 ]
 
 
