@@ -209,6 +209,26 @@ impl Checker {
                 }
                 Ok(())
             };
+        // Bare tainted columns pass through under their output names; any other use is refused.
+        let project = |exprs: &[Expr],
+                       plan: &LogicalPlan,
+                       t: &Taint|
+         -> Result<Taint, GatewayError> {
+            let mut out = Taint::new();
+            for (e, c) in exprs.iter().zip(plan.schema().columns()) {
+                match bare_column(e).and_then(|b| lookup(t, b)) {
+                    Some((_, o)) => {
+                        out.insert(c, o.clone());
+                    }
+                    None => check_exprs(
+                        &[e],
+                        "it may not be used in an expression, only as the bare argument of count, sum or avg or as a GROUP BY key",
+                        t,
+                    )?,
+                }
+            }
+            Ok(out)
+        };
         // Output columns of `plan` that keep a tainted input column's name and qualifier.
         let pass_through = |taint: &Taint| -> Taint {
             plan.schema()
@@ -275,20 +295,7 @@ impl Checker {
             }
             LogicalPlan::Projection(p) => {
                 let t = input_taint(0);
-                let mut out = Taint::new();
-                for (e, c) in p.expr.iter().zip(plan.schema().columns()) {
-                    match bare_column(e).and_then(|b| lookup(&t, b)) {
-                        Some((_, o)) => {
-                            out.insert(c, o.clone());
-                        }
-                        None => check_exprs(
-                            &[e],
-                            "it may not be used in an expression, only as the bare argument of count, sum or avg or as a GROUP BY key",
-                            &t,
-                        )?,
-                    }
-                }
-                Ok(out)
+                project(&p.expr, plan, &t)
             }
             LogicalPlan::Filter(f) => {
                 let t = input_taint(0);
@@ -333,20 +340,7 @@ impl Checker {
                     .chain(on.sort_expr.iter().flatten().map(|s| &s.expr))
                     .collect();
                 check_exprs(&keys, "it may not be selected DISTINCT; use GROUP BY", &t)?;
-                let mut out = Taint::new();
-                for (e, c) in on.select_expr.iter().zip(plan.schema().columns()) {
-                    match bare_column(e).and_then(|b| lookup(&t, b)) {
-                        Some((_, o)) => {
-                            out.insert(c, o.clone());
-                        }
-                        None => check_exprs(
-                            &[e],
-                            "it may not be used in an expression, only as the bare argument of count, sum or avg or as a GROUP BY key",
-                            &t,
-                        )?,
-                    }
-                }
-                Ok(out)
+                project(&on.select_expr, plan, &t)
             }
             LogicalPlan::Distinct(_) => {
                 let t = input_taint(0);

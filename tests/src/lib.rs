@@ -223,6 +223,21 @@ pub fn first_i64(batches: &[RecordBatch]) -> i64 {
 }
 
 /// The total row count of `batches`.
+/// Column `i` of every batch, cast to text (`NULL` for nulls).
+pub fn column_strings(batches: &[RecordBatch], i: usize) -> Vec<String> {
+    use arrow::array::AsArray;
+    batches
+        .iter()
+        .flat_map(|b| {
+            let c = arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Utf8).unwrap();
+            c.as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap_or("NULL").to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 pub fn rows(batches: &[RecordBatch]) -> usize {
     batches.iter().map(|b| b.num_rows()).sum()
 }

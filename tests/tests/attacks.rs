@@ -4,13 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Schema};
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use tonic::transport::Channel;
 
 use lakegate_tests::attack::{self, ALICE_PASSWORD, CANARY, SCENARIO};
-use lakegate_tests::{fetch, pretty, query, rows, set_scenario, TestServer};
+use lakegate_tests::{column_strings, fetch, pretty, query, rows, set_scenario, TestServer};
 
 type Client = FlightSqlServiceClient<Channel>;
 
@@ -55,19 +55,6 @@ fn no_canary(sql: &str, text: &str) {
     assert!(!text.contains(CANARY), "{sql} leaked a canary:\n{text}");
 }
 
-fn strings(batches: &[RecordBatch], i: usize) -> Vec<String> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            let c = arrow::compute::cast(b.column(i), &DataType::Utf8).unwrap();
-            c.as_string::<i32>()
-                .iter()
-                .map(|v| v.unwrap_or("NULL").to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn no_user_expression_sees_a_withheld_group() {
     let (_dir, config) = lake().await;
@@ -102,7 +89,11 @@ async fn no_user_expression_sees_a_withheld_group() {
              HAVING 1 / (count(*) - {k}) >= 0 ORDER BY diagnosis"
         );
         let got = query(&mut c, &sql).await.unwrap();
-        assert_eq!(strings(&got, 0), ["Diabetes", "Hypertension"], "{sql}");
+        assert_eq!(
+            column_strings(&got, 0),
+            ["Diabetes", "Hypertension"],
+            "{sql}"
+        );
     }
     let got = query(
         &mut c,
@@ -111,7 +102,7 @@ async fn no_user_expression_sees_a_withheld_group() {
     )
     .await
     .unwrap();
-    assert_eq!(strings(&got, 0), ["0"]);
+    assert_eq!(column_strings(&got, 0), ["0"]);
 
     // EXPLAIN shows why: the user's filter sits above the release, never on the scan.
     let text = seen(
@@ -167,8 +158,8 @@ async fn per_group_computations_that_name_people_are_refused() {
     )
     .await
     .unwrap();
-    assert_eq!(strings(&got, 0), ["Diabetes", "Hypertension"]);
-    assert_eq!(strings(&got, 1), ["15", "20"]);
+    assert_eq!(column_strings(&got, 0), ["Diabetes", "Hypertension"]);
+    assert_eq!(column_strings(&got, 1), ["15", "20"]);
     // A query that releases nothing is not this rule's business.
     let got = query(
         &mut c,
@@ -176,7 +167,7 @@ async fn per_group_computations_that_name_people_are_refused() {
     )
     .await
     .unwrap();
-    assert_eq!(strings(&got, 0), ["North"]);
+    assert_eq!(column_strings(&got, 0), ["North"]);
 }
 
 #[tokio::test]
@@ -253,7 +244,7 @@ async fn recursive_queries_over_lake_tables_answer_in_full() {
     )
     .await
     .unwrap();
-    assert_eq!(strings(&got, 0), ["1", "2", "3"]);
+    assert_eq!(column_strings(&got, 0), ["1", "2", "3"]);
     // A scalar subquery re-run per row resets its scan too.
     let got = query(
         &mut c,
@@ -261,7 +252,7 @@ async fn recursive_queries_over_lake_tables_answer_in_full() {
     )
     .await
     .unwrap();
-    assert_eq!(strings(&got, 1), ["3", "3", "3"]);
+    assert_eq!(column_strings(&got, 1), ["3", "3", "3"]);
 }
 
 /// `n` terms joined by `op`.
@@ -342,7 +333,7 @@ async fn deep_and_long_statements_are_refused_never_fatal() {
             let one = query(&mut c, "SELECT count(*) FROM hr.employees")
                 .await
                 .unwrap();
-            assert_eq!(strings(&one, 0), ["47"], "after {shape} × {n}");
+            assert_eq!(column_strings(&one, 0), ["47"], "after {shape} × {n}");
         }
     }
     // Longer than max_sql_bytes: refused before parsing.
@@ -398,7 +389,7 @@ async fn decisions_hold_at_execution_not_only_at_planning() {
         .await
         .unwrap();
     let before = fetch(&mut c, count.execute().await.unwrap()).await.unwrap();
-    assert_eq!(strings(&before, 0), ["47"]);
+    assert_eq!(column_strings(&before, 0), ["47"]);
     let names = c
         .execute("SELECT id, name FROM hr.employees ORDER BY id".into(), None)
         .await
@@ -408,11 +399,11 @@ async fn decisions_hold_at_execution_not_only_at_planning() {
         &mut other,
         "when { resource.district == principal.district };",
         "when { resource.district == principal.district && resource.salary < 31000 };",
-        |r| r.as_ref().is_ok_and(|b| strings(b, 0) == ["9"]),
+        |r| r.as_ref().is_ok_and(|b| column_strings(b, 0) == ["9"]),
     )
     .await;
     let after = fetch(&mut c, count.execute().await.unwrap()).await.unwrap();
-    assert_eq!(strings(&after, 0), ["9"]);
+    assert_eq!(column_strings(&after, 0), ["9"]);
     // A ticket made before the change reads under the new rows too.
     let got = fetch(&mut c, names).await.unwrap();
     assert_eq!(rows(&got), 9);

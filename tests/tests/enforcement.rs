@@ -11,7 +11,9 @@ use arrow_flight::sql::CommandGetTables;
 use arrow_flight::IpcMessage;
 use tonic::transport::Channel;
 
-use lakegate_tests::{as_user, fetch, pretty, query, raw_query, rows, shared_demo, TestServer};
+use lakegate_tests::{
+    as_user, column_strings, fetch, pretty, query, raw_query, rows, shared_demo, TestServer,
+};
 
 type Client = FlightSqlServiceClient<Channel>;
 
@@ -52,19 +54,6 @@ fn assert_no_canary(what: &str, text: &str, canaries: &HashSet<String>) {
     for c in canaries {
         assert!(!text.contains(c.as_str()), "{what} leaked `{c}`:\n{text}");
     }
-}
-
-fn column_strings(batches: &[RecordBatch], i: usize) -> Vec<String> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            let c = arrow::compute::cast(b.column(i), &DataType::Utf8).unwrap();
-            c.as_string::<i32>()
-                .iter()
-                .map(|v| v.unwrap_or("NULL").to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[tokio::test]
