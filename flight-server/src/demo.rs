@@ -129,13 +129,13 @@ pub fn connection_help(addr: &str) -> String {
         r#"
 Connect from Python (pip install adbc-driver-flightsql pyarrow):
 
-  import adbc_driver_flightsql.dbapi as flightsql
-  conn = flightsql.connect("grpc://{addr}",
-      db_kwargs={{"username": "banker", "password": "banker-demo"}},
-      conn_kwargs={{"adbc.flight.sql.session.option.scenario": "bank-credit"}})
-  cur = conn.cursor()
-  cur.execute("SELECT district, count(*) AS n FROM market.enterprises GROUP BY district ORDER BY n DESC")
-  print(cur.fetch_arrow_table())
+import adbc_driver_flightsql.dbapi as flightsql
+conn = flightsql.connect("grpc://{addr}", autocommit=True,
+    db_kwargs={{"username": "banker", "password": "banker-demo"}},
+    conn_kwargs={{"adbc.flight.sql.session.option.scenario": "bank-credit"}})
+cur = conn.cursor()
+cur.execute("SELECT district, count(*) AS n FROM market.enterprises GROUP BY district ORDER BY n DESC")
+print(cur.fetch_arrow_table())
 "#
     ));
     s

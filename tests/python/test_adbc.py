@@ -182,3 +182,38 @@ def test_writes_are_refused_and_the_server_keeps_serving(server, sql):
         with pytest.raises(adbc_driver_manager.Error, match="read-only"):
             scalar(conn, sql)
         assert scalar(conn, "SELECT count(*) FROM market.enterprises") == 200
+
+
+def test_the_printed_connect_snippet_runs_when_pasted(tmp_path):
+    """What `lakegate demo` prints runs as pasted, without the driver's autocommit warning."""
+    import sys
+
+    proc = subprocess.Popen(
+        [str(BIN), "demo", "--dir", str(tmp_path / "demo"), "--listen", "127.0.0.1:0", "--rows", "1000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    timer = threading.Timer(300, proc.kill)
+    timer.start()
+    try:
+        snippet, taking = [], False
+        for line in proc.stdout:
+            if line.startswith("Connect from Python"):
+                taking = True
+                continue
+            if taking:
+                snippet.append(line)
+                if line.startswith("print("):
+                    break
+        assert snippet, "no connect snippet was printed"
+        run = subprocess.run(
+            [sys.executable, "-c", "".join(snippet)], capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 0, run.stderr
+        assert "autocommit" not in run.stderr.lower(), run.stderr
+        assert "Haidian" in run.stdout or "district" in run.stdout, run.stdout
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait()
