@@ -392,6 +392,18 @@ impl PolicySet {
                         ),
                     });
                 }
+                // Fail closed: a permit that asks for noise must not release exact values.
+                if let Some(word) = ["epsilon", "bounds"]
+                    .into_iter()
+                    .find(|a| p.annotation(a).is_some())
+                {
+                    return Err(PolicyError::Invalid {
+                        location: src.locate(None),
+                        message: format!(
+                            "policy `{id}`: @{word} (differential privacy) is not supported by this lakegate yet; release the column by @min_group instead"
+                        ),
+                    });
+                }
                 if let Some(k) = p.annotation("min_group") {
                     let k = k.parse::<u64>().ok().filter(|k| *k > 0).ok_or_else(|| {
                         PolicyError::Invalid {

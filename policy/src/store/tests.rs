@@ -201,6 +201,16 @@ fn bad_mask_and_min_group_annotations_are_refused_at_load() {
         ("@mask(\"md5\")", "read_masked", "unknown mask `md5`"),
         ("@min_group(\"ten\")", "aggregate", "@min_group(\"ten\")"),
         ("", "read_masked", "names no mask"),
+        (
+            "@epsilon(\"1.0\")",
+            "aggregate",
+            "@epsilon (differential privacy) is not supported",
+        ),
+        (
+            "@bounds(\"0,100\")",
+            "aggregate",
+            "@bounds (differential privacy) is not supported",
+        ),
     ] {
         let text = format!(
             "{POLICIES}\n@id(\"bad\")\n{annotation}\npermit (principal, action == Lake::Action::\"{action}\", resource);\n"
