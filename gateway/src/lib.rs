@@ -282,10 +282,13 @@ impl Gateway {
     /// time (cached decisions, so cheap). Unchanged: the query as planned. Changed: the
     /// statement is planned again under the current policies (a denied table then fails as at
     /// planning); a re-planned result with other columns is refused, since the client holds the
-    /// old schema.
+    /// old schema. A query not made by [`Gateway::prepare_audited`] is refused.
     pub async fn revalidate(&self, query: &Query) -> Result<Query, GatewayError> {
+        // Fail closed: a query that does not record what it was granted cannot be re-decided.
         let Some(origin) = query.origin() else {
-            return Ok(query.clone());
+            return Err(GatewayError::PolicyChanged(
+                "the statement carries no record of its grants; prepare it again".into(),
+            ));
         };
         let scenario = self.scenario_of(&origin.who)?;
         let policies = self.policies();
