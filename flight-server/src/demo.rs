@@ -125,6 +125,10 @@ pub fn connection_help(addr: &str) -> String {
             u.name, u.password, u.scenario, u.role
         ));
     }
+    s.push_str(
+        "  insurer may also choose scenario health-statistics: diagnoses with differential privacy\n  \
+         (noisy counts, ε=0.5 per query from an epsilon_budget of 10)\n",
+    );
     s.push_str(&format!(
         r#"
 Connect from Python (pip install adbc-driver-flightsql pyarrow):
@@ -684,6 +688,7 @@ namespace Lake {
     expires: datetime,
     tables: Set<Table>,
     max_rows?: Long,
+    epsilon_budget?: decimal,
   };
 }
 "#;
@@ -744,7 +749,19 @@ when {
 @id("insurer-diagnoses-aggregate-only")
 @min_group("10")
 permit (principal in Lake::Role::"underwriter", action == Lake::Action::"aggregate",
-        resource == Lake::Column::"health.visits.diagnosis");
+        resource == Lake::Column::"health.visits.diagnosis")
+when { context.scenario == Lake::Scenario::"insurance-underwriting" };
+
+// Under the public-health statistics scenario the diagnoses are released with differential
+// privacy: each query spends ε = 0.5 of the scenario's epsilon_budget, counts carry noise and
+// groups appear by a noisy threshold, so comparing queries (differencing) tells nothing sure
+// about one patient.
+@id("insurer-diagnoses-private")
+@min_group("10")
+@epsilon("0.5")
+permit (principal in Lake::Role::"underwriter", action == Lake::Action::"aggregate",
+        resource == Lake::Column::"health.visits.diagnosis")
+when { context.scenario == Lake::Scenario::"health-statistics" };
 
 @id("insurer-identities-hashed")
 @mask("hash")
@@ -818,6 +835,15 @@ fn entities() -> serde_json::Value {
                          "max_rows": 100_000},
                "parents": []})
     };
+    let mut health_statistics = scenario(
+        "health-statistics",
+        "public-health statistics: diagnoses with differential privacy",
+        "taiping_insurance",
+        &["health.visits"],
+        "2030-12-31T23:59:59Z",
+    );
+    health_statistics["attrs"]["epsilon_budget"] =
+        json!({"__extn": {"fn": "decimal", "arg": "10.0"}});
     json!([
         org("taiping_insurance"),
         org("city_commercial_bank"),
@@ -885,6 +911,7 @@ fn entities() -> serde_json::Value {
             ],
             "2030-12-31T23:59:59Z"
         ),
+        health_statistics,
         // An approved scenario whose time is up: it exists, and grants nothing.
         scenario(
             "expired-pilot",

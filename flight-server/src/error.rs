@@ -31,7 +31,9 @@ pub fn to_status(e: GatewayError) -> Status {
         GatewayError::Catalog(_) | GatewayError::Audit(_) | GatewayError::Config(_) => {
             Status::unavailable(text)
         }
-        GatewayError::Review(_) => Status::resource_exhausted(text),
+        GatewayError::Review(_) | GatewayError::PrivacyBudget(_) => {
+            Status::resource_exhausted(text)
+        }
         GatewayError::Policy(_) => Status::internal(text),
     }
 }

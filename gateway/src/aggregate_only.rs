@@ -36,6 +36,7 @@ use datafusion::logical_expr::{
     col, lit, when, Aggregate, Expr, Filter, LogicalPlan, Projection, TableScan, TableScanBuilder,
 };
 
+use crate::dp_release::{DpRelease, DpSpec, Measure, DP_PREFIX};
 use crate::min_group::{Check, MinGroupRelease, K_PREFIX};
 use crate::secure_scan::{SecureTable, SUBJECT_COLUMN};
 use crate::GatewayError;
@@ -368,7 +369,9 @@ impl Checker {
                 }
                 Ok(Taint::new())
             }
-            LogicalPlan::Extension(_) if MinGroupRelease::of(plan).is_some() => {
+            LogicalPlan::Extension(_)
+                if MinGroupRelease::of(plan).is_some() || DpRelease::of(plan).is_some() =>
+            {
                 // An optimized plan: the aggregates below it (two when DataFusion split a
                 // DISTINCT aggregate) are released.
                 let mut below = plan.inputs()[0];
@@ -767,7 +770,8 @@ fn rewrite(
     }
 }
 
-/// Adds `count(DISTINCT subject) >= k` per aggregate-only table read by the aggregate.
+/// Adds `count(DISTINCT subject) >= k` per aggregate-only table read by the aggregate, or the
+/// differentially private release when the table has an `@epsilon` column.
 fn min_group_check(
     a: Aggregate,
     suppressed: &Suppressed,
@@ -784,13 +788,13 @@ fn min_group_check(
     };
     a.group_expr.iter().chain(&a.aggr_expr).for_each(&mut visit);
     // Keep the scans that carry a subject column; k comes from the secure tables below.
-    let ks = collect_ks(&a.input);
+    let tables = collect_tables(&a.input);
     let mut checks = Vec::new();
     for (q, _) in scans {
-        if let Some(k) = ks.get(&q) {
+        if let Some(info) = tables.get(&q) {
             let subject = Column::new(Some(q.clone()), SUBJECT_COLUMN);
             if input_schema.has_column(&subject) {
-                checks.push((subject, *k));
+                checks.push((subject, info));
             }
         }
     }
@@ -800,12 +804,23 @@ fn min_group_check(
                 .into(),
         ));
     }
+    if checks.iter().any(|(_, info)| info.epsilon.is_some()) {
+        let [(subject, info)] = checks.as_slice() else {
+            return Err(DataFusionError::Plan(
+                "a differentially private release protects the subjects of one table: aggregate its columns without other aggregate-only tables".into(),
+            ));
+        };
+        return dp_release(a, subject.clone(), info, suppressed);
+    }
     let mut aggr_expr = a.aggr_expr.clone();
     let mut release_checks = Vec::new();
-    for (i, (subject, k)) in checks.into_iter().enumerate() {
+    for (i, (subject, info)) in checks.into_iter().enumerate() {
         let name = format!("{K_PREFIX}{i}");
         aggr_expr.push(count_distinct(Expr::Column(subject)).alias(&name));
-        release_checks.push(Check { column: name, k });
+        release_checks.push(Check {
+            column: name,
+            k: info.k,
+        });
     }
     let checked = LogicalPlan::Aggregate(Aggregate::try_new(
         a.input.clone(),
@@ -821,12 +836,144 @@ fn min_group_check(
     .into_plan())
 }
 
+fn dp_refuse(table: &str, why: &str) -> DataFusionError {
+    DataFusionError::Plan(format!(
+        "{table} is released with differential privacy: {why}"
+    ))
+}
+
+/// The aggregate as a [`DpRelease`] over one row per (group, subject).
+fn dp_release(
+    a: Aggregate,
+    subject: Column,
+    info: &ScanInfo,
+    suppressed: &Suppressed,
+) -> datafusion::error::Result<LogicalPlan> {
+    use datafusion::functions_aggregate::expr_fn::{count, sum};
+    let epsilon = info.epsilon.expect("a private table");
+    let input_schema = a.input.schema().clone();
+    let mut group_expr = a.group_expr.clone();
+    group_expr.push(Expr::Column(subject.clone()));
+    let mut partials = Vec::new();
+    let mut outputs = Vec::new();
+    for (i, e) in a.aggr_expr.iter().enumerate() {
+        let inner = match e {
+            Expr::Alias(al) => al.expr.as_ref(),
+            e => e,
+        };
+        let Expr::AggregateFunction(AggregateFunction { func, params }) = inner else {
+            return Err(dp_refuse(
+                &info.table,
+                "only count, sum and avg are released",
+            ));
+        };
+        let name = func.name().to_string();
+        if params.distinct {
+            return Err(dp_refuse(
+                &info.table,
+                &format!("{name}(DISTINCT ...) is refused; one subject could change many values"),
+            ));
+        }
+        let arg = match params.args.as_slice() {
+            [arg] => arg.clone(),
+            _ => {
+                return Err(dp_refuse(
+                    &info.table,
+                    &format!("{name}() takes one column"),
+                ))
+            }
+        };
+        let column = arg.column_refs().into_iter().next().cloned();
+        let bounds = || {
+            column
+                .as_ref()
+                .filter(|c| c.relation.is_none() || c.relation == subject.relation)
+                .and_then(|c| {
+                    info.provider
+                        .as_ref()
+                        .and_then(|p| as_secure(p).column_privacy(&c.name))
+                })
+                .and_then(|p| p.bounds)
+                .ok_or_else(|| {
+                    dp_refuse(
+                        &info.table,
+                        &format!(
+                            "{name}({}) needs @bounds(\"lo,hi\") on the column's aggregate permit",
+                            arg.schema_name()
+                        ),
+                    )
+                })
+        };
+        let p = format!("{DP_PREFIX}{i}");
+        let measure = match name.as_str() {
+            "count" if matches!(arg, Expr::Literal(..)) => Measure::Subjects,
+            "count" => {
+                partials.push(count(arg.clone()).alias(&p));
+                Measure::NonNull { count: p }
+            }
+            "sum" => {
+                let b = bounds()?;
+                let integer =
+                    datafusion::logical_expr::ExprSchemable::get_type(&arg, &input_schema)?
+                        .is_integer();
+                partials.push(sum(arg.clone()).alias(&p));
+                Measure::Sum {
+                    sum: p,
+                    integer,
+                    lo: b.lo,
+                    hi: b.hi,
+                }
+            }
+            "avg" => {
+                let b = bounds()?;
+                let c = format!("{p}c");
+                partials.push(sum(arg.clone()).alias(&p));
+                partials.push(count(arg.clone()).alias(&c));
+                Measure::Avg {
+                    sum: p,
+                    count: c,
+                    lo: b.lo,
+                    hi: b.hi,
+                }
+            }
+            other => {
+                return Err(dp_refuse(
+                    &info.table,
+                    &format!("{other}() is refused; only count, sum and avg"),
+                ))
+            }
+        };
+        outputs.push(measure);
+    }
+    let keys = a.group_expr.len();
+    let names = a
+        .schema
+        .iter()
+        .skip(keys)
+        .map(|(q, f)| (q.cloned(), f.name().clone()))
+        .collect();
+    let per_subject =
+        LogicalPlan::Aggregate(Aggregate::try_new(a.input.clone(), group_expr, partials)?);
+    let spec = DpSpec {
+        table: info.table.clone(),
+        keys,
+        subject: SUBJECT_COLUMN.to_string(),
+        outputs,
+        epsilon,
+        min_group: info.k,
+    };
+    Ok(DpRelease::try_new(per_subject, spec, names, suppressed.clone())?.into_plan())
+}
+
 /// `plan` with each release written as the filter it stands for (`HAVING
 /// lakegate_release(count(DISTINCT subject) >= k)`, or NULL aggregates for a global one), so
 /// that DataFusion's unparser can print it for the audit trail and `explain`. Never executed.
 pub(crate) fn display_form(plan: &LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
     plan.clone()
         .transform_up_with_subqueries(|node| {
+            if let Some(dp) = DpRelease::of(&node) {
+                return Ok(Transformed::yes(dp_display(dp)?));
+            }
             let Some(release) = MinGroupRelease::of(&node) else {
                 return Ok(Transformed::no(node));
             };
@@ -867,23 +1014,99 @@ pub(crate) fn display_form(plan: &LogicalPlan) -> datafusion::error::Result<Logi
         .map(|t| t.data)
 }
 
-/// The minimum group size of each aggregate-only scan below `plan`, by qualifier (aliases
-/// included).
-fn collect_ks(plan: &LogicalPlan) -> HashMap<TableReference, u64> {
+/// A differentially private release as SQL: the per-group aggregate over the per-subject one,
+/// each value wrapped in `lakegate_dp_noise(value, ε)`. Never executed.
+fn dp_display(dp: &DpRelease) -> datafusion::error::Result<LogicalPlan> {
+    use datafusion::functions_aggregate::expr_fn::{avg, count, sum};
+    use datafusion::logical_expr::UserDefinedLogicalNodeCore;
+    let input = dp.inputs()[0].clone();
+    let spec = dp.spec();
+    let keys: Vec<Expr> = input
+        .schema()
+        .iter()
+        .take(spec.keys)
+        .map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))
+        .collect();
+    let mut aggs = Vec::new();
+    for (i, m) in spec.outputs.iter().enumerate() {
+        let e = match m {
+            Measure::Subjects => count(lit(1i64)),
+            Measure::NonNull { count: c } => count(col(Column::from_name(c.clone()))),
+            Measure::Sum { sum: s, .. } => sum(col(Column::from_name(s.clone()))),
+            Measure::Avg { sum: s, .. } => avg(col(Column::from_name(s.clone()))),
+        };
+        aggs.push(e.alias(format!("{DP_PREFIX}out{i}")));
+    }
+    let grouped = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), keys.clone(), aggs)?);
+    let noise = crate::dp_release::display_udf();
+    let names: Vec<_> = dp
+        .schema()
+        .iter()
+        .map(|(q, f)| (q.cloned(), f.name().clone()))
+        .collect();
+    let mut exprs: Vec<Expr> = keys;
+    for (i, (q, name)) in names.into_iter().skip(spec.keys).enumerate() {
+        let v = col(Column::from_name(format!("{DP_PREFIX}out{i}")));
+        exprs.push(
+            Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                noise.clone(),
+                vec![v, lit(spec.epsilon.to_string())],
+            ))
+            .alias_qualified(q, name),
+        );
+    }
+    Ok(LogicalPlan::Projection(Projection::try_new(
+        exprs,
+        Arc::new(grouped),
+    )?))
+}
+
+/// What the release needs of an aggregate-only scan.
+#[derive(Clone)]
+struct ScanInfo {
+    /// The largest `@min_group` of its aggregate-only columns.
+    k: u64,
+    /// The smallest `@epsilon` of its noisy columns, if any.
+    epsilon: Option<policy::Epsilon>,
+    /// `schema.table`.
+    table: String,
+    /// The secure table (None behind an alias of several).
+    provider: Option<Arc<dyn datafusion::catalog::TableProvider>>,
+}
+
+/// Each aggregate-only scan below `plan`, by qualifier (aliases included).
+fn collect_tables(plan: &LogicalPlan) -> HashMap<TableReference, ScanInfo> {
     let mut out = HashMap::new();
     let _ = plan.apply(|p| {
         match p {
             LogicalPlan::TableScan(scan) => {
                 if let Some(provider) = secure_table(scan) {
-                    if let Some(k) = as_secure(&provider).min_group() {
-                        out.insert(scan.table_name.clone(), k);
+                    let t = as_secure(&provider);
+                    if let Some(k) = t.min_group() {
+                        let info = ScanInfo {
+                            k,
+                            epsilon: t.epsilon(),
+                            table: t.snapshot().table.to_string(),
+                            provider: Some(provider.clone()),
+                        };
+                        out.insert(scan.table_name.clone(), info);
                     }
                 }
             }
             LogicalPlan::SubqueryAlias(s) => {
-                let inner = collect_ks(&s.input);
-                if let Some(k) = inner.values().max() {
-                    out.insert(s.alias.clone(), *k);
+                let inner = collect_tables(&s.input);
+                let mut all = inner.into_values();
+                if let Some(first) = all.next() {
+                    let merged = all.fold(first, |mut m, i| {
+                        m.k = m.k.max(i.k);
+                        m.epsilon = match (m.epsilon, i.epsilon) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                        m.provider = None;
+                        m
+                    });
+                    out.insert(s.alias.clone(), merged);
                 }
             }
             _ => {}

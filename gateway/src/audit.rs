@@ -101,6 +101,10 @@ pub struct AuditRecord {
     pub cpu_ms: Option<u64>,
     /// Groups the minimum-group rule withheld (how many, never which; completion records).
     pub suppressed_groups: Option<u64>,
+    /// ε spent on differentially private releases (`privacy` records; absent elsewhere, so
+    /// older records hash as they did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<String>,
     /// The previous record's hash.
     pub prev_hash: String,
     /// This record's hash.
@@ -132,6 +136,7 @@ impl AuditRecord {
             rows_scanned: None,
             cpu_ms: None,
             suppressed_groups: None,
+            epsilon: None,
             prev_hash: String::new(),
             hash: String::new(),
         }

@@ -38,6 +38,9 @@ pub enum GatewayError {
     /// Output review ended the result: a limit of the scenario or the deployment was exceeded.
     #[error("output review: {0}")]
     Review(String),
+    /// A differentially private release would spend more ε than the (user, scenario) has left.
+    #[error("privacy budget: {0}")]
+    PrivacyBudget(String),
     /// The server's own configuration cannot be put to work.
     #[error("configuration: {0}")]
     Config(String),

@@ -114,11 +114,11 @@ fn describe_table(
                     quote(column),
                     quote(column)
                 ));
-                format!("masked: {m}")
+                treatment.to_string()
             }
-            ColumnTreatment::AggregateOnly { min_group } => {
+            ColumnTreatment::AggregateOnly { .. } => {
                 view.push(quote(column));
-                format!("aggregate-only, groups of at least {min_group} subjects")
+                treatment.to_string()
             }
             ColumnTreatment::Hidden => "hidden".to_string(),
         };

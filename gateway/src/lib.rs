@@ -9,6 +9,8 @@
 mod aggregate_only;
 pub mod audit;
 pub mod audit_table;
+pub mod budget;
+mod dp_release;
 mod error;
 mod explain;
 mod masks;
@@ -38,6 +40,7 @@ use lake_config::Config;
 use policy::{CedarType, ColumnDescription, LakeDescription, PolicySet, TableDescription};
 
 pub use aggregate_only::Suppressed;
+pub use dp_release::{DpReleaseExec, EPSILON_KEY, SCALE_KEY};
 pub use error::GatewayError;
 pub use min_group::MinGroupReleaseExec;
 pub use query::{scan_metrics, served_schema, AuditContext, Completion, Query};
@@ -85,6 +88,8 @@ pub struct Gateway {
     /// function: a fifth of planning a query), never given a catalog.
     template: datafusion::execution::SessionState,
     limits: statement::StatementLimits,
+    /// ε spent per (user, scenario), replayed from the audit trail.
+    ledger: Arc<budget::PrivacyLedger>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -114,7 +119,10 @@ impl Gateway {
         );
         let audit = audit::AuditLog::open(&config.audit.dir, config.audit.segment_bytes)
             .map_err(|e| GatewayError::Audit(e.to_string()))?;
+        let ledger = budget::PrivacyLedger::replay(&config.audit.dir)
+            .map_err(|e| GatewayError::Audit(e.to_string()))?;
         let gateway = Self {
+            ledger: Arc::new(ledger),
             lake,
             audit: Arc::new(audit),
             last_anchor: tokio::sync::Mutex::new(0),
@@ -236,6 +244,19 @@ impl Gateway {
         record.scenario = who.scenario.clone();
         record.client = client.clone();
         record.policy_set = self.policies().hash().to_string();
+        // A differentially private release must fit what is left of the budget.
+        let result = result.and_then(|q| {
+            let epsilon = q.epsilon();
+            if epsilon.0 > 0 {
+                let scenario = self.scenario_of(who)?;
+                let budget = self
+                    .policies()
+                    .scenario(&scenario)
+                    .and_then(|s| s.epsilon_budget);
+                self.ledger.check(&who.user, &scenario, epsilon, budget)?;
+            }
+            Ok(q)
+        });
         let mut query = match result {
             Ok(q) => q,
             Err(e) => {
@@ -264,6 +285,19 @@ impl Gateway {
                 .map_err(|e| e.to_string())
         });
         let decision = async move { written.await.map_err(|e| e.to_string())? };
+        if let Ok(scenario) = self.scenario_of(who) {
+            query.set_charge(query::PrivacyCharge {
+                ledger: self.ledger.clone(),
+                audit: self.audit.clone(),
+                user: who.user.clone(),
+                budget: self
+                    .policies()
+                    .scenario(&scenario)
+                    .and_then(|s| s.epsilon_budget),
+                scenario,
+                query_id: query_id.clone(),
+            });
+        }
         query.set_audit(query::AuditContext {
             query_id,
             decision: futures::FutureExt::shared(futures::FutureExt::boxed(decision)),
@@ -378,6 +412,11 @@ impl Gateway {
             .append(record)
             .map(|_| ())
             .map_err(|e| GatewayError::Audit(e.to_string()))
+    }
+
+    /// ε `user` has spent under `scenario` on differentially private releases.
+    pub fn epsilon_spent(&self, user: &str, scenario: &str) -> policy::Epsilon {
+        self.ledger.spent(user, scenario)
     }
 
     /// The audit log.

@@ -415,7 +415,8 @@ impl ExecutionPlan for MinGroupReleaseExec {
     }
 }
 
-/// Plans [`MinGroupRelease`] as [`MinGroupReleaseExec`].
+/// Plans [`MinGroupRelease`] as [`MinGroupReleaseExec`] and the differentially private release
+/// as its exec.
 #[derive(Debug, Default)]
 struct ReleasePlanner;
 
@@ -431,13 +432,14 @@ impl ExtensionPlanner for ReleasePlanner {
         _planning_ctx: &PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let any: &dyn Any = node.as_any();
-        let Some(release) = any.downcast_ref::<MinGroupRelease>() else {
+        let [input] = physical_inputs else {
             return Ok(None);
         };
-        let [input] = physical_inputs else {
-            return Err(DataFusionError::Internal(
-                "MinGroupRelease has one input".into(),
-            ));
+        if let Some(dp) = any.downcast_ref::<crate::dp_release::DpRelease>() {
+            return crate::dp_release::plan(dp, input.clone()).map(Some);
+        }
+        let Some(release) = any.downcast_ref::<MinGroupRelease>() else {
+            return Ok(None);
         };
         Ok(Some(Arc::new(MinGroupReleaseExec::try_new(
             input.clone(),

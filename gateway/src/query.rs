@@ -27,6 +27,18 @@ pub struct Query {
     origin: Option<Arc<Origin>>,
     /// The values bound with [`Query::bind`], to bind again after a re-plan.
     bound: Option<Vec<ScalarValue>>,
+    /// Who pays for its differentially private releases.
+    charge: Option<Arc<PrivacyCharge>>,
+}
+
+/// The budget a query's differentially private releases are paid from, once per execution.
+pub(crate) struct PrivacyCharge {
+    pub(crate) ledger: Arc<crate::budget::PrivacyLedger>,
+    pub(crate) audit: Arc<crate::audit::AuditLog>,
+    pub(crate) user: String,
+    pub(crate) scenario: String,
+    pub(crate) budget: Option<policy::Epsilon>,
+    pub(crate) query_id: String,
 }
 
 /// Where an audited query came from: enough to decide it again at execution.
@@ -133,7 +145,13 @@ impl std::fmt::Debug for Query {
 
 impl Query {
     pub(crate) fn new(state: Arc<SessionState>, plan: LogicalPlan) -> Result<Self, GatewayError> {
-        let schema = served_schema(plan.schema().inner());
+        let mut schema = served_schema(plan.schema().inner());
+        let epsilon = plan_epsilon(&plan);
+        if epsilon.0 > 0 {
+            // The result says it is noisy, and what it spent.
+            let metadata = [(crate::EPSILON_KEY.to_string(), epsilon.to_string())].into();
+            schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
+        }
         let parameters = parameter_schema(&plan)?;
         Ok(Self {
             state,
@@ -143,8 +161,18 @@ impl Query {
             audit: None,
             suppressed: crate::Suppressed::default(),
             origin: None,
+            charge: None,
             bound: None,
         })
+    }
+
+    pub(crate) fn set_charge(&mut self, charge: PrivacyCharge) {
+        self.charge = Some(Arc::new(charge));
+    }
+
+    /// What one execution spends on differentially private releases.
+    pub fn epsilon(&self) -> policy::Epsilon {
+        plan_epsilon(&self.plan)
     }
 
     pub(crate) fn set_origin(&mut self, origin: Origin) {
@@ -217,12 +245,8 @@ impl Query {
                             .iter()
                             .filter_map(|f| {
                                 let what = match grant.column(f.name()) {
-                                    policy::ColumnTreatment::Raw => "raw".to_string(),
-                                    policy::ColumnTreatment::Masked(m) => format!("masked {m}"),
-                                    policy::ColumnTreatment::AggregateOnly { min_group } => {
-                                        format!("aggregate-only k={min_group}")
-                                    }
                                     policy::ColumnTreatment::Hidden => return None,
+                                    t => t.to_string(),
                                 };
                                 Some(format!("{}: {what}", f.name()))
                             })
@@ -307,6 +331,7 @@ impl Query {
         bound.audit = self.audit.clone();
         bound.suppressed = self.suppressed.clone();
         bound.origin = self.origin.clone();
+        bound.charge = self.charge.clone();
         bound.bound = Some(cast_values_kept);
         Ok(bound)
     }
@@ -331,7 +356,48 @@ impl Query {
         };
         let (physical, recorded) = futures::join!(planned, self.recorded());
         recorded?;
-        physical
+        let physical = physical?;
+        self.pay(&physical).await?;
+        Ok(physical)
+    }
+
+    /// Spends the ε of the plan's differentially private releases (what will run, not what was
+    /// planned) before any of them runs; refused past the budget or without one.
+    async fn pay(
+        &self,
+        physical: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    ) -> Result<(), GatewayError> {
+        let mut total = 0u64;
+        use datafusion::common::tree_node::TreeNode;
+        let _ = physical.apply(|p| {
+            let any: &dyn std::any::Any = p.as_ref();
+            if let Some(dp) = any.downcast_ref::<crate::DpReleaseExec>() {
+                total = total.saturating_add(dp.epsilon().0);
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+        if total == 0 {
+            return Ok(());
+        }
+        let Some(charge) = self.charge.clone() else {
+            return Err(GatewayError::PrivacyBudget(
+                "a differentially private release runs only in a query with a user and a scenario"
+                    .into(),
+            ));
+        };
+        tokio::task::spawn_blocking(move || {
+            charge.ledger.spend(
+                &charge.audit,
+                &charge.user,
+                &charge.scenario,
+                &charge.query_id,
+                policy::Epsilon(total),
+                charge.budget,
+            )
+        })
+        .await
+        .map_err(|e| GatewayError::Audit(e.to_string()))?
+        .map(|_| ())
     }
 
     /// Waits for the decision record of an audited query (nothing to wait for otherwise).
@@ -420,6 +486,18 @@ pub fn served_schema(schema: &Schema) -> SchemaRef {
         })
         .collect();
     Arc::new(Schema::new(fields))
+}
+
+/// The ε of every differentially private release in `plan`.
+fn plan_epsilon(plan: &LogicalPlan) -> policy::Epsilon {
+    let mut total = 0u64;
+    let _ = plan.apply_with_subqueries(|p| {
+        if let Some(dp) = crate::dp_release::DpRelease::of(p) {
+            total = total.saturating_add(dp.epsilon().0);
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    policy::Epsilon(total)
 }
 
 /// Casts a batch to the served schema (types and field names).

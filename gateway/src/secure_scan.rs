@@ -119,9 +119,32 @@ impl SecureTable {
     /// The minimum group size of `column` when it is aggregate-only.
     pub fn aggregate_only(&self, column: &str) -> Option<u64> {
         match self.grant.column(column) {
-            ColumnTreatment::AggregateOnly { min_group } => Some(*min_group),
+            ColumnTreatment::AggregateOnly { min_group, .. } => Some(*min_group),
             _ => None,
         }
+    }
+
+    /// The differential privacy of `column` when it is released with noise.
+    pub fn column_privacy(&self, column: &str) -> Option<policy::Privacy> {
+        match self.grant.column(column) {
+            ColumnTreatment::AggregateOnly { privacy, .. } => *privacy,
+            _ => None,
+        }
+    }
+
+    /// The smallest ε of the table's noisy columns: a table with one releases every
+    /// aggregate-only column of it with differential privacy.
+    pub fn epsilon(&self) -> Option<policy::Epsilon> {
+        self.grant
+            .columns
+            .values()
+            .filter_map(|t| match t {
+                ColumnTreatment::AggregateOnly {
+                    privacy: Some(p), ..
+                } => Some(p.epsilon),
+                _ => None,
+            })
+            .min()
     }
 
     /// How many columns the table serves.
@@ -140,7 +163,7 @@ impl SecureTable {
             .columns
             .values()
             .filter_map(|t| match t {
-                ColumnTreatment::AggregateOnly { min_group } => Some(*min_group),
+                ColumnTreatment::AggregateOnly { min_group, .. } => Some(*min_group),
                 _ => None,
             })
             .max()

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{Mask, Predicate};
+use crate::{Mask, Predicate, Privacy};
 
 /// How one column is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,13 +12,46 @@ pub enum ColumnTreatment {
     /// The mask is applied inside the scan (`read_masked`, `@mask("...")`).
     Masked(Mask),
     /// Only as the bare argument of an allowed aggregate or a bare group key, in groups of at least
-    /// `min_group` distinct subjects (`aggregate`, `@min_group("k")`).
+    /// `min_group` distinct subjects (`aggregate`, `@min_group("k")`), or with differential
+    /// privacy (`@epsilon`, `@bounds`).
     AggregateOnly {
-        /// The minimum number of distinct subjects per released group.
+        /// The minimum number of distinct subjects per released group (with `privacy`: the
+        /// least noisy threshold).
         min_group: u64,
+        /// Released with noise instead of exact values, spending ε per query.
+        privacy: Option<Privacy>,
     },
     /// The column does not exist for this user under this scenario.
     Hidden,
+}
+
+/// One wording of a treatment for `explain` and the audit trail alike.
+impl std::fmt::Display for ColumnTreatment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ColumnTreatment::Raw => write!(f, "raw"),
+            ColumnTreatment::Masked(m) => write!(f, "masked: {m}"),
+            ColumnTreatment::AggregateOnly {
+                min_group,
+                privacy: None,
+            } => write!(f, "aggregate-only, groups of at least {min_group} subjects"),
+            ColumnTreatment::AggregateOnly {
+                min_group,
+                privacy: Some(p),
+            } => {
+                write!(
+                    f,
+                    "aggregate-only, differential privacy: ε={} per query, noisy groups of at least {min_group}",
+                    p.epsilon
+                )?;
+                match p.bounds {
+                    Some(b) => write!(f, ", sums clamped to [{}, {}]", b.lo, b.hi),
+                    None => write!(f, ", no sums (no @bounds)"),
+                }
+            }
+            ColumnTreatment::Hidden => write!(f, "hidden"),
+        }
+    }
 }
 
 /// Which rows of a table the user may read.

@@ -14,6 +14,7 @@ mod grant;
 mod lake_schema;
 mod mask;
 pub mod predicate;
+mod privacy;
 mod store;
 
 pub use error::PolicyError;
@@ -23,4 +24,5 @@ pub use lake_schema::{
 };
 pub use mask::Mask;
 pub use predicate::Predicate;
+pub use privacy::{Bounds, Epsilon, Privacy, MAX_EPSILON};
 pub use store::{PolicySet, ScenarioInfo, DEFAULT_MIN_GROUP};

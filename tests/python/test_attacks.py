@@ -54,6 +54,10 @@ class Server:
         with open(self.config, "a") as f:
             for name, password in extra_users:
                 f.write(f'\n[[users]]\nname = "{name}"\npassword_hash = "{hash_password(password)}"\n')
+        self.start()
+
+    def start(self):
+        """Starts (or, after `stop`, restarts) the server on the same configuration."""
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--config", str(self.config), "--listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE,

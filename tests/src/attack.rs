@@ -90,9 +90,15 @@ fn entities() -> serde_json::Value {
 
 /// The raw employees: (id, name, district, salary, id_card, diagnosis).
 pub fn employees() -> Vec<(i64, String, String, i64, String, String)> {
+    employees_of(&NORTH_GROUPS)
+}
+
+/// The raw employees with `groups` of North diagnoses (ids from 1 in that order) and 25 hidden
+/// South rows after them.
+pub fn employees_of(groups: &[(&str, usize)]) -> Vec<(i64, String, String, i64, String, String)> {
     let mut out = Vec::new();
     let mut id = 1i64;
-    for (diagnosis, n) in NORTH_GROUPS {
+    for &(diagnosis, n) in groups {
         for _ in 0..n {
             out.push((
                 id,
@@ -123,8 +129,65 @@ pub fn employees() -> Vec<(i64, String, String, i64, String, String)> {
 /// Writes the lake, its policies and a configuration under `dir`; returns the configuration's
 /// path.
 pub async fn build(dir: &Path) -> PathBuf {
+    build_with(dir, &NORTH_GROUPS, POLICIES, SCHEMA, entities()).await
+}
+
+/// North employees per diagnosis in the differentially private lake: two large groups and
+/// canaries of one and two people, which a noisy threshold releases with chance below 1e-6.
+pub const PRIVATE_GROUPS: [(&str, usize); 4] = [
+    ("Hypertension", 300),
+    ("Diabetes", 250),
+    ("CANARY-DX-ONE", 1),
+    ("CANARY-DX-TWO", 2),
+];
+
+/// The canary lake with `diagnosis` released under `@epsilon(epsilon)` and, aggregate-only
+/// beside it, `salary` under `@epsilon(epsilon) @bounds("0,100000")`; the scenario's
+/// `epsilon_budget` is `budget`.
+pub async fn build_private(dir: &Path, epsilon: &str, budget: &str) -> PathBuf {
+    let policies = POLICIES
+        .replace(
+            r#"["id", "name", "district", "salary"]"#,
+            r#"["id", "name", "district"]"#,
+        )
+        .replace(
+            "@min_group(\"10\")",
+            &format!("@min_group(\"10\")\n@epsilon(\"{epsilon}\")"),
+        )
+        + &format!(
+            r#"
+@id("hr-salary")
+@epsilon("{epsilon}")
+@bounds("0,100000")
+permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"aggregate",
+        resource == Lake::Column::"hr.employees.salary");
+"#
+        );
+    let schema = SCHEMA.replace(
+        "tables: Set<Table> }",
+        "tables: Set<Table>, epsilon_budget?: decimal }",
+    );
+    let mut entities = entities();
+    // Cedar decimals have a point.
+    let budget = if budget.contains('.') {
+        budget.to_string()
+    } else {
+        format!("{budget}.0")
+    };
+    entities[3]["attrs"]["epsilon_budget"] =
+        serde_json::json!({"__extn": {"fn": "decimal", "arg": budget}});
+    build_with(dir, &PRIVATE_GROUPS, &policies, &schema, entities).await
+}
+
+async fn build_with(
+    dir: &Path,
+    groups: &[(&str, usize)],
+    policies_text: &str,
+    schema_text: &str,
+    entities: serde_json::Value,
+) -> PathBuf {
     let lake = dir.join("lake");
-    let rows = employees();
+    let rows = employees_of(groups);
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("name", DataType::Utf8, false),
@@ -161,11 +224,11 @@ pub async fn build(dir: &Path) -> PathBuf {
 
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(policies.join("schema.cedarschema"), SCHEMA).unwrap();
-    std::fs::write(policies.join("policies.cedar"), POLICIES).unwrap();
+    std::fs::write(policies.join("schema.cedarschema"), schema_text).unwrap();
+    std::fs::write(policies.join("policies.cedar"), policies_text).unwrap();
     std::fs::write(
         policies.join("entities.json"),
-        serde_json::to_string_pretty(&entities()).unwrap(),
+        serde_json::to_string_pretty(&entities).unwrap(),
     )
     .unwrap();
     let config = dir.join("lakegate.toml");

@@ -113,7 +113,7 @@ async fn every_request_is_on_the_trail_and_the_chain_verifies() {
     assert_eq!(r.tables[0].version, 1);
     assert!(r.tables[0]
         .columns
-        .contains(&"legal_rep_id: masked hash".to_string()));
+        .contains(&"legal_rep_id: masked: hash".to_string()));
     assert!(r.policy_ids.contains(&"bank-identities-hashed".to_string()));
     assert!(r.rewritten_sql.is_some());
     assert_eq!(r.policy_set.len(), 64);

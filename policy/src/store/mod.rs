@@ -174,6 +174,8 @@ pub struct PolicySet {
     masks: HashMap<String, Mask>,
     /// `@min_group` of each policy that has one, parsed at load.
     min_groups: HashMap<String, u64>,
+    /// `@epsilon`/`@bounds` of each `aggregate` permit that has them, parsed at load.
+    privacy: HashMap<String, crate::Privacy>,
     hash: String,
     authorizer: Authorizer,
     /// Grants by (user, scenario, table), with the second they were decided at.
@@ -215,6 +217,9 @@ pub struct ScenarioInfo {
     pub purpose: Option<String>,
     /// Its `max_rows` attribute: output review's limit on the rows one result may send.
     pub max_rows: Option<u64>,
+    /// Its `epsilon_budget` attribute (a Cedar decimal): the ε each user may spend under it on
+    /// differentially private releases. None: such releases are refused.
+    pub epsilon_budget: Option<crate::Epsilon>,
 }
 
 /// A file of the policy folder with its text, for locating errors.
@@ -333,6 +338,7 @@ impl PolicySet {
         let mut origin: HashMap<PolicyId, usize> = HashMap::new();
         let mut masks = HashMap::new();
         let mut min_groups = HashMap::new();
+        let mut privacy = HashMap::new();
         let mut sources = Vec::new();
         for path in files_with_ext(dir, "cedar")? {
             let src = Source::read(path)?;
@@ -392,17 +398,34 @@ impl PolicySet {
                         ),
                     });
                 }
-                // Fail closed: a permit that asks for noise must not release exact values.
-                if let Some(word) = ["epsilon", "bounds"]
-                    .into_iter()
-                    .find(|a| p.annotation(a).is_some())
-                {
-                    return Err(PolicyError::Invalid {
+                // Noise is asked of `aggregate` permits only; anything else is a mistake, and
+                // refusing it fails closed.
+                let epsilon = p.annotation("epsilon");
+                let bounds = p.annotation("bounds");
+                if epsilon.is_some() || bounds.is_some() {
+                    let invalid = |message: String| PolicyError::Invalid {
                         location: src.locate(None),
-                        message: format!(
-                            "policy `{id}`: @{word} (differential privacy) is not supported by this lakegate yet; release the column by @min_group instead"
-                        ),
-                    });
+                        message: format!("policy `{id}`: {message}"),
+                    };
+                    if !names("aggregate") || p.effect() != cedar_policy::Effect::Permit {
+                        return Err(invalid(
+                            "@epsilon and @bounds belong on permits of the aggregate action".into(),
+                        ));
+                    }
+                    let Some(e) = epsilon else {
+                        return Err(invalid(
+                            "@bounds needs @epsilon: bounds clamp sums released with differential privacy".into(),
+                        ));
+                    };
+                    let epsilon = crate::Epsilon::parse(e)
+                        .map_err(|why| invalid(format!("@epsilon(\"{e}\"): {why}")))?;
+                    let bounds = bounds
+                        .map(|b| {
+                            crate::Bounds::parse(b)
+                                .map_err(|why| invalid(format!("@bounds(\"{b}\"): {why}")))
+                        })
+                        .transpose()?;
+                    privacy.insert(id.clone(), crate::Privacy { epsilon, bounds });
                 }
                 if let Some(k) = p.annotation("min_group") {
                     let k = k.parse::<u64>().ok().filter(|k| *k > 0).ok_or_else(|| {
@@ -489,6 +512,7 @@ impl PolicySet {
             partial_entities,
             masks,
             min_groups,
+            privacy,
             hash: hex::encode(hasher.finalize()),
             authorizer: Authorizer::new(),
             grants: lru_cache(GRANT_CACHE_ENTRIES),
@@ -531,10 +555,15 @@ impl PolicySet {
             Some(Ok(cedar_policy::EvalResult::Long(n))) => Some(n.max(0) as u64),
             _ => None,
         };
+        let epsilon_budget = match entity.attr("epsilon_budget") {
+            Some(Ok(cedar_policy::EvalResult::ExtensionValue(v))) => decimal_epsilon(&v),
+            _ => None,
+        };
         Some(ScenarioInfo {
             id: id.to_string(),
             purpose,
             max_rows,
+            epsilon_budget,
         })
     }
 
@@ -704,9 +733,44 @@ impl PolicySet {
                 })
                 .max()
                 .unwrap_or(DEFAULT_MIN_GROUP);
-            return Ok((ColumnTreatment::AggregateOnly { min_group: k }, why));
+            let privacy = self.privacy_of(&why, table, column)?;
+            return Ok((
+                ColumnTreatment::AggregateOnly {
+                    min_group: k,
+                    privacy,
+                },
+                why,
+            ));
         }
         Ok((ColumnTreatment::Hidden, vec![]))
+    }
+
+    /// The differential privacy of an aggregate-only column, from its determining permits: if
+    /// any asks for noise, the smallest ε of them, and the narrowest of their bounds (none
+    /// overlapping: no decision, fail closed).
+    fn privacy_of(
+        &self,
+        why: &[String],
+        table: &str,
+        column: &str,
+    ) -> Result<Option<crate::Privacy>, PolicyError> {
+        let asked: Vec<&crate::Privacy> =
+            why.iter().filter_map(|id| self.privacy.get(id)).collect();
+        let Some(epsilon) = asked.iter().map(|p| p.epsilon).min() else {
+            return Ok(None);
+        };
+        let mut bounds: Option<crate::Bounds> = None;
+        for b in asked.iter().filter_map(|p| p.bounds) {
+            bounds = match bounds {
+                None => Some(b),
+                Some(a) => Some(a.intersect(b).ok_or_else(|| {
+                    PolicyError::Request(format!(
+                        "the @bounds of the permits releasing {table}.{column} do not overlap"
+                    ))
+                })?),
+            };
+        }
+        Ok(Some(crate::Privacy { epsilon, bounds }))
     }
 
     /// One Cedar decision of [`ACTIONS`]`[action]` on `resource` against the slice's policies
@@ -1076,3 +1140,14 @@ fn lake_entities(lake: &LakeDescription) -> Result<Vec<Entity>, PolicyError> {
 
 #[cfg(test)]
 mod tests;
+
+/// A Cedar decimal's text (`decimal("1.5")` or `1.5`) as ε; negative or malformed: none (fail
+/// closed: no budget).
+fn decimal_epsilon(text: &str) -> Option<crate::Epsilon> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("decimal(\"")
+        .and_then(|t| t.strip_suffix("\")"))
+        .unwrap_or(t);
+    crate::Epsilon::parse_amount(t).ok()
+}

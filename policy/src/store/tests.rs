@@ -116,7 +116,10 @@ fn grants_follow_the_contract_example() {
     assert_eq!(g.column("id_card"), &ColumnTreatment::Masked(Mask::Hash));
     assert_eq!(
         g.column("diagnosis"),
-        &ColumnTreatment::AggregateOnly { min_group: 10 }
+        &ColumnTreatment::AggregateOnly {
+            min_group: 10,
+            privacy: None
+        }
     );
     match &g.rows {
         RowPredicate::Where(p) => assert_eq!(p.to_string(), "\"district\" = 'North'"),
@@ -151,7 +154,10 @@ fn ids_with_quotes_and_backslashes_keep_their_masks_and_group_sizes() {
     assert_eq!(g.column("id_card"), &ColumnTreatment::Masked(Mask::Hash));
     assert_eq!(
         g.column("diagnosis"),
-        &ColumnTreatment::AggregateOnly { min_group: 7 }
+        &ColumnTreatment::AggregateOnly {
+            min_group: 7,
+            privacy: None
+        }
     );
     assert_eq!(
         g.policy_ids(),
@@ -201,15 +207,19 @@ fn bad_mask_and_min_group_annotations_are_refused_at_load() {
         ("@mask(\"md5\")", "read_masked", "unknown mask `md5`"),
         ("@min_group(\"ten\")", "aggregate", "@min_group(\"ten\")"),
         ("", "read_masked", "names no mask"),
+        ("@epsilon(\"0\")", "aggregate", "@epsilon(\"0\")"),
+        ("@epsilon(\"1e-3\")", "aggregate", "@epsilon(\"1e-3\")"),
+        ("@epsilon(\"1000\")", "aggregate", "at most 100"),
+        ("@bounds(\"0,100\")", "aggregate", "@bounds needs @epsilon"),
         (
-            "@epsilon(\"1.0\")",
+            "@epsilon(\"1\") @bounds(\"5,1\")",
             "aggregate",
-            "@epsilon (differential privacy) is not supported",
+            "@bounds(\"5,1\")",
         ),
         (
-            "@bounds(\"0,100\")",
-            "aggregate",
-            "@bounds (differential privacy) is not supported",
+            "@epsilon(\"1\")",
+            "query",
+            "belong on permits of the aggregate",
         ),
     ] {
         let text = format!(
@@ -654,4 +664,52 @@ fn a_reloaded_set_warms_the_last_grants_with_its_own_policies() {
             .unwrap()
             .allowed
     );
+}
+
+#[test]
+fn epsilon_permits_release_with_privacy_and_scenarios_carry_budgets() {
+    let text = POLICIES.replace(
+        "@min_group(\"10\")",
+        "@min_group(\"10\")\n@epsilon(\"0.5\")\n@bounds(\"0,100\")",
+    ) + r#"
+@id("second")
+@epsilon("0.25")
+@bounds("50,500")
+permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"aggregate",
+        resource == Lake::Column::"hr.employees.diagnosis");
+"#;
+    let dir = folder(&text);
+    let schema = ADMIN_SCHEMA.replace(
+        "max_rows?: Long",
+        "max_rows?: Long, epsilon_budget?: decimal",
+    );
+    std::fs::write(dir.path().join("schema.cedarschema"), schema).unwrap();
+    let entities = ENTITIES.replace(
+        r#""purpose": "workforce statistics","#,
+        r#""purpose": "workforce statistics", "epsilon_budget": {"__extn": {"fn": "decimal", "arg": "2.5"}},"#,
+    );
+    std::fs::write(dir.path().join(ENTITIES_FILE), entities).unwrap();
+    let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    let g = set
+        .grant("alice", "hr-stats", "hr.employees", SystemTime::now())
+        .unwrap();
+    // The smallest ε of the determining permits, the narrowest bounds.
+    assert_eq!(
+        g.column("diagnosis"),
+        &ColumnTreatment::AggregateOnly {
+            min_group: 10,
+            privacy: Some(crate::Privacy {
+                epsilon: crate::Epsilon(250_000),
+                bounds: Some(crate::Bounds {
+                    lo: 50.0,
+                    hi: 100.0
+                }),
+            }),
+        }
+    );
+    assert_eq!(
+        set.scenario("hr-stats").unwrap().epsilon_budget,
+        Some(crate::Epsilon(2_500_000))
+    );
+    assert_eq!(set.scenario("old").unwrap().epsilon_budget, None);
 }
