@@ -99,6 +99,15 @@ impl DemoLake {
         let config = dir.join("lakegate.toml");
         if dir.join(MARKER).exists() && config.exists() {
             println!("reusing the demo lake in {}", dir.display());
+            let built = std::fs::read_to_string(dir.join(MARKER)).unwrap_or_default();
+            if built.trim() != format!("rows = {}", self.rows) {
+                // The lake is not rebuilt under a running or audited demo: say so.
+                println!(
+                    "  it was built with {}; --rows {} applies to a new --dir (or delete this one)",
+                    built.trim(),
+                    self.rows
+                );
+            }
             return Ok(config);
         }
         println!("building the demo lake in {} ...", dir.display());

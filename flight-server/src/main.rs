@@ -120,9 +120,12 @@ fn init_logging() {
             "warn,lakegate=info,flight_server=info,gateway=info,catalog=info,policy=info",
         )
     });
+    // Colours only for a person at a terminal, not in files or journals.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 
@@ -203,13 +206,23 @@ async fn run() -> anyhow::Result<()> {
             scenario,
             sql,
         } => {
-            let config = load(&config)?;
-            let gateway = gateway::Gateway::open(&config).await?;
-            let who = gateway::Principal {
-                user,
-                scenario: Some(scenario),
-            };
-            print!("{}", gateway.explain(&who, &sql).await?);
+            let mut config = load(&config)?;
+            // Explaining decides and plans but runs nothing and records nothing: it needs no
+            // audit trail, so it works beside a server that holds the folder.
+            let scratch =
+                std::env::temp_dir().join(format!("lakegate-explain-{}", uuid::Uuid::new_v4()));
+            config.audit.dir = scratch.clone();
+            let explained = async {
+                let gateway = gateway::Gateway::open(&config).await?;
+                let who = gateway::Principal {
+                    user,
+                    scenario: Some(scenario),
+                };
+                anyhow::Ok(gateway.explain(&who, &sql).await?)
+            }
+            .await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            print!("{}", explained?);
             Ok(())
         }
         Command::Audit {
@@ -228,13 +241,20 @@ async fn run() -> anyhow::Result<()> {
             scenario,
             month,
         } => {
+            if let Some(m) = &month {
+                let valid = m.len() == 7
+                    && m.as_bytes()[4] == b'-'
+                    && m[..4].bytes().all(|b| b.is_ascii_digit())
+                    && matches!(m[5..].parse::<u8>(), Ok(1..=12));
+                anyhow::ensure!(valid, "--month {m}: expected YYYY-MM, e.g. 2026-11");
+            }
             let config = load(&config)?;
             // A bill is only drawn from a trail that verifies.
             gateway::verify_audit(&config).await?;
             let rows =
                 gateway::audit::usage(&config.audit.dir, scenario.as_deref(), month.as_deref())?;
             println!(
-                "{:<10} {:<12} {:<24} {:>8} {:>8} {:>8} {:>10} {:>12} {:>10}",
+                "{:<10} {:<12} {:<24} {:>8} {:>8} {:>8} {:>10} {:>12} {:>10} {:>12} {:>10}",
                 "day",
                 "user",
                 "scenario",
@@ -243,12 +263,14 @@ async fn run() -> anyhow::Result<()> {
                 "review",
                 "rows",
                 "bytes",
-                "wall ms"
+                "wall ms",
+                "scanned",
+                "cpu ms"
             );
             let mut total = gateway::audit::UsageRow::default();
             for r in &rows {
                 println!(
-                    "{:<10} {:<12} {:<24} {:>8} {:>8} {:>8} {:>10} {:>12} {:>10}",
+                    "{:<10} {:<12} {:<24} {:>8} {:>8} {:>8} {:>10} {:>12} {:>10} {:>12} {:>10}",
                     r.day,
                     r.user,
                     r.scenario,
@@ -257,7 +279,9 @@ async fn run() -> anyhow::Result<()> {
                     r.review_refused,
                     r.rows_out,
                     r.bytes_out,
-                    r.wall_ms
+                    r.wall_ms,
+                    r.rows_scanned,
+                    r.cpu_ms
                 );
                 total.queries += r.queries;
                 total.refused += r.refused;
@@ -265,16 +289,20 @@ async fn run() -> anyhow::Result<()> {
                 total.rows_out += r.rows_out;
                 total.bytes_out += r.bytes_out;
                 total.wall_ms += r.wall_ms;
+                total.rows_scanned += r.rows_scanned;
+                total.cpu_ms += r.cpu_ms;
             }
             println!(
-                "{:<48} {:>8} {:>8} {:>8} {:>10} {:>12} {:>10}",
+                "{:<48} {:>8} {:>8} {:>8} {:>10} {:>12} {:>10} {:>12} {:>10}",
                 "total",
                 total.queries,
                 total.refused,
                 total.review_refused,
                 total.rows_out,
                 total.bytes_out,
-                total.wall_ms
+                total.wall_ms,
+                total.rows_scanned,
+                total.cpu_ms
             );
             Ok(())
         }

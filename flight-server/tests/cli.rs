@@ -41,6 +41,8 @@ fn demo_build_then_policy_check_and_schema() {
     assert!(out.contains("entity enterprises = {"), "{out}");
     assert!(out.contains("entity Scenario {"), "{out}");
 
+    // As while a server runs: the audit folder is held. Explaining needs no audit trail.
+    let held = gateway::audit::AuditLog::open(&dir.path().join("audit"), 1 << 20).unwrap();
     let (ok, out, err) = lakegate(&[
         "explain",
         "--config",
@@ -78,6 +80,20 @@ fn demo_build_then_policy_check_and_schema() {
         "{out}"
     );
     assert!(out.contains("refused: "), "{out}");
+    drop(held);
+
+    let (ok, _, err) = lakegate(&["usage", "--config", c, "--month", "2026-13"]);
+    assert!(!ok && err.contains("expected YYYY-MM"), "{err}");
+    let (ok, out, err) = lakegate(&["usage", "--config", c, "--month", "2026-12"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("scanned") && out.contains("cpu ms"), "{out}");
+
+    // Asking for another size of a reused lake says that it is not rebuilt.
+    let (ok, out, _) = lakegate(&["demo", "--dir", d, "--rows", "5000", "--build-only"]);
+    assert!(
+        ok && out.contains("--rows 5000 applies to a new --dir"),
+        "{out}"
+    );
 
     // A policy that does not validate is reported with file, line and id, and fails the check.
     let policies = dir.path().join("policies/policies.cedar");
