@@ -354,6 +354,43 @@ impl Gateway {
         }
     }
 
+    /// `error` with a "did you mean" when it names a table that is not found and a table the
+    /// principal may see is spelt nearly so. Only visible tables are suggested, so a denied
+    /// table's error stays the same as a misspelt one's.
+    async fn suggest_table(&self, who: &Principal, error: GatewayError) -> GatewayError {
+        let GatewayError::Sql(e) = &error else {
+            return error;
+        };
+        let text = e.strip_backtrace();
+        let Some(name) = text
+            .split_once("table '")
+            .and_then(|(_, rest)| rest.split_once("' not found"))
+            .map(|(name, _)| name.to_string())
+        else {
+            return error;
+        };
+        let Ok(visible) = self.visible_tables(who).await else {
+            return error;
+        };
+        let asked = name.strip_prefix("lake.").unwrap_or(&name).to_lowercase();
+        let best = visible
+            .iter()
+            .map(|t| t.table.to_string())
+            .map(|t| {
+                let d = datafusion::common::utils::datafusion_strsim::levenshtein(&asked, &t);
+                (d, t)
+            })
+            .filter(|(d, t)| *d > 0 && *d <= (t.len() / 4).max(2))
+            .min();
+        match best {
+            Some((_, t)) => GatewayError::Sql(datafusion::error::DataFusionError::Plan(format!(
+                "{}; did you mean {t}?",
+                text.trim_start_matches("Error during planning: ")
+            ))),
+            None => error,
+        }
+    }
+
     /// Records a metadata request (GetDbSchemas, GetTables) that lists the lake for `who`:
     /// what was asked, how many entries were listed, or why it failed.
     pub fn record_metadata(
@@ -458,10 +495,14 @@ impl Gateway {
             (*r.catalog == *LAKE_CATALOG).then(|| TableRef::new(&*r.schema, &*r.table))
         }))
         .await;
-        let plan = state
-            .statement_to_plan(statement)
-            .await
-            .map_err(GatewayError::from_planning)?;
+        let plan = match state.statement_to_plan(statement).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                return Err(self
+                    .suggest_table(who, GatewayError::from_planning(e))
+                    .await)
+            }
+        };
         statement::verify_read_plan(&plan)?;
         let suppressed = aggregate_only::Suppressed::default();
         let plan = aggregate_only::enforce(plan, &suppressed)?;

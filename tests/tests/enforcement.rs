@@ -164,6 +164,27 @@ async fn hidden_columns_do_not_exist() {
         raw_values("SELECT DISTINCT person_name FROM social_security.contributions").await;
     assert_no_canary("SELECT *", &pretty(&all), &raw_names);
 
+    // A misspelt table gets a suggestion among the tables the banker may see; a table of
+    // another scenario gets exactly the error of a table that does not exist.
+    let misspelt = query(&mut c, "SELECT * FROM market.penaltys")
+        .await
+        .unwrap_err();
+    assert!(
+        misspelt.contains("did you mean market.penalties?"),
+        "{misspelt}"
+    );
+    let denied = query(&mut c, "SELECT * FROM health.visits")
+        .await
+        .unwrap_err();
+    let absent = query(&mut c, "SELECT * FROM health.nothing")
+        .await
+        .unwrap_err();
+    assert!(!denied.contains("did you mean"), "{denied}");
+    assert_eq!(
+        denied.replace("health.visits", "T"),
+        absent.replace("health.nothing", "T")
+    );
+
     // Metadata shows the table as served: no hidden column, the hash typed as text.
     let info = c
         .get_tables(CommandGetTables {
