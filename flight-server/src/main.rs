@@ -192,6 +192,9 @@ async fn run() -> anyhow::Result<()> {
                     set.policy_count(),
                     set.hash()
                 );
+                for w in set.warnings() {
+                    println!("warning: {w}");
+                }
                 Ok(())
             }
             PolicyCommand::Schema { config } => {

@@ -34,6 +34,28 @@ fn demo_build_then_policy_check_and_schema() {
     let (ok, out, err) = lakegate(&["policy", "check", "--config", c]);
     assert!(ok, "{out}{err}");
     assert!(out.starts_with("ok: 18 policies validate"), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+
+    // A misspelt column validates, and is warned about with its file and line.
+    let policies = dir.path().join("policies").join("policies.cedar");
+    let good = std::fs::read_to_string(&policies).unwrap();
+    let typo = format!(
+        "{good}\n@id(\"typo\")\npermit (principal, action == Lake::Action::\"read_column\", resource == Lake::Column::\"health.visits.diagnosys\");\n"
+    );
+    std::fs::write(&policies, &typo).unwrap();
+    let (ok, out, err) = lakegate(&["policy", "check", "--config", c]);
+    let line = typo
+        .lines()
+        .position(|l| l.contains("@id(\"typo\")"))
+        .unwrap()
+        + 1;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("warning: {}:{line}:", policies.display()))
+            && out.contains("health.visits.diagnosys\", which is no column"),
+        "{out}"
+    );
+    std::fs::write(&policies, &good).unwrap();
 
     let (ok, out, err) = lakegate(&["policy", "schema", "--config", c]);
     assert!(ok, "{err}");

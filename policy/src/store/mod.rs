@@ -18,6 +18,7 @@ use crate::lake_schema::{generate_schema, row_type, LakeDescription, TableDescri
 use crate::predicate::{self, Predicate};
 use crate::{Mask, PolicyError};
 
+mod lint;
 mod slice;
 
 use slice::{Reaches, Requester};
@@ -197,6 +198,8 @@ pub struct PolicySet {
     /// Memo entries held by this set's [`ActionSet`]s.
     memo_budget: Budget,
     tables: BTreeMap<String, TableDescription>,
+    /// What validated but looks wrong (`lint`): names of nothing, masks of the wrong type.
+    warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -496,7 +499,7 @@ impl PolicySet {
             })?;
 
         let reach = Reaches::new(&policies);
-        let actions = slice::action_uids()
+        let actions: Vec<(EntityUid, Option<HashSet<EntityUid>>)> = slice::action_uids()
             .into_iter()
             .map(|a| {
                 let ancestors = entities.ancestors(&a).map(|i| i.cloned().collect());
@@ -504,7 +507,23 @@ impl PolicySet {
             })
             .collect();
 
+        let warnings = lint::warnings(&lint::Loaded {
+            policies: &policies,
+            origin: &origin,
+            sources: &sources,
+            entities: &entities_src,
+            masks: &masks,
+            lake,
+            schema: &schema,
+            partial_entities: &partial_entities,
+            read_masked: &actions[READ_MASKED].0,
+        });
+        for w in &warnings {
+            tracing::warn!("policy: {w}");
+        }
+
         Ok(PolicySet {
+            warnings,
             schema,
             schema_text,
             policies,
@@ -536,6 +555,11 @@ impl PolicySet {
     /// SHA-256 of the schema, policies and entities: names this set in audit records.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// Mistakes that validate but grant nothing or fail queries, each `file:line: message`.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// How many policies the set holds.

@@ -713,3 +713,61 @@ permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"aggregat
     );
     assert_eq!(set.scenario("old").unwrap().epsilon_budget, None);
 }
+
+#[test]
+fn names_of_nothing_and_masks_of_the_wrong_type_are_warned_with_file_and_line() {
+    let text = format!(
+        "{POLICIES}
+@id(\"typo-column\")
+permit (principal, action == Lake::Action::\"read_column\", resource == Lake::Column::\"hr.employees.diagnosys\");
+
+@id(\"typo-table\")
+permit (principal, action == Lake::Action::\"query\", resource)
+when {{ resource == Lake::Table::\"hr.employes\" }};
+
+@id(\"year-on-names\")
+@mask(\"year\")
+permit (principal, action == Lake::Action::\"read_masked\", resource)
+when {{ resource.name == \"name\" }};
+"
+    );
+    let dir = folder(&text);
+    let entities = ENTITIES.replace(
+        r#""tables": [{"__entity": {"type": "Lake::Table", "id": "hr.employees"}}]},
+   "parents": []},
+  {"uid": {"type": "Lake::Scenario", "id": "old"},"#,
+        r#""tables": [{"__entity": {"type": "Lake::Table", "id": "hr.payrol"}}]},
+   "parents": []},
+  {"uid": {"type": "Lake::Scenario", "id": "old"},"#,
+    );
+    assert_ne!(entities, ENTITIES);
+    std::fs::write(dir.path().join(ENTITIES_FILE), entities).unwrap();
+    let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    let w = set.warnings().join("\n");
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert!(
+        w.contains(&format!(
+            "policies.cedar:{}:",
+            line_of("@id(\"typo-column\")")
+        )) && w.contains("Lake::Column::\"hr.employees.diagnosys\", which is no column"),
+        "{w}"
+    );
+    assert!(
+        w.contains("Lake::Table::\"hr.employes\", which is no table"),
+        "{w}"
+    );
+    assert!(
+        w.contains("entities.json:") && w.contains("Lake::Table::\"hr.payrol\" is no table"),
+        "{w}"
+    );
+    // Only the column the permit reaches: `name` in both tables, nothing else.
+    assert!(
+        w.contains("@mask(\"year\") cannot mask hr.employees.name (Utf8)"),
+        "{w}"
+    );
+    assert!(!w.contains("cannot mask hr.employees.salary"), "{w}");
+    assert_eq!(w.matches("cannot mask").count(), 2, "{w}");
+    // The contract's example has nothing to warn about.
+    let clean = PolicySet::load(folder(POLICIES).path(), &hr_lake()).unwrap();
+    assert!(clean.warnings().is_empty(), "{:?}", clean.warnings());
+}
