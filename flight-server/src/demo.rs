@@ -39,7 +39,7 @@ pub struct DemoUser {
 }
 
 /// The demo users.
-pub const USERS: [DemoUser; 4] = [
+pub const USERS: [DemoUser; 5] = [
     DemoUser {
         name: "insurer",
         password: "insurer-demo",
@@ -63,6 +63,12 @@ pub const USERS: [DemoUser; 4] = [
         password: "regulator-demo",
         scenario: "supervision",
         role: "data bureau regulator",
+    },
+    DemoUser {
+        name: "statistician",
+        password: "statistician-demo",
+        scenario: "health-statistics",
+        role: "public-health statistician; diagnoses with differential privacy",
     },
 ];
 
@@ -134,10 +140,6 @@ pub fn connection_help(addr: &str) -> String {
             u.name, u.password, u.scenario, u.role
         ));
     }
-    s.push_str(
-        "  insurer may also choose scenario health-statistics: diagnoses with differential privacy\n  \
-         (noisy counts, ε=0.5 per query from an epsilon_budget of 10)\n",
-    );
     s.push_str(&format!(
         r#"
 Connect from Python (pip install adbc-driver-flightsql pyarrow):
@@ -761,16 +763,24 @@ permit (principal in Lake::Role::"underwriter", action == Lake::Action::"aggrega
         resource == Lake::Column::"health.visits.diagnosis")
 when { context.scenario == Lake::Scenario::"insurance-underwriting" };
 
-// Under the public-health statistics scenario the diagnoses are released with differential
-// privacy: each query spends ε = 0.5 of the scenario's epsilon_budget, counts carry noise and
-// groups appear by a noisy threshold, so comparing queries (differencing) tells nothing sure
-// about one patient.
-@id("insurer-diagnoses-private")
-@min_group("10")
+// ---- Public-health statistics: diagnoses with differential privacy ------------------------
+// Another operator than the insurer: whoever may also count diagnoses exactly (the k rule) could
+// difference the noisy counts away. Each query spends ε = 0.5 of the scenario's epsilon_budget;
+// counts carry noise and groups appear by a noisy threshold, so comparing queries tells nothing
+// sure about one patient.
+@id("statistician-columns")
+permit (principal in Lake::Role::"statistician", action == Lake::Action::"read_column", resource)
+when { resource in Lake::Table::"health.visits" && ["district", "hospital"].contains(resource.name) };
+
+@id("statistician-visit-year")
+@mask("year")
+permit (principal in Lake::Role::"statistician", action == Lake::Action::"read_masked",
+        resource == Lake::Column::"health.visits.visit_date");
+
+@id("statistician-diagnoses-private")
 @epsilon("0.5")
-permit (principal in Lake::Role::"underwriter", action == Lake::Action::"aggregate",
-        resource == Lake::Column::"health.visits.diagnosis")
-when { context.scenario == Lake::Scenario::"health-statistics" };
+permit (principal in Lake::Role::"statistician", action == Lake::Action::"aggregate",
+        resource == Lake::Column::"health.visits.diagnosis");
 
 @id("insurer-identities-hashed")
 @mask("hash")
@@ -847,7 +857,7 @@ fn entities() -> serde_json::Value {
     let mut health_statistics = scenario(
         "health-statistics",
         "public-health statistics: diagnoses with differential privacy",
-        "taiping_insurance",
+        "public_health_institute",
         &["health.visits"],
         "2030-12-31T23:59:59Z",
     );
@@ -858,10 +868,12 @@ fn entities() -> serde_json::Value {
         org("city_commercial_bank"),
         org("haidian_district_office"),
         org("data_bureau"),
+        org("public_health_institute"),
         role("underwriter"),
         role("credit_analyst"),
         role("district_officer"),
         role("regulator"),
+        role("statistician"),
         user("insurer", "Haidian", "underwriter", "taiping_insurance"),
         user(
             "banker",
@@ -876,6 +888,12 @@ fn entities() -> serde_json::Value {
             "haidian_district_office"
         ),
         user("regulator", "Dongcheng", "regulator", "data_bureau"),
+        user(
+            "statistician",
+            "Dongcheng",
+            "statistician",
+            "public_health_institute"
+        ),
         scenario(
             "insurance-underwriting",
             "health insurance underwriting: medical history statistics",

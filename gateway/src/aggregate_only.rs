@@ -147,7 +147,8 @@ fn as_secure(p: &Arc<dyn datafusion::catalog::TableProvider>) -> &SecureTable {
 /// minimum-group check. `outer` is the taint of the enclosing query, for correlated subqueries.
 struct Checker {
     /// Aggregates needing a k check, by their output schema (unique per node).
-    needs_check: Vec<DFSchemaRef>,
+    /// Each with the aggregate-only columns it consumes, as its expressions name them.
+    needs_check: Vec<(DFSchemaRef, Vec<Column>)>,
     /// Aggregates with a release above them (on an optimized plan), by output schema.
     released: Vec<DFSchemaRef>,
 }
@@ -402,14 +403,18 @@ impl Checker {
 
     fn aggregate(&mut self, a: &Aggregate, t: &Taint) -> Result<Taint, GatewayError> {
         let mut consumes = false;
+        let mut consumed: Vec<Column> = Vec::new();
         for g in &a.group_expr {
             if let Expr::GroupingSet(_) = g {
                 if let Some((c, o)) = tainted_in(g, t).or_else(|| t.iter().next()) {
                     return Err(refuse("ROLLUP, CUBE and GROUPING SETS are refused", c, o));
                 }
             }
-            match bare_column(g).and_then(|c| lookup(t, c)) {
-                Some(_) => consumes = true,
+            match bare_column(g).filter(|c| lookup(t, c).is_some()) {
+                Some(c) => {
+                    consumes = true;
+                    consumed.push(c.clone());
+                }
                 None => {
                     if let Some((c, o)) = tainted_in(g, t) {
                         return Err(refuse("only the bare column may be a GROUP BY key", c, o));
@@ -459,6 +464,7 @@ impl Checker {
                     ));
                 }
                 consumes = true;
+                consumed.extend(params.args.iter().filter_map(bare_column).cloned());
             }
         }
         if consumes {
@@ -492,7 +498,7 @@ impl Checker {
                     o,
                 ));
             }
-            self.needs_check.push(a.schema.clone());
+            self.needs_check.push((a.schema.clone(), consumed));
         }
         Ok(Taint::new())
     }
@@ -655,7 +661,7 @@ pub(crate) fn verify(plan: &LogicalPlan) -> Result<(), GatewayError> {
     let unreleased = checker
         .needs_check
         .iter()
-        .any(|s| !checker.released.iter().any(|r| Arc::ptr_eq(r, s) || r == s));
+        .any(|(s, _)| !checker.released.iter().any(|r| Arc::ptr_eq(r, s) || r == s));
     if unreleased {
         return Err(GatewayError::AggregateOnly(
             "an aggregate-only column would be released without its minimum-group check; the query is refused"
@@ -726,7 +732,7 @@ fn safe_aggregates(plan: &LogicalPlan) -> Result<(), GatewayError> {
 
 fn rewrite(
     node: LogicalPlan,
-    needs: &[DFSchemaRef],
+    needs: &[(DFSchemaRef, Vec<Column>)],
     suppressed: &Suppressed,
 ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
     match node {
@@ -755,12 +761,17 @@ fn rewrite(
                     .build()?;
             Ok(Transformed::yes(LogicalPlan::TableScan(new)))
         }
-        LogicalPlan::Aggregate(a)
-            if needs
+        LogicalPlan::Aggregate(a) => {
+            let consumed = needs
                 .iter()
-                .any(|s| Arc::ptr_eq(s, &a.schema) || **s == *a.schema) =>
-        {
-            Ok(Transformed::yes(min_group_check(a, suppressed)?))
+                .find(|(s, _)| Arc::ptr_eq(s, &a.schema) || **s == *a.schema)
+                .map(|(_, c)| c.clone());
+            match consumed {
+                Some(consumed) => Ok(Transformed::yes(min_group_check(a, &consumed, suppressed)?)),
+                None => Ok(Transformed::yes(
+                    LogicalPlan::Aggregate(a).recompute_schema()?,
+                )),
+            }
         }
         other => {
             // Schemas above a rewritten scan gain the subject column where they pass all
@@ -774,9 +785,26 @@ fn rewrite(
 /// differentially private release when the table has an `@epsilon` column.
 fn min_group_check(
     a: Aggregate,
+    consumed: &[Column],
     suppressed: &Suppressed,
 ) -> datafusion::error::Result<LogicalPlan> {
     let input_schema = a.input.schema().clone();
+    let tables = collect_tables(&a.input);
+    // Every aggregate-only column it releases comes with the subject key of its own table:
+    // counting another table's subjects (a cross join with a subquery that selects one
+    // person's value) would release one person as a large group.
+    for c in consumed {
+        let covered = c.relation.as_ref().is_some_and(|q| {
+            tables.contains_key(q)
+                && input_schema.has_column(&Column::new(Some(q.clone()), SUBJECT_COLUMN))
+        });
+        if !covered {
+            return Err(DataFusionError::Plan(format!(
+                "aggregate-only column {} must be aggregated directly over its table (through joins and aliases, not through a subquery that selects columns)",
+                c.flat_name()
+            )));
+        }
+    }
     // Which scans' aggregate-only columns does this aggregate read, and their k.
     let mut scans: HashMap<TableReference, u64> = HashMap::new();
     let mut visit = |e: &Expr| {
@@ -788,7 +816,6 @@ fn min_group_check(
     };
     a.group_expr.iter().chain(&a.aggr_expr).for_each(&mut visit);
     // Keep the scans that carry a subject column; k comes from the secure tables below.
-    let tables = collect_tables(&a.input);
     let mut checks = Vec::new();
     for (q, _) in scans {
         if let Some(info) = tables.get(&q) {
@@ -906,6 +933,9 @@ fn dp_release(
         };
         let p = format!("{DP_PREFIX}{i}");
         let measure = match name.as_str() {
+            "count" if matches!(&arg, Expr::Literal(v, _) if v.is_null()) => {
+                return Err(dp_refuse(&info.table, "count(NULL) counts nothing"));
+            }
             "count" if matches!(arg, Expr::Literal(..)) => Measure::Subjects,
             "count" => {
                 partials.push(count(arg.clone()).alias(&p));

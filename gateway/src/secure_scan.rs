@@ -72,6 +72,15 @@ impl SecureTable {
         let mut served = Vec::new();
         let mut fields = Vec::new();
         for (i, field) in snapshot.schema.fields().iter().enumerate() {
+            if field
+                .name()
+                .to_ascii_lowercase()
+                .starts_with(crate::statement::RESERVED_PREFIX)
+            {
+                // A stored column with lakegate's own prefix could pass for the subject key:
+                // it is never served.
+                continue;
+            }
             match grant.column(field.name()) {
                 ColumnTreatment::Raw => {
                     served.push(ServedColumn {

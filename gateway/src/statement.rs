@@ -182,8 +182,42 @@ fn parse_and_bound(sql: &str, limits: StatementLimits) -> Result<Statement, Gate
     }
     let mut statement = statements.pop_front().expect("one statement");
     check_read_only(&statement)?;
+    check_reserved_names(&statement)?;
     number_placeholders(&mut statement)?;
     Ok(statement)
+}
+
+/// The prefix of the columns lakegate adds to plans (the subject key, hidden counts, partial
+/// aggregates). Users may not write it: an alias `__lakegate_subject` would stand in for the
+/// subject key that minimum-group and differentially private releases count.
+pub(crate) const RESERVED_PREFIX: &str = "__lakegate";
+
+/// Refuses a statement that names anything (column, alias, table, CTE) with
+/// [`RESERVED_PREFIX`], quoted or not, in any letter case. Checked on the statement's canonical
+/// text, whose every identifier is a word token; text that would not tokenize is refused.
+fn check_reserved_names(statement: &Statement) -> Result<(), GatewayError> {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let text = statement.to_string();
+    let tokens = Tokenizer::new(&GenericDialect {}, &text)
+        .tokenize()
+        .map_err(|e| {
+            GatewayError::Sql(datafusion::error::DataFusionError::Plan(format!(
+                "the statement cannot be checked for reserved names: {e}"
+            )))
+        })?;
+    for token in tokens {
+        if let Token::Word(w) = token {
+            if w.value.to_ascii_lowercase().starts_with(RESERVED_PREFIX) {
+                return Err(GatewayError::Sql(datafusion::error::DataFusionError::Plan(
+                    format!(
+                        "`{}`: names starting with {RESERVED_PREFIX} are reserved for lakegate's own columns; choose another name",
+                        w.value
+                    ),
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_read_only(statement: &Statement) -> Result<(), GatewayError> {

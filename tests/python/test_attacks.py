@@ -139,6 +139,7 @@ DEMO_USERS = [
     ("banker", "bank-credit", "SELECT count(*) FROM market.enterprises"),
     ("officer", "district-services", "SELECT count(*) FROM health.visits"),
     ("regulator", "supervision", "SELECT count(*) FROM market.penalties"),
+    ("statistician", "health-statistics", "SELECT count(*) FROM health.visits"),
 ]
 
 

@@ -429,3 +429,52 @@ async fn decisions_hold_at_execution_not_only_at_planning() {
     let err = fetch(&mut c, ticket).await.unwrap_err();
     assert!(err.contains("not found"), "{err}");
 }
+
+/// Found by review of the differentially private release, and a hole of the k rule as well:
+/// a released aggregate-only value must be counted by the subjects of its own table, never by
+/// another table's (a cross join with a subquery that selects one person's value), and no user
+/// name may stand in for the subject key.
+#[tokio::test]
+async fn a_release_counts_the_subjects_of_the_value_it_releases() {
+    let (_dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server).await;
+    for sql in [
+        // Person 45 has CANARY-DX-RARE, a group of 3: counted by `a`'s 47 subjects it would pass.
+        "SELECT b.diagnosis, count(a.id) AS n FROM hr.employees a \
+         CROSS JOIN (SELECT diagnosis FROM hr.employees WHERE id = 45) b GROUP BY b.diagnosis",
+        "WITH b AS (SELECT diagnosis FROM hr.employees WHERE id = 45) \
+         SELECT b.diagnosis, count(*) FROM hr.employees a, b GROUP BY b.diagnosis",
+        "SELECT b.diagnosis, count(*) FROM hr.employees a JOIN \
+         (SELECT district, diagnosis FROM hr.employees WHERE id = 45) b ON a.district = b.district \
+         GROUP BY b.diagnosis",
+        "SELECT b.id, b.diagnosis, count(*) FROM hr.employees a CROSS JOIN \
+         (SELECT id, diagnosis FROM hr.employees) b GROUP BY b.id, b.diagnosis",
+        "SELECT count(DISTINCT b.diagnosis) FROM hr.employees a CROSS JOIN \
+         (SELECT diagnosis FROM hr.employees WHERE id > 40) b",
+    ] {
+        let text = seen(&mut c, sql).await;
+        no_canary(sql, &text);
+        assert!(
+            text.contains("must be aggregated directly over its table"),
+            "{sql}:\n{text}"
+        );
+    }
+    for sql in [
+        "SELECT s.d FROM (SELECT e.diagnosis AS d, g.value AS __lakegate_subject \
+         FROM hr.employees e CROSS JOIN generate_series(1, 100) g) s GROUP BY s.d",
+        "SELECT s.d, count(*) FROM (SELECT diagnosis AS d, id AS \"__LAKEGATE_SUBJECT\" \
+         FROM hr.employees) s GROUP BY s.d",
+        "SELECT diagnosis AS __lakegate_k0 FROM hr.employees GROUP BY diagnosis",
+        "WITH __lakegate_x AS (SELECT 1) SELECT * FROM __lakegate_x",
+    ] {
+        let text = seen(&mut c, sql).await;
+        no_canary(sql, &text);
+        assert!(text.contains("reserved for lakegate"), "{sql}:\n{text}");
+    }
+    // Strings may say anything.
+    let got = query(&mut c, "SELECT '__lakegate_subject' AS s")
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&got, 0), ["__lakegate_subject"]);
+}
