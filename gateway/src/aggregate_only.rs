@@ -794,10 +794,10 @@ fn min_group_check(
     // counting another table's subjects (a cross join with a subquery that selects one
     // person's value) would release one person as a large group.
     for c in consumed {
-        let covered = c.relation.as_ref().is_some_and(|q| {
-            tables.contains_key(q)
-                && input_schema.has_column(&Column::new(Some(q.clone()), SUBJECT_COLUMN))
-        });
+        let covered = c
+            .relation
+            .as_ref()
+            .is_some_and(|q| tables.contains_key(q) && has_subject(&input_schema, q));
         if !covered {
             return Err(DataFusionError::Plan(format!(
                 "aggregate-only column {} must be aggregated directly over its table (through joins and aliases, not through a subquery that selects columns)",
@@ -820,7 +820,7 @@ fn min_group_check(
     for (q, _) in scans {
         if let Some(info) = tables.get(&q) {
             let subject = Column::new(Some(q.clone()), SUBJECT_COLUMN);
-            if input_schema.has_column(&subject) {
+            if has_subject(&input_schema, &q) {
                 checks.push((subject, info));
             }
         }
@@ -861,6 +861,14 @@ fn min_group_check(
         suppressed.clone(),
     )?
     .into_plan())
+}
+
+/// Whether `schema` carries the subject column of the secure scan behind qualifier `q` (by its
+/// mark, not its name).
+fn has_subject(schema: &DFSchemaRef, q: &TableReference) -> bool {
+    schema
+        .qualified_field_with_name(Some(q), SUBJECT_COLUMN)
+        .is_ok_and(|(_, f)| crate::secure_scan::is_subject_field(f))
 }
 
 fn dp_refuse(table: &str, why: &str) -> DataFusionError {

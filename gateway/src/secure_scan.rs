@@ -38,6 +38,22 @@ use crate::secure_exec::{ScanSpec, SecureScanExec};
 /// subject key. User SQL cannot name it (it is not in the table's schema at planning time).
 pub const SUBJECT_COLUMN: &str = "__lakegate_subject";
 
+/// The field metadata key that marks the subject column the secure scan serves.
+const SUBJECT_MARK_KEY: &str = "lakegate.subject";
+
+/// A secret of this process, put on the served subject column's field: a column the user made
+/// and named so (by any means) does not carry it, so it cannot pass for the subject key.
+fn subject_mark() -> &'static str {
+    static MARK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MARK.get_or_init(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Whether `field` is the subject column served by a secure scan of this process.
+pub(crate) fn is_subject_field(field: &Field) -> bool {
+    field.name() == SUBJECT_COLUMN
+        && field.metadata().get(SUBJECT_MARK_KEY).map(String::as_str) == Some(subject_mark())
+}
+
 /// One served column: where it comes from in the raw table and how it is treated.
 #[derive(Debug, Clone)]
 struct ServedColumn {
@@ -198,11 +214,14 @@ impl SecureTable {
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
-        fields.push(Field::new(
-            SUBJECT_COLUMN,
-            self.snapshot.schema.field(raw_index).data_type().clone(),
-            true,
-        ));
+        fields.push(
+            Field::new(
+                SUBJECT_COLUMN,
+                self.snapshot.schema.field(raw_index).data_type().clone(),
+                true,
+            )
+            .with_metadata([(SUBJECT_MARK_KEY.to_string(), subject_mark().to_string())].into()),
+        );
         Ok(Self {
             snapshot: self.snapshot.clone(),
             grant: self.grant.clone(),

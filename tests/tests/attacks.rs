@@ -472,6 +472,18 @@ async fn a_release_counts_the_subjects_of_the_value_it_releases() {
         no_canary(sql, &text);
         assert!(text.contains("reserved for lakegate"), "{sql}:\n{text}");
     }
+    // A column named so by other means than an identifier (a struct field's name, unnested)
+    // does not carry the secure scan's mark: it is not the subject key.
+    for sql in [
+        "SELECT q.d, count(*) FROM (SELECT diagnosis AS d, unnest(named_struct('__lakegate_subject', id)) \
+         FROM hr.employees) q GROUP BY q.d",
+        "SELECT q.d, count(*) FROM (SELECT diagnosis AS d, unnest(named_struct('__lakegate_subject', g.value)) \
+         FROM hr.employees CROSS JOIN generate_series(1, 50) g WHERE id = 45) q GROUP BY q.d",
+    ] {
+        let text = seen(&mut c, sql).await;
+        no_canary(sql, &text);
+        assert!(text.contains("ERROR"), "{sql}:\n{text}");
+    }
     // Strings may say anything.
     let got = query(&mut c, "SELECT '__lakegate_subject' AS s")
         .await
