@@ -14,5 +14,5 @@ mod server;
 mod service;
 pub mod session_options;
 
-pub use server::{serve, Server};
+pub use server::{serve, shutdown_signal, Server};
 pub use service::{LakegateService, SCENARIO_HEADER, SCENARIO_OPTION};

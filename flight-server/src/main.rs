@@ -177,11 +177,7 @@ async fn run() -> anyhow::Result<()> {
             let config = load(&path)?;
             let server = flight_server::Server::bind(&config, listen).await?;
             println!("{}", connection_help(&server.local_addr()?.to_string()));
-            server
-                .run(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
-                .await
+            server.run(flight_server::shutdown_signal()).await
         }
         Command::Policy { command } => match command {
             PolicyCommand::Check { config } => {

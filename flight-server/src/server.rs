@@ -23,6 +23,9 @@ pub struct Server {
     anchor_interval: Duration,
 }
 
+/// How long running calls may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// How often the policy folder is checked for changes.
 const POLICY_POLL: Duration = Duration::from_secs(2);
 
@@ -58,32 +61,76 @@ impl Server {
         tracing::info!(%addr, "lakegate listening");
         let reloader = tokio::spawn(reload_policies(self.gateway.clone()));
         let anchorer = tokio::spawn(anchor_audit(self.gateway.clone(), self.anchor_interval));
-        tonic::transport::Server::builder()
+        // Once `shutdown` fires, tonic stops accepting and lets running calls finish; past the
+        // grace period the rest are dropped (their streams record `cancelled`).
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let signal = {
+            let stopping = stopping.clone();
+            async move {
+                shutdown.await;
+                stopping.notify_one();
+            }
+        };
+        let serving = tonic::transport::Server::builder()
             .add_service(
                 FlightServiceServer::new(self.service)
                     .max_decoding_message_size(64 * 1024 * 1024)
                     .max_encoding_message_size(64 * 1024 * 1024),
             )
-            .serve_with_incoming_shutdown(no_delay(self.listener), shutdown)
-            .await?;
+            .serve_with_incoming_shutdown(no_delay(self.listener), signal);
+        let drained = tokio::select! {
+            served = serving => {
+                served?;
+                true
+            }
+            _ = async {
+                stopping.notified().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "grace period over: cancelling the calls still running");
+                false
+            }
+        };
         reloader.abort();
         anchorer.abort();
         // A last anchor on a clean shutdown.
-        if let Err(e) = self.gateway.anchor_audit(true).await {
-            tracing::error!("cannot anchor the audit trail: {e}");
-        }
+        let anchored = match self.gateway.anchor_audit(true).await {
+            Ok(a) => a.map(|a| a.seq),
+            Err(e) => {
+                tracing::error!("cannot anchor the audit trail: {e}");
+                None
+            }
+        };
+        let (head, _) = self.gateway.audit_log().head();
+        tracing::info!(drained, audit_head = head.seq, anchored = ?anchored, "lakegate stopped");
         Ok(())
     }
 }
 
-/// Binds and serves until Ctrl-C.
+/// Binds and serves until SIGTERM or SIGINT (Ctrl-C).
 pub async fn serve(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let server = Server::bind(config, listen).await?;
-    server
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    server.run(shutdown_signal()).await
+}
+
+/// Resolves on SIGTERM (what service managers send) or SIGINT, and says which.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let sigterm = async {
+        match term.as_mut() {
+            Some(t) => t.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    let name = tokio::select! {
+        _ = sigterm => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    };
+    tracing::info!(
+        grace_secs = SHUTDOWN_GRACE.as_secs(),
+        "{name}: no new calls; draining the running ones"
+    );
 }
 
 /// Reloads the policy folder when its files change, and on SIGHUP.

@@ -200,3 +200,62 @@ fn audit_verify_checks_the_chain_and_names_the_first_bad_record() {
         "{err}"
     );
 }
+
+#[test]
+fn sigterm_drains_and_says_so() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (ok, out, err) = lakegate(&["demo", "--dir", d, "--rows", "1000", "--build-only"]);
+    assert!(ok, "{out}{err}");
+    let config = dir.path().join("lakegate.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lakegate"))
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("LAKEGATE_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines
+        .by_ref()
+        .take(50)
+        .any(|l| l.is_ok_and(|l| l.contains("lakegate listening on"))));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed().as_secs() < 40,
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains("SIGTERM: no new calls"), "{log}");
+    assert!(
+        log.contains("lakegate stopped") && log.contains("drained=true"),
+        "{log}"
+    );
+    // No colours in a log that is not a terminal.
+    assert!(!log.contains('\u{1b}'), "{log}");
+}
