@@ -71,7 +71,25 @@ impl Server {
                 stopping.notify_one();
             }
         };
+        // grpc.health.v1: the server ("") and the Flight service report SERVING until shutdown.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<FlightServiceServer<LakegateService>>()
+            .await;
+        let signal = {
+            let health = health.clone();
+            async move {
+                signal.await;
+                health
+                    .set_not_serving::<FlightServiceServer<LakegateService>>()
+                    .await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+        };
         let serving = tonic::transport::Server::builder()
+            .add_service(health_service)
             .add_service(
                 FlightServiceServer::new(self.service)
                     .max_decoding_message_size(64 * 1024 * 1024)
