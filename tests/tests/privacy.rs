@@ -73,7 +73,8 @@ async fn noisy_releases_say_so_and_never_show_a_small_group() {
             }
         }
     }
-    assert!(seen.len() > 3, "counts carry no noise: {seen:?}");
+    // Discrete Laplace of scale 1 is 0 with chance 0.46: 20 equal draws have chance ~2e-7.
+    assert!(seen.len() > 1, "counts carry no noise: {seen:?}");
 
     // Sums and averages are clamped and noisy; a mean stays within the bounds.
     let b = query(
@@ -99,7 +100,7 @@ async fn noisy_releases_say_so_and_never_show_a_small_group() {
     // A global aggregate over a private column is always answered, with noise and no
     // threshold; one that reads no aggregate-only column is plain row access.
     let mut totals = std::collections::HashSet::new();
-    for _ in 0..5 {
+    for _ in 0..20 {
         let b = query(&mut c, "SELECT count(diagnosis) FROM hr.employees")
             .await
             .unwrap();
