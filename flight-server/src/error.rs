@@ -12,7 +12,8 @@ pub fn to_status(e: GatewayError) -> Status {
         other => other.to_string(),
     };
     match e {
-        GatewayError::NoScenario => Status::failed_precondition(text),
+        // Not FAILED_PRECONDITION: ADBC drivers report that as UNKNOWN.
+        GatewayError::NoScenario => Status::invalid_argument(text),
         GatewayError::UnknownScenario(_) => Status::invalid_argument(text),
         GatewayError::ReadOnly(_) | GatewayError::AggregateOnly(_) => {
             Status::permission_denied(text)

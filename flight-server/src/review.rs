@@ -3,7 +3,7 @@
 //! the audit trail when it ends — completed, failed, refused by review, or cancelled.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -15,6 +15,7 @@ use tonic::Status;
 use gateway::{scan_metrics, Completion, Gateway, GatewayError, Query};
 
 use crate::error::to_status;
+use crate::limits::Slot;
 use crate::service::DoGetStream;
 
 /// A completion with nothing sent.
@@ -51,6 +52,15 @@ struct Recorder {
     plan: Arc<dyn ExecutionPlan>,
     started: Instant,
     progress: Arc<Mutex<Progress>>,
+    /// Held until the record is written: the query counts as running until then.
+    _slot: Slot,
+}
+
+/// A query as it starts: when, for how long at most, and its place among the running ones.
+pub(crate) struct Running {
+    pub(crate) started: Instant,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) slot: Slot,
 }
 
 impl Drop for Recorder {
@@ -88,8 +98,13 @@ pub(crate) fn reviewed_stream(
     query: Query,
     stream: SendableRecordBatchStream,
     plan: Arc<dyn ExecutionPlan>,
-    started: Instant,
+    running: Running,
 ) -> DoGetStream {
+    let Running {
+        started,
+        timeout,
+        slot,
+    } = running;
     let (max_rows, max_bytes) = query
         .audit_context()
         .map(|c| (c.max_rows, c.max_bytes))
@@ -108,6 +123,7 @@ pub(crate) fn reviewed_stream(
         plan,
         started,
         progress: progress.clone(),
+        _slot: slot,
     };
 
     let rows_progress = progress.clone();
@@ -157,6 +173,11 @@ pub(crate) fn reviewed_stream(
             Ok(data)
         });
 
+    let encoded: DoGetStream = match timeout {
+        Some(limit) => with_deadline(Box::pin(encoded), started, limit, progress.clone()),
+        None => Box::pin(encoded),
+    };
+
     let finished = futures::stream::once(async move {
         // Reached only when every batch went out.
         let mut p = recorder.progress.lock().expect("progress lock");
@@ -167,4 +188,37 @@ pub(crate) fn reviewed_stream(
     })
     .filter_map(|x: Option<Result<arrow_flight::FlightData, Status>>| async move { x });
     Box::pin(encoded.chain(finished))
+}
+
+/// `stream`, cut off with DEADLINE_EXCEEDED once `limit` has passed since `started`; dropping
+/// the rest cancels the query's execution.
+fn with_deadline(
+    stream: DoGetStream,
+    started: Instant,
+    limit: Duration,
+    progress: Arc<Mutex<Progress>>,
+) -> DoGetStream {
+    let deadline = tokio::time::Instant::from_std(started + limit);
+    let timer = Box::pin(tokio::time::sleep_until(deadline));
+    Box::pin(futures::stream::unfold(
+        Some((stream, timer)),
+        move |state| {
+            let progress = progress.clone();
+            async move {
+                let (mut stream, mut timer) = state?;
+                tokio::select! {
+                    biased;
+                    _ = &mut timer => {
+                        let reason = format!(
+                            "the query ran longer than execution.query_timeout_secs ({} s) and was cancelled",
+                            limit.as_secs()
+                        );
+                        end(&progress, "failed", reason.clone());
+                        Some((Err(Status::deadline_exceeded(format!("query timeout: {reason}"))), None))
+                    }
+                    item = stream.next() => item.map(|item| (item, Some((stream, timer)))),
+                }
+            }
+        },
+    ))
 }

@@ -21,10 +21,9 @@ pub struct Server {
     service: LakegateService,
     gateway: Arc<Gateway>,
     anchor_interval: Duration,
+    /// How long running calls may take to finish after a shutdown signal.
+    grace: Duration,
 }
-
-/// How long running calls may take to finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// How often the policy folder is checked for changes.
 const POLICY_POLL: Duration = Duration::from_secs(2);
@@ -35,7 +34,12 @@ impl Server {
         let gateway = Arc::new(Gateway::open(config).await?);
         let ttl = Duration::from_secs(config.server.token_ttl_secs);
         let sessions = Arc::new(Sessions::new(&config.users, ttl));
-        let service = LakegateService::new(gateway.clone(), sessions, ttl);
+        let service = LakegateService::new(
+            gateway.clone(),
+            sessions,
+            ttl,
+            crate::limits::Limits::new(&config.execution),
+        );
         let addr = listen.unwrap_or(config.server.listen);
         let listener = TcpListener::bind(addr)
             .await
@@ -45,6 +49,7 @@ impl Server {
             service,
             gateway,
             anchor_interval: Duration::from_secs(config.audit.anchor_interval_secs),
+            grace: Duration::from_secs(config.server.shutdown_grace_secs),
         })
     }
 
@@ -96,6 +101,7 @@ impl Server {
                     .max_encoding_message_size(64 * 1024 * 1024),
             )
             .serve_with_incoming_shutdown(no_delay(self.listener), signal);
+        let grace = self.grace;
         let drained = tokio::select! {
             served = serving => {
                 served?;
@@ -103,9 +109,10 @@ impl Server {
             }
             _ = async {
                 stopping.notified().await;
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
+                tracing::info!(grace_secs = grace.as_secs(), "running calls may finish");
+                tokio::time::sleep(grace).await;
             } => {
-                tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "grace period over: cancelling the calls still running");
+                tracing::warn!(grace_secs = grace.as_secs(), "grace period over: cancelling the calls still running");
                 false
             }
         };
@@ -145,10 +152,7 @@ pub async fn shutdown_signal() {
         _ = sigterm => "SIGTERM",
         _ = tokio::signal::ctrl_c() => "SIGINT",
     };
-    tracing::info!(
-        grace_secs = SHUTDOWN_GRACE.as_secs(),
-        "{name}: no new calls; draining the running ones"
-    );
+    tracing::info!("{name}: no new calls; draining the running ones");
 }
 
 /// Reloads the policy folder when its files change, and on SIGHUP.

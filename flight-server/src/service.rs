@@ -43,6 +43,7 @@ use gateway::{Gateway, Principal, Query};
 
 use crate::auth::{AuthError, Sessions};
 use crate::error::{read_only, to_status};
+use crate::limits::Limits;
 use crate::metadata::{sql_info, xdbc_type_info, TABLE_TYPE};
 use crate::session_options::{self as so, OptionValue, SessionOptionValue};
 
@@ -91,12 +92,19 @@ pub struct LakegateService {
     handle_ttl: Duration,
     sql_info: SqlInfoData,
     xdbc: XdbcTypeInfoData,
+    limits: Limits,
 }
 
 impl LakegateService {
     /// A service over `gateway`, authenticating against `sessions`.
-    pub fn new(gateway: Arc<Gateway>, sessions: Arc<Sessions>, handle_ttl: Duration) -> Self {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        sessions: Arc<Sessions>,
+        handle_ttl: Duration,
+        limits: Limits,
+    ) -> Self {
         Self {
+            limits,
             gateway,
             sessions,
             handles: Mutex::new(HashMap::new()),
@@ -199,23 +207,37 @@ impl LakegateService {
         })
     }
 
-    async fn execute(&self, planned: &Query) -> Result<Response<DoGetStream>, Status> {
+    async fn execute(
+        &self,
+        caller: &Caller,
+        planned: &Query,
+    ) -> Result<Response<DoGetStream>, Status> {
         let started = Instant::now();
         // Decided again against the policies in force now: a revoked grant stops here.
-        let query = match self.gateway.revalidate(planned).await {
+        let admitted = self.limits.admit(&caller.principal.user);
+        let revalidated = match admitted {
+            Ok(slot) => self
+                .gateway
+                .revalidate(planned)
+                .await
+                .map(|q| (q, slot))
+                .map_err(to_status),
+            Err(refused) => Err(refused),
+        };
+        let (query, slot) = match revalidated {
             Ok(q) => q,
-            Err(e) => {
-                let status = to_status(e);
+            Err(status) => {
+                let outcome = if status.code() == tonic::Code::ResourceExhausted {
+                    "refused"
+                } else {
+                    "failed"
+                };
                 if let Some(ctx) = planned.audit_context() {
                     let _ = ctx.recorded().await;
                 }
                 let _ = self.gateway.record_completion(
                     planned,
-                    crate::review::completion(
-                        "failed",
-                        Some(status.message().to_string()),
-                        started,
-                    ),
+                    crate::review::completion(outcome, Some(status.message().to_string()), started),
                 );
                 return Err(status);
             }
@@ -227,7 +249,11 @@ impl LakegateService {
                 query.clone(),
                 stream,
                 plan,
-                started,
+                crate::review::Running {
+                    started,
+                    timeout: self.limits.timeout(),
+                    slot,
+                },
             ))),
             Err(e) => {
                 let status = to_status(e);
@@ -553,7 +579,7 @@ impl FlightSqlService for LakegateService {
                 None => Err(Status::not_found("unknown or expired statement handle")),
             }
         })?;
-        self.execute(&query).await
+        self.execute(&caller, &query).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -660,7 +686,7 @@ impl FlightSqlService for LakegateService {
     ) -> Result<Response<DoGetStream>, Status> {
         let caller = self.caller(request.metadata())?;
         let query = self.prepared(&caller, &cmd.prepared_statement_handle)?;
-        self.execute(&query).await
+        self.execute(&caller, &query).await
     }
 
     async fn do_action_close_prepared_statement(

@@ -668,7 +668,8 @@ pub(crate) fn verify(plan: &LogicalPlan) -> Result<(), GatewayError> {
                 .into(),
         ));
     }
-    safe_aggregates(plan)
+    safe_aggregates(plan)?;
+    crate::release_shape::check(plan)
 }
 
 /// In a query that releases an aggregate-only column, every aggregate anywhere in it is

@@ -383,6 +383,12 @@ pub struct Verified {
     pub head: String,
 }
 
+/// Said with every anchor mismatch: the usual innocent cause is a lake and an audit folder that
+/// no longer belong together.
+const COPIED_HINT: &str = ". If this audit folder was emptied, replaced or copied apart from its \
+    lake, the lake's anchors (_lakegate/audit-anchors/) describe another trail: keep a lake and its \
+    audit folder together, or start a fresh copy with `lakegate demo --dir NEW`";
+
 /// Checks the whole chain in `dir`: sequence numbers without gaps, each `prev_hash` the previous
 /// record's hash, each hash recomputed. Names the first bad record.
 pub fn verify(dir: &Path) -> Result<Verified, AuditError> {
@@ -427,8 +433,8 @@ pub fn verify_with_anchors(dir: &Path, anchors: &[Anchor]) -> Result<Verified, A
             if let Some(a) = anchored.get(&r.seq) {
                 if a.hash != r.hash {
                     return Err(broken(format!(
-                        "the record differs from the anchor taken at {} (the trail was rewritten)",
-                        a.time
+                        "the record differs from the anchor taken at {} (the trail was rewritten){}",
+                        a.time, COPIED_HINT
                     )));
                 }
             }
@@ -445,8 +451,8 @@ pub fn verify_with_anchors(dir: &Path, anchors: &[Anchor]) -> Result<Verified, A
         return Err(AuditError::Broken {
             location: format!("{} (end of the trail, seq {last})", dir.display()),
             problem: format!(
-                "an anchor taken at {} names seq {}: records were cut off the end of the trail",
-                a.time, a.seq
+                "an anchor taken at {} names seq {}: records were cut off the end of the trail{}",
+                a.time, a.seq, COPIED_HINT
             ),
         });
     }
@@ -581,6 +587,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cut off the end"), "{err}");
+        assert!(err.contains("copied apart from its lake"), "{err}");
         // Rewrite the whole chain consistently from record 1: the anchor still differs.
         let (dir, log) = log_with(6, 1 << 20);
         let (anchor, _) = log.head();

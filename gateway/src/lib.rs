@@ -16,6 +16,7 @@ mod explain;
 mod masks;
 mod min_group;
 mod query;
+mod release_shape;
 mod row_filter;
 mod secure_exec;
 mod secure_scan;

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// `token_ttl_secs`: how long a bearer token from the handshake stays valid (default 3600).
     pub token_ttl_secs: u64,
+    /// `shutdown_grace_secs`: on SIGTERM or SIGINT, how long running calls may take to finish
+    /// before they are cancelled (default 30).
+    pub shutdown_grace_secs: u64,
 }
 
 /// `[lake]`: where the departments' Delta tables live.
@@ -203,6 +206,15 @@ pub struct ExecutionConfig {
     /// `max_expression_depth`: how deep expressions, subqueries and set operations may nest
     /// (default 1000); deeper statements are refused before planning.
     pub max_expression_depth: usize,
+    /// `query_timeout_secs`: how long one query may run, from its start to its last batch
+    /// (default 600); past it the query is cancelled and its client told so. 0: no limit.
+    pub query_timeout_secs: u64,
+    /// `max_concurrent_queries`: queries running at once on this server (default 64); more are
+    /// refused at once with RESOURCE_EXHAUSTED, not queued.
+    pub max_concurrent_queries: usize,
+    /// `max_concurrent_queries_per_user`: queries one user may run at once (default 8), so that
+    /// one user cannot take every slot.
+    pub max_concurrent_queries_per_user: usize,
 }
 
 impl Default for ExecutionConfig {
@@ -214,6 +226,9 @@ impl Default for ExecutionConfig {
             parquet_pushdown: false,
             max_sql_bytes: DEFAULT_MAX_SQL_BYTES,
             max_expression_depth: DEFAULT_MAX_EXPRESSION_DEPTH,
+            query_timeout_secs: DEFAULT_QUERY_TIMEOUT_SECS,
+            max_concurrent_queries: DEFAULT_MAX_CONCURRENT_QUERIES,
+            max_concurrent_queries_per_user: DEFAULT_MAX_CONCURRENT_QUERIES_PER_USER,
         }
     }
 }
@@ -222,6 +237,12 @@ impl Default for ExecutionConfig {
 pub const DEFAULT_MAX_SQL_BYTES: usize = 1 << 20;
 /// The default `execution.max_expression_depth`.
 pub const DEFAULT_MAX_EXPRESSION_DEPTH: usize = 1000;
+/// The default `execution.query_timeout_secs`.
+pub const DEFAULT_QUERY_TIMEOUT_SECS: u64 = 600;
+/// The default `execution.max_concurrent_queries`.
+pub const DEFAULT_MAX_CONCURRENT_QUERIES: usize = 64;
+/// The default `execution.max_concurrent_queries_per_user`.
+pub const DEFAULT_MAX_CONCURRENT_QUERIES_PER_USER: usize = 8;
 
 // ---- the file as written ----------------------------------------------------------------
 
@@ -251,6 +272,9 @@ struct RawExecution {
     parquet_pushdown: bool,
     max_sql_bytes: Option<usize>,
     max_expression_depth: Option<usize>,
+    query_timeout_secs: Option<u64>,
+    max_concurrent_queries: Option<usize>,
+    max_concurrent_queries_per_user: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -258,6 +282,7 @@ struct RawExecution {
 struct RawServer {
     listen: Option<String>,
     token_ttl_secs: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -517,7 +542,26 @@ impl Config {
                 .execution
                 .max_expression_depth
                 .unwrap_or(DEFAULT_MAX_EXPRESSION_DEPTH),
+            query_timeout_secs: raw
+                .execution
+                .query_timeout_secs
+                .unwrap_or(DEFAULT_QUERY_TIMEOUT_SECS),
+            max_concurrent_queries: raw
+                .execution
+                .max_concurrent_queries
+                .unwrap_or(DEFAULT_MAX_CONCURRENT_QUERIES),
+            max_concurrent_queries_per_user: raw
+                .execution
+                .max_concurrent_queries_per_user
+                .unwrap_or(DEFAULT_MAX_CONCURRENT_QUERIES_PER_USER),
         };
+        if execution.max_concurrent_queries == 0 || execution.max_concurrent_queries_per_user == 0 {
+            return Err(invalid(
+                "execution.max_concurrent_queries",
+                "0 concurrent queries refuses every query".to_string(),
+                "write at least 1, or leave it out (defaults: 64 in total, 8 per user)",
+            ));
+        }
         if execution.max_sql_bytes < 1024 || execution.max_expression_depth < 16 {
             return Err(invalid(
                 "execution.max_sql_bytes",
@@ -534,6 +578,7 @@ impl Config {
             server: ServerConfig {
                 listen,
                 token_ttl_secs,
+                shutdown_grace_secs: raw.server.shutdown_grace_secs.unwrap_or(30),
             },
             lake: LakeConfig {
                 root,

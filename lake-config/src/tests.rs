@@ -188,3 +188,28 @@ fn execution_limits_parse_and_a_tiny_pool_is_refused() {
     assert!(err.contains("execution.memory_limit_bytes"), "{err}");
     assert!(err.contains("64 MiB"), "{err}");
 }
+
+#[test]
+fn query_limits_and_grace_parse_with_defaults_and_zero_slots_are_refused() {
+    let base = "[lake]\nroot = \"lake\"\n[policy]\ndir = \"p\"\n";
+    let c = parse(&format!(
+        "[server]\nshutdown_grace_secs = 5\n{base}[execution]\nquery_timeout_secs = 0\n\
+         max_concurrent_queries = 10\nmax_concurrent_queries_per_user = 3\n"
+    ))
+    .unwrap();
+    assert_eq!(c.server.shutdown_grace_secs, 5);
+    assert_eq!(c.execution.query_timeout_secs, 0);
+    assert_eq!(c.execution.max_concurrent_queries, 10);
+    assert_eq!(c.execution.max_concurrent_queries_per_user, 3);
+    let d = parse(base).unwrap();
+    assert_eq!(d.server.shutdown_grace_secs, 30);
+    assert_eq!(d.execution.query_timeout_secs, DEFAULT_QUERY_TIMEOUT_SECS);
+    assert_eq!(d.execution.max_concurrent_queries, 64);
+    assert_eq!(d.execution.max_concurrent_queries_per_user, 8);
+    let err = parse(&format!(
+        "{base}[execution]\nmax_concurrent_queries_per_user = 0\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("execution.max_concurrent_queries"), "{err}");
+}

@@ -139,8 +139,10 @@ def test_scenario_as_call_header(server):
 
 def test_no_scenario_is_a_clear_error(server):
     with connect(server, scenario=None) as conn:
-        with pytest.raises(adbc_driver_manager.Error, match="no scenario"):
+        with pytest.raises(adbc_driver_manager.Error, match="no scenario") as e:
             scalar(conn, "SELECT count(*) FROM market.enterprises")
+        # A status the driver maps to a code, not UNKNOWN.
+        assert e.value.status_code == adbc_driver_manager.AdbcStatusCode.INVALID_ARGUMENT
 
 
 def test_unknown_scenario_is_refused(server):

@@ -211,6 +211,17 @@ def test_withheld_groups_are_never_evaluated(shared):
         "SELECT diagnosis, min(visit_id) FROM health.visits GROUP BY diagnosis",
         "SELECT diagnosis, sum(CASE WHEN visit_id = 10 THEN 1 ELSE 0 END) FROM health.visits GROUP BY diagnosis",
         "SELECT diagnosis, count(*) FILTER (WHERE visit_id = 10) FROM health.visits GROUP BY diagnosis",
+        # Trackers built below the aggregate: an outer join's NULL padding, a computed column
+        # of a joined subquery, a join that doubles every row but one.
+        "SELECT h.diagnosis, count(v.id) FROM health.visits h "
+        "LEFT JOIN (VALUES (8193)) v(id) ON v.id = h.visit_id GROUP BY h.diagnosis",
+        "SELECT h.diagnosis, sum(t.w) FROM health.visits h JOIN (SELECT visit_id, "
+        "CASE WHEN visit_id = 8193 THEN 1 ELSE 0 END w FROM health.visits) t "
+        "ON t.visit_id = h.visit_id GROUP BY h.diagnosis",
+        "SELECT h.diagnosis, count(*) FROM health.visits h JOIN health.visits t "
+        "ON h.visit_id = t.visit_id OR t.visit_id = 8193 GROUP BY h.diagnosis",
+        "SELECT diagnosis, count(*) FROM (SELECT diagnosis FROM health.visits UNION ALL "
+        "SELECT diagnosis FROM health.visits WHERE visit_id = 8193) GROUP BY diagnosis",
     ],
 )
 def test_per_group_name_lists_are_refused(shared, sql):

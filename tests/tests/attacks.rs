@@ -141,6 +141,23 @@ async fn per_group_computations_that_name_people_are_refused() {
         "SELECT diagnosis, id = 10, count(*) FROM hr.employees GROUP BY diagnosis, id = 10",
         "SELECT diagnosis, count(*), (SELECT max(name) FROM hr.employees) FROM hr.employees GROUP BY diagnosis",
         "SELECT count(diagnosis), max(salary) FROM hr.employees",
+        // Trackers made below the aggregate, out of columns that look bare there.
+        "SELECT e.diagnosis, count(v.id) FROM hr.employees e \
+         LEFT JOIN (VALUES (10)) v(id) ON v.id = e.id GROUP BY e.diagnosis",
+        "SELECT e.diagnosis, count(t.id) FROM hr.employees e \
+         LEFT JOIN (SELECT id FROM hr.employees WHERE id = 10) t ON t.id = e.id GROUP BY e.diagnosis",
+        "SELECT e.diagnosis, sum(t.w) FROM hr.employees e JOIN (SELECT id, \
+         CASE WHEN id = 10 THEN 1 ELSE 0 END w FROM hr.employees) t ON t.id = e.id GROUP BY e.diagnosis",
+        "SELECT e.diagnosis, sum(t.x) FROM hr.employees e \
+         JOIN (SELECT id, 1 AS x FROM hr.employees) t ON t.id = e.id GROUP BY e.diagnosis",
+        "SELECT e.diagnosis, count(*) FROM hr.employees e JOIN hr.employees t \
+         ON e.id = t.id OR t.id = 10 GROUP BY e.diagnosis",
+        "SELECT e.diagnosis, count(*) FROM hr.employees e JOIN hr.employees t \
+         ON e.id < t.id + 1 AND e.id > t.id - 1 GROUP BY e.diagnosis",
+        "SELECT e.diagnosis, count(*) FROM hr.employees e, hr.employees t \
+         WHERE t.id = 10 GROUP BY e.diagnosis",
+        "SELECT diagnosis, count(*) FROM (SELECT diagnosis FROM hr.employees UNION ALL \
+         SELECT diagnosis FROM hr.employees WHERE id = 10) GROUP BY diagnosis",
     ] {
         let text = seen(&mut c, sql).await;
         assert!(
@@ -160,6 +177,23 @@ async fn per_group_computations_that_name_people_are_refused() {
     .unwrap();
     assert_eq!(column_strings(&got, 0), ["Diabetes", "Hypertension"]);
     assert_eq!(column_strings(&got, 1), ["15", "20"]);
+    // Inner equi-joins, and aggregates over released groups, stay allowed.
+    let got = query(
+        &mut c,
+        "SELECT e.diagnosis, count(*), count(t.name) FROM hr.employees e \
+         JOIN hr.employees t ON t.id = e.id GROUP BY e.diagnosis ORDER BY e.diagnosis",
+    )
+    .await
+    .unwrap();
+    assert_eq!(column_strings(&got, 1), ["15", "20"]);
+    assert_eq!(column_strings(&got, 2), ["15", "20"]);
+    let got = query(
+        &mut c,
+        "SELECT sum(n) FROM (SELECT diagnosis, count(*) n FROM hr.employees GROUP BY diagnosis)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(column_strings(&got, 0), ["35"]);
     // A query that releases nothing is not this rule's business.
     let got = query(
         &mut c,

@@ -1,0 +1,152 @@
+//! How many queries run at once, per user and in total, and for how long (`[execution]`
+//! `max_concurrent_queries`, `max_concurrent_queries_per_user`, `query_timeout_secs`).
+//!
+//! A query takes a [`Slot`] when its results start; the slot goes back when its stream ends or
+//! is dropped. Past a limit the query is refused at once (RESOURCE_EXHAUSTED), not queued: a
+//! queue would only hide the overload from the client that causes it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lake_config::ExecutionConfig;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
+
+/// The limits of one server.
+pub struct Limits {
+    total: Arc<Semaphore>,
+    max_total: usize,
+    max_per_user: usize,
+    running: Arc<Mutex<HashMap<String, usize>>>,
+    timeout: Option<Duration>,
+}
+
+/// A running query's place; released on drop.
+pub struct Slot {
+    running: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Limits {
+    /// The limits `execution` configures.
+    pub fn new(execution: &ExecutionConfig) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(execution.max_concurrent_queries)),
+            max_total: execution.max_concurrent_queries,
+            max_per_user: execution.max_concurrent_queries_per_user,
+            running: Arc::default(),
+            timeout: (execution.query_timeout_secs > 0)
+                .then(|| Duration::from_secs(execution.query_timeout_secs)),
+        }
+    }
+
+    /// How long one query may run, if limited.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Queries running now.
+    pub fn running(&self) -> usize {
+        self.max_total - self.total.available_permits()
+    }
+
+    /// A slot for one more query of `user`, or the refusal naming the limit.
+    pub fn admit(&self, user: &str) -> Result<Slot, Status> {
+        let mut running = self.running.lock().expect("limits lock");
+        let own = running.get(user).copied().unwrap_or(0);
+        if own >= self.max_per_user {
+            return Err(Status::resource_exhausted(format!(
+                "too many queries: {user} already runs {own} at once \
+                 (execution.max_concurrent_queries_per_user = {}); wait for one to finish",
+                self.max_per_user
+            )));
+        }
+        let permit = self.total.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "too many queries: the server runs {} at once \
+                 (execution.max_concurrent_queries); try again shortly",
+                self.max_total
+            ))
+        })?;
+        running.insert(user.to_string(), own + 1);
+        Ok(Slot {
+            running: self.running.clone(),
+            user: user.to_string(),
+            _permit: permit,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut running = self.running.lock().expect("limits lock");
+        if let Some(n) = running.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.user);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_user: usize) -> Limits {
+        Limits::new(&ExecutionConfig {
+            max_concurrent_queries: total,
+            max_concurrent_queries_per_user: per_user,
+            ..ExecutionConfig::default()
+        })
+    }
+
+    #[test]
+    fn a_user_is_held_to_their_share_and_others_still_run() {
+        let l = limits(3, 2);
+        let a1 = l.admit("alice").unwrap();
+        let _a2 = l.admit("alice").unwrap();
+        let err = l.admit("alice").err().unwrap();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err
+            .message()
+            .contains("max_concurrent_queries_per_user = 2"));
+        let _b = l.admit("bob").unwrap();
+        // The server is full now: bob's second is refused by the total.
+        let err = l.admit("bob").err().unwrap();
+        assert!(err.message().contains("the server runs 3 at once"), "{err}");
+        assert_eq!(l.running(), 3);
+        drop(a1);
+        assert_eq!(l.running(), 2);
+        l.admit("alice").unwrap();
+    }
+
+    #[test]
+    fn refusals_leave_nothing_held() {
+        let l = limits(1, 1);
+        let s = l.admit("alice").unwrap();
+        for _ in 0..10 {
+            assert!(l.admit("alice").is_err());
+            assert!(l.admit("bob").is_err());
+        }
+        drop(s);
+        assert_eq!(l.running(), 0);
+        assert!(l.running.lock().unwrap().is_empty());
+        l.admit("bob").unwrap();
+    }
+
+    #[test]
+    fn zero_means_no_timeout() {
+        let l = Limits::new(&ExecutionConfig {
+            query_timeout_secs: 0,
+            ..ExecutionConfig::default()
+        });
+        assert_eq!(l.timeout(), None);
+        assert_eq!(
+            limits(1, 1).timeout(),
+            Some(Duration::from_secs(lake_config::DEFAULT_QUERY_TIMEOUT_SECS))
+        );
+    }
+}

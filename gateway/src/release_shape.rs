@@ -1,0 +1,204 @@
+//! The shape of a query that releases an aggregate-only column: what its aggregates may count.
+//!
+//! "count, sum or avg of a bare column" is not enough by itself: the column can be made
+//! anywhere below the aggregate. `LEFT JOIN (VALUES (8193)) v(id) ON v.id = h.visit_id` makes
+//! `count(v.id)` an indicator of one visit; `JOIN (SELECT visit_id, CASE ... END w ...)` makes
+//! `sum(w)` a tracker; `JOIN ... ON h.id = t.id OR t.id = 8193` doubles every row but one, so that
+//! `count(*)`'s parity names the group of visit 8193. In a releasing query therefore:
+//!
+//! - every aggregate argument is a *raw* column: a lake table's column, passed up through plain
+//!   column references only (not a literal, a VALUES list, a computed or aggregated value);
+//! - joins are inner equi-joins (semi and anti joins too) without a residual filter: no outer
+//!   join (its NULL padding is an indicator), no cross join, no OR or inequality condition (a
+//!   row's multiplicity would depend on a chosen row);
+//! - no UNION, INTERSECT or EXCEPT (a branch can add or drop a chosen row's copy).
+//!
+//! Differencing across queries (or two released aggregates joined in one) is what the k rule
+//! cannot stop; `policy-model.md` §5 says so and offers differential privacy.
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
+
+use crate::dp_release::DpRelease;
+use crate::min_group::MinGroupRelease;
+use crate::GatewayError;
+
+fn refuse(why: &str) -> GatewayError {
+    GatewayError::AggregateOnly(format!(
+        "the query releases an aggregate-only column, so {why}"
+    ))
+}
+
+/// Which output columns of `plan` are raw lake columns, by position.
+pub(crate) fn raw_columns(plan: &LogicalPlan) -> Vec<bool> {
+    let width = plan.schema().fields().len();
+    let from_input = |input: &LogicalPlan, exprs: &[Expr]| -> Vec<bool> {
+        let raw = raw_columns(input);
+        exprs
+            .iter()
+            .map(|e| {
+                let e = match e {
+                    Expr::Alias(a) => a.expr.as_ref(),
+                    e => e,
+                };
+                match e {
+                    Expr::Column(c) => input
+                        .schema()
+                        .index_of_column(c)
+                        .is_ok_and(|i| raw.get(i).copied().unwrap_or(false)),
+                    _ => false,
+                }
+            })
+            .collect()
+    };
+    match plan {
+        LogicalPlan::TableScan(_) => vec![true; width],
+        LogicalPlan::Projection(p) => from_input(&p.input, &p.expr),
+        LogicalPlan::Aggregate(a) => {
+            let mut raw = from_input(&a.input, &a.group_expr);
+            raw.resize(width, false);
+            raw
+        }
+        LogicalPlan::Window(w) => {
+            let mut raw = raw_columns(&w.input);
+            raw.resize(width, false);
+            raw
+        }
+        LogicalPlan::Join(j) => {
+            let mut raw = match j.join_type {
+                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
+                    raw_columns(&j.left)
+                }
+                JoinType::RightSemi | JoinType::RightAnti => raw_columns(&j.right),
+                _ => {
+                    let mut raw = raw_columns(&j.left);
+                    raw.extend(raw_columns(&j.right));
+                    raw
+                }
+            };
+            raw.resize(width, false);
+            raw
+        }
+        LogicalPlan::Filter(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::Repartition(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Distinct(_) => {
+            let inputs = plan.inputs();
+            match inputs.as_slice() {
+                [input] => {
+                    let mut raw = raw_columns(input);
+                    raw.resize(width, false);
+                    raw
+                }
+                _ => vec![false; width],
+            }
+        }
+        // Values, empty relations, unnest, set operations, extensions (a release above a
+        // lower aggregate among them): nothing raw.
+        _ => vec![false; width],
+    }
+}
+
+fn is_release(plan: &LogicalPlan) -> bool {
+    matches!(plan, LogicalPlan::Extension(e)
+        if e.node.as_any().is::<MinGroupRelease>() || e.node.as_any().is::<DpRelease>())
+}
+
+/// Checks every node at or below a release (what computes the released values): aggregate
+/// arguments are raw, joins are inner equi-joins, no set operation or VALUES list. What sits
+/// above every release only sees released groups.
+pub(crate) fn check(plan: &LogicalPlan) -> Result<(), GatewayError> {
+    walk(plan, false)
+}
+
+fn walk(plan: &LogicalPlan, below: bool) -> Result<(), GatewayError> {
+    let below = below || is_release(plan);
+    if below {
+        check_node(plan)?;
+    }
+    let mut result = Ok(());
+    let _ = plan.apply_subqueries(|sub| {
+        result = walk(sub, below);
+        Ok(if result.is_ok() {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    result?;
+    for input in plan.inputs() {
+        walk(input, below)?;
+    }
+    Ok(())
+}
+
+fn check_node(plan: &LogicalPlan) -> Result<(), GatewayError> {
+    let why = match plan {
+        LogicalPlan::Join(j) => match j.join_type {
+            JoinType::Inner
+            | JoinType::LeftSemi
+            | JoinType::RightSemi
+            | JoinType::LeftAnti
+            | JoinType::RightAnti
+            | JoinType::LeftMark => {
+                if j.on.is_empty() {
+                    Some("joins need an equality condition (no cross join)".to_string())
+                } else if j.filter.is_some() {
+                    Some(
+                        "joins may only compare columns for equality (no OR or inequality in ON)"
+                            .to_string(),
+                    )
+                } else {
+                    None
+                }
+            }
+            _ => Some("outer joins are refused (use an inner join)".to_string()),
+        },
+        LogicalPlan::Union(_) => Some("UNION, INTERSECT and EXCEPT are refused".to_string()),
+        LogicalPlan::Values(_) => Some("VALUES lists are refused".to_string()),
+        LogicalPlan::Aggregate(a) => a.aggr_expr.iter().find_map(|e| {
+            let e = match e {
+                Expr::Alias(al) => al.expr.as_ref(),
+                e => e,
+            };
+            let Expr::AggregateFunction(f) = e else {
+                return None;
+            };
+            let name = f.func.name();
+            f.params.args.iter().find_map(|arg| {
+                let counts_rows = name == "count" && matches!(arg, Expr::Literal(..));
+                (!counts_rows && !raw_argument(arg, &a.input)).then(|| {
+                    format!(
+                        "every aggregate reads a lake table's own column: {name}() of a \
+                         literal, VALUES or computed column is refused"
+                    )
+                })
+            })
+        }),
+        _ => None,
+    };
+    why.map_or(Ok(()), |why| Err(refuse(&why)))
+}
+
+/// Whether an aggregate's argument `arg` over `input` is a raw lake column.
+pub(crate) fn raw_argument(arg: &Expr, input: &LogicalPlan) -> bool {
+    let column = match arg {
+        Expr::Column(c) => c,
+        Expr::Cast(c) => match c.expr.as_ref() {
+            Expr::Column(c) => c,
+            _ => return false,
+        },
+        Expr::TryCast(c) => match c.expr.as_ref() {
+            Expr::Column(c) => c,
+            _ => return false,
+        },
+        _ => return false,
+    };
+    let raw = raw_columns(input);
+    input
+        .schema()
+        .index_of_column(column)
+        .is_ok_and(|i| raw.get(i).copied().unwrap_or(false))
+}

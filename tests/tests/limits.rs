@@ -1,0 +1,162 @@
+//! `[execution]` limits end to end: a query past `query_timeout_secs` is cancelled and its
+//! client told so; `max_concurrent_queries` (per user and in total) refuse at once and name the
+//! limit, without slowing other users; every refusal is on the audit trail.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use gateway::audit::{segments, AuditRecord};
+use lake_config::Config;
+use lakegate_tests::{as_user, first_i64, query, shared_demo, TestServer};
+
+/// Minutes of work: 200^5 rows to count.
+const LONG: &str = "SELECT count(*) FROM market.enterprises a, market.enterprises b, \
+                    market.enterprises c, market.enterprises d, market.enterprises e";
+const SHORT: &str = "SELECT count(*) FROM market.enterprises";
+
+fn demo_config(edit: impl FnOnce(&mut Config)) -> Config {
+    let mut config = Config::load(&shared_demo().join("lakegate.toml")).unwrap();
+    config.audit.dir = tempfile::Builder::new()
+        .prefix("lakegate-audit-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    edit(&mut config);
+    config
+}
+
+fn completions(config: &Config) -> Vec<AuditRecord> {
+    segments(&config.audit.dir)
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, p)| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<AuditRecord>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .filter(|r| r.kind == "completion")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_its_timeout_is_cancelled_and_the_client_told() {
+    let config = demo_config(|c| c.execution.query_timeout_secs = 2);
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    let started = Instant::now();
+    let info = banker.execute(LONG.into(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = banker.do_get(ticket).await.unwrap();
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => break e.to_string(),
+            Ok(None) => panic!("the long query finished: it should have timed out"),
+            Err(_) => panic!("no timeout after 30 s"),
+        }
+    };
+    let took = started.elapsed();
+    assert!(err.contains("query timeout"), "{err}");
+    assert!(err.contains("query_timeout_secs (2 s)"), "{err}");
+    assert!(err.contains("Deadline expired"), "{err}");
+    assert!(took >= Duration::from_millis(1900), "cut after {took:?}");
+    // The same user goes on: the slot went back.
+    assert_eq!(first_i64(&query(&mut banker, SHORT).await.unwrap()), 200);
+    drop(banker);
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let trail = completions(&config);
+    let timed_out = trail
+        .iter()
+        .find(|r| r.sql == LONG)
+        .unwrap_or_else(|| panic!("no completion for the long query: {trail:#?}"));
+    assert_eq!(timed_out.decision, "failed", "{timed_out:?}");
+    assert!(
+        timed_out
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("query_timeout_secs"),
+        "{timed_out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_queries_are_limited_per_user_and_in_total() {
+    let config = demo_config(|c| {
+        c.execution.max_concurrent_queries = 2;
+        c.execution.max_concurrent_queries_per_user = 1;
+    });
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    let mut banker2 = as_user(&server, "banker", "bank-credit").await;
+    let mut officer = as_user(&server, "officer", "district-services").await;
+    let mut regulator = as_user(&server, "regulator", "supervision").await;
+
+    // banker's long query holds banker's one slot while its stream is open.
+    let info = banker.execute(LONG.into(), None).await.unwrap();
+    let running = banker
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let err = query(&mut banker2, SHORT).await.unwrap_err();
+    assert!(err.contains("resource has been exhausted"), "{err}");
+    assert!(
+        err.contains(
+            "banker already runs 1 at once (execution.max_concurrent_queries_per_user = 1)"
+        ),
+        "{err}"
+    );
+    // Another user is not slowed.
+    let officer_sql = "SELECT count(*) FROM utilities.building_energy";
+    assert!(first_i64(&query(&mut officer, officer_sql).await.unwrap()) > 0);
+
+    // Two long queries fill the server: a third user is refused by the total.
+    let long_officer = "SELECT count(*) FROM utilities.building_energy a, \
+                        utilities.building_energy b, utilities.building_energy c, \
+                        utilities.building_energy d";
+    let info = officer.execute(long_officer.into(), None).await.unwrap();
+    let running2 = officer
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let err = query(&mut regulator, SHORT).await.unwrap_err();
+    assert!(
+        err.contains("the server runs 2 at once (execution.max_concurrent_queries)"),
+        "{err}"
+    );
+
+    // Dropping the streams gives the slots back.
+    drop(running);
+    drop(running2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match query(&mut banker2, SHORT).await {
+            Ok(b) => {
+                assert_eq!(first_i64(&b), 200);
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.contains("too many queries"), "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("slots not given back: {e}"),
+        }
+    }
+    assert!(first_i64(&query(&mut regulator, SHORT).await.unwrap()) > 0);
+    drop((banker, banker2, officer, regulator));
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused: Vec<_> = completions(&config)
+        .into_iter()
+        .filter(|r| r.decision == "refused")
+        .collect();
+    assert!(refused.len() >= 2, "{refused:#?}");
+    assert!(refused.iter().all(|r| r
+        .reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("too many queries")));
+}
