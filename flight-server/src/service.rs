@@ -213,9 +213,9 @@ impl LakegateService {
         planned: &Query,
     ) -> Result<Response<DoGetStream>, Status> {
         let started = Instant::now();
-        // Decided again against the policies in force now: a revoked grant stops here.
-        let admitted = self.limits.admit(&caller.principal.user);
-        let revalidated = match admitted {
+        // A slot among the running queries first; then decided again against the policies
+        // in force now: a revoked grant stops here.
+        let revalidated = match self.limits.admit(&caller.principal.user) {
             Ok(slot) => self
                 .gateway
                 .revalidate(planned)

@@ -158,32 +158,36 @@ fn check_node(plan: &LogicalPlan) -> Result<(), GatewayError> {
         },
         LogicalPlan::Union(_) => Some("UNION, INTERSECT and EXCEPT are refused".to_string()),
         LogicalPlan::Values(_) => Some("VALUES lists are refused".to_string()),
-        LogicalPlan::Aggregate(a) => a.aggr_expr.iter().find_map(|e| {
-            let e = match e {
-                Expr::Alias(al) => al.expr.as_ref(),
-                e => e,
-            };
-            let Expr::AggregateFunction(f) = e else {
-                return None;
-            };
-            let name = f.func.name();
-            f.params.args.iter().find_map(|arg| {
-                let counts_rows = name == "count" && matches!(arg, Expr::Literal(..));
-                (!counts_rows && !raw_argument(arg, &a.input)).then(|| {
-                    format!(
-                        "every aggregate reads a lake table's own column: {name}() of a \
+        LogicalPlan::Aggregate(a) => {
+            let raw = raw_columns(&a.input);
+            a.aggr_expr.iter().find_map(|e| {
+                let e = match e {
+                    Expr::Alias(al) => al.expr.as_ref(),
+                    e => e,
+                };
+                let Expr::AggregateFunction(f) = e else {
+                    return None;
+                };
+                let name = f.func.name();
+                f.params.args.iter().find_map(|arg| {
+                    let counts_rows = name == "count" && matches!(arg, Expr::Literal(..));
+                    (!counts_rows && !raw_argument(arg, &a.input, &raw)).then(|| {
+                        format!(
+                            "every aggregate reads a lake table's own column: {name}() of a \
                          literal, VALUES or computed column is refused"
-                    )
+                        )
+                    })
                 })
             })
-        }),
+        }
         _ => None,
     };
     why.map_or(Ok(()), |why| Err(refuse(&why)))
 }
 
-/// Whether an aggregate's argument `arg` over `input` is a raw lake column.
-pub(crate) fn raw_argument(arg: &Expr, input: &LogicalPlan) -> bool {
+/// Whether an aggregate's argument `arg` over `input` (whose raw columns are `raw`) is a raw
+/// lake column.
+fn raw_argument(arg: &Expr, input: &LogicalPlan, raw: &[bool]) -> bool {
     let column = match arg {
         Expr::Column(c) => c,
         Expr::Cast(c) => match c.expr.as_ref() {
@@ -196,7 +200,6 @@ pub(crate) fn raw_argument(arg: &Expr, input: &LogicalPlan) -> bool {
         },
         _ => return false,
     };
-    let raw = raw_columns(input);
     input
         .schema()
         .index_of_column(column)

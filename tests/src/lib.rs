@@ -268,3 +268,18 @@ pub async fn raw_query_in(lake: &Path, sql: &str) -> Vec<RecordBatch> {
     }
     ctx.sql(&sql).await.unwrap().collect().await.unwrap()
 }
+
+/// Every record of the audit trail in `dir`, in order.
+pub fn audit_records(dir: &Path) -> Vec<gateway::audit::AuditRecord> {
+    gateway::audit::segments(dir)
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, p)| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}

@@ -8,17 +8,7 @@ use gateway::audit::{segments, verify, AuditRecord};
 use lakegate_tests::{as_user, fetch, private_demo, query, rows, shared_demo, TestServer};
 
 fn records(dir: &Path) -> Vec<AuditRecord> {
-    segments(dir)
-        .unwrap()
-        .into_iter()
-        .flat_map(|(_, p)| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    lakegate_tests::audit_records(dir)
 }
 
 /// The demo configuration with its own audit folder and, optionally, other limits.

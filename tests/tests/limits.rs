@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use gateway::audit::{segments, AuditRecord};
+use gateway::audit::AuditRecord;
 use lake_config::Config;
-use lakegate_tests::{as_user, first_i64, query, shared_demo, TestServer};
+use lakegate_tests::{as_user, audit_records, first_i64, query, shared_demo, TestServer};
 
 /// Minutes of work: 200^5 rows to count.
 const LONG: &str = "SELECT count(*) FROM market.enterprises a, market.enterprises b, \
@@ -26,16 +26,8 @@ fn demo_config(edit: impl FnOnce(&mut Config)) -> Config {
 }
 
 fn completions(config: &Config) -> Vec<AuditRecord> {
-    segments(&config.audit.dir)
-        .unwrap()
+    audit_records(&config.audit.dir)
         .into_iter()
-        .flat_map(|(_, p)| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<AuditRecord>(l).unwrap())
-                .collect::<Vec<_>>()
-        })
         .filter(|r| r.kind == "completion")
         .collect()
 }
