@@ -9,10 +9,13 @@
 mod aggregate_only;
 pub mod audit;
 pub mod audit_table;
+mod bounded_functions;
 pub mod budget;
 mod dp_release;
 mod error;
+pub mod executor;
 mod explain;
+mod guard;
 mod masks;
 mod min_group;
 mod query;
@@ -43,6 +46,8 @@ use policy::{CedarType, ColumnDescription, LakeDescription, PolicySet, TableDesc
 pub use aggregate_only::Suppressed;
 pub use dp_release::{DpReleaseExec, EPSILON_KEY, SCALE_KEY};
 pub use error::GatewayError;
+pub use executor::Executor;
+pub use guard::GuardExec;
 pub use min_group::MinGroupReleaseExec;
 pub use query::{scan_metrics, served_schema, AuditContext, Completion, Query};
 pub use secure_exec::{SecureScanCodec, SecureScanExec};
@@ -140,6 +145,14 @@ impl Gateway {
             template: session_template(
                 runtime_env(&config.execution)?,
                 config.execution.sort_merge_joins,
+                Arc::new(
+                    Executor::new(config.execution.threads, config.execution.max_batch_bytes)
+                        .map_err(|e| {
+                            GatewayError::Config(format!(
+                                "cannot start the query runtime ({e}); check [execution] threads"
+                            ))
+                        })?,
+                ),
             ),
             limits: statement::StatementLimits {
                 max_sql_bytes: config.execution.max_sql_bytes,
@@ -695,24 +708,30 @@ fn cedar_type(t: &DataType) -> Option<CedarType> {
 }
 
 /// The session [`Gateway::session`] clones: the lake catalog as default, no information schema,
-/// DataFusion's built-in functions and rules.
+/// DataFusion's built-in functions and rules, every function call bounded, and the
+/// [`Executor`] its queries run on (a config extension).
 fn session_template(
     runtime: Arc<RuntimeEnv>,
     sort_merge_joins: bool,
+    executor: Arc<Executor>,
 ) -> datafusion::execution::SessionState {
+    let limit = executor.max_batch_bytes();
     let mut config = SessionConfig::new()
         .with_default_catalog_and_schema(LAKE_CATALOG, "public")
         .with_create_default_catalog_and_schema(false)
-        .with_information_schema(false);
+        .with_information_schema(false)
+        .with_extension(executor);
     if sort_merge_joins {
         config.options_mut().optimizer.prefer_hash_join = false;
     }
-    SessionStateBuilder::new()
+    let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
         .with_query_planner(Arc::new(min_group::LakegateQueryPlanner))
-        .build()
+        .build();
+    state.add_analyzer_rule(Arc::new(bounded_functions::BoundFunctions { limit }));
+    state
 }
 
 /// A clone of `template` whose only catalog is `lake`, in a catalog list of its own: the
@@ -766,9 +785,13 @@ mod tests {
     use super::*;
     use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 
+    fn test_executor() -> Arc<Executor> {
+        Arc::new(Executor::new(Some(1), lake_config::DEFAULT_MAX_BATCH_BYTES).unwrap())
+    }
+
     #[test]
     fn sessions_cloned_from_the_template_see_only_their_own_catalog() {
-        let template = session_template(Arc::new(RuntimeEnv::default()), false);
+        let template = session_template(Arc::new(RuntimeEnv::default()), false, test_executor());
         let (a, b): (Arc<dyn CatalogProvider>, Arc<dyn CatalogProvider>) = (
             Arc::new(MemoryCatalogProvider::new()),
             Arc::new(MemoryCatalogProvider::new()),
@@ -789,7 +812,7 @@ mod tests {
         assert_eq!(options.catalog.default_catalog, LAKE_CATALOG);
         assert!(!options.catalog.information_schema);
         assert!(options.optimizer.prefer_hash_join);
-        let merge = session_template(Arc::new(RuntimeEnv::default()), true);
+        let merge = session_template(Arc::new(RuntimeEnv::default()), true, test_executor());
         assert!(!merge.config().options().optimizer.prefer_hash_join);
     }
 }

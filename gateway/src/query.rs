@@ -10,7 +10,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{execute_stream, SendableRecordBatchStream};
+use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::StreamExt;
 
 use crate::GatewayError;
@@ -348,6 +348,12 @@ impl Query {
                 .optimize(&self.plan)
                 .map_err(GatewayError::from_planning)?;
             crate::aggregate_only::verify(&optimized)?;
+            crate::bounded_functions::check_literals(
+                &optimized,
+                self.executor()?.max_batch_bytes(),
+                self.state.config().batch_size(),
+            )
+            .map_err(GatewayError::Execution)?;
             self.state
                 .query_planner()
                 .create_physical_plan(&optimized, self.state.as_ref())
@@ -408,6 +414,14 @@ impl Query {
         }
     }
 
+    /// The runtime the gateway's queries execute on.
+    fn executor(&self) -> Result<Arc<crate::Executor>, GatewayError> {
+        self.state
+            .config()
+            .get_extension::<crate::Executor>()
+            .ok_or_else(|| GatewayError::Config("the session has no query runtime".into()))
+    }
+
     /// The task context plans of this query run in.
     pub fn task_context(&self) -> Arc<datafusion::execution::TaskContext> {
         self.state.task_ctx()
@@ -437,8 +451,11 @@ impl Query {
         }
         // The decision record is written while the plan is made; nothing runs before it is.
         let physical = self.physical_plan().await?;
-        let stream = execute_stream(physical.clone(), self.state.task_ctx())
+        let executor = self.executor()?;
+        let physical = executor
+            .prepare(physical)
             .map_err(GatewayError::Execution)?;
+        let stream = executor.run(physical.clone(), self.state.task_ctx());
         let schema = self.schema.clone();
         let conformed = stream.map(move |batch| batch.and_then(|b| conform(b, &schema)));
         Ok((

@@ -215,6 +215,15 @@ pub struct ExecutionConfig {
     /// `max_concurrent_queries_per_user`: queries one user may run at once (default 8), so that
     /// one user cannot take every slot.
     pub max_concurrent_queries_per_user: usize,
+    /// `threads`: worker threads of the runtime queries execute on, apart from the one that
+    /// answers clients, so a query that computes without pause never stalls logins, other
+    /// queries' streams or shutdown (default: the machine's cores).
+    pub threads: Option<usize>,
+    /// `max_batch_bytes`: the largest batch one operator may produce and the largest value
+    /// array one string or list function may build (default 128 MiB); past it the query fails
+    /// with "too large" before the memory is taken. Functions that grow their input (`repeat`,
+    /// `lpad`, `replace`, `range`, …) are checked on their arguments before they run.
+    pub max_batch_bytes: u64,
 }
 
 impl Default for ExecutionConfig {
@@ -229,6 +238,8 @@ impl Default for ExecutionConfig {
             query_timeout_secs: DEFAULT_QUERY_TIMEOUT_SECS,
             max_concurrent_queries: DEFAULT_MAX_CONCURRENT_QUERIES,
             max_concurrent_queries_per_user: DEFAULT_MAX_CONCURRENT_QUERIES_PER_USER,
+            threads: None,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
         }
     }
 }
@@ -243,6 +254,8 @@ pub const DEFAULT_QUERY_TIMEOUT_SECS: u64 = 600;
 pub const DEFAULT_MAX_CONCURRENT_QUERIES: usize = 64;
 /// The default `execution.max_concurrent_queries_per_user`.
 pub const DEFAULT_MAX_CONCURRENT_QUERIES_PER_USER: usize = 8;
+/// The default `execution.max_batch_bytes`.
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 128 << 20;
 
 // ---- the file as written ----------------------------------------------------------------
 
@@ -275,6 +288,8 @@ struct RawExecution {
     query_timeout_secs: Option<u64>,
     max_concurrent_queries: Option<usize>,
     max_concurrent_queries_per_user: Option<usize>,
+    threads: Option<usize>,
+    max_batch_bytes: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -554,7 +569,32 @@ impl Config {
                 .execution
                 .max_concurrent_queries_per_user
                 .unwrap_or(DEFAULT_MAX_CONCURRENT_QUERIES_PER_USER),
+            threads: raw.execution.threads,
+            max_batch_bytes: raw
+                .execution
+                .max_batch_bytes
+                .unwrap_or(DEFAULT_MAX_BATCH_BYTES),
         };
+        if execution.threads == Some(0) || execution.threads.is_some_and(|t| t > 1024) {
+            return Err(invalid(
+                "execution.threads",
+                format!(
+                    "{} threads cannot run queries",
+                    execution.threads.unwrap_or(0)
+                ),
+                "write between 1 and 1024, or leave it out (default: the machine's cores)",
+            ));
+        }
+        if execution.max_batch_bytes < 1 << 20 {
+            return Err(invalid(
+                "execution.max_batch_bytes",
+                format!(
+                    "{} bytes refuse ordinary batches",
+                    execution.max_batch_bytes
+                ),
+                "write at least 1048576 (1 MiB), or leave it out (default 128 MiB)",
+            ));
+        }
         if execution.max_concurrent_queries == 0 || execution.max_concurrent_queries_per_user == 0 {
             return Err(invalid(
                 "execution.max_concurrent_queries",

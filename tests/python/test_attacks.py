@@ -42,7 +42,7 @@ def hash_password(password):
 class Server:
     """`lakegate serve` over a demo of its own, on a free port of 127.0.0.1."""
 
-    def __init__(self, root, extra_users=()):
+    def __init__(self, root, extra_users=(), server_settings=""):
         self.dir = root
         subprocess.run(
             [str(BIN), "demo", "--dir", str(root), "--rows", "1000", "--build-only"],
@@ -51,6 +51,10 @@ class Server:
             timeout=600,
         )
         self.config = root / "lakegate.toml"
+        if server_settings:
+            text = self.config.read_text()
+            assert "[server]\n" in text
+            self.config.write_text(text.replace("[server]\n", "[server]\n" + server_settings + "\n", 1))
         with open(self.config, "a") as f:
             for name, password in extra_users:
                 f.write(f'\n[[users]]\nname = "{name}"\npassword_hash = "{hash_password(password)}"\n')
@@ -319,3 +323,103 @@ def test_deep_statements_and_login_floods_do_not_take_the_server_down(own):
         for o in outcomes
     ), set(outcomes)
     assert peak - before < 300, f"RSS grew from {before:.0f} to {peak:.0f} MiB"
+
+
+def cpu_seconds(pid):
+    """User and system CPU time the process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# 10^12 rows to count: hours of work that never waits for input.
+RUNAWAY = "SELECT count(*) FROM health.visits a, health.visits b, health.visits c, health.visits d"
+
+
+def start_runaway(uri):
+    conn = connect(uri, "insurer", "insurer-demo", "insurance-underwriting")
+    cur = conn.cursor()
+    errors = []
+
+    def run():
+        try:
+            cur.execute(RUNAWAY)
+            cur.fetchall()
+            errors.append("finished")
+        except Exception as e:  # the cancel, or the server going away
+            errors.append(str(e))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return conn, cur, thread, errors
+
+
+def test_a_runaway_query_neither_freezes_the_server_nor_outlives_its_client(tmp_path):
+    server = Server(tmp_path / "demo", server_settings="shutdown_grace_secs = 3")
+    try:
+        conn, cur, thread, errors = start_runaway(server.uri)
+        time.sleep(2)
+        assert cpu_seconds(server.proc.pid) > 0.5, "the runaway query is not running"
+        # Others log in and are answered while it computes.
+        started = time.monotonic()
+        with connect(server.uri, "banker", "banker-demo", "bank-credit") as other:
+            assert rows(other, "SELECT count(*) FROM market.enterprises")[0][0] == 200
+        assert time.monotonic() - started < 10, f"another user waited {time.monotonic() - started:.1f} s"
+        # Its client goes: the query stops computing.
+        cur.adbc_cancel()
+        thread.join(30)
+        assert not thread.is_alive() and errors and errors[0] != "finished", errors
+        cur.close()
+        conn.close()
+        time.sleep(1)
+        before = cpu_seconds(server.proc.pid)
+        time.sleep(3)
+        spent = cpu_seconds(server.proc.pid) - before
+        assert spent < 1.0, f"the cancelled query still burns CPU: {spent:.2f} s in 3 s"
+        # SIGTERM during another runaway: the server drains for its grace and stops.
+        conn, cur, thread, errors = start_runaway(server.uri)
+        time.sleep(2)
+        started = time.monotonic()
+        server.proc.terminate()
+        server.proc.wait(timeout=30)
+        assert time.monotonic() - started < 15
+        thread.join(30)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT max(length(repeat(district, 60000))) FROM health.visits",
+        "SELECT length(repeat('x', 400000000))",
+        "SELECT length(lpad('a', 500000000, 'b'))",
+        "SELECT cardinality(range(1000000000))",
+        "SELECT count(*) FROM (SELECT unnest(range(100000)) AS u, repeat(district, 100) AS r FROM health.visits) t",
+        "SELECT max(length(replace(repeat(district, 1000), 'a', repeat('b', 5000)))) FROM health.visits",
+        "SELECT max(length(concat(d, d, d, d, d, d, d, d))) FROM (SELECT repeat(district, 10000) AS d FROM health.visits) t",
+        "SELECT repeat('x', 100000) FROM health.visits",
+    ],
+)
+def test_values_too_large_for_a_batch_are_refused_with_memory_flat(shared, sql):
+    with connect(shared.uri, "insurer", "insurer-demo", "insurance-underwriting") as conn:
+        before = shared.rss_mib()
+        peak = [before]
+        done = threading.Event()
+
+        def watch():
+            while not done.is_set():
+                peak[0] = max(peak[0], shared.rss_mib())
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            err = failure(conn, sql)
+        finally:
+            done.set()
+            watcher.join()
+        assert "max_batch_bytes" in err and "too large" in err, err[:400]
+        assert peak[0] - before < 800, f"RSS grew from {before:.0f} to {peak[0]:.0f} MiB"
+        assert shared.alive()
+        assert rows(conn, "SELECT count(*) FROM health.visits")[0][0] == 1000

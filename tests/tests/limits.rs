@@ -152,3 +152,59 @@ async fn concurrent_queries_are_limited_per_user_and_in_total() {
         .unwrap_or("")
         .contains("too many queries")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_that_never_pauses_leaves_others_served_and_stops_when_its_client_goes() {
+    // One execution thread: the cancelled query must give it back for the next to run.
+    let config = demo_config(|c| c.execution.threads = Some(1));
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    let info = banker.execute(LONG.into(), None).await.unwrap();
+    let mut running = banker
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_millis(500), running.next()).await;
+    assert!(first.is_err(), "the long query answered");
+    // Logins and metadata calls are answered on the server's own threads meanwhile.
+    let started = Instant::now();
+    let mut officer = as_user(&server, "officer", "district-services").await;
+    officer.get_catalogs().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The client goes: the execution thread is free for the next query within seconds.
+    drop(running);
+    let started = Instant::now();
+    let mut banker2 = as_user(&server, "banker", "bank-credit").await;
+    let answered = tokio::time::timeout(Duration::from_secs(20), query(&mut banker2, SHORT)).await;
+    let answered = answered.expect("the dropped query still holds the execution thread");
+    assert_eq!(first_i64(&answered.unwrap()), 200);
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_past_max_batch_bytes_are_refused_and_name_the_limit() {
+    let config = demo_config(|c| c.execution.max_batch_bytes = 4 << 20);
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    for sql in [
+        "SELECT max(length(repeat(district, 60000))) FROM market.enterprises",
+        "SELECT length(repeat('x', 400000000))",
+        "SELECT cardinality(range(100000000))",
+        "SELECT repeat('x', 10000) FROM market.enterprises",
+    ] {
+        let err = query(&mut banker, sql).await.unwrap_err();
+        assert!(err.contains("max_batch_bytes (4 MiB)"), "{sql}: {err}");
+    }
+    // Values within the limit are served as before.
+    let ok = query(
+        &mut banker,
+        "SELECT sum(length(repeat(district, 100))) > 0 FROM market.enterprises",
+    )
+    .await
+    .unwrap();
+    assert_eq!(lakegate_tests::pretty(&ok).matches("true").count(), 1);
+}

@@ -1,0 +1,706 @@
+//! Bounded functions: no scalar function of a query builds more than `[execution]
+//! max_batch_bytes` of values at once, and no literal is larger than a batch may hold.
+//!
+//! DataFusion's string and list functions allocate their whole output before anything can look
+//! at it: `repeat(district, 60000)` over one batch asks for gigabytes outside the memory pool.
+//! [`BoundFunctions`] (the last analyzer rule) wraps every function call of a plan in
+//! [`Bounded`], which estimates each row's output from the arguments before the function runs
+//! (exactly for the functions that grow their input — `repeat`, `lpad`, `replace`, `range`, … —
+//! and as a small multiple of the arguments for the others), refuses a row whose estimate alone
+//! is past the limit, runs the rows in slices whose estimates fit, and checks what each slice
+//! really built.
+//!
+//! Before: `Projection: repeat(visits.district, Int64(60000))`
+//! After:  the same text; the call's function is `Bounded(repeat)`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::compute::{cast, concat};
+use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::ScalarValue;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::interval_arithmetic::Interval;
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, Expr, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature,
+};
+use datafusion::optimizer::AnalyzerRule;
+
+use crate::guard::too_large;
+
+/// Wraps every scalar function call of a plan (and of its subqueries) in [`Bounded`].
+#[derive(Debug)]
+pub(crate) struct BoundFunctions {
+    pub(crate) limit: usize,
+}
+
+impl AnalyzerRule for BoundFunctions {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        plan.transform_up_with_subqueries(|p| p.map_expressions(|e| bound(e, self.limit)))
+            .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "lakegate_bound_functions"
+    }
+}
+
+/// `expr` with every function call in it bounded.
+fn bound(expr: Expr, limit: usize) -> Result<Transformed<Expr>> {
+    expr.transform_up(|e| match e {
+        Expr::ScalarFunction(mut f) if !is_bounded(&f.func) => {
+            f.func = Arc::new(ScalarUDF::new_from_impl(Bounded {
+                inner: f.func,
+                limit,
+            }));
+            Ok(Transformed::yes(Expr::ScalarFunction(f)))
+        }
+        other => Ok(Transformed::no(other)),
+    })
+}
+
+fn is_bounded(f: &ScalarUDF) -> bool {
+    let any: &dyn std::any::Any = f.inner().as_ref();
+    any.is::<Bounded>() || f.name().starts_with("lakegate_")
+}
+
+/// Refuses a plan with a literal that one batch cannot repeat: a projection turns a literal into
+/// a column of `batch_size` copies before any function sees it.
+pub(crate) fn check_literals(plan: &LogicalPlan, limit: usize, batch_size: usize) -> Result<()> {
+    let most = limit / batch_size.max(1);
+    plan.apply_with_subqueries(|p| {
+        p.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::Literal(v, _) = e {
+                    let size = scalar_bytes(v) as usize;
+                    if size > most {
+                        return Err(DataFusionError::ResourcesExhausted(format!(
+                            "result too large: a literal of {size} bytes, repeated over a batch \
+                             of {batch_size} rows, would be more than [execution] max_batch_bytes \
+                             ({} MiB); literals may be at most {most} bytes",
+                            limit >> 20
+                        )));
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })
+    .map(|_| ())
+}
+
+/// A function that builds at most `limit` bytes of values per call.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Bounded {
+    inner: Arc<ScalarUDF>,
+    limit: usize,
+}
+
+impl ScalarUDFImpl for Bounded {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        self.inner.inner().schema_name(args)
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.inner().return_type(arg_types)
+    }
+
+    fn with_updated_config(&self, config: &ConfigOptions) -> Option<ScalarUDF> {
+        let updated = self.inner.inner().with_updated_config(config)?;
+        Some(ScalarUDF::new_from_impl(Bounded {
+            inner: Arc::new(updated),
+            limit: self.limit,
+        }))
+    }
+
+    fn return_field_from_args(
+        &self,
+        args: ReturnFieldArgs,
+    ) -> Result<datafusion::arrow::datatypes::FieldRef> {
+        self.inner.inner().return_field_from_args(args)
+    }
+
+    fn is_strict(&self) -> bool {
+        self.inner.inner().is_strict()
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if fixed_width(args.return_field.data_type()) {
+            return self.inner.invoke_with_args(args);
+        }
+        let rows = args.number_rows;
+        let all_scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let estimates = estimate(self.name(), &args.args, if all_scalar { 1 } else { rows });
+        let name = self.name().to_string();
+        if let Some(&worst) = estimates.iter().max() {
+            if worst > self.limit as u128 {
+                return Err(too_large(
+                    &format!("{name}() for one row"),
+                    clamp(worst),
+                    self.limit,
+                ));
+            }
+        }
+        let total: u128 = estimates.iter().sum();
+        if all_scalar || total <= self.limit as u128 {
+            let out = self.inner.invoke_with_args(args)?;
+            check(&name, &out, self.limit)?;
+            return Ok(out);
+        }
+        // Slices of rows whose estimates fit, each checked for what it really built.
+        let mut parts: Vec<ArrayRef> = Vec::new();
+        let mut built = 0usize;
+        let mut start = 0usize;
+        while start < rows {
+            let mut end = start;
+            let mut sum = 0u128;
+            while end < rows && (end == start || sum + estimates[end] <= self.limit as u128) {
+                sum += estimates[end];
+                end += 1;
+            }
+            let slice = ScalarFunctionArgs {
+                args: args
+                    .args
+                    .iter()
+                    .map(|a| match a {
+                        ColumnarValue::Array(a) => {
+                            ColumnarValue::Array(a.slice(start, end - start))
+                        }
+                        s => s.clone(),
+                    })
+                    .collect(),
+                arg_fields: args.arg_fields.clone(),
+                number_rows: end - start,
+                return_field: args.return_field.clone(),
+                config_options: args.config_options.clone(),
+            };
+            let part = self
+                .inner
+                .invoke_with_args(slice)?
+                .into_array(end - start)?;
+            built += part.get_array_memory_size();
+            if built > self.limit {
+                return Err(too_large(&format!("{name}()"), built, self.limit));
+            }
+            parts.push(part);
+            start = end;
+        }
+        let refs: Vec<&dyn Array> = parts.iter().map(|p| p.as_ref()).collect();
+        Ok(ColumnarValue::Array(concat(&refs)?))
+    }
+
+    fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        // What a function simplifies to is bounded as well.
+        match self.inner.inner().simplify(args, info)? {
+            ExprSimplifyResult::Simplified(e) => {
+                Ok(ExprSimplifyResult::Simplified(bound(e, self.limit)?.data))
+            }
+            original => Ok(original),
+        }
+    }
+
+    fn preimage(
+        &self,
+        args: &[Expr],
+        lit_expr: &Expr,
+        info: &SimplifyContext,
+    ) -> Result<datafusion::logical_expr::preimage::PreimageResult> {
+        self.inner.inner().preimage(args, lit_expr, info)
+    }
+
+    fn short_circuits(&self) -> bool {
+        self.inner.short_circuits()
+    }
+
+    fn conditional_arguments<'a>(
+        &self,
+        args: &'a [Expr],
+    ) -> Option<(Vec<&'a Expr>, Vec<&'a Expr>)> {
+        self.inner.inner().conditional_arguments(args)
+    }
+
+    fn evaluate_bounds(&self, input: &[&Interval]) -> Result<Interval> {
+        self.inner.inner().evaluate_bounds(input)
+    }
+
+    fn propagate_constraints(
+        &self,
+        interval: &Interval,
+        inputs: &[&Interval],
+    ) -> Result<Option<Vec<Interval>>> {
+        self.inner.inner().propagate_constraints(interval, inputs)
+    }
+
+    fn output_ordering(&self, inputs: &[ExprProperties]) -> Result<SortProperties> {
+        self.inner.inner().output_ordering(inputs)
+    }
+
+    fn preserves_lex_ordering(&self, inputs: &[ExprProperties]) -> Result<bool> {
+        self.inner.inner().preserves_lex_ordering(inputs)
+    }
+
+    fn strictly_order_preserving(&self, inputs: &[ExprProperties]) -> Result<bool> {
+        self.inner.inner().strictly_order_preserving(inputs)
+    }
+
+    fn struct_field_mapping(
+        &self,
+        literal_args: &[Option<ScalarValue>],
+    ) -> Option<datafusion::logical_expr::StructFieldMapping> {
+        self.inner.inner().struct_field_mapping(literal_args)
+    }
+
+    fn placement(
+        &self,
+        args: &[datafusion::logical_expr::ExpressionPlacement],
+    ) -> datafusion::logical_expr::ExpressionPlacement {
+        self.inner.inner().placement(args)
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.inner().coerce_types(arg_types)
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner.documentation()
+    }
+}
+
+fn clamp(v: u128) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+fn check(name: &str, out: &ColumnarValue, limit: usize) -> Result<()> {
+    let bytes = match out {
+        ColumnarValue::Array(a) => a.get_array_memory_size(),
+        ColumnarValue::Scalar(s) => clamp(scalar_bytes(s)),
+    };
+    if bytes > limit {
+        return Err(too_large(&format!("{name}()"), bytes, limit));
+    }
+    Ok(())
+}
+
+/// Types whose values have one size: a function returning them cannot grow.
+fn fixed_width(t: &DataType) -> bool {
+    t.primitive_width().is_some() || matches!(t, DataType::Boolean | DataType::Null)
+}
+
+/// Bytes of one row's output of `name`, for each of `rows` rows, at most.
+fn estimate(name: &str, args: &[ColumnarValue], rows: usize) -> Vec<u128> {
+    let size = |i: usize| Sizes::of(args.get(i), rows);
+    let int = |i: usize| Ints::of(args.get(i), rows);
+    let each = |f: &dyn Fn(usize) -> u128| (0..rows).map(f).collect::<Vec<_>>();
+    match name {
+        "repeat" => {
+            let (s, n) = (size(0), int(1));
+            each(&|r| s.get(r) * n.get(r))
+        }
+        "lpad" | "rpad" => {
+            let (s, n) = (size(0), int(1));
+            each(&|r| s.get(r) + 4 * n.get(r))
+        }
+        "replace" => {
+            let (s, from, to) = (size(0), size(1), size(2));
+            each(&|r| {
+                let (s, from, to) = (s.get(r), from.get(r), to.get(r));
+                s + (s / from.max(1) + 1) * to
+            })
+        }
+        "regexp_replace" => {
+            // Every position may match; every `$n` may repeat the whole text.
+            let (s, repl) = (size(0), size(2));
+            let refs = args.get(2).map(dollars).unwrap_or(0);
+            each(&|r| {
+                let (s, repl) = (s.get(r), repl.get(r));
+                s + (s + 1) * repl + refs * s
+            })
+        }
+        "array_repeat" => {
+            let (x, n) = (size(0), int(1));
+            each(&|r| (x.get(r) + 8) * n.get(r))
+        }
+        "array_resize" => {
+            let (a, n) = (size(0), int(1));
+            let fill = if args.len() > 2 {
+                size(2)
+            } else {
+                Sizes::Same(16)
+            };
+            each(&|r| a.get(r) + (fill.get(r) + 8) * n.get(r))
+        }
+        "array_to_string" => {
+            let (a, delim) = (size(0), size(1));
+            let null = if args.len() > 2 {
+                size(2)
+            } else {
+                Sizes::Same(0)
+            };
+            let counts = Ints::elements(args.first(), rows);
+            each(&|r| a.get(r) + counts.get(r) * (delim.get(r) + null.get(r) + 1))
+        }
+        "range" | "generate_series" => {
+            let counts = series_lengths(args, rows);
+            each(&|r| counts.get(r) * 8 + 8)
+        }
+        "string_to_array" => {
+            let s = size(0);
+            each(&|r| s.get(r) * 9 + 16)
+        }
+        _ => {
+            // Output in proportion to the arguments (`concat`, `upper`, `translate`, `to_hex`,
+            // …): four times their size covers every byte-for-character expansion.
+            let sizes: Vec<Sizes> = (0..args.len()).map(size).collect();
+            each(&|r| 16 + 4 * sizes.iter().map(|s| s.get(r)).sum::<u128>())
+        }
+    }
+}
+
+/// How many `$` references a replacement may expand (at most one per `$`).
+fn dollars(v: &ColumnarValue) -> u128 {
+    let count = |s: &str| s.matches('$').count() as u128;
+    match v {
+        ColumnarValue::Scalar(ScalarValue::Utf8(Some(s)))
+        | ColumnarValue::Scalar(ScalarValue::LargeUtf8(Some(s)))
+        | ColumnarValue::Scalar(ScalarValue::Utf8View(Some(s))) => count(s),
+        ColumnarValue::Scalar(_) => 0,
+        // Replacements that differ per row: assume every character may be one.
+        ColumnarValue::Array(a) => Sizes::of_array(a).max(),
+    }
+}
+
+/// Per-row byte sizes of an argument.
+enum Sizes {
+    Same(u128),
+    Each(Vec<u128>),
+}
+
+impl Sizes {
+    fn of(v: Option<&ColumnarValue>, rows: usize) -> Self {
+        match v {
+            None => Sizes::Same(0),
+            Some(ColumnarValue::Scalar(s)) => Sizes::Same(scalar_bytes(s)),
+            Some(ColumnarValue::Array(a)) if a.len() == rows => Self::of_array(a),
+            Some(ColumnarValue::Array(a)) => {
+                Sizes::Same(a.get_array_memory_size() as u128 / a.len().max(1) as u128)
+            }
+        }
+    }
+
+    fn of_array(a: &ArrayRef) -> Self {
+        let lens =
+            |f: &dyn Fn(usize) -> usize| Sizes::Each((0..a.len()).map(|i| f(i) as u128).collect());
+        match a.data_type() {
+            DataType::Utf8 => lens(&|i| a.as_string::<i32>().value_length(i) as usize),
+            DataType::LargeUtf8 => lens(&|i| a.as_string::<i64>().value_length(i) as usize),
+            DataType::Binary => lens(&|i| a.as_binary::<i32>().value_length(i) as usize),
+            DataType::LargeBinary => lens(&|i| a.as_binary::<i64>().value_length(i) as usize),
+            DataType::Utf8View => lens(&|i| a.as_string_view().views()[i] as u32 as usize),
+            DataType::BinaryView => lens(&|i| a.as_binary_view().views()[i] as u32 as usize),
+            _ => {
+                // Lists and others: the widest a row can be is the whole array (slices of one
+                // buffer may share it); spread evenly when that cannot be told.
+                let total = a.get_array_memory_size() as u128;
+                let per = total / a.len().max(1) as u128;
+                match a.data_type() {
+                    DataType::List(_) | DataType::LargeList(_) => {
+                        let counts =
+                            Ints::elements(Some(&ColumnarValue::Array(a.clone())), a.len());
+                        let values = total.max(1);
+                        let all: u128 = (0..a.len()).map(|r| counts.get(r)).sum::<u128>().max(1);
+                        Sizes::Each(
+                            (0..a.len())
+                                .map(|r| per.max(counts.get(r) * values / all) + 16)
+                                .collect(),
+                        )
+                    }
+                    _ => Sizes::Same(per),
+                }
+            }
+        }
+    }
+
+    fn get(&self, row: usize) -> u128 {
+        match self {
+            Sizes::Same(v) => *v,
+            Sizes::Each(v) => v.get(row).copied().unwrap_or(0),
+        }
+    }
+
+    fn max(&self) -> u128 {
+        match self {
+            Sizes::Same(v) => *v,
+            Sizes::Each(v) => v.iter().copied().max().unwrap_or(0),
+        }
+    }
+}
+
+/// Per-row non-negative counts (negative and NULL count as none).
+enum Ints {
+    Same(u128),
+    Each(Vec<u128>),
+}
+
+impl Ints {
+    fn of(v: Option<&ColumnarValue>, rows: usize) -> Self {
+        let clamp = |v: i64| v.max(0) as u128;
+        match v {
+            None => Ints::Same(0),
+            Some(ColumnarValue::Scalar(s)) => Ints::Same(
+                s.cast_to(&DataType::Int64)
+                    .ok()
+                    .and_then(|v| match v {
+                        ScalarValue::Int64(v) => v,
+                        _ => None,
+                    })
+                    // A count that cannot be read as an integer: the most it could be.
+                    .map_or(u64::MAX as u128, clamp),
+            ),
+            Some(ColumnarValue::Array(a)) => match cast(a, &DataType::Int64) {
+                Ok(ints) => {
+                    let ints = ints.as_primitive::<Int64Type>();
+                    Ints::Each(
+                        (0..rows)
+                            .map(|i| {
+                                if ints.is_valid(i) {
+                                    clamp(ints.value(i))
+                                } else {
+                                    0
+                                }
+                            })
+                            .collect(),
+                    )
+                }
+                Err(_) => Ints::Same(u64::MAX as u128),
+            },
+        }
+    }
+
+    /// Elements of each row of a list argument.
+    fn elements(v: Option<&ColumnarValue>, rows: usize) -> Self {
+        let array = match v {
+            Some(ColumnarValue::Array(a)) => a.clone(),
+            Some(ColumnarValue::Scalar(s)) => match s.to_array_of_size(1) {
+                Ok(a) => return Self::elements(Some(&ColumnarValue::Array(a)), 1).first(),
+                Err(_) => return Ints::Same(0),
+            },
+            None => return Ints::Same(0),
+        };
+        match array.data_type() {
+            DataType::List(_) => {
+                let l = array.as_list::<i32>();
+                Ints::Each(
+                    (0..rows.min(l.len()))
+                        .map(|i| l.value_length(i) as u128)
+                        .collect(),
+                )
+            }
+            DataType::LargeList(_) => {
+                let l = array.as_list::<i64>();
+                Ints::Each(
+                    (0..rows.min(l.len()))
+                        .map(|i| l.value_length(i) as u128)
+                        .collect(),
+                )
+            }
+            DataType::FixedSizeList(_, n) => Ints::Same(*n as u128),
+            _ => Ints::Same(0),
+        }
+    }
+
+    fn first(self) -> Self {
+        Ints::Same(self.get(0))
+    }
+
+    fn get(&self, row: usize) -> u128 {
+        match self {
+            Ints::Same(v) => *v,
+            Ints::Each(v) => v.get(row).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// Elements of `range`/`generate_series` for each row: (stop - start) / step, on integers,
+/// dates and timestamps (a month counted as its shortest, 28 days).
+fn series_lengths(args: &[ColumnarValue], rows: usize) -> Ints {
+    let value = |i: usize, r: usize| -> Option<ScalarValue> {
+        match args.get(i)? {
+            ColumnarValue::Scalar(s) => Some(s.clone()),
+            ColumnarValue::Array(a) => ScalarValue::try_from_array(a, r).ok(),
+        }
+    };
+    let per_row = rows.min(
+        if args.iter().any(|a| matches!(a, ColumnarValue::Array(_))) {
+            rows
+        } else {
+            1
+        },
+    );
+    let count = |r: usize| -> u128 {
+        let (start, stop) = match args.len() {
+            1 => (Some(0), value(0, r).and_then(|v| point(&v))),
+            _ => (
+                value(0, r).and_then(|v| point(&v)),
+                value(1, r).and_then(|v| point(&v)),
+            ),
+        };
+        let step = if args.len() > 2 {
+            value(2, r).and_then(|v| step(&v))
+        } else {
+            Some(1)
+        };
+        match (start, stop, step) {
+            (Some(a), Some(b), Some(s)) if s != 0 => (a - b).unsigned_abs() / s.unsigned_abs() + 1,
+            (Some(_), Some(_), Some(_)) => 0,
+            // NULL arguments give NULL; anything else unreadable may be as long as can be.
+            _ if (0..args.len()).any(|i| value(i, r).is_some_and(|v| v.is_null())) => 0,
+            _ => u64::MAX as u128,
+        }
+    };
+    if per_row == 1 && rows > 1 {
+        return Ints::Same(count(0));
+    }
+    Ints::Each((0..rows).map(count).collect())
+}
+
+/// A series bound in its smallest unit (integers; dates and timestamps in nanoseconds).
+fn point(v: &ScalarValue) -> Option<i128> {
+    const DAY: i128 = 86_400_000_000_000;
+    Some(match v {
+        ScalarValue::Date32(Some(d)) => *d as i128 * DAY,
+        ScalarValue::Date64(Some(ms)) => *ms as i128 * 1_000_000,
+        ScalarValue::TimestampSecond(Some(t), _) => *t as i128 * 1_000_000_000,
+        ScalarValue::TimestampMillisecond(Some(t), _) => *t as i128 * 1_000_000,
+        ScalarValue::TimestampMicrosecond(Some(t), _) => *t as i128 * 1_000,
+        ScalarValue::TimestampNanosecond(Some(t), _) => *t as i128,
+        other => match other.cast_to(&DataType::Int64).ok()? {
+            ScalarValue::Int64(Some(i)) => i as i128,
+            _ => return None,
+        },
+    })
+}
+
+/// A series step in the unit of [`point`]: intervals at their shortest.
+fn step(v: &ScalarValue) -> Option<i128> {
+    const DAY: i128 = 86_400_000_000_000;
+    Some(match v {
+        ScalarValue::IntervalYearMonth(Some(m)) => *m as i128 * 28 * DAY,
+        ScalarValue::IntervalDayTime(Some(d)) => {
+            d.days as i128 * DAY + d.milliseconds as i128 * 1_000_000
+        }
+        ScalarValue::IntervalMonthDayNano(Some(i)) => {
+            i.months as i128 * 28 * DAY + i.days as i128 * DAY + i.nanoseconds as i128
+        }
+        other => point(other)?,
+    })
+}
+
+/// The bytes a scalar's value takes (strings and binaries by their length).
+fn scalar_bytes(s: &ScalarValue) -> u128 {
+    match s {
+        ScalarValue::Utf8(Some(v))
+        | ScalarValue::LargeUtf8(Some(v))
+        | ScalarValue::Utf8View(Some(v)) => v.len() as u128,
+        ScalarValue::Binary(Some(v))
+        | ScalarValue::LargeBinary(Some(v))
+        | ScalarValue::BinaryView(Some(v)) => v.len() as u128,
+        other => other.size() as u128,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+
+    async fn run(
+        sql: &str,
+        limit: usize,
+    ) -> Result<Vec<datafusion::arrow::record_batch::RecordBatch>> {
+        let ctx = SessionContext::new();
+        ctx.add_analyzer_rule(Arc::new(BoundFunctions { limit }));
+        ctx.sql(sql).await?.collect().await
+    }
+
+    #[tokio::test]
+    async fn functions_that_grow_their_input_are_refused_before_they_build() {
+        for sql in [
+            "SELECT length(repeat('x', 400000000))",
+            "SELECT max(length(repeat(CAST(value AS VARCHAR), 60000))) FROM generate_series(1, 20000)",
+            "SELECT max(length(lpad('a', 100000000 + CAST(value AS INT), 'b'))) FROM generate_series(1, 10)",
+            "SELECT cardinality(range(1000000000))",
+            "SELECT cardinality(array_repeat(value, 100000000)) FROM generate_series(1, 4)",
+            "SELECT length(replace(repeat('a', 10000), 'a', repeat('b', 10000)))",
+            "SELECT length(array_to_string(range(100000), repeat('-', 10000)))",
+        ] {
+            let err = run(sql, 16 << 20).await.err().unwrap_or_else(|| panic!("ran: {sql}"));
+            let text = err.to_string();
+            assert!(text.contains("max_batch_bytes (16 MiB)"), "{sql}: {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn ordinary_calls_answer_as_before_even_past_the_limit_in_total() {
+        // `replace` may triple 8 MB of text per batch; it does not, so it runs in slices.
+        let out = run(
+            "SELECT sum(length(replace(repeat(CAST(value % 10 AS VARCHAR), 1000), 'zz', 'yyyy'))), \
+                    sum(length(concat(CAST(value AS VARCHAR), 'x'))), \
+                    sum(cardinality(range(value % 5))) FROM generate_series(1, 20000)",
+            16 << 20,
+        )
+        .await
+        .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&out)
+            .unwrap()
+            .to_string();
+        assert!(text.contains("20000000"), "{text}");
+        // 9 * 1 + 90 * 2 + 900 * 3 + 9000 * 4 + 10001 * 5 + 20000 ('x')
+        assert!(
+            text.contains(&(9 + 180 + 2700 + 36000 + 50005 + 20000).to_string()),
+            "{text}"
+        );
+        assert!(text.contains("40000"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_literal_one_batch_cannot_repeat_is_refused() {
+        let ctx = SessionContext::new();
+        let plan = ctx
+            .sql("SELECT repeat('x', 100000) FROM generate_series(1, 10)")
+            .await
+            .unwrap()
+            .into_optimized_plan()
+            .unwrap();
+        let err = check_literals(&plan, 16 << 20, 8192)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a literal of 100000 bytes"), "{err}");
+        let small = ctx
+            .sql("SELECT repeat('x', 100) FROM generate_series(1, 10)")
+            .await
+            .unwrap()
+            .into_optimized_plan()
+            .unwrap();
+        check_literals(&small, 16 << 20, 8192).unwrap();
+    }
+}
