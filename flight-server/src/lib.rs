@@ -8,6 +8,7 @@ pub mod allocator;
 pub mod auth;
 pub mod demo;
 mod error;
+mod front;
 pub mod limits;
 mod metadata;
 mod review;

@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arrow::array::RecordBatch;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
@@ -116,7 +117,8 @@ pub(crate) fn reviewed_stream(
         outcome: None,
         reason: None,
     }));
-    let schema = query.schema();
+    // What clients read: the served schema with Flight SQL's column metadata.
+    let schema = Arc::new(crate::metadata::described(&query.schema(), None));
     let recorder = Recorder {
         gateway,
         query,
@@ -127,6 +129,7 @@ pub(crate) fn reviewed_stream(
     };
 
     let rows_progress = progress.clone();
+    let described = schema.clone();
     let batches = stream.map(move |batch| {
         let batch = batch.map_err(|e| {
             let status = to_status(GatewayError::Execution(e));
@@ -146,7 +149,11 @@ pub(crate) fn reviewed_stream(
             ))));
         }
         p.rows = rows;
-        Ok(batch)
+        drop(p);
+        let options =
+            arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        RecordBatch::try_new_with_options(described.clone(), batch.columns().to_vec(), &options)
+            .map_err(FlightError::Arrow)
     });
 
     let bytes_progress = progress.clone();

@@ -79,14 +79,14 @@ impl Server {
         // grpc.health.v1: the server ("") and the Flight service report SERVING until shutdown.
         let (health, health_service) = tonic_health::server::health_reporter();
         health
-            .set_serving::<FlightServiceServer<LakegateService>>()
+            .set_serving::<FlightServiceServer<crate::front::Front>>()
             .await;
         let signal = {
             let health = health.clone();
             async move {
                 signal.await;
                 health
-                    .set_not_serving::<FlightServiceServer<LakegateService>>()
+                    .set_not_serving::<FlightServiceServer<crate::front::Front>>()
                     .await;
                 health
                     .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -96,7 +96,7 @@ impl Server {
         let serving = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(
-                FlightServiceServer::new(self.service)
+                FlightServiceServer::new(crate::front::Front(Arc::new(self.service)))
                     .max_decoding_message_size(64 * 1024 * 1024)
                     .max_encoding_message_size(64 * 1024 * 1024),
             )

@@ -21,11 +21,13 @@ use arrow_flight::sql::{
     ActionBeginSavepointRequest, ActionBeginSavepointResult, ActionBeginTransactionRequest,
     ActionBeginTransactionResult, ActionClosePreparedStatementRequest,
     ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
-    ActionCreatePreparedSubstraitPlanRequest, Any, CommandGetCatalogs, CommandGetDbSchemas,
-    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest,
-    CommandStatementQuery, CommandStatementSubstraitPlan, CommandStatementUpdate,
-    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionCreatePreparedSubstraitPlanRequest, Any, Command, CommandGetCatalogs,
+    CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
+    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
+    CommandStatementIngest, CommandStatementQuery, CommandStatementSubstraitPlan,
+    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
 };
 use arrow_flight::{
     Action, ActionType, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
@@ -44,7 +46,9 @@ use gateway::{Gateway, Principal, Query};
 use crate::auth::{AuthError, Sessions};
 use crate::error::{read_only, to_status};
 use crate::limits::Limits;
-use crate::metadata::{sql_info, xdbc_type_info, TABLE_TYPE};
+use crate::metadata::{
+    described, foreign_keys_schema, primary_keys_schema, sql_info, xdbc_type_info, TABLE_TYPE,
+};
 use crate::session_options::{self as so, OptionValue, SessionOptionValue};
 
 /// The header that sets the scenario for one call (overrides the session option).
@@ -353,7 +357,7 @@ impl LakegateService {
                     &t.table.schema,
                     &t.table.table,
                     TABLE_TYPE,
-                    &t.schema,
+                    &described(&t.schema, Some((&t.table.schema, &t.table.table))),
                 )
                 .map_err(|e| internal("cannot list tables", e))?;
         }
@@ -395,6 +399,74 @@ impl LakegateService {
         self.gateway
             .record_metadata(&caller.principal, request, client, outcome)
             .map_err(to_status)
+    }
+
+    /// The schema a command's results have, without running it (Flight's GetSchema). A
+    /// statement is planned and decided as for GetFlightInfo.
+    pub(crate) async fn schema_of(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<arrow::datatypes::SchemaRef, Status> {
+        let caller = self.caller(request.metadata())?;
+        let client = client(&request);
+        let not_a_command = |e: &dyn std::fmt::Display| {
+            Status::invalid_argument(format!(
+                "GetSchema takes a Flight SQL command descriptor: {e}"
+            ))
+        };
+        let any = Any::decode(&*request.get_ref().cmd).map_err(|e| not_a_command(&e))?;
+        let command = Command::try_from(any).map_err(|e| not_a_command(&e))?;
+        Ok(match command {
+            Command::CommandStatementQuery(q) => {
+                let planned = self
+                    .gateway
+                    .prepare_audited(&caller.principal, &q.query, client)
+                    .await
+                    .map_err(to_status)?;
+                Arc::new(described(&planned.schema(), None))
+            }
+            Command::CommandPreparedStatementQuery(c) => {
+                let query = self.prepared(&caller, &c.prepared_statement_handle)?;
+                Arc::new(described(&query.schema(), None))
+            }
+            Command::CommandGetCatalogs(c) => c.into_builder().schema(),
+            Command::CommandGetDbSchemas(c) => c.into_builder().schema(),
+            Command::CommandGetTables(c) => c.into_builder().schema(),
+            Command::CommandGetTableTypes(c) => c.into_builder().schema(),
+            Command::CommandGetSqlInfo(c) => c.into_builder(&self.sql_info).schema(),
+            Command::CommandGetXdbcTypeInfo(c) => c.into_builder(&self.xdbc).schema(),
+            Command::CommandGetPrimaryKeys(_) => primary_keys_schema(),
+            Command::CommandGetExportedKeys(_)
+            | Command::CommandGetImportedKeys(_)
+            | Command::CommandGetCrossReference(_) => foreign_keys_schema(),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "GetSchema does not describe {}: lakegate is read-only",
+                    other.type_url()
+                )))
+            }
+        })
+    }
+
+    /// FlightInfo of an empty key listing: lakegate's tables declare no keys.
+    fn no_keys_info(
+        &self,
+        request: Request<FlightDescriptor>,
+        schema: arrow::datatypes::SchemaRef,
+        ticket: Vec<u8>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(request.metadata())?;
+        flight_info(&schema, ticket, request.into_inner())
+    }
+
+    /// The empty key listing itself.
+    fn no_keys(
+        &self,
+        request: Request<Ticket>,
+        schema: arrow::datatypes::SchemaRef,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.caller(request.metadata())?;
+        Ok(Response::new(one_batch(RecordBatch::new_empty(schema))))
     }
 
     fn catalogs_batch(&self) -> Result<RecordBatch, Status> {
@@ -540,7 +612,7 @@ impl FlightSqlService for LakegateService {
             .prepare_audited(&caller.principal, &query.query, client(&request))
             .await
             .map_err(to_status)?;
-        let schema = planned.schema();
+        let schema = described(&planned.schema(), None);
         let handle = self.store(&caller, HandleKind::Statement(planned));
         let ticket = TicketStatementQuery {
             statement_handle: handle.into_bytes().into(),
@@ -593,7 +665,7 @@ impl FlightSqlService for LakegateService {
             .prepare_audited(&caller.principal, &query.query, client(&request))
             .await
             .map_err(to_status)?;
-        let dataset_schema = schema_bytes(&planned.schema())?;
+        let dataset_schema = schema_bytes(&described(&planned.schema(), None))?;
         let parameter_schema = schema_bytes(&planned.parameter_schema())?;
         let handle = self.store(
             &caller,
@@ -673,7 +745,7 @@ impl FlightSqlService for LakegateService {
         let caller = self.caller(request.metadata())?;
         let query = self.prepared(&caller, &cmd.prepared_statement_handle)?;
         flight_info(
-            &query.schema(),
+            &described(&query.schema(), None),
             cmd.as_any().encode_to_vec(),
             request.into_inner(),
         )
@@ -827,6 +899,72 @@ impl FlightSqlService for LakegateService {
             .build()
             .map_err(|e| internal("cannot build XdbcTypeInfo", e))?;
         Ok(Response::new(one_batch(batch)))
+    }
+
+    // ---- keys: none declared ------------------------------------------------------------
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        cmd: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.no_keys_info(request, primary_keys_schema(), cmd.as_any().encode_to_vec())
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _cmd: CommandGetPrimaryKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.no_keys(request, primary_keys_schema())
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        cmd: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.no_keys_info(request, foreign_keys_schema(), cmd.as_any().encode_to_vec())
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _cmd: CommandGetExportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.no_keys(request, foreign_keys_schema())
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        cmd: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.no_keys_info(request, foreign_keys_schema(), cmd.as_any().encode_to_vec())
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _cmd: CommandGetImportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.no_keys(request, foreign_keys_schema())
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        cmd: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.no_keys_info(request, foreign_keys_schema(), cmd.as_any().encode_to_vec())
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _cmd: CommandGetCrossReference,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.no_keys(request, foreign_keys_schema())
     }
 
     // ---- session options ------------------------------------------------------------------

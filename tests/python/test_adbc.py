@@ -118,6 +118,31 @@ def test_get_objects_lists_the_scenario_tables(server):
     assert sorted(tables) == ["enterprises", "penalties"]
     columns = [c["column_name"] for c in tables["enterprises"]["table_columns"]]
     assert "credit_code" in columns and "legal_rep_id" in columns
+    # BI tools read SQL types and where a column comes from.
+    described = {c["column_name"]: c for c in tables["enterprises"]["table_columns"]}
+    assert described["credit_code"]["xdbc_type_name"] == "VARCHAR"
+    assert described["registered_capital"]["xdbc_type_name"] == "DECIMAL"
+    assert described["established"]["xdbc_type_name"] == "DATE"
+    for c in described.values():
+        assert c["xdbc_type_name"], c
+        assert (c["xdbc_scope_catalog"], c["xdbc_scope_schema"], c["xdbc_scope_table"]) == (
+            "lake",
+            "market",
+            "enterprises",
+        ), c
+
+
+def test_result_columns_carry_flight_sql_type_metadata(server):
+    with connect(server) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT credit_code, registered_capital, count(*) OVER () AS n FROM market.enterprises LIMIT 1")
+            schema = cur.fetch_arrow_table().schema
+    meta = {f.name: {k.decode(): v.decode() for k, v in (f.metadata or {}).items()} for f in schema}
+    assert meta["credit_code"]["ARROW:FLIGHT:SQL:TYPE_NAME"] == "VARCHAR"
+    assert meta["registered_capital"]["ARROW:FLIGHT:SQL:TYPE_NAME"] == "DECIMAL"
+    assert meta["registered_capital"]["ARROW:FLIGHT:SQL:PRECISION"] == "14"
+    assert meta["registered_capital"]["ARROW:FLIGHT:SQL:SCALE"] == "2"
+    assert meta["n"]["ARROW:FLIGHT:SQL:TYPE_NAME"] == "BIGINT"
 
 
 def test_get_table_schema_matches_the_result_schema(server):
