@@ -131,7 +131,7 @@ impl DemoLake {
 }
 
 /// What to print once the demo serves.
-pub fn connection_help(addr: &str) -> String {
+pub fn connection_help(addr: &str, tls_ca: Option<&Path>) -> String {
     let mut s = String::new();
     s.push_str("\nDemo users (local demo passwords):\n");
     for u in USERS {
@@ -140,13 +140,23 @@ pub fn connection_help(addr: &str) -> String {
             u.name, u.password, u.scenario, u.role
         ));
     }
+    let (uri, tls_line) = match tls_ca {
+        Some(ca) => (
+            format!("grpc+tls://{addr}"),
+            format!(
+                "\n        \"adbc.flight.sql.client_option.tls_root_certs\": open({:?}).read(),",
+                ca.display().to_string()
+            ),
+        ),
+        None => (format!("grpc://{addr}"), String::new()),
+    };
     s.push_str(&format!(
         r#"
 Connect from Python (pip install adbc-driver-flightsql pyarrow):
 
 import adbc_driver_flightsql.dbapi as flightsql
-conn = flightsql.connect("grpc://{addr}", autocommit=True,
-    db_kwargs={{"username": "banker", "password": "banker-demo"}},
+conn = flightsql.connect("{uri}", autocommit=True,
+    db_kwargs={{"username": "banker", "password": "banker-demo",{tls_line}}},
     conn_kwargs={{"adbc.flight.sql.session.option.scenario": "bank-credit"}})
 cur = conn.cursor()
 cur.execute("SELECT district, count(*) AS n FROM market.enterprises GROUP BY district ORDER BY n DESC")
@@ -154,6 +164,26 @@ print(cur.fetch_arrow_table())
 "#
     ));
     s
+}
+
+/// Generates the demo's certificates into `tls/` beside `config` (once) and adds
+/// `[server.tls]` to the configuration if it has none.
+pub fn enable_tls(config: &Path) -> anyhow::Result<()> {
+    let dir = config
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("{} has no folder", config.display()))?
+        .join("tls");
+    if !dir.join("server.pem").exists() {
+        crate::tls::generate(&dir)?;
+    }
+    let text = std::fs::read_to_string(config)?;
+    if !text.contains("[server.tls]") {
+        std::fs::write(
+            config,
+            format!("{text}\n[server.tls]\ncert = \"tls/server.pem\"\nkey = \"tls/server.key\"\n"),
+        )?;
+    }
+    Ok(())
 }
 
 // ---- data -------------------------------------------------------------------------------------

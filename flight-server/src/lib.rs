@@ -15,6 +15,7 @@ mod review;
 mod server;
 mod service;
 pub mod session_options;
+pub mod tls;
 
 pub use server::{serve, shutdown_signal, Server};
 pub use service::{LakegateService, SCENARIO_HEADER, SCENARIO_OPTION};

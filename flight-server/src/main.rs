@@ -46,6 +46,10 @@ enum Command {
         /// Build the demo folder and exit without serving.
         #[arg(long)]
         build_only: bool,
+        /// Serve TLS with certificates generated into `<dir>/tls` (a demo CA; `[server.tls]`
+        /// is added to the demo's configuration).
+        #[arg(long)]
+        tls: bool,
     },
     /// Policy files: check them, or print the composed Cedar schema.
     Policy {
@@ -168,15 +172,27 @@ async fn run() -> anyhow::Result<()> {
             listen,
             rows,
             build_only,
+            tls,
         } => {
-            let path = DemoLake::new(dir).with_rows(rows).build().await?;
+            let path = DemoLake::new(&dir).with_rows(rows).build().await?;
+            if tls {
+                flight_server::demo::enable_tls(&path)?;
+            }
             if build_only {
                 println!("demo configuration: {}", path.display());
                 return Ok(());
             }
             let config = load(&path)?;
             let server = flight_server::Server::bind(&config, listen).await?;
-            println!("{}", connection_help(&server.local_addr()?.to_string()));
+            let ca = config
+                .server
+                .tls
+                .as_ref()
+                .map(|_| dir.join("tls").join("ca.pem"));
+            println!(
+                "{}",
+                connection_help(&server.local_addr()?.to_string(), ca.as_deref())
+            );
             server.run(flight_server::shutdown_signal()).await
         }
         Command::Policy { command } => match command {

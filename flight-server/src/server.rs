@@ -23,6 +23,8 @@ pub struct Server {
     anchor_interval: Duration,
     /// How long running calls may take to finish after a shutdown signal.
     grace: Duration,
+    /// `[server.tls]`, loaded.
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// How often the policy folder is checked for changes.
@@ -40,6 +42,7 @@ impl Server {
             ttl,
             crate::limits::Limits::new(&config.execution),
         );
+        let tls = config.server.tls.as_ref().map(tls_config).transpose()?;
         let addr = listen.unwrap_or(config.server.listen);
         let listener = TcpListener::bind(addr)
             .await
@@ -50,7 +53,13 @@ impl Server {
             gateway,
             anchor_interval: Duration::from_secs(config.audit.anchor_interval_secs),
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
+            tls,
         })
+    }
+
+    /// Whether it serves TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The address actually bound (useful with port 0).
@@ -93,7 +102,13 @@ impl Server {
                     .await;
             }
         };
-        let serving = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls.clone() {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| anyhow::anyhow!("cannot serve TLS ([server.tls]): {e}"))?;
+        }
+        let serving = builder
             .add_service(health_service)
             .add_service(
                 FlightServiceServer::new(crate::front::Front(Arc::new(self.service)))
@@ -130,6 +145,29 @@ impl Server {
         tracing::info!(drained, audit_head = head.seq, anchored = ?anchored, "lakegate stopped");
         Ok(())
     }
+}
+
+/// `[server.tls]` read from its PEM files; errors name the file.
+fn tls_config(tls: &lake_config::TlsConfig) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    crate::tls::install_crypto_provider();
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read [server.tls] {what} {}: {e}", path.display()))
+    };
+    let identity =
+        tonic::transport::Identity::from_pem(read("cert", &tls.cert)?, read("key", &tls.key)?);
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(
+            "client_ca",
+            ca,
+        )?));
+    }
+    // tonic parses the PEM when the server is built: fail here, at start, naming the setting.
+    tonic::transport::Server::builder()
+        .tls_config(config.clone())
+        .map_err(|e| anyhow::anyhow!("[server.tls]: the certificate or key is not usable: {e}"))?;
+    Ok(config)
 }
 
 /// Binds and serves until SIGTERM or SIGINT (Ctrl-C).

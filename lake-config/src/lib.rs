@@ -56,6 +56,21 @@ pub struct ServerConfig {
     /// `shutdown_grace_secs`: on SIGTERM or SIGINT, how long running calls may take to finish
     /// before they are cancelled (default 30).
     pub shutdown_grace_secs: u64,
+    /// `[server.tls]`: serve TLS instead of plaintext.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: the server's certificate and key (PEM), and optionally the CA whose
+/// certificates clients must present (mutual TLS).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// `cert`: the certificate chain, PEM.
+    pub cert: PathBuf,
+    /// `key`: the private key, PEM.
+    pub key: PathBuf,
+    /// `client_ca`: the CA certificate(s) clients' certificates must chain to, PEM. Without it
+    /// clients are not asked for a certificate.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[lake]`: where the departments' Delta tables live.
@@ -298,6 +313,15 @@ struct RawServer {
     listen: Option<String>,
     token_ttl_secs: Option<u64>,
     shutdown_grace_secs: Option<u64>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+    client_ca: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -619,6 +643,11 @@ impl Config {
                 listen,
                 token_ttl_secs,
                 shutdown_grace_secs: raw.server.shutdown_grace_secs.unwrap_or(30),
+                tls: raw.server.tls.map(|t| TlsConfig {
+                    cert: base.join(t.cert),
+                    key: base.join(t.key),
+                    client_ca: t.client_ca.map(|c| base.join(c)),
+                }),
             },
             lake: LakeConfig {
                 root,

@@ -244,3 +244,49 @@ def test_the_printed_connect_snippet_runs_when_pasted(tmp_path):
         timer.cancel()
         proc.kill()
         proc.wait()
+
+
+def test_tls_demo_serves_adbc_over_grpc_tls_and_refuses_plaintext(tmp_path):
+    demo = tmp_path / "tls-demo"
+    subprocess.run(
+        [str(BIN), "demo", "--dir", str(demo), "--rows", "200", "--tls", "--build-only"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    proc = subprocess.Popen(
+        [str(BIN), "serve", "--config", str(demo / "lakegate.toml"), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        address = None
+        for line in proc.stdout:
+            m = re.search(r"lakegate listening on (\S+)", line)
+            if m:
+                address = m.group(1)
+                break
+        assert address, "lakegate serve did not start"
+        ca = (demo / "tls" / "ca.pem").read_text()
+        with flightsql.connect(
+            f"grpc+tls://{address}",
+            db_kwargs={
+                "username": "banker",
+                "password": "banker-demo",
+                "adbc.flight.sql.client_option.tls_root_certs": ca,
+            },
+            conn_kwargs={SCENARIO_OPTION: "bank-credit"},
+            autocommit=True,
+        ) as conn:
+            assert scalar(conn, "SELECT count(*) FROM market.enterprises") == 200
+        with pytest.raises(adbc_driver_manager.Error):
+            with flightsql.connect(
+                f"grpc://{address}",
+                db_kwargs={"username": "banker", "password": "banker-demo"},
+                autocommit=True,
+            ) as conn:
+                scalar(conn, "SELECT 1")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
