@@ -41,8 +41,15 @@ pub(crate) struct BoundFunctions {
 
 impl AnalyzerRule for BoundFunctions {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        plan.transform_up_with_subqueries(|p| p.map_expressions(|e| bound(e, self.limit)))
-            .map(|t| t.data)
+        plan.transform_up_with_subqueries(|p| {
+            // Output names stay as written: `a || b` is not renamed by the checks put in it.
+            let names = datafusion::logical_expr::expr_rewriter::NamePreserver::new(&p);
+            p.map_expressions(|e| {
+                let saved = names.save(&e);
+                bound(e, self.limit).map(|t| t.update_data(|e| saved.restore(e)))
+            })
+        })
+        .map(|t| t.data)
     }
 
     fn name(&self) -> &str {
@@ -50,9 +57,23 @@ impl AnalyzerRule for BoundFunctions {
     }
 }
 
-/// `expr` with every function call in it bounded.
+/// `expr` with every function call in it bounded, and the operands of `||` checked: a chain
+/// of `||` then builds at most twice the limit before the operator above refuses it.
 fn bound(expr: Expr, limit: usize) -> Result<Transformed<Expr>> {
     expr.transform_up(|e| match e {
+        Expr::BinaryExpr(mut b) if b.op == datafusion::logical_expr::Operator::StringConcat => {
+            let checked = |e: Box<Expr>| {
+                Box::new(Expr::ScalarFunction(
+                    datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                        Arc::new(ScalarUDF::new_from_impl(Checked::new(limit))),
+                        vec![*e],
+                    ),
+                ))
+            };
+            b.left = checked(b.left);
+            b.right = checked(b.right);
+            Ok(Transformed::yes(Expr::BinaryExpr(b)))
+        }
         Expr::ScalarFunction(mut f) if !is_bounded(&f.func) => {
             f.func = Arc::new(ScalarUDF::new_from_impl(Bounded {
                 inner: f.func,
@@ -62,6 +83,42 @@ fn bound(expr: Expr, limit: usize) -> Result<Transformed<Expr>> {
         }
         other => Ok(Transformed::no(other)),
     })
+}
+
+/// `lakegate_checked(x)`: `x`, refused when its values take more than the limit.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Checked {
+    limit: usize,
+    signature: Signature,
+}
+
+impl Checked {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            signature: Signature::any(1, datafusion::logical_expr::Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Checked {
+    fn name(&self) -> &str {
+        "lakegate_checked"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let value = args.args.remove(0);
+        check("||", &value, self.limit)?;
+        Ok(value)
+    }
 }
 
 fn is_bounded(f: &ScalarUDF) -> bool {
@@ -142,6 +199,16 @@ impl ScalarUDFImpl for Bounded {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        // Work one call does without returning to the runtime: bounded before it starts.
+        if let Some(work) = quadratic_work(self.name(), &args.args, args.number_rows) {
+            if work > MAX_WORK {
+                return Err(DataFusionError::ResourcesExhausted(format!(
+                    "too costly: {}() would take {work} steps in one call, more than {MAX_WORK}; \
+                     use it on shorter values",
+                    self.name()
+                )));
+            }
+        }
         if fixed_width(args.return_field.data_type()) {
             return self.inner.invoke_with_args(args);
         }
@@ -373,6 +440,28 @@ fn estimate(name: &str, args: &[ColumnarValue], rows: usize) -> Vec<u128> {
             let sizes: Vec<Sizes> = (0..args.len()).map(size).collect();
             each(&|r| 16 + 4 * sizes.iter().map(|s| s.get(r)).sum::<u128>())
         }
+    }
+}
+
+/// The most steps one call of a function whose work grows with the product of its arguments'
+/// sizes may take: about a second of one core, so that a call cannot hold an execution thread
+/// (which it does not give back while it runs) for long.
+const MAX_WORK: u128 = 1 << 30;
+
+/// Steps of the functions whose work is the product of two arguments' sizes, over all rows.
+fn quadratic_work(name: &str, args: &[ColumnarValue], rows: usize) -> Option<u128> {
+    let pair = |a: usize, b: usize| {
+        let (x, y) = (Sizes::of(args.get(a), rows), Sizes::of(args.get(b), rows));
+        Some(
+            (0..rows.max(1))
+                .map(|r| (x.get(r) + 1) * (y.get(r) + 1))
+                .sum(),
+        )
+    };
+    match name {
+        "levenshtein" => pair(0, 1),
+        "array_has_all" | "array_has_any" | "arrays_overlap" => pair(0, 1),
+        _ => None,
     }
 }
 
@@ -680,6 +769,44 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("40000"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn calls_whose_work_is_quadratic_are_bounded_before_they_start() {
+        let err = run(
+            "SELECT levenshtein(repeat('a', 150000), repeat('b', 150000))",
+            128 << 20,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("too costly: levenshtein()"), "{err}");
+        let many = "SELECT max(levenshtein(repeat('a', 2000 + CAST(value % 2 AS INT)), \
+                    repeat('b', 2000))) FROM generate_series(1, 1000)";
+        let err = run(many, 128 << 20).await.unwrap_err().to_string();
+        assert!(err.contains("too costly"), "{err}");
+        let fine = run("SELECT levenshtein('kitten', 'sitting')", 128 << 20)
+            .await
+            .unwrap();
+        assert_eq!(fine[0].num_rows(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_chain_of_concatenations_is_refused_before_it_doubles_past_the_limit() {
+        let sql = "WITH s AS (SELECT repeat('x', 3000000) AS v) \
+                   SELECT length(a.v || a.v || a.v || a.v || a.v || a.v || a.v) FROM s a";
+        let err = run(sql, 16 << 20).await.unwrap_err().to_string();
+        assert!(
+            err.contains("||") && err.contains("max_batch_bytes (16 MiB)"),
+            "{err}"
+        );
+        let ok = run(
+            "SELECT 'a' || 'b' || CAST(NULL AS VARCHAR) IS NULL",
+            16 << 20,
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok[0].num_rows(), 1);
     }
 
     #[tokio::test]

@@ -66,6 +66,20 @@ impl Executor {
         crate::guard::guard(plan, self.max_batch_bytes)
     }
 
+    /// Runs `work` (planning) on this runtime; dropping the returned future aborts it at its
+    /// next yield.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, tokio::task::JoinError>> {
+        let task = AbortOnDrop(Some(self.handle.spawn(work)));
+        async move {
+            let mut task = task;
+            let handle = task.0.as_mut().expect("joined once");
+            handle.await
+        }
+    }
+
     /// Runs a [`Executor::prepare`]d plan on this runtime; its batches arrive through the
     /// returned stream. Dropping the stream cancels the run.
     pub fn run(
@@ -92,7 +106,7 @@ impl Executor {
                 }
             }
         });
-        let abort = AbortOnDrop(task);
+        let abort = AbortOnDrop(Some(task));
         let batches = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |b| {
             let _running = &abort;
             b
@@ -110,11 +124,13 @@ impl Drop for Executor {
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 

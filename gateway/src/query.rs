@@ -340,25 +340,35 @@ impl Query {
     pub async fn physical_plan(
         &self,
     ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, GatewayError> {
-        let planned = async {
+        // Planning evaluates constant expressions: it runs on the query runtime too, never
+        // on the threads that serve clients.
+        let executor = self.executor()?;
+        let limit = executor.max_batch_bytes();
+        let (state, plan) = (self.state.clone(), self.plan.clone());
+        let planned = executor.spawn(async move {
+            // Literals as written and bound (folding may hide them), and as folded.
+            crate::bounded_functions::check_literals(&plan, limit, state.config().batch_size())
+                .map_err(GatewayError::Execution)?;
             // Checked again after DataFusion's optimizer: nothing it moved may get under a
             // release or use an aggregate-only column.
-            let optimized = self
-                .state
-                .optimize(&self.plan)
-                .map_err(GatewayError::from_planning)?;
+            let optimized = state.optimize(&plan).map_err(GatewayError::from_planning)?;
             crate::aggregate_only::verify(&optimized)?;
             crate::bounded_functions::check_literals(
                 &optimized,
-                self.executor()?.max_batch_bytes(),
-                self.state.config().batch_size(),
+                limit,
+                state.config().batch_size(),
             )
             .map_err(GatewayError::Execution)?;
-            self.state
+            state
                 .query_planner()
-                .create_physical_plan(&optimized, self.state.as_ref())
+                .create_physical_plan(&optimized, state.as_ref())
                 .await
                 .map_err(GatewayError::from_planning)
+        });
+        let planned = async {
+            planned.await.unwrap_or_else(|e| {
+                Err(GatewayError::Execution(DataFusionError::External(e.into())))
+            })
         };
         let (physical, recorded) = futures::join!(planned, self.recorded());
         recorded?;

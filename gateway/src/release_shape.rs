@@ -13,8 +13,9 @@
 //!   row's multiplicity would depend on a chosen row);
 //! - no UNION, INTERSECT or EXCEPT (a branch can add or drop a chosen row's copy).
 //!
-//! Differencing across queries (or two released aggregates joined in one) is what the k rule
-//! cannot stop; `policy-model.md` §5 says so and offers differential privacy.
+//! A query releases at most once (two releases in one query, one leaving a chosen row out, can
+//! be differenced). Differencing across queries is what the k rule cannot stop;
+//! `policy-model.md` §5 says so and offers differential privacy.
 
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
@@ -110,6 +111,22 @@ fn is_release(plan: &LogicalPlan) -> bool {
 /// arguments are raw, joins are inner equi-joins, no set operation or VALUES list. What sits
 /// above every release only sees released groups.
 pub(crate) fn check(plan: &LogicalPlan) -> Result<(), GatewayError> {
+    // One minimum-group release per query: two (one leaving a chosen row out) differenced
+    // against each other in the same query name that row's group.
+    let mut releases = 0usize;
+    let _ = plan.apply_with_subqueries(|p| {
+        if matches!(p, LogicalPlan::Extension(e) if e.node.as_any().is::<MinGroupRelease>()) {
+            releases += 1;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if releases > 1 {
+        return Err(refuse(&format!(
+            "it may release it once, not {releases} times: released aggregates compared in one \
+             query can be differenced (one leaving a chosen row out names that row's group); \
+             run them as separate queries"
+        )));
+    }
     walk(plan, false)
 }
 

@@ -226,6 +226,13 @@ def test_withheld_groups_are_never_evaluated(shared):
         "ON h.visit_id = t.visit_id OR t.visit_id = 8193 GROUP BY h.diagnosis",
         "SELECT diagnosis, count(*) FROM (SELECT diagnosis FROM health.visits UNION ALL "
         "SELECT diagnosis FROM health.visits WHERE visit_id = 8193) GROUP BY diagnosis",
+        # Differencing inside one query (attacker round 4: 120 visits in one statement).
+        "SELECT a.diagnosis, a.c - b1.c, a.c - b2.c FROM (SELECT diagnosis, count(*) c "
+        "FROM health.visits GROUP BY diagnosis) a "
+        "JOIN (SELECT diagnosis, count(*) c FROM health.visits WHERE visit_id <> 10 "
+        "GROUP BY diagnosis) b1 ON b1.diagnosis = a.diagnosis "
+        "JOIN (SELECT diagnosis, count(*) c FROM health.visits WHERE visit_id <> 11 "
+        "GROUP BY diagnosis) b2 ON b2.diagnosis = a.diagnosis",
     ],
 )
 def test_per_group_name_lists_are_refused(shared, sql):
@@ -399,6 +406,10 @@ def test_a_runaway_query_neither_freezes_the_server_nor_outlives_its_client(tmp_
         "SELECT max(length(replace(repeat(district, 1000), 'a', repeat('b', 5000)))) FROM health.visits",
         "SELECT max(length(concat(d, d, d, d, d, d, d, d))) FROM (SELECT repeat(district, 10000) AS d FROM health.visits) t",
         "SELECT repeat('x', 100000) FROM health.visits",
+        # `||` chained over a value near the limit (attacker round 4: 1.8 GB built).
+        "WITH s AS (SELECT repeat('x', 30000000) AS v) SELECT length("
+        + " || ".join(["a.v"] * 60)
+        + ") FROM s a",
     ],
 )
 def test_values_too_large_for_a_batch_are_refused_with_memory_flat(shared, sql):
@@ -423,3 +434,34 @@ def test_values_too_large_for_a_batch_are_refused_with_memory_flat(shared, sql):
         assert peak[0] - before < 800, f"RSS grew from {before:.0f} to {peak[0]:.0f} MiB"
         assert shared.alive()
         assert rows(conn, "SELECT count(*) FROM health.visits")[0][0] == 1000
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # Folded while planning (attacker round 4: 75 s on the server's own threads).
+        "SELECT levenshtein(repeat('a', 150000), repeat('b', 150000))",
+        # One call over one row for about 45 minutes.
+        "SELECT levenshtein(repeat('a', value), repeat('b', value)) "
+        "FROM generate_series(1000000, 1000000)",
+    ],
+)
+def test_calls_too_costly_for_one_call_are_refused_at_once(shared, sql):
+    with connect(shared.uri, "insurer", "insurer-demo", "insurance-underwriting") as conn:
+        started = time.monotonic()
+        err = failure(conn, sql)
+        # Refused before the work: by the cost of the call, or (folded while planning) by the
+        # size of the literal `repeat` folded into.
+        assert "too costly" in err or "a literal of" in err, err[:400]
+        assert time.monotonic() - started < 10
+        assert rows(conn, "SELECT count(*) FROM health.visits")[0][0] == 1000
+
+
+def test_bound_parameters_obey_the_literal_limit(shared):
+    with connect(shared.uri, "insurer", "insurer-demo", "insurance-underwriting") as conn:
+        with conn.cursor() as cur:
+            with pytest.raises(adbc_driver_manager.Error) as e:
+                cur.execute("SELECT length(CAST(? AS VARCHAR))", ("x" * 1_000_000,))
+                cur.fetchall()
+        assert "literal" in str(e.value) and "max_batch_bytes" in str(e.value), str(e.value)[:400]
+        assert rows(conn, "SELECT length(CAST(? AS VARCHAR))", ("x" * 1000,))[0][0] == 1000

@@ -158,6 +158,13 @@ async fn per_group_computations_that_name_people_are_refused() {
          WHERE t.id = 10 GROUP BY e.diagnosis",
         "SELECT diagnosis, count(*) FROM (SELECT diagnosis FROM hr.employees UNION ALL \
          SELECT diagnosis FROM hr.employees WHERE id = 10) GROUP BY diagnosis",
+        // Differencing inside one query: all rows against all but one (attacker round 4).
+        "SELECT a.diagnosis, a.c - b.c FROM (SELECT diagnosis, count(*) c FROM hr.employees \
+         GROUP BY diagnosis) a JOIN (SELECT diagnosis, count(*) c FROM hr.employees \
+         WHERE id <> 10 GROUP BY diagnosis) b ON a.diagnosis = b.diagnosis",
+        "SELECT diagnosis, c FROM (SELECT diagnosis, count(*) c FROM hr.employees GROUP BY \
+         diagnosis) WHERE c > (SELECT max(c) FROM (SELECT diagnosis, count(*) c FROM \
+         hr.employees WHERE id <> 10 GROUP BY diagnosis))",
     ] {
         let text = seen(&mut c, sql).await;
         assert!(
