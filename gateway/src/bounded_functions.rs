@@ -61,6 +61,14 @@ impl AnalyzerRule for BoundFunctions {
 /// of `||` then builds at most twice the limit before the operator above refuses it.
 fn bound(expr: Expr, limit: usize) -> Result<Transformed<Expr>> {
     expr.transform_up(|e| match e {
+        Expr::WindowFunction(w) if growing_window(&w) => {
+            Err(DataFusionError::ResourcesExhausted(format!(
+                "result too large: {}() as a window function builds its whole frame again for \
+                 every row; use a ROWS frame of at most {MAX_WINDOW_ROWS} rows, or aggregate with \
+                 GROUP BY",
+                w.fun
+            )))
+        }
         Expr::BinaryExpr(mut b) if b.op == datafusion::logical_expr::Operator::StringConcat => {
             let checked = |e: Box<Expr>| {
                 Box::new(Expr::ScalarFunction(
@@ -119,6 +127,39 @@ impl ScalarUDFImpl for Checked {
         check("||", &value, self.limit)?;
         Ok(value)
     }
+}
+
+/// The longest ROWS frame a list- or string-building aggregate may run over as a window.
+const MAX_WINDOW_ROWS: u64 = 1024;
+
+/// An aggregate that builds a list or string of its frame (`array_agg`, `string_agg`), run as a
+/// window over a frame that is not a short ROWS frame: its output is frame × rows, built before
+/// any batch is checked (20,000 rows of `array_agg(...) OVER ()` are 400 million elements).
+fn growing_window(w: &datafusion::logical_expr::expr::WindowFunction) -> bool {
+    use datafusion::logical_expr::{WindowFrameBound, WindowFrameUnits, WindowFunctionDefinition};
+    let WindowFunctionDefinition::AggregateUDF(f) = &w.fun else {
+        return false;
+    };
+    if !matches!(f.name(), "array_agg" | "string_agg") {
+        return false;
+    }
+    let frame = &w.params.window_frame;
+    let rows = |b: &WindowFrameBound| match b {
+        WindowFrameBound::CurrentRow => Some(0),
+        WindowFrameBound::Preceding(v) | WindowFrameBound::Following(v) => match v {
+            ScalarValue::UInt64(Some(n)) => Some(*n),
+            other => match other.cast_to(&DataType::UInt64).ok()? {
+                ScalarValue::UInt64(Some(n)) => Some(n),
+                _ => None,
+            },
+        },
+    };
+    let short = frame.units == WindowFrameUnits::Rows
+        && match (rows(&frame.start_bound), rows(&frame.end_bound)) {
+            (Some(a), Some(b)) => a.saturating_add(b) < MAX_WINDOW_ROWS,
+            _ => false,
+        };
+    !short
 }
 
 fn is_bounded(f: &ScalarUDF) -> bool {
@@ -807,6 +848,32 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(ok[0].num_rows(), 1);
+    }
+
+    #[tokio::test]
+    async fn list_building_windows_over_long_frames_are_refused() {
+        for sql in [
+            "SELECT max(cardinality(a)) FROM (SELECT array_agg(value) OVER () a \
+             FROM generate_series(1, 100))",
+            "SELECT max(length(a)) FROM (SELECT string_agg(CAST(value AS VARCHAR), ',') \
+             OVER (ORDER BY value) a FROM generate_series(1, 100))",
+            "SELECT max(cardinality(a)) FROM (SELECT array_agg(value) OVER (ORDER BY value \
+             ROWS BETWEEN 5000 PRECEDING AND CURRENT ROW) a FROM generate_series(1, 100))",
+        ] {
+            let err = run(sql, 16 << 20).await.unwrap_err().to_string();
+            assert!(err.contains("as a window function"), "{sql}: {err}");
+        }
+        let short = run(
+            "SELECT max(cardinality(a)) FROM (SELECT array_agg(value) OVER (ORDER BY value \
+             ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) a FROM generate_series(1, 100))",
+            16 << 20,
+        )
+        .await
+        .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&short)
+            .unwrap()
+            .to_string();
+        assert!(text.contains(" 3 "), "{text}");
     }
 
     #[tokio::test]

@@ -465,3 +465,22 @@ def test_bound_parameters_obey_the_literal_limit(shared):
                 cur.fetchall()
         assert "literal" in str(e.value) and "max_batch_bytes" in str(e.value), str(e.value)[:400]
         assert rows(conn, "SELECT length(CAST(? AS VARCHAR))", ("x" * 1000,))[0][0] == 1000
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # 1000 x 1000 rows, each with an array of the million: 23 GB before this rule (OOM).
+        "SELECT max(cardinality(a)) FROM (SELECT array_agg(x.visit_id) OVER () a "
+        "FROM health.visits x, health.visits y)",
+        "SELECT max(length(a)) FROM (SELECT string_agg(hospital, ',') OVER (ORDER BY visit_id) a "
+        "FROM health.visits)",
+    ],
+)
+def test_window_aggregates_that_copy_their_frame_per_row_are_refused(shared, sql):
+    with connect(shared.uri, "insurer", "insurer-demo", "insurance-underwriting") as conn:
+        before = shared.rss_mib()
+        err = failure(conn, sql)
+        assert "as a window function" in err, err[:400]
+        assert shared.rss_mib() - before < 300
+        assert rows(conn, "SELECT count(*) FROM health.visits")[0][0] == 1000
