@@ -226,6 +226,13 @@ impl Sessions {
         }
     }
 
+    /// Sessions whose token has not expired.
+    pub fn active(&self) -> usize {
+        let now = Instant::now();
+        let live = self.live.lock().expect("session map poisoned");
+        live.values().filter(|s| s.expires > now).count()
+    }
+
     /// Sets or clears the scenario of a live session.
     pub fn set_scenario(&self, token: &str, scenario: Option<String>) -> Result<(), AuthError> {
         let mut live = self.live.lock().expect("session map poisoned");

@@ -11,6 +11,7 @@ mod error;
 mod front;
 pub mod limits;
 mod metadata;
+pub mod metrics;
 mod review;
 mod server;
 mod service;

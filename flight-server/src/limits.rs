@@ -71,6 +71,7 @@ impl Limits {
             ))
         })?;
         running.insert(user.to_string(), own + 1);
+        crate::metrics::metrics().started();
         Ok(Slot {
             running: self.running.clone(),
             user: user.to_string(),
@@ -81,6 +82,7 @@ impl Limits {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        crate::metrics::metrics().ended();
         let mut running = self.running.lock().expect("limits lock");
         if let Some(n) = running.get_mut(&self.user) {
             *n -= 1;

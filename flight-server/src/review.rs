@@ -79,7 +79,7 @@ impl Drop for Recorder {
             duration: self.started.elapsed(),
         };
         drop(p);
-        if let Err(e) = self.gateway.record_completion(&self.query, c) {
+        if let Err(e) = crate::metrics::record_completion(&self.gateway, &self.query, c) {
             tracing::error!("cannot write the completion record: {e}");
         }
     }

@@ -25,6 +25,9 @@ pub struct Server {
     grace: Duration,
     /// `[server.tls]`, loaded.
     tls: Option<tonic::transport::ServerTlsConfig>,
+    /// `[server] metrics_listen`, bound.
+    metrics: Option<TcpListener>,
+    sessions: Arc<Sessions>,
 }
 
 /// How often the policy folder is checked for changes.
@@ -38,7 +41,7 @@ impl Server {
         let sessions = Arc::new(Sessions::new(&config.users, ttl));
         let service = LakegateService::new(
             gateway.clone(),
-            sessions,
+            sessions.clone(),
             ttl,
             crate::limits::Limits::new(&config.execution),
         );
@@ -47,7 +50,15 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let metrics = match config.server.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr} ([server] metrics_listen): {e}")
+            })?),
+            None => None,
+        };
         Ok(Self {
+            metrics,
+            sessions,
             listener,
             service,
             gateway,
@@ -55,6 +66,11 @@ impl Server {
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
             tls,
         })
+    }
+
+    /// Where `GET /metrics` is served, when `[server] metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Whether it serves TLS.
@@ -75,6 +91,10 @@ impl Server {
         tracing::info!(%addr, "lakegate listening");
         let reloader = tokio::spawn(reload_policies(self.gateway.clone()));
         let anchorer = tokio::spawn(anchor_audit(self.gateway.clone(), self.anchor_interval));
+        let sessions = self.sessions.clone();
+        let metrics = self
+            .metrics
+            .map(|l| tokio::spawn(crate::metrics::serve(l, sessions)));
         // Once `shutdown` fires, tonic stops accepting and lets running calls finish; past the
         // grace period the rest are dropped (their streams record `cancelled`).
         let stopping = Arc::new(tokio::sync::Notify::new());
@@ -133,6 +153,9 @@ impl Server {
         };
         reloader.abort();
         anchorer.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
         // A last anchor on a clean shutdown.
         let anchored = match self.gateway.anchor_audit(true).await {
             Ok(a) => a.map(|a| a.seq),
@@ -207,11 +230,14 @@ async fn reload_policies(gateway: Arc<Gateway>) {
         };
         tokio::select! {
             _ = tick.tick() => {
-                gateway.reload_if_changed().await;
+                if let Some(result) = gateway.reload_if_changed().await {
+                    crate::metrics::metrics().reloaded(result.is_ok());
+                }
             }
             _ = sighup => {
                 tracing::info!("SIGHUP: reloading the policy folder");
-                let _ = gateway.reload_policies().await;
+                let result = gateway.reload_policies().await;
+                crate::metrics::metrics().reloaded(result.is_ok());
             }
         }
     }

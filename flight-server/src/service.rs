@@ -239,7 +239,8 @@ impl LakegateService {
                 if let Some(ctx) = planned.audit_context() {
                     let _ = ctx.recorded().await;
                 }
-                let _ = self.gateway.record_completion(
+                let _ = crate::metrics::record_completion(
+                    &self.gateway,
                     planned,
                     crate::review::completion(outcome, Some(status.message().to_string()), started),
                 );
@@ -261,7 +262,8 @@ impl LakegateService {
             ))),
             Err(e) => {
                 let status = to_status(e);
-                let _ = self.gateway.record_completion(
+                let _ = crate::metrics::record_completion(
+                    &self.gateway,
                     query,
                     crate::review::completion(
                         "failed",
@@ -611,7 +613,8 @@ impl FlightSqlService for LakegateService {
             .gateway
             .prepare_audited(&caller.principal, &query.query, client(&request))
             .await
-            .map_err(to_status)?;
+            .map_err(to_status)
+            .inspect_err(|s| crate::metrics::metrics().refused(s))?;
         let schema = described(&planned.schema(), None);
         let handle = self.store(&caller, HandleKind::Statement(planned));
         let ticket = TicketStatementQuery {
@@ -664,7 +667,8 @@ impl FlightSqlService for LakegateService {
             .gateway
             .prepare_audited(&caller.principal, &query.query, client(&request))
             .await
-            .map_err(to_status)?;
+            .map_err(to_status)
+            .inspect_err(|s| crate::metrics::metrics().refused(s))?;
         let dataset_schema = schema_bytes(&described(&planned.schema(), None))?;
         let parameter_schema = schema_bytes(&planned.parameter_schema())?;
         let handle = self.store(

@@ -215,13 +215,14 @@ impl Gateway {
 
     /// Reloads when a file of the policy folder changed since the last load. Returns whether it
     /// tried.
-    pub async fn reload_if_changed(&self) -> bool {
+    pub async fn reload_if_changed(&self) -> Option<Result<(), GatewayError>> {
         let now = fingerprint(&self.policy_dir);
         let changed = *self.policy_fingerprint.lock().expect("fingerprint lock") != now;
         if changed {
-            let _ = self.reload_policies().await;
+            Some(self.reload_policies().await)
+        } else {
+            None
         }
-        changed
     }
 
     /// Checks that `scenario` is declared in the policy entities.

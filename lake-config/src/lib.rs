@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// `[server.tls]`: serve TLS instead of plaintext.
     pub tls: Option<TlsConfig>,
+    /// `metrics_listen`: where Prometheus scrapes `GET /metrics` (plain HTTP; default: off).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `[server.tls]`: the server's certificate and key (PEM), and optionally the CA whose
@@ -314,6 +316,7 @@ struct RawServer {
     token_ttl_secs: Option<u64>,
     shutdown_grace_secs: Option<u64>,
     tls: Option<RawTls>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -425,6 +428,16 @@ impl Config {
                 "write an IP address and port, e.g. listen = \"127.0.0.1:50051\"",
             )
         })?;
+        let metrics_listen = match raw.server.metrics_listen.as_deref() {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    "server.metrics_listen",
+                    format!("{a:?} is not a socket address ({e})"),
+                    "write an address and port, e.g. metrics_listen = \"127.0.0.1:9464\"",
+                )
+            })?),
+        };
         let token_ttl_secs = raw.server.token_ttl_secs.unwrap_or(3600);
         if token_ttl_secs == 0 {
             return Err(invalid(
@@ -643,6 +656,7 @@ impl Config {
                 listen,
                 token_ttl_secs,
                 shutdown_grace_secs: raw.server.shutdown_grace_secs.unwrap_or(30),
+                metrics_listen,
                 tls: raw.server.tls.map(|t| TlsConfig {
                     cert: base.join(t.cert),
                     key: base.join(t.key),
