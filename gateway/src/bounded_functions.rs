@@ -61,11 +61,11 @@ impl AnalyzerRule for BoundFunctions {
 /// of `||` then builds at most twice the limit before the operator above refuses it.
 fn bound(expr: Expr, limit: usize) -> Result<Transformed<Expr>> {
     expr.transform_up(|e| match e {
-        Expr::WindowFunction(w) if growing_window(&w) => {
+        Expr::WindowFunction(w) if costly_window(&w) => {
             Err(DataFusionError::ResourcesExhausted(format!(
-                "result too large: {}() as a window function builds its whole frame again for \
-                 every row; use a ROWS frame of at most {MAX_WINDOW_ROWS} rows, or aggregate with \
-                 GROUP BY",
+                "too costly: {}() as a window function goes over its whole frame again for \
+                 every row (result too large or too slow in one call); use a ROWS frame of fewer \
+                 than {MAX_WINDOW_ROWS} rows, or aggregate with GROUP BY",
                 w.fun
             )))
         }
@@ -135,15 +135,38 @@ const MAX_WINDOW_ROWS: u64 = 1024;
 /// An aggregate that builds a list or string of its frame (`array_agg`, `string_agg`), run as a
 /// window over a frame that is not a short ROWS frame: its output is frame × rows, built before
 /// any batch is checked (20,000 rows of `array_agg(...) OVER ()` are 400 million elements).
-fn growing_window(w: &datafusion::logical_expr::expr::WindowFunction) -> bool {
+/// The same for aggregates that look at their whole frame for every row's answer (`median`,
+/// percentiles, DISTINCT): rows × frame work inside one call, which cannot yield (6 million
+/// rows of a 4-million-row sliding median held a thread for minutes) — unless the frame is the
+/// whole partition, answered once.
+fn costly_window(w: &datafusion::logical_expr::expr::WindowFunction) -> bool {
     use datafusion::logical_expr::{WindowFrameBound, WindowFrameUnits, WindowFunctionDefinition};
     let WindowFunctionDefinition::AggregateUDF(f) = &w.fun else {
         return false;
     };
-    if !matches!(f.name(), "array_agg" | "string_agg") {
+    let building = matches!(f.name(), "array_agg" | "string_agg");
+    let whole_frame_each_row = w.params.distinct
+        || matches!(
+            f.name(),
+            "median"
+                | "approx_median"
+                | "approx_percentile_cont"
+                | "approx_percentile_cont_with_weight"
+                | "percentile_cont"
+                | "quantile_cont"
+                | "approx_distinct"
+        );
+    if !building && !whole_frame_each_row {
         return false;
     }
     let frame = &w.params.window_frame;
+    let unbounded = |b: &WindowFrameBound| match b {
+        WindowFrameBound::Preceding(v) | WindowFrameBound::Following(v) => v.is_null(),
+        WindowFrameBound::CurrentRow => false,
+    };
+    if !building && unbounded(&frame.start_bound) && unbounded(&frame.end_bound) {
+        return false;
+    }
     let rows = |b: &WindowFrameBound| match b {
         WindowFrameBound::CurrentRow => Some(0),
         WindowFrameBound::Preceding(v) | WindowFrameBound::Following(v) => match v {
@@ -874,6 +897,32 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(text.contains(" 3 "), "{text}");
+    }
+
+    #[tokio::test]
+    async fn whole_frame_aggregates_over_sliding_windows_are_refused() {
+        for sql in [
+            "SELECT max(m) FROM (SELECT median(value) OVER (ORDER BY value ROWS BETWEEN \
+             2000 PRECEDING AND 2000 FOLLOWING) m FROM generate_series(1, 100))",
+            "SELECT max(m) FROM (SELECT median(value) OVER (ORDER BY value) m \
+             FROM generate_series(1, 100))",
+            "SELECT max(m) FROM (SELECT count(DISTINCT value) OVER (ORDER BY value) m \
+             FROM generate_series(1, 100))",
+        ] {
+            let err = run(sql, 16 << 20).await.unwrap_err().to_string();
+            assert!(err.contains("as a window function"), "{sql}: {err}");
+        }
+        for sql in [
+            "SELECT max(m) FROM (SELECT median(value) OVER () m FROM generate_series(1, 100))",
+            "SELECT max(m) FROM (SELECT median(value) OVER (ORDER BY value ROWS BETWEEN 2 \
+             PRECEDING AND CURRENT ROW) m FROM generate_series(1, 100))",
+            "SELECT max(m) FROM (SELECT sum(value) OVER (ORDER BY value ROWS BETWEEN 5000 \
+             PRECEDING AND CURRENT ROW) m FROM generate_series(1, 100))",
+        ] {
+            run(sql, 16 << 20)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
     }
 
     #[tokio::test]

@@ -8,7 +8,8 @@
 //!
 //! - every aggregate argument is a *raw* column: a lake table's column, passed up through plain
 //!   column references only (not a literal, a VALUES list, a computed or aggregated value);
-//! - joins are inner equi-joins (semi and anti joins too) without a residual filter: no outer
+//! - joins are inner equi-joins (semi and anti joins too) of raw columns (an expression as key,
+//!   `ON (v.id = 8193) = (w.id > 1)`, matches a chosen row twice) without a residual filter: no outer
 //!   join (its NULL padding is an indicator), no cross join, no OR or inequality condition (a
 //!   row's multiplicity would depend on a chosen row);
 //! - no UNION, INTERSECT or EXCEPT (a branch can add or drop a chosen row's copy).
@@ -160,8 +161,18 @@ fn check_node(plan: &LogicalPlan) -> Result<(), GatewayError> {
             | JoinType::LeftAnti
             | JoinType::RightAnti
             | JoinType::LeftMark => {
+                let (left, right) = (raw_columns(&j.left), raw_columns(&j.right));
+                let raw_keys = j.on.iter().all(|(l, r)| {
+                    raw_argument(l, &j.left, &left) && raw_argument(r, &j.right, &right)
+                });
                 if j.on.is_empty() {
                     Some("joins need an equality condition (no cross join)".to_string())
+                } else if !raw_keys {
+                    // `ON (v.id = 8193) = (w.id > 1)` matches a chosen row twice.
+                    Some(
+                        "joins compare lake columns as they are (no expressions as join keys)"
+                            .to_string(),
+                    )
                 } else if j.filter.is_some() {
                     Some(
                         "joins may only compare columns for equality (no OR or inequality in ON)"

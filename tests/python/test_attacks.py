@@ -226,6 +226,10 @@ def test_withheld_groups_are_never_evaluated(shared):
         "ON h.visit_id = t.visit_id OR t.visit_id = 8193 GROUP BY h.diagnosis",
         "SELECT diagnosis, count(*) FROM (SELECT diagnosis FROM health.visits UNION ALL "
         "SELECT diagnosis FROM health.visits WHERE visit_id = 8193) GROUP BY diagnosis",
+        # Join keys that are expressions (attacker round 5: 13 visits per query).
+        "SELECT v.diagnosis, count(*) c, count(DISTINCT v.visit_id) n FROM health.visits v "
+        "JOIN health.visits w ON (v.visit_id = 8193) = (w.visit_id > 1) "
+        "WHERE w.visit_id <= 4 GROUP BY v.diagnosis",
         # Differencing inside one query (attacker round 4: 120 visits in one statement).
         "SELECT a.diagnosis, a.c - b1.c, a.c - b2.c FROM (SELECT diagnosis, count(*) c "
         "FROM health.visits GROUP BY diagnosis) a "
@@ -475,6 +479,9 @@ def test_bound_parameters_obey_the_literal_limit(shared):
         "FROM health.visits x, health.visits y)",
         "SELECT max(length(a)) FROM (SELECT string_agg(hospital, ',') OVER (ORDER BY visit_id) a "
         "FROM health.visits)",
+        # A sliding median: rows x frame work in one call (attacker round 5: minutes, uncancellable).
+        "SELECT max(m) FROM (SELECT median(value) OVER (ORDER BY value ROWS BETWEEN 2000000 "
+        "PRECEDING AND 2000000 FOLLOWING) m FROM generate_series(1, 6000000))",
     ],
 )
 def test_window_aggregates_that_copy_their_frame_per_row_are_refused(shared, sql):

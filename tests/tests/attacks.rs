@@ -158,6 +158,9 @@ async fn per_group_computations_that_name_people_are_refused() {
          WHERE t.id = 10 GROUP BY e.diagnosis",
         "SELECT diagnosis, count(*) FROM (SELECT diagnosis FROM hr.employees UNION ALL \
          SELECT diagnosis FROM hr.employees WHERE id = 10) GROUP BY diagnosis",
+        // Join keys that are expressions match a chosen row twice (attacker round 5).
+        "SELECT v.diagnosis, count(*), count(DISTINCT v.id) FROM hr.employees v \
+         JOIN hr.employees w ON (v.id = 10) = (w.id > 1) WHERE w.id <= 4 GROUP BY v.diagnosis",
         // Differencing inside one query: all rows against all but one (attacker round 4).
         "SELECT a.diagnosis, a.c - b.c FROM (SELECT diagnosis, count(*) c FROM hr.employees \
          GROUP BY diagnosis) a JOIN (SELECT diagnosis, count(*) c FROM hr.employees \
