@@ -440,7 +440,7 @@ fn fixed_width(t: &DataType) -> bool {
 /// Bytes of one row's output of `name`, for each of `rows` rows, at most.
 fn estimate(name: &str, args: &[ColumnarValue], rows: usize) -> Vec<u128> {
     let size = |i: usize| Sizes::of(args.get(i), rows);
-    let int = |i: usize| Ints::of(args.get(i), rows);
+    let int = |i: usize| Ints::counts(args.get(i), rows);
     let each = |f: &dyn Fn(usize) -> u128| (0..rows).map(f).collect::<Vec<_>>();
     match name {
         "repeat" => {
@@ -542,7 +542,7 @@ fn dollars(v: &ColumnarValue) -> u128 {
     }
 }
 
-/// Per-row byte sizes of an argument.
+/// Per-row byte sizes (or counts) of an argument.
 enum Sizes {
     Same(u128),
     Each(Vec<u128>),
@@ -608,14 +608,11 @@ impl Sizes {
     }
 }
 
-/// Per-row non-negative counts (negative and NULL count as none).
-enum Ints {
-    Same(u128),
-    Each(Vec<u128>),
-}
+/// Per-row non-negative counts (negative and NULL count as none): the same per-row shape.
+type Ints = Sizes;
 
 impl Ints {
-    fn of(v: Option<&ColumnarValue>, rows: usize) -> Self {
+    fn counts(v: Option<&ColumnarValue>, rows: usize) -> Self {
         let clamp = |v: i64| v.max(0) as u128;
         match v {
             None => Ints::Same(0),
@@ -683,13 +680,6 @@ impl Ints {
 
     fn first(self) -> Self {
         Ints::Same(self.get(0))
-    }
-
-    fn get(&self, row: usize) -> u128 {
-        match self {
-            Ints::Same(v) => *v,
-            Ints::Each(v) => v.get(row).copied().unwrap_or(0),
-        }
     }
 }
 

@@ -72,11 +72,11 @@ impl Executor {
         &self,
         work: impl std::future::Future<Output = T> + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T, tokio::task::JoinError>> {
-        let task = AbortOnDrop(Some(self.handle.spawn(work)));
+        let mut task = AbortOnDrop(self.handle.spawn(work));
+        // The block owns `task`, so dropping the future aborts the work.
+        #[allow(clippy::redundant_async_block)]
         async move {
-            let mut task = task;
-            let handle = task.0.as_mut().expect("joined once");
-            handle.await
+            (&mut task.0).await
         }
     }
 
@@ -106,7 +106,7 @@ impl Executor {
                 }
             }
         });
-        let abort = AbortOnDrop(Some(task));
+        let abort = AbortOnDrop(task);
         let batches = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |b| {
             let _running = &abort;
             b
@@ -124,13 +124,11 @@ impl Drop for Executor {
     }
 }
 
-struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
+        self.0.abort();
     }
 }
 
