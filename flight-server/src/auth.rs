@@ -37,6 +37,13 @@ pub enum AuthError {
     /// Too many failed logins for this user name or from this address lately.
     #[error("too many failed logins: wait {0} s before trying again")]
     Throttled(u64),
+    /// A JWT that is expired, wrongly signed, for another audience or issuer, or names another
+    /// user than the login.
+    #[error("the token is not accepted: {0}")]
+    Jwt(String),
+    /// The identity provider's token names the scenario; the call asked for another.
+    #[error("this login's token binds scenario {0:?}: it cannot be changed")]
+    Pinned(String),
     /// Every login check is busy and none freed up in time.
     #[error("the server is busy checking other logins: try again shortly")]
     Busy,
@@ -96,6 +103,8 @@ pub struct Session {
     pub user: String,
     /// The scenario set with SetSessionOptions, if any.
     pub scenario: Option<String>,
+    /// The scenario came from the identity provider's token: the call may not name another.
+    pub pinned: bool,
     expires: Instant,
 }
 
@@ -110,6 +119,10 @@ pub struct Sessions {
     /// Password checks that may run at once.
     checks: Arc<tokio::sync::Semaphore>,
     failures: Mutex<HashMap<ThrottleKey, Failures>>,
+    /// `[auth.jwt]`.
+    jwt: Option<crate::jwt::JwtVerifier>,
+    /// `[[users]] default_scenario`.
+    default_scenarios: HashMap<String, String>,
 }
 
 impl Sessions {
@@ -126,7 +139,23 @@ impl Sessions {
             live: Mutex::new(HashMap::new()),
             checks: Arc::new(tokio::sync::Semaphore::new(parallel.clamp(1, 4))),
             failures: Mutex::new(HashMap::new()),
+            jwt: None,
+            default_scenarios: users
+                .iter()
+                .filter_map(|u| Some((u.name.clone(), u.default_scenario.clone()?)))
+                .collect(),
         }
+    }
+
+    /// Also accepts JWTs `verifier` proves, as bearer tokens and as login passwords.
+    pub fn with_jwt(mut self, verifier: Option<crate::jwt::JwtVerifier>) -> Self {
+        self.jwt = verifier;
+        self
+    }
+
+    /// The scenario of `user`'s calls that name none.
+    pub fn default_scenario(&self, user: &str) -> Option<String> {
+        self.default_scenarios.get(user).cloned()
     }
 
     /// Checks a login from `client`: throttled keys are refused without a check, checks wait
@@ -191,11 +220,31 @@ impl Sessions {
     /// Checks the password and opens a session. Slow on purpose (argon2id): call it off the
     /// async executor.
     pub fn login(&self, user: &str, password: &str) -> Result<String, AuthError> {
+        // A JWT as the password (what BI tools that know only passwords can send).
+        if let Some(jwt) = self
+            .jwt
+            .as_ref()
+            .filter(|_| crate::jwt::JwtVerifier::looks_like(password))
+        {
+            let identity = jwt.verify(password).map_err(AuthError::Jwt)?;
+            if identity.user != user {
+                return Err(AuthError::Jwt(format!(
+                    "it names user {:?}, not the user logging in",
+                    identity.user
+                )));
+            }
+            return Ok(self.open(user, identity.scenario));
+        }
         let hash = self.users.get(user).map(String::as_str);
         let ok = verify(hash.unwrap_or(&self.dummy_hash), password) && hash.is_some();
         if !ok {
             return Err(AuthError::BadCredentials);
         }
+        Ok(self.open(user, None))
+    }
+
+    /// A new session of `user` and its unguessable token.
+    fn open(&self, user: &str, scenario: Option<String>) -> String {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let token = URL_SAFE_NO_PAD.encode(bytes);
@@ -206,17 +255,30 @@ impl Sessions {
             token.clone(),
             Session {
                 user: user.to_string(),
-                scenario: None,
+                pinned: scenario.is_some(),
+                scenario,
                 expires: now + self.ttl,
             },
         );
-        Ok(token)
+        token
     }
 
     /// The session a token names.
     pub fn resolve(&self, token: &str) -> Result<Session, AuthError> {
         let mut live = self.live.lock().expect("session map poisoned");
         match live.get(token) {
+            // A bearer JWT: checked on every call, no session kept.
+            None if self.jwt.is_some() && crate::jwt::JwtVerifier::looks_like(token) => {
+                drop(live);
+                let jwt = self.jwt.as_ref().expect("checked");
+                let identity = jwt.verify(token).map_err(AuthError::Jwt)?;
+                Ok(Session {
+                    user: identity.user,
+                    pinned: identity.scenario.is_some(),
+                    scenario: identity.scenario,
+                    expires: Instant::now() + Duration::from_secs(1),
+                })
+            }
             None => Err(AuthError::BadToken),
             Some(s) if s.expires <= Instant::now() => {
                 live.remove(token);
@@ -236,7 +298,19 @@ impl Sessions {
     /// Sets or clears the scenario of a live session.
     pub fn set_scenario(&self, token: &str, scenario: Option<String>) -> Result<(), AuthError> {
         let mut live = self.live.lock().expect("session map poisoned");
-        let s = live.get_mut(token).ok_or(AuthError::BadToken)?;
+        let Some(s) = live.get_mut(token) else {
+            if self.jwt.is_some() && crate::jwt::JwtVerifier::looks_like(token) {
+                return Err(AuthError::Jwt(
+                    "a bearer token keeps no session options: name the scenario in its claim or \
+                     in the x-lakegate-scenario header"
+                        .into(),
+                ));
+            }
+            return Err(AuthError::BadToken);
+        };
+        if s.pinned && scenario != s.scenario {
+            return Err(AuthError::Pinned(s.scenario.clone().unwrap_or_default()));
+        }
         s.scenario = scenario;
         Ok(())
     }
@@ -318,6 +392,7 @@ mod tests {
         Sessions::new(
             &[UserConfig {
                 name: "alice".into(),
+                default_scenario: None,
                 password_hash: hash_password("secret"),
             }],
             ttl,
@@ -378,6 +453,7 @@ mod tests {
         );
         let users = [UserConfig {
             name: "alice".into(),
+            default_scenario: None,
             password_hash: hash_with("secret", strong),
         }];
         let s = Sessions::new(&users, Duration::from_secs(60));

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod demo;
 mod error;
 mod front;
+pub mod jwt;
 pub mod limits;
 mod metadata;
 pub mod metrics;

@@ -38,7 +38,12 @@ impl Server {
     pub async fn bind(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<Self> {
         let gateway = Arc::new(Gateway::open(config).await?);
         let ttl = Duration::from_secs(config.server.token_ttl_secs);
-        let sessions = Arc::new(Sessions::new(&config.users, ttl));
+        let jwt = config
+            .jwt
+            .as_ref()
+            .map(crate::jwt::JwtVerifier::new)
+            .transpose()?;
+        let sessions = Arc::new(Sessions::new(&config.users, ttl).with_jwt(jwt));
         let service = LakegateService::new(
             gateway.clone(),
             sessions.clone(),

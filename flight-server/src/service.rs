@@ -140,11 +140,19 @@ impl LakegateService {
             })
             .transpose()?
             .filter(|s| !s.is_empty());
+        if session.pinned && header.is_some() && header != session.scenario {
+            return Err(auth_status(AuthError::Pinned(
+                session.scenario.unwrap_or_default(),
+            )));
+        }
+        let scenario = header
+            .or(session.scenario)
+            .or_else(|| self.sessions.default_scenario(&session.user));
         Ok(Caller {
             token,
             principal: Principal {
                 user: session.user,
-                scenario: header.or(session.scenario),
+                scenario,
             },
         })
     }
@@ -292,7 +300,10 @@ fn bearer(metadata: &MetadataMap) -> Option<String> {
 }
 
 fn auth_status(e: AuthError) -> Status {
-    Status::unauthenticated(e.to_string())
+    match e {
+        AuthError::Pinned(_) => Status::permission_denied(e.to_string()),
+        _ => Status::unauthenticated(e.to_string()),
+    }
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Status {

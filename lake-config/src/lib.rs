@@ -44,6 +44,25 @@ pub struct Config {
     pub audit: AuditConfig,
     /// `[execution]`.
     pub execution: ExecutionConfig,
+    /// `[auth.jwt]`: bearer JWTs accepted beside passwords.
+    pub jwt: Option<JwtConfig>,
+}
+
+/// `[auth.jwt]`: tokens a service's identity provider signs. A token is accepted as a bearer
+/// token on every call and as the password of a basic login; its `sub` names the user.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// `issuer`: the `iss` every token must carry.
+    pub issuer: String,
+    /// `audience`: the `aud` every token must carry.
+    pub audience: String,
+    /// `public_key`: the provider's public key, PEM (RSA or EC).
+    pub public_key: PathBuf,
+    /// `algorithm`: `RS256` (default), `RS384`, `RS512`, `ES256`, `ES384` or `EdDSA`.
+    pub algorithm: String,
+    /// `scenario_claim`: a claim whose string value is the scenario, for clients that can send
+    /// neither a header nor a session option (default: none).
+    pub scenario_claim: Option<String>,
 }
 
 /// `[server]`: where and how the Flight SQL endpoint listens.
@@ -183,6 +202,8 @@ pub struct UserConfig {
     pub name: String,
     /// `password_hash`: an argon2id PHC string (`$argon2id$v=19$...`).
     pub password_hash: String,
+    /// `default_scenario`: the scenario of this user's calls that name none.
+    pub default_scenario: Option<String>,
 }
 
 /// `[audit]`: where the audit trail is kept.
@@ -289,6 +310,24 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     execution: RawExecution,
+    #[serde(default)]
+    auth: RawAuth,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    jwt: Option<RawJwt>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    issuer: String,
+    audience: String,
+    public_key: String,
+    algorithm: Option<String>,
+    scenario_claim: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -362,6 +401,7 @@ struct RawPolicy {
 struct RawUser {
     name: String,
     password_hash: String,
+    default_scenario: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -558,6 +598,7 @@ impl Config {
             users.push(UserConfig {
                 name: u.name,
                 password_hash: u.password_hash,
+                default_scenario: u.default_scenario.filter(|s| !s.is_empty()),
             });
         }
 
@@ -650,6 +691,28 @@ impl Config {
             ));
         }
 
+        let jwt = match raw.auth.jwt {
+            None => None,
+            Some(j) => {
+                let algorithm = j.algorithm.unwrap_or_else(|| "RS256".into());
+                if !["RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"]
+                    .contains(&algorithm.as_str())
+                {
+                    return Err(invalid(
+                        "auth.jwt.algorithm",
+                        format!("{algorithm:?} is not a supported signature algorithm"),
+                        "write RS256, RS384, RS512, ES256, ES384 or EdDSA",
+                    ));
+                }
+                Some(JwtConfig {
+                    issuer: j.issuer,
+                    audience: j.audience,
+                    public_key: base.join(j.public_key),
+                    algorithm,
+                    scenario_claim: j.scenario_claim,
+                })
+            }
+        };
         Ok(Config {
             source: source.map(Path::to_path_buf),
             server: ServerConfig {
@@ -672,6 +735,7 @@ impl Config {
             users,
             audit,
             execution,
+            jwt,
         })
     }
 }

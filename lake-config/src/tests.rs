@@ -213,3 +213,27 @@ fn query_limits_and_grace_parse_with_defaults_and_zero_slots_are_refused() {
     .to_string();
     assert!(err.contains("execution.max_concurrent_queries"), "{err}");
 }
+
+#[test]
+fn auth_jwt_parses_with_defaults_and_unknown_algorithms_are_refused() {
+    let base = "[lake]\nroot = \"lake\"\n[policy]\ndir = \"p\"\n";
+    let c = parse(&format!(
+        "{base}[auth.jwt]\nissuer = \"https://idp\"\naudience = \"lakegate\"\npublic_key = \"idp.pem\"\n\
+         [[users]]\nname = \"a\"\npassword_hash = \"$argon2id$x\"\ndefault_scenario = \"s\"\n"
+    ))
+    .unwrap();
+    let jwt = c.jwt.unwrap();
+    assert_eq!(jwt.algorithm, "RS256");
+    assert_eq!(jwt.public_key, Path::new("/etc/lakegate/idp.pem"));
+    assert_eq!(jwt.scenario_claim, None);
+    assert_eq!(c.users[0].default_scenario.as_deref(), Some("s"));
+    assert!(parse(base).unwrap().jwt.is_none());
+    for bad in ["HS256", "none", "rs256"] {
+        let err = parse(&format!(
+            "{base}[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\npublic_key = \"k\"\nalgorithm = \"{bad}\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("auth.jwt.algorithm"), "{bad}: {err}");
+    }
+}

@@ -20,35 +20,39 @@ SCENARIO_OPTION = "adbc.flight.sql.session.option.scenario"
 SCENARIO_HEADER = "adbc.flight.sql.rpc.call_header.x-lakegate-scenario"
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """Builds a demo lake and serves it; yields the grpc:// URI."""
-    lake = tmp_path_factory.mktemp("demo")
+def start(args):
+    """Starts `lakegate args...` and waits until it listens; returns (process, address)."""
     proc = subprocess.Popen(
-        [str(BIN), "demo", "--dir", str(lake), "--listen", "127.0.0.1:0", "--rows", "1000"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+        [str(BIN), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    address = None
     seen = []
     timer = threading.Timer(300, proc.kill)
     timer.start()
     for line in proc.stdout:
         seen.append(line)
-        m = re.match(r"lakegate listening on (\S+)", line)
+        m = re.search(r"lakegate listening on (\S+)", line)
         if m:
-            address = m.group(1)
-            break
+            timer.cancel()
+            # Keep draining stdout so the server never blocks on a full pipe.
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc, m.group(1)
     timer.cancel()
-    if address is None:
-        proc.kill()
-        pytest.fail("lakegate did not start:\n" + "".join(seen))
-    # Keep draining stdout so the server never blocks on a full pipe.
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    yield f"grpc://{address}"
+    proc.kill()
+    pytest.fail("lakegate did not start:\n" + "".join(seen))
+
+
+def stop(proc):
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """Builds a demo lake and serves it; yields the grpc:// URI."""
+    lake = tmp_path_factory.mktemp("demo")
+    proc, address = start(["demo", "--dir", str(lake), "--listen", "127.0.0.1:0", "--rows", "1000"])
+    yield f"grpc://{address}"
+    stop(proc)
 
 
 def connect(uri, user="banker", scenario="bank-credit", password=None, db_extra=None):
@@ -254,20 +258,8 @@ def test_tls_demo_serves_adbc_over_grpc_tls_and_refuses_plaintext(tmp_path):
         capture_output=True,
         timeout=600,
     )
-    proc = subprocess.Popen(
-        [str(BIN), "serve", "--config", str(demo / "lakegate.toml"), "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc, address = start(["serve", "--config", str(demo / "lakegate.toml"), "--listen", "127.0.0.1:0"])
     try:
-        address = None
-        for line in proc.stdout:
-            m = re.search(r"lakegate listening on (\S+)", line)
-            if m:
-                address = m.group(1)
-                break
-        assert address, "lakegate serve did not start"
         ca = (demo / "tls" / "ca.pem").read_text()
         with flightsql.connect(
             f"grpc+tls://{address}",
@@ -288,5 +280,4 @@ def test_tls_demo_serves_adbc_over_grpc_tls_and_refuses_plaintext(tmp_path):
             ) as conn:
                 scalar(conn, "SELECT 1")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
