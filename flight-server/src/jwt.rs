@@ -1,9 +1,12 @@
-//! `[auth.jwt]`: bearer JWTs an identity provider signs, checked with its public key
-//! (jsonwebtoken): signature, `iss`, `aud`, `exp` (and `nbf` when present); `sub` names the user
-//! and a configured claim may carry the scenario.
+//! `[auth.jwt]`: bearer JWTs an identity provider signs, checked with its public key or key set
+//! (jsonwebtoken): signature with the one configured algorithm, `iss`, `aud`, `exp` (and `nbf`
+//! when present); `sub` names the user and a configured claim may carry the scenario.
 
+use std::collections::HashMap;
+
+use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use lake_config::JwtConfig;
+use lake_config::{JwtConfig, JwtKey};
 
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,37 +21,26 @@ pub struct Identity {
 
 /// Checks tokens against one provider's key.
 pub struct JwtVerifier {
-    key: DecodingKey,
+    keys: Keys,
     validation: Validation,
     scenario_claim: Option<String>,
 }
 
 impl JwtVerifier {
-    /// Reads the configured public key; errors name the setting.
+    /// Reads the configured public key or key set; errors name the setting.
     pub fn new(config: &JwtConfig) -> anyhow::Result<Self> {
-        let pem = std::fs::read(&config.public_key).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read [auth.jwt] public_key {}: {e}",
-                config.public_key.display()
-            )
-        })?;
         let algorithm: Algorithm = config
             .algorithm
             .parse()
             .map_err(|e| anyhow::anyhow!("[auth.jwt] algorithm {}: {e}", config.algorithm))?;
-        let key = match algorithm {
-            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
-            Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
-            _ => DecodingKey::from_rsa_pem(&pem),
-        }
-        .map_err(|e| anyhow::anyhow!("[auth.jwt] public_key is not a {algorithm:?} key: {e}"))?;
+        let keys = Keys::load(&config.key, algorithm)?;
         let mut validation = Validation::new(algorithm);
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
         validation.leeway = 30;
         Ok(Self {
-            key,
+            keys,
             validation,
             scenario_claim: config.scenario_claim.clone(),
         })
@@ -61,9 +53,10 @@ impl JwtVerifier {
 
     /// The identity `token` proves, or why it proves none.
     pub fn verify(&self, token: &str) -> Result<Identity, String> {
+        let key = self.keys.for_token(token)?;
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
             token,
-            &self.key,
+            key,
             &self.validation,
         )
         .map_err(|e| e.to_string())?;
@@ -87,5 +80,69 @@ impl JwtVerifier {
             scenario,
             expires,
         })
+    }
+}
+
+/// The provider's verification keys.
+enum Keys {
+    /// `public_key`.
+    One(DecodingKey),
+    /// `jwks`, by `kid`.
+    Set(HashMap<String, DecodingKey>),
+}
+
+impl Keys {
+    fn load(key: &JwtKey, algorithm: Algorithm) -> anyhow::Result<Self> {
+        let read = |setting: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read [auth.jwt] {setting} {}: {e}", path.display())
+            })
+        };
+        match key {
+            JwtKey::Pem(path) => {
+                let pem = read("public_key", path)?;
+                let key = match algorithm {
+                    Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+                    Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                    _ => DecodingKey::from_rsa_pem(&pem),
+                }
+                .map_err(|e| {
+                    anyhow::anyhow!("[auth.jwt] public_key is not a {algorithm:?} key: {e}")
+                })?;
+                Ok(Self::One(key))
+            }
+            JwtKey::Jwks(path) => {
+                let set: JwkSet = serde_json::from_slice(&read("jwks", path)?).map_err(|e| {
+                    anyhow::anyhow!("[auth.jwt] jwks {} is not a JWK set: {e}", path.display())
+                })?;
+                let mut keys = HashMap::new();
+                for jwk in &set.keys {
+                    let kid = jwk.common.key_id.clone().ok_or_else(|| {
+                        anyhow::anyhow!("[auth.jwt] jwks {}: a key has no kid", path.display())
+                    })?;
+                    let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+                        anyhow::anyhow!("[auth.jwt] jwks {}: key {kid:?}: {e}", path.display())
+                    })?;
+                    keys.insert(kid, key);
+                }
+                if keys.is_empty() {
+                    anyhow::bail!("[auth.jwt] jwks {} holds no keys", path.display());
+                }
+                Ok(Self::Set(keys))
+            }
+        }
+    }
+
+    /// The key a token's header names (its `kid`, for a key set).
+    fn for_token(&self, token: &str) -> Result<&DecodingKey, String> {
+        match self {
+            Self::One(key) => Ok(key),
+            Self::Set(keys) => {
+                let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+                let kid = header.kid.ok_or("the token names no key (kid)")?;
+                keys.get(&kid)
+                    .ok_or_else(|| format!("the token's key {kid:?} is not in the key set"))
+            }
+        }
     }
 }

@@ -56,13 +56,22 @@ pub struct JwtConfig {
     pub issuer: String,
     /// `audience`: the `aud` every token must carry.
     pub audience: String,
-    /// `public_key`: the provider's public key, PEM (RSA or EC).
-    pub public_key: PathBuf,
+    /// `public_key` (a PEM file) or `jwks` (a JSON Web Key Set file, keys chosen by `kid`).
+    pub key: JwtKey,
     /// `algorithm`: `RS256` (default), `RS384`, `RS512`, `ES256`, `ES384` or `EdDSA`.
     pub algorithm: String,
     /// `scenario_claim`: a claim whose string value is the scenario, for clients that can send
     /// neither a header nor a session option (default: none).
     pub scenario_claim: Option<String>,
+}
+
+/// Where `[auth.jwt]` finds the provider's public keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKey {
+    /// `public_key`: one PEM public key (RSA, EC or Ed25519).
+    Pem(PathBuf),
+    /// `jwks`: a JSON Web Key Set file as providers publish it; a token's `kid` picks its key.
+    Jwks(PathBuf),
 }
 
 /// `[server]`: where and how the Flight SQL endpoint listens.
@@ -325,7 +334,8 @@ struct RawAuth {
 struct RawJwt {
     issuer: String,
     audience: String,
-    public_key: String,
+    public_key: Option<String>,
+    jwks: Option<String>,
     algorithm: Option<String>,
     scenario_claim: Option<String>,
 }
@@ -704,10 +714,21 @@ impl Config {
                         "write RS256, RS384, RS512, ES256, ES384 or EdDSA",
                     ));
                 }
+                let key = match (j.public_key, j.jwks) {
+                    (Some(pem), None) => JwtKey::Pem(base.join(pem)),
+                    (None, Some(jwks)) => JwtKey::Jwks(base.join(jwks)),
+                    _ => {
+                        return Err(invalid(
+                            "auth.jwt",
+                            "needs exactly one of public_key and jwks".to_string(),
+                            "write public_key = \"idp.pem\" or jwks = \"jwks.json\"",
+                        ))
+                    }
+                };
                 Some(JwtConfig {
                     issuer: j.issuer,
                     audience: j.audience,
-                    public_key: base.join(j.public_key),
+                    key,
                     algorithm,
                     scenario_claim: j.scenario_claim,
                 })

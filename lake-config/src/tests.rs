@@ -224,7 +224,7 @@ fn auth_jwt_parses_with_defaults_and_unknown_algorithms_are_refused() {
     .unwrap();
     let jwt = c.jwt.unwrap();
     assert_eq!(jwt.algorithm, "RS256");
-    assert_eq!(jwt.public_key, Path::new("/etc/lakegate/idp.pem"));
+    assert_eq!(jwt.key, JwtKey::Pem("/etc/lakegate/idp.pem".into()));
     assert_eq!(jwt.scenario_claim, None);
     assert_eq!(c.users[0].default_scenario.as_deref(), Some("s"));
     assert!(parse(base).unwrap().jwt.is_none());
@@ -235,5 +235,21 @@ fn auth_jwt_parses_with_defaults_and_unknown_algorithms_are_refused() {
         .unwrap_err()
         .to_string();
         assert!(err.contains("auth.jwt.algorithm"), "{bad}: {err}");
+    }
+    let c = parse(&format!(
+        "{base}[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\njwks = \"keys.json\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.jwt.unwrap().key,
+        JwtKey::Jwks("/etc/lakegate/keys.json".into())
+    );
+    for keys in ["", "public_key = \"k\"\njwks = \"j\"\n"] {
+        let err = parse(&format!(
+            "{base}[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\n{keys}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("exactly one of public_key and jwks"), "{err}");
     }
 }

@@ -4,7 +4,7 @@
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use lake_config::{Config, JwtConfig};
+use lake_config::{Config, JwtConfig, JwtKey};
 use lakegate_tests::{first_i64, query, shared_demo, TestServer};
 
 const SQL: &str = "SELECT count(*) FROM market.enterprises";
@@ -15,6 +15,14 @@ struct Provider {
 
 impl Provider {
     fn token(&self, sub: &str, aud: &str, exp_from_now: i64) -> String {
+        self.token_for(Header::new(Algorithm::ES256), sub, aud, exp_from_now)
+    }
+
+    fn token_with(&self, header: Header, sub: &str) -> String {
+        self.token_for(header, sub, "lakegate", 300)
+    }
+
+    fn token_for(&self, header: Header, sub: &str, aud: &str, exp_from_now: i64) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -23,7 +31,7 @@ impl Provider {
             "iss": "https://idp.example", "aud": aud, "sub": sub,
             "exp": now + exp_from_now, "scenario": "bank-credit",
         });
-        encode(&Header::new(Algorithm::ES256), &claims, &self.key).unwrap()
+        encode(&header, &claims, &self.key).unwrap()
     }
 }
 
@@ -42,7 +50,7 @@ async fn jwt_server() -> (TestServer, Provider, Provider, String) {
     config.jwt = Some(JwtConfig {
         issuer: "https://idp.example".into(),
         audience: "lakegate".into(),
-        public_key: dir.join("idp.pem"),
+        key: JwtKey::Pem(dir.join("idp.pem")),
         algorithm: "ES256".into(),
         scenario_claim: Some("scenario".into()),
     });
@@ -174,4 +182,45 @@ async fn a_jwt_works_as_the_password_of_its_own_user_and_users_have_default_scen
     // A password login with no scenario set runs under the user's default scenario.
     let mut c = server.login("banker", "banker-demo").await;
     assert_eq!(first_i64(&query(&mut c, SQL).await.unwrap()), 200);
+}
+
+#[tokio::test]
+async fn a_jwk_set_picks_the_key_by_kid() {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let pair = rcgen::KeyPair::generate().unwrap();
+    // rcgen's raw P-256 public key is the uncompressed point 04 || x || y.
+    let raw = pair.public_key_raw();
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256",
+        "x": b.encode(&raw[1..33]), "y": b.encode(&raw[33..65]),
+    }]});
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::write(dir.join("jwks.json"), jwks.to_string()).unwrap();
+    let mut config = Config::load(&shared_demo().join("lakegate.toml")).unwrap();
+    config.jwt = Some(JwtConfig {
+        issuer: "https://idp.example".into(),
+        audience: "lakegate".into(),
+        key: JwtKey::Jwks(dir.join("jwks.json")),
+        algorithm: "ES256".into(),
+        scenario_claim: Some("scenario".into()),
+    });
+    let server = TestServer::start_with(&config).await;
+    let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+    let with_kid = |kid: Option<&str>| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = kid.map(str::to_string);
+        let provider = Provider { key: key.clone() };
+        provider.token_with(header, "banker")
+    };
+    let mut c = bearer(&server, with_kid(Some("k1"))).await;
+    assert_eq!(first_i64(&query(&mut c, SQL).await.unwrap()), 200);
+    for (token, why) in [
+        (with_kid(Some("k2")), "not in the key set"),
+        (with_kid(None), "names no key"),
+    ] {
+        let mut c = bearer(&server, token).await;
+        let err = query(&mut c, SQL).await.unwrap_err();
+        assert!(err.contains(why), "{err}");
+    }
 }
