@@ -19,6 +19,7 @@ mod guard;
 mod masks;
 mod min_group;
 mod query;
+mod query_memory;
 mod release_shape;
 mod row_filter;
 mod secure_exec;
@@ -93,6 +94,8 @@ pub struct Gateway {
     /// and rules. Built once and cloned per query (building one registers every built-in
     /// function: a fifth of planning a query), never given a catalog.
     template: datafusion::execution::SessionState,
+    /// `[execution] query_memory_limit_bytes`, resolved: one query's cap in the shared pool.
+    query_memory: usize,
     limits: statement::StatementLimits,
     /// ε spent per (user, scenario), replayed from the audit trail.
     ledger: Arc<budget::PrivacyLedger>,
@@ -142,6 +145,7 @@ impl Gateway {
                 .mask_key
                 .as_ref()
                 .map(|k| Arc::from(k.as_bytes())),
+            query_memory: query_memory_limit(&config.execution),
             template: session_template(
                 runtime_env(&config.execution)?,
                 config.execution.sort_merge_joins,
@@ -579,7 +583,11 @@ impl Gateway {
             Arc::new(self.lake.storage_options().clone()),
         ));
         let lake = Arc::new(LakeCatalogProvider::new(self.lake.clone(), gate.clone()));
-        (session_from(&self.template, lake.clone()), lake, gate)
+        (
+            session_from(&self.template, lake.clone(), self.query_memory),
+            lake,
+            gate,
+        )
     }
 }
 
@@ -737,11 +745,22 @@ fn session_template(
 
 /// A clone of `template` whose only catalog is `lake`, in a catalog list of its own: the
 /// template's list (shared by every clone) stays empty, so no session sees another's gate.
+/// Its runtime draws from the template's memory pool through a [`query_memory::QueryPool`] of
+/// its own, capped at `query_memory` bytes.
 fn session_from(
     template: &datafusion::execution::SessionState,
     lake: Arc<dyn datafusion::catalog::CatalogProvider>,
+    query_memory: usize,
 ) -> datafusion::execution::SessionState {
-    let mut state = template.clone();
+    let shared = template.runtime_env();
+    let mut runtime = RuntimeEnv::clone(shared);
+    runtime.memory_pool = Arc::new(query_memory::QueryPool::new(
+        shared.memory_pool.clone(),
+        query_memory,
+    ));
+    let mut state = SessionStateBuilder::new_from_existing(template.clone())
+        .with_runtime_env(Arc::new(runtime))
+        .build();
     state.register_catalog_list(Arc::new(MemoryCatalogProviderList::new()));
     state
         .catalog_list()
@@ -762,6 +781,18 @@ pub fn default_memory_limit() -> u64 {
         Some(bytes) => (bytes / 2).max(lake_config::MIN_MEMORY_LIMIT),
         None => 4 << 30,
     }
+}
+
+/// One query's cap: `[execution] query_memory_limit_bytes`, or a quarter of the pool (at least
+/// 64 MiB, at most the pool).
+fn query_memory_limit(config: &lake_config::ExecutionConfig) -> usize {
+    let pool = config
+        .memory_limit_bytes
+        .unwrap_or_else(default_memory_limit);
+    let limit = config
+        .query_memory_limit_bytes
+        .unwrap_or((pool / 4).max(lake_config::MIN_MEMORY_LIMIT));
+    limit.min(pool) as usize
 }
 
 /// The runtime all of one gateway's queries share: `[execution]`'s memory pool and spill folder.
@@ -797,8 +828,8 @@ mod tests {
             Arc::new(MemoryCatalogProvider::new()),
             Arc::new(MemoryCatalogProvider::new()),
         );
-        let first = session_from(&template, a.clone());
-        let second = session_from(&template, b.clone());
+        let first = session_from(&template, a.clone(), 1 << 30);
+        let second = session_from(&template, b.clone(), 1 << 30);
         let lake = |s: &datafusion::execution::SessionState| {
             s.catalog_list()
                 .catalog(LAKE_CATALOG)

@@ -237,6 +237,10 @@ pub struct ExecutionConfig {
     /// (sorts, aggregations, joins) go to disk beyond it and others fail with a resources error.
     /// Default (`None`): half of the machine's memory, so that one query cannot take it.
     pub memory_limit_bytes: Option<u64>,
+    /// `query_memory_limit_bytes`: the most of that pool one query may hold (default: a quarter
+    /// of the pool), so one query cannot starve the others; operators that can spill spill at
+    /// it, others fail with a resources error naming it.
+    pub query_memory_limit_bytes: Option<u64>,
     /// `spill_dir`: where spill files go (default: the system's temporary folder).
     pub spill_dir: Option<PathBuf>,
     /// `sort_merge_joins`: plan equi-joins as sort-merge joins, which spill, instead of hash
@@ -277,6 +281,7 @@ impl Default for ExecutionConfig {
     fn default() -> Self {
         Self {
             memory_limit_bytes: None,
+            query_memory_limit_bytes: None,
             spill_dir: None,
             sort_merge_joins: false,
             parquet_pushdown: false,
@@ -344,6 +349,7 @@ struct RawJwt {
 #[serde(deny_unknown_fields)]
 struct RawExecution {
     memory_limit_bytes: Option<u64>,
+    query_memory_limit_bytes: Option<u64>,
     spill_dir: Option<String>,
     #[serde(default)]
     sort_merge_joins: bool,
@@ -635,8 +641,18 @@ impl Config {
                 ));
             }
         }
+        if let Some(limit) = raw.execution.query_memory_limit_bytes {
+            if limit < MIN_MEMORY_LIMIT {
+                return Err(invalid(
+                    "execution.query_memory_limit_bytes",
+                    format!("{limit} bytes cannot hold a query's working set"),
+                    "write at least 67108864 (64 MiB)",
+                ));
+            }
+        }
         let execution = ExecutionConfig {
             memory_limit_bytes: raw.execution.memory_limit_bytes,
+            query_memory_limit_bytes: raw.execution.query_memory_limit_bytes,
             spill_dir: raw.execution.spill_dir.as_deref().map(|d| base.join(d)),
             sort_merge_joins: raw.execution.sort_merge_joins,
             parquet_pushdown: raw.execution.parquet_pushdown,

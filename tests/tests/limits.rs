@@ -208,3 +208,27 @@ async fn values_past_max_batch_bytes_are_refused_and_name_the_limit() {
     .unwrap();
     assert_eq!(lakegate_tests::pretty(&ok).matches("true").count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_query_holds_at_most_its_share_of_the_memory_pool() {
+    // A hash join's build side (it cannot spill) of 4 million rows needs more than 64 MiB.
+    let sql = "SELECT count(*) FROM generate_series(1, 4000000) a \
+               JOIN generate_series(1, 4000000) b ON a.value = b.value";
+    let config = demo_config(|c| {
+        c.execution.memory_limit_bytes = Some(4 << 30);
+        c.execution.query_memory_limit_bytes = Some(64 << 20);
+    });
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    let err = query(&mut banker, sql).await.unwrap_err();
+    assert!(err.contains("query_memory_limit_bytes (64 MiB)"), "{err}");
+    assert_eq!(first_i64(&query(&mut banker, SHORT).await.unwrap()), 200);
+    // The same query within its share runs.
+    let config = demo_config(|c| c.execution.memory_limit_bytes = Some(4 << 30));
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    assert_eq!(
+        first_i64(&query(&mut banker, sql).await.unwrap()),
+        4_000_000
+    );
+}
