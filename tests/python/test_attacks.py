@@ -414,6 +414,12 @@ def test_a_runaway_query_neither_freezes_the_server_nor_outlives_its_client(tmp_
         "WITH s AS (SELECT repeat('x', 30000000) AS v) SELECT length("
         + " || ".join(["a.v"] * 60)
         + ") FROM s a",
+        # List and string aggregates of large values (attacker round 6: 10 GB resident).
+        "SELECT value % 2 g, length(string_agg(repeat('x', 10000), '')) "
+        "FROM generate_series(1, 600000) GROUP BY value % 2",
+        "SELECT length(string_agg(repeat('x', 10000), '')) FROM generate_series(1, 300000)",
+        "SELECT value % 2 g, cardinality(array_agg(repeat('x', 10000))) "
+        "FROM generate_series(1, 400000) GROUP BY value % 2",
     ],
 )
 def test_values_too_large_for_a_batch_are_refused_with_memory_flat(shared, sql):
@@ -448,6 +454,15 @@ def test_values_too_large_for_a_batch_are_refused_with_memory_flat(shared, sql):
         # One call over one row for about 45 minutes.
         "SELECT levenshtein(repeat('a', value), repeat('b', value)) "
         "FROM generate_series(1000000, 1000000)",
+        # A pattern per row, compiled per row in one call (attacker round 6: both cores for
+        # 215 s past the cancel; 11 GB of compiled regexes).
+        "SELECT count(*) FROM generate_series(1, 8192) "
+        "WHERE 'x' LIKE concat(CAST(value AS VARCHAR), repeat('%_', 2000))",
+        "SELECT count(*) FROM generate_series(1, 8192) "
+        "WHERE regexp_like('x', concat(CAST(value AS VARCHAR), repeat('[a-z]{1,50}', 200)))",
+        "SELECT count(*) FROM generate_series(1, 8192) "
+        "WHERE 'x' SIMILAR TO concat(CAST(value AS VARCHAR), repeat('(a|b)', 1000))",
+        "SELECT count(*) FROM health.visits WHERE hospital ~ concat(district, '.*')",
     ],
 )
 def test_calls_too_costly_for_one_call_are_refused_at_once(shared, sql):
