@@ -96,6 +96,13 @@ impl ThrottleKey {
     }
 }
 
+/// Seconds since the Unix epoch, as JWT times are written.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// One authenticated session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -233,18 +240,20 @@ impl Sessions {
                     identity.user
                 )));
             }
-            return Ok(self.open(user, identity.scenario));
+            // The session ends when the token does, not a full token_ttl later.
+            let left = Duration::from_secs(identity.expires.saturating_sub(unix_now()));
+            return Ok(self.open(user, identity.scenario, left.min(self.ttl)));
         }
         let hash = self.users.get(user).map(String::as_str);
         let ok = verify(hash.unwrap_or(&self.dummy_hash), password) && hash.is_some();
         if !ok {
             return Err(AuthError::BadCredentials);
         }
-        Ok(self.open(user, None))
+        Ok(self.open(user, None, self.ttl))
     }
 
     /// A new session of `user` and its unguessable token.
-    fn open(&self, user: &str, scenario: Option<String>) -> String {
+    fn open(&self, user: &str, scenario: Option<String>, ttl: Duration) -> String {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let token = URL_SAFE_NO_PAD.encode(bytes);
@@ -257,7 +266,7 @@ impl Sessions {
                 user: user.to_string(),
                 pinned: scenario.is_some(),
                 scenario,
-                expires: now + self.ttl,
+                expires: now + ttl,
             },
         );
         token

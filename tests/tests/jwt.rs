@@ -179,6 +179,13 @@ async fn a_jwt_works_as_the_password_of_its_own_user_and_users_have_default_scen
         .unwrap_err()
         .to_string();
     assert!(err.contains("not the user logging in"), "{err}");
+    // A session opened with a token ends when the token does.
+    let mut c = server.client().await;
+    c.handshake("banker", &idp.token("banker", "lakegate", 2))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(query(&mut c, SQL).await.is_err());
     // A password login with no scenario set runs under the user's default scenario.
     let mut c = server.login("banker", "banker-demo").await;
     assert_eq!(first_i64(&query(&mut c, SQL).await.unwrap()), 200);
