@@ -128,19 +128,25 @@ impl Server {
             }
         };
         let mut builder = tonic::transport::Server::builder();
+        let incoming: Connections = if self.tls.is_some() {
+            Box::pin(crate::plaintext::tls_connections(self.listener))
+        } else {
+            Box::pin(no_delay(self.listener))
+        };
         if let Some(tls) = self.tls.clone() {
             builder = builder
                 .tls_config(tls)
                 .map_err(|e| anyhow::anyhow!("cannot serve TLS ([server.tls]): {e}"))?;
         }
         let serving = builder
+            .layer(crate::gate::AuthGateLayer::new(self.sessions.clone()))
             .add_service(health_service)
             .add_service(
                 FlightServiceServer::new(crate::front::Front(Arc::new(self.service)))
                     .max_decoding_message_size(64 * 1024 * 1024)
                     .max_encoding_message_size(64 * 1024 * 1024),
             )
-            .serve_with_incoming_shutdown(no_delay(self.listener), signal);
+            .serve_with_incoming_shutdown(incoming, signal);
         let grace = self.grace;
         let drained = tokio::select! {
             served = serving => {
@@ -282,6 +288,11 @@ async fn anchor_audit(gateway: Arc<Gateway>, interval: Duration) {
 /// Accepted connections with Nagle's algorithm off. tonic sets TCP_NODELAY only on listeners it
 /// binds itself; without it every small response (FlightInfo, the end of a stream) waits for
 /// the client's delayed ACK, about 40 ms a round trip.
+/// The connections a server takes.
+type Connections = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>,
+>;
+
 fn no_delay(
     listener: TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {

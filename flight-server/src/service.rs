@@ -299,7 +299,7 @@ fn bearer(metadata: &MetadataMap) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-fn auth_status(e: AuthError) -> Status {
+pub(crate) fn auth_status(e: AuthError) -> Status {
     match e {
         AuthError::Pinned(_) => Status::permission_denied(e.to_string()),
         _ => Status::unauthenticated(e.to_string()),

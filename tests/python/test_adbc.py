@@ -272,12 +272,15 @@ def test_tls_demo_serves_adbc_over_grpc_tls_and_refuses_plaintext(tmp_path):
             autocommit=True,
         ) as conn:
             assert scalar(conn, "SELECT count(*) FROM market.enterprises") == 200
-        with pytest.raises(adbc_driver_manager.Error):
+        with pytest.raises(adbc_driver_manager.Error) as plain:
             with flightsql.connect(
                 f"grpc://{address}",
                 db_kwargs={"username": "banker", "password": "banker-demo"},
                 autocommit=True,
             ) as conn:
                 scalar(conn, "SELECT 1")
+        # The driver shows the server's reason, not a transport error.
+        assert "accepts TLS connections only" in str(plain.value), str(plain.value)
+        assert "grpc+tls://" in str(plain.value), str(plain.value)
     finally:
         stop(proc)

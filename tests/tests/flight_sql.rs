@@ -349,6 +349,44 @@ async fn authentication_is_required_and_checked() {
 }
 
 #[tokio::test]
+async fn calls_without_a_live_token_are_refused_before_their_message_is_read() {
+    let server = TestServer::demo().await;
+    // A request past the decoding limit (64 MiB): were it read, the answer would be that it is
+    // too large; the gate refuses it on its headers.
+    let huge = FlightDescriptor::new_cmd(vec![b'x'; (64 << 20) + 1]);
+    let call = |token: Option<String>| {
+        let server = &server;
+        let huge = huge.clone();
+        async move {
+            let mut c = server.client().await.into_inner();
+            let mut request = tonic::Request::new(huge);
+            if let Some(token) = token {
+                let value = format!("Bearer {token}").parse().unwrap();
+                request.metadata_mut().insert("authorization", value);
+            }
+            c.get_flight_info(request).await.unwrap_err().to_string()
+        }
+    };
+    for token in [None, Some("forged-token".to_string())] {
+        let err = call(token).await;
+        assert!(err.contains(UNAUTHENTICATED), "{err}");
+        assert!(!err.contains("too large"), "{err}");
+    }
+    // A live token passes the gate: the same request is read, and is too large.
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let err = call(c.token().cloned()).await;
+    assert!(err.contains("too large"), "{err}");
+    assert_eq!(
+        first_i64(
+            &query(&mut c, "SELECT count(*) FROM market.enterprises")
+                .await
+                .unwrap()
+        ),
+        200
+    );
+}
+
+#[tokio::test]
 async fn tokens_expire() {
     let mut config = lake_config::Config::load(&shared_demo().join("lakegate.toml")).unwrap();
     config.server.token_ttl_secs = 1;

@@ -63,6 +63,10 @@ async fn queries_run_over_tls_and_plaintext_clients_are_turned_away() {
         plain.is_err(),
         "a plaintext client was served by a TLS server"
     );
+    // ... which says what to do.
+    let err = plain.err().unwrap_or_default();
+    assert!(err.contains("accepts TLS connections only"), "{err}");
+    assert!(err.contains("grpc+tls://"), "{err}");
     // A client that does not trust the server's CA is refused by its own TLS check.
     let untrusting = ClientTlsConfig::new().domain_name("localhost");
     assert!(connect(&server, Some(untrusting)).await.is_err());

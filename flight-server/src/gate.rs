@@ -1,0 +1,96 @@
+//! The gate in front of every call: a call other than the handshake and the health service must
+//! carry a bearer token that names a live session (or a valid JWT) before its message is read.
+//!
+//! tonic decodes a unary call's whole request message (up to the decoding limit) before the
+//! service sees it, so without the gate anybody who can open a connection could make the server
+//! hold that much memory per call, many calls at a time, without an account. Refused here, the
+//! call costs its headers only. The service checks the token again (and the scenario) as before.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+use tonic::codegen::http::{Request, Response};
+use tonic::codegen::{BoxFuture, Service};
+
+use crate::auth::{AuthError, Sessions};
+
+/// Calls that carry no token: the login itself and the standard health service.
+fn open_path(path: &str) -> bool {
+    path == "/arrow.flight.protocol.FlightService/Handshake"
+        || path.starts_with("/grpc.health.v1.Health/")
+}
+
+/// A [`tower_layer::Layer`] putting an [`AuthGate`] in front of the served routes.
+#[derive(Clone)]
+pub struct AuthGateLayer {
+    sessions: Arc<Sessions>,
+}
+
+impl AuthGateLayer {
+    /// A gate that checks tokens against `sessions`.
+    pub fn new(sessions: Arc<Sessions>) -> Self {
+        Self { sessions }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for AuthGateLayer {
+    type Service = AuthGate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthGate {
+            inner,
+            sessions: self.sessions.clone(),
+        }
+    }
+}
+
+/// Refuses a call without a live bearer token before its body is read.
+#[derive(Clone)]
+pub struct AuthGate<S> {
+    inner: S,
+    sessions: Arc<Sessions>,
+}
+
+impl<S> AuthGate<S> {
+    fn refusal(&self, request: &Request<Body>) -> Option<AuthError> {
+        if open_path(request.uri().path()) {
+            return None;
+        }
+        let token = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        match token {
+            None => Some(AuthError::NoToken),
+            Some(token) => self.sessions.resolve(token).err(),
+        }
+    }
+}
+
+impl<S> Service<Request<Body>> for AuthGate<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        match self.refusal(&request) {
+            Some(e) => {
+                let status = crate::service::auth_status(e);
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+            None => Box::pin(self.inner.call(request)),
+        }
+    }
+}
