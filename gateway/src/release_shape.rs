@@ -8,11 +8,21 @@
 //!
 //! - every aggregate argument is a *raw* column: a lake table's column, passed up through plain
 //!   column references only (not a literal, a VALUES list, a computed or aggregated value);
-//! - joins are inner equi-joins (semi and anti joins too) of raw columns (an expression as key,
-//!   `ON (v.id = 8193) = (w.id > 1)`, matches a chosen row twice) without a residual filter: no outer
-//!   join (its NULL padding is an indicator), no cross join, no OR or inequality condition (a
-//!   row's multiplicity would depend on a chosen row);
-//! - no UNION, INTERSECT or EXCEPT (a branch can add or drop a chosen row's copy).
+//! - joins are equi-joins of raw columns (an expression as key, `ON (v.id = 8193) = (w.id > 1)`,
+//!   matches a chosen row twice) without a residual filter: no outer join (its NULL padding is an
+//!   indicator), no cross join, no OR or inequality condition (a row's multiplicity would depend
+//!   on a chosen row);
+//! - under the k rule, only semi and anti joins (`IN`, `EXISTS`, `NOT IN`, `NOT EXISTS`): an inner
+//!   join repeats each row once per match, and the matches are the caller's to choose. Joined on
+//!   a key that is not unique on the other side, with that side filtered to one row per key but
+//!   two for a chosen person's key (attacker round 7: `JOIN visits w ON h.district = w.district`
+//!   kept both ways by a WHERE, or a patient's other visits), `count(*) - count(DISTINCT id)`
+//!   names that person's group. A semi join only keeps or drops rows, as WHERE does. (Under
+//!   differential privacy each subject counts once however often its rows repeat: inner
+//!   equi-joins stay allowed there.)
+//! - no UNION, INTERSECT or EXCEPT (a branch can add or drop a chosen row's copy), and no release
+//!   in the recursive part of a recursive query (it would run once per iteration, over inputs
+//!   that change between them).
 //!
 //! A query releases at most once (two releases in one query, one leaving a chosen row out, can
 //! be differenced). Differencing across queries is what the k rule cannot stop;
@@ -103,9 +113,23 @@ pub(crate) fn raw_columns(plan: &LogicalPlan) -> Vec<bool> {
     }
 }
 
-fn is_release(plan: &LogicalPlan) -> bool {
-    matches!(plan, LogicalPlan::Extension(e)
-        if e.node.as_any().is::<MinGroupRelease>() || e.node.as_any().is::<DpRelease>())
+/// The release a node is, if it is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// The minimum-group (k) rule: exact counts of the groups it keeps.
+    MinGroup,
+    /// Differential privacy: each subject counted once, with noise.
+    Private,
+}
+
+fn release_of(plan: &LogicalPlan) -> Option<Release> {
+    match plan {
+        LogicalPlan::Extension(e) if e.node.as_any().is::<MinGroupRelease>() => {
+            Some(Release::MinGroup)
+        }
+        LogicalPlan::Extension(e) if e.node.as_any().is::<DpRelease>() => Some(Release::Private),
+        _ => None,
+    }
 }
 
 /// Checks every node at or below a release (what computes the released values): aggregate
@@ -128,17 +152,29 @@ pub(crate) fn check(plan: &LogicalPlan) -> Result<(), GatewayError> {
              run them as separate queries"
         )));
     }
-    walk(plan, false)
+    walk(plan, None, false)
 }
 
-fn walk(plan: &LogicalPlan, below: bool) -> Result<(), GatewayError> {
-    let below = below || is_release(plan);
-    if below {
-        check_node(plan)?;
+/// `below`: the nearest release above `plan` (k wins over DP when both are, for the stricter
+/// join rule); `recursive`: inside the recursive part of a recursive query.
+fn walk(plan: &LogicalPlan, below: Option<Release>, recursive: bool) -> Result<(), GatewayError> {
+    let here = release_of(plan);
+    if here.is_some() && recursive {
+        return Err(refuse(
+            "it may not be released inside the recursive part of a recursive query (the release \
+             would run once per iteration)",
+        ));
+    }
+    let below = match (below, here) {
+        (Some(Release::MinGroup), _) | (_, Some(Release::MinGroup)) => Some(Release::MinGroup),
+        (b, h) => b.or(h),
+    };
+    if let Some(release) = below {
+        check_node(plan, release)?;
     }
     let mut result = Ok(());
     let _ = plan.apply_subqueries(|sub| {
-        result = walk(sub, below);
+        result = walk(sub, below, recursive);
         Ok(if result.is_ok() {
             TreeNodeRecursion::Continue
         } else {
@@ -146,14 +182,25 @@ fn walk(plan: &LogicalPlan, below: bool) -> Result<(), GatewayError> {
         })
     });
     result?;
+    if let LogicalPlan::RecursiveQuery(r) = plan {
+        walk(&r.static_term, below, recursive)?;
+        return walk(&r.recursive_term, below, true);
+    }
     for input in plan.inputs() {
-        walk(input, below)?;
+        walk(input, below, recursive)?;
     }
     Ok(())
 }
 
-fn check_node(plan: &LogicalPlan) -> Result<(), GatewayError> {
+fn check_node(plan: &LogicalPlan, release: Release) -> Result<(), GatewayError> {
     let why = match plan {
+        LogicalPlan::Join(j) if j.join_type == JoinType::Inner && release == Release::MinGroup => {
+            Some(
+                "inner joins are refused: a join repeats rows as often as they match, which the \
+                 caller can choose for one person; filter with IN or EXISTS instead"
+                    .to_string(),
+            )
+        }
         LogicalPlan::Join(j) => match j.join_type {
             JoinType::Inner
             | JoinType::LeftSemi

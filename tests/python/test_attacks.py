@@ -237,12 +237,35 @@ def test_withheld_groups_are_never_evaluated(shared):
         "GROUP BY diagnosis) b1 ON b1.diagnosis = a.diagnosis "
         "JOIN (SELECT diagnosis, count(*) c FROM health.visits WHERE visit_id <> 11 "
         "GROUP BY diagnosis) b2 ON b2.diagnosis = a.diagnosis",
+        # A multiplicity tracker: a patient's rows repeated by a filter on one side of a join.
+        "SELECT h.diagnosis, count(*) c, count(DISTINCT h.visit_id) n FROM health.visits h "
+        "JOIN health.visits w ON h.patient_id = w.patient_id "
+        "WHERE w.visit_id IN (8, 9) GROUP BY h.diagnosis",
     ],
 )
 def test_per_group_name_lists_are_refused(shared, sql):
     with connect(shared.uri, "insurer", "insurer-demo", "insurance-underwriting") as conn:
         text = failure(conn, sql)
         assert "aggregate-only" in text, text
+
+
+def test_a_join_tracker_kept_apart_by_a_scalar_subquery_is_refused(shared):
+    """Attacker round 7: a WHERE over both sides of a join, kept above it by an uncorrelated
+    scalar subquery, repeats every visit twice but the target's, so that 2n - c = 1 names the
+    target's diagnosis (one query per visit; the members of a withheld group in 171)."""
+    with connect(shared.uri, "insurer", "insurer-demo", "insurance-underwriting") as conn:
+        ends = rows(conn, "SELECT district, min(visit_id), max(visit_id) FROM health.visits GROUP BY district")
+        xs = ",".join(str(r[1]) for r in ends)
+        ys = ",".join(str(r[2]) for r in ends)
+        target = 8
+        sql = (
+            "SELECT h.diagnosis, count(*) c, count(DISTINCT h.visit_id) n FROM health.visits h "
+            "JOIN health.visits w ON h.district = w.district "
+            f"WHERE (w.visit_id IN ({xs}) OR (h.visit_id <> {target} AND w.visit_id IN ({ys}))) "
+            "OR h.visit_id = (SELECT -1) GROUP BY h.diagnosis"
+        )
+        text = failure(conn, sql)
+        assert "aggregate-only" in text and "inner joins are refused" in text, text
 
 
 def test_select_star_leaves_aggregate_only_columns_out(shared):

@@ -168,6 +168,22 @@ async fn per_group_computations_that_name_people_are_refused() {
         "SELECT diagnosis, c FROM (SELECT diagnosis, count(*) c FROM hr.employees GROUP BY \
          diagnosis) WHERE c > (SELECT max(c) FROM (SELECT diagnosis, count(*) c FROM \
          hr.employees WHERE id <> 10 GROUP BY diagnosis))",
+        // Multiplicity trackers through inner joins (attacker round 7): a WHERE over both sides
+        // kept above the join by a scalar subquery doubles every row but person 10's ...
+        "SELECT h.diagnosis, count(*) c, count(DISTINCT h.id) n FROM hr.employees h \
+         JOIN hr.employees w ON h.district = w.district \
+         WHERE (w.id = (SELECT min(id) FROM hr.employees) OR (h.id <> 10 AND \
+         w.id = (SELECT max(id) FROM hr.employees))) OR h.id = (SELECT -1) GROUP BY h.diagnosis",
+        // ... and a filter on one side alone sets how often each row repeats.
+        "SELECT h.diagnosis, count(*), count(DISTINCT h.id) FROM hr.employees h \
+         JOIN hr.employees w ON h.district = w.district WHERE w.id IN (1, 2) GROUP BY h.diagnosis",
+        "SELECT e.diagnosis, count(*), count(t.name) FROM hr.employees e \
+         JOIN hr.employees t ON t.id = e.id GROUP BY e.diagnosis",
+        // A release in a recursive query's recursive part runs once per iteration.
+        "WITH RECURSIVE r(i, d, c) AS (SELECT 0 AS i, CAST('' AS VARCHAR) AS d, CAST(0 AS BIGINT) AS c \
+         UNION ALL SELECT r.i + 1, x.diagnosis, x.c FROM r CROSS JOIN (SELECT diagnosis, \
+         count(*) c FROM hr.employees GROUP BY diagnosis) x WHERE r.i < 2) \
+         SELECT i, count(*) FROM r GROUP BY i",
     ] {
         let text = seen(&mut c, sql).await;
         assert!(
@@ -187,11 +203,31 @@ async fn per_group_computations_that_name_people_are_refused() {
     .unwrap();
     assert_eq!(column_strings(&got, 0), ["Diabetes", "Hypertension"]);
     assert_eq!(column_strings(&got, 1), ["15", "20"]);
-    // Inner equi-joins, and aggregates over released groups, stay allowed.
+    // Each refused by its own rule.
+    for (sql, rule) in [
+        (
+            "SELECT h.diagnosis, count(*) FROM hr.employees h JOIN hr.employees w \
+             ON h.district = w.district WHERE w.id IN (1, 2) GROUP BY h.diagnosis",
+            "inner joins are refused",
+        ),
+        (
+            "WITH RECURSIVE r(i) AS (SELECT 0 AS i UNION ALL SELECT r.i + 1 FROM r CROSS JOIN \
+             (SELECT diagnosis, count(*) c FROM hr.employees GROUP BY diagnosis) x \
+             WHERE r.i < 2) SELECT count(*) FROM r",
+            "recursive part of a recursive query",
+        ),
+    ] {
+        let text = seen(&mut c, sql).await;
+        assert!(text.contains(rule), "{sql}: {text}");
+    }
+    // Semi and anti joins (IN, EXISTS) only keep or drop rows, and stay allowed, as do
+    // aggregates over released groups.
     let got = query(
         &mut c,
-        "SELECT e.diagnosis, count(*), count(t.name) FROM hr.employees e \
-         JOIN hr.employees t ON t.id = e.id GROUP BY e.diagnosis ORDER BY e.diagnosis",
+        "SELECT e.diagnosis, count(*), count(e.name) FROM hr.employees e \
+         WHERE e.id IN (SELECT t.id FROM hr.employees t) \
+         AND NOT EXISTS (SELECT 1 FROM hr.employees u WHERE u.id = e.id AND u.salary < 0) \
+         GROUP BY e.diagnosis ORDER BY e.diagnosis",
     )
     .await
     .unwrap();
