@@ -88,6 +88,15 @@ fn bound(expr: Expr, limit: usize) -> Result<Transformed<Expr>> {
             b.right = checked(b.right);
             Ok(Transformed::yes(Expr::BinaryExpr(b)))
         }
+        // A scalar subquery's value is repeated over a batch as a literal is (by a projection,
+        // CASE, or inside `array_has`/`strpos`/`array_position`, which return fixed-width
+        // values and so pass unchecked): a 1.2 MB array took 9.6 GB (attacker round 7).
+        Expr::ScalarSubquery(_) => Ok(Transformed::yes(Expr::ScalarFunction(
+            datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                Arc::new(ScalarUDF::new_from_impl(SubqueryValue::new(limit))),
+                vec![e],
+            ),
+        ))),
         Expr::AggregateFunction(mut f) if crate::bounded_aggregates::builds_values(&f.func) => {
             f.func = crate::bounded_aggregates::BoundedAggregate::wrap(f.func, limit);
             Ok(Transformed::yes(Expr::AggregateFunction(f)))
@@ -199,6 +208,57 @@ impl ScalarUDFImpl for Checked {
     fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let value = args.args.remove(0);
         check("||", &value, self.limit)?;
+        Ok(value)
+    }
+}
+
+/// `lakegate_subquery_value(x)`: a scalar subquery's value, refused past the literal limit (what
+/// a batch can repeat within `[execution] max_batch_bytes`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SubqueryValue {
+    limit: usize,
+    signature: Signature,
+}
+
+impl SubqueryValue {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            signature: Signature::any(1, datafusion::logical_expr::Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for SubqueryValue {
+    fn name(&self) -> &str {
+        "lakegate_subquery_value"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let value = args.args.remove(0);
+        // A decorrelated subquery arrives as a column: each row's own value, checked by the
+        // batch guard as any column.
+        if let ColumnarValue::Scalar(v) = &value {
+            let batch_size = usize::from(args.config_options.execution.batch_size);
+            let most = self.limit / batch_size;
+            let size = scalar_bytes(v);
+            if size > most as u128 {
+                return Err(DataFusionError::ResourcesExhausted(format!(
+                    "result too large: a scalar subquery's value of {size} bytes, repeated over \
+                     a batch of {batch_size} rows, would be more than [execution] \
+                     max_batch_bytes ({} MiB); such values may be at most {most} bytes",
+                    self.limit >> 20
+                )));
+            }
+        }
         Ok(value)
     }
 }
@@ -841,7 +901,38 @@ fn scalar_bytes(s: &ScalarValue) -> u128 {
         ScalarValue::Binary(Some(v))
         | ScalarValue::LargeBinary(Some(v))
         | ScalarValue::BinaryView(Some(v)) => v.len() as u128,
+        // What the value's rows take, not the capacity its builder left behind (`array_agg` of
+        // 100 integers: 800 bytes in a 64 KB buffer).
+        ScalarValue::List(a) => slice_bytes(a.as_ref()),
+        ScalarValue::LargeList(a) => slice_bytes(a.as_ref()),
+        ScalarValue::FixedSizeList(a) => slice_bytes(a.as_ref()),
+        ScalarValue::Struct(a) => slice_bytes(a.as_ref()),
+        ScalarValue::Map(a) => slice_bytes(a.as_ref()),
         other => other.size() as u128,
+    }
+}
+
+fn slice_bytes(a: &dyn Array) -> u128 {
+    // The slice size leaves out the data buffers of view types: count them whole there.
+    if has_views(a.data_type()) {
+        return a.get_array_memory_size() as u128;
+    }
+    a.to_data()
+        .get_slice_memory_size()
+        .unwrap_or_else(|_| a.get_array_memory_size()) as u128
+}
+
+fn has_views(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8View | DataType::BinaryView | DataType::ListView(_) => true,
+        DataType::LargeListView(_) => true,
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => has_views(f.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| has_views(f.data_type())),
+        DataType::Dictionary(_, v) => has_views(v),
+        _ => false,
     }
 }
 
@@ -857,6 +948,40 @@ mod tests {
         let ctx = SessionContext::new();
         ctx.add_analyzer_rule(Arc::new(BoundFunctions { limit }));
         ctx.sql(sql).await?.collect().await
+    }
+
+    #[tokio::test]
+    async fn scalar_subquery_values_obey_the_literal_limit() {
+        // 150,000 elements (1.2 MB), repeated over 8,192 rows inside `array_has`: 9.6 GB.
+        for sql in [
+            "SELECT count(*) FROM generate_series(1, 8192) \
+             WHERE array_has((SELECT array_agg(value) FROM generate_series(1, 150000)), value)",
+            "SELECT count(*) FROM generate_series(1, 8192) WHERE strpos((SELECT \
+             string_agg(CAST(value AS VARCHAR), ',') FROM generate_series(1, 100000)), \
+             CAST(value AS VARCHAR)) > 0",
+            "SELECT length((SELECT string_agg(CAST(value AS VARCHAR), ',') \
+             FROM generate_series(1, 100000))) FROM generate_series(1, 10)",
+        ] {
+            let err = run(sql, 128 << 20).await.unwrap_err().to_string();
+            assert!(err.contains("scalar subquery's value"), "{sql}: {err}");
+        }
+        // Small values, and correlated subqueries (a column of their own), as before.
+        let got = run(
+            "SELECT count(*) FROM generate_series(1, 8192) \
+             WHERE array_has((SELECT array_agg(value) FROM generate_series(1, 100)), value)",
+            128 << 20,
+        )
+        .await
+        .unwrap();
+        assert_eq!(format!("{:?}", got[0].column(0)).matches("100").count(), 1);
+        let got = run(
+            "SELECT count(*) FROM generate_series(1, 50) a WHERE a.value = \
+             (SELECT max(b.value) FROM generate_series(1, 50) b WHERE b.value = a.value)",
+            128 << 20,
+        )
+        .await
+        .unwrap();
+        assert_eq!(format!("{:?}", got[0].column(0)).matches("50").count(), 1);
     }
 
     #[tokio::test]

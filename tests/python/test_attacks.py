@@ -443,6 +443,13 @@ def test_a_runaway_query_neither_freezes_the_server_nor_outlives_its_client(tmp_
         "SELECT length(string_agg(repeat('x', 10000), '')) FROM generate_series(1, 300000)",
         "SELECT value % 2 g, cardinality(array_agg(repeat('x', 10000))) "
         "FROM generate_series(1, 400000) GROUP BY value % 2",
+        # A scalar subquery's value repeated per row inside a fixed-width function (attacker
+        # round 7: 9.6 GB for a 1.2 MB array).
+        "SELECT count(*) FROM generate_series(1, 8192) "
+        "WHERE array_has((SELECT array_agg(value) FROM generate_series(1, 150000)), value)",
+        "SELECT count(*) FROM generate_series(1, 8192) WHERE strpos((SELECT "
+        "string_agg(CAST(value AS VARCHAR), ',') FROM generate_series(1, 100000)), "
+        "CAST(value AS VARCHAR)) > 0",
     ],
 )
 def test_values_too_large_for_a_batch_are_refused_with_memory_flat(shared, sql):
