@@ -20,6 +20,8 @@ pub struct Limits {
     max_per_user: usize,
     running: Arc<Mutex<HashMap<String, usize>>>,
     timeout: Option<Duration>,
+    max_parameter_bytes: usize,
+    max_sql_bytes: usize,
 }
 
 /// A running query's place; released on drop.
@@ -39,7 +41,26 @@ impl Limits {
             running: Arc::default(),
             timeout: (execution.query_timeout_secs > 0)
                 .then(|| Duration::from_secs(execution.query_timeout_secs)),
+            // Twice: what arrives is counted with its buffers' spare capacity.
+            max_parameter_bytes: execution.max_sql_bytes.saturating_mul(2),
+            max_sql_bytes: execution.max_sql_bytes,
         }
+    }
+
+    /// The most SQL text the statement tickets and prepared statements of one user may hold
+    /// (a planned statement takes some 60 times its text: a 1 MiB IN list held 63 MB, and 146
+    /// of them 11 GB), and of all users together: four and 32 statements of the largest size.
+    pub fn max_handle_bytes(&self) -> (usize, usize) {
+        (
+            self.max_sql_bytes.saturating_mul(4),
+            self.max_sql_bytes.saturating_mul(32),
+        )
+    }
+
+    /// The most bytes of parameter batches one DoPut may send: a row of parameters is part of
+    /// the statement, so twice `[execution] max_sql_bytes`.
+    pub fn max_parameter_bytes(&self) -> usize {
+        self.max_parameter_bytes
     }
 
     /// How long one query may run, if limited.

@@ -30,6 +30,11 @@ pub struct Server {
     sessions: Arc<Sessions>,
 }
 
+/// The largest message a client may send: a command, a ticket, a row of parameters (their
+/// values obey `[execution] max_sql_bytes` in all). tonic reads a whole message before the
+/// service sees it, so this is what one call can make the server hold.
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
 /// How often the policy folder is checked for changes.
 const POLICY_POLL: Duration = Duration::from_secs(2);
 
@@ -143,7 +148,7 @@ impl Server {
             .add_service(health_service)
             .add_service(
                 FlightServiceServer::new(crate::front::Front(Arc::new(self.service)))
-                    .max_decoding_message_size(64 * 1024 * 1024)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(64 * 1024 * 1024),
             )
             .serve_with_incoming_shutdown(incoming, signal);

@@ -36,7 +36,7 @@ use arrow_flight::{
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use datafusion::common::ScalarValue;
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status, Streaming};
@@ -75,6 +75,9 @@ struct Handle {
     user: String,
     scenario: Option<String>,
     created: Instant,
+    /// The SQL text it holds planned (twice for a prepared statement: it may also hold its
+    /// bound form), for the bounds of [`Limits::max_handle_bytes`].
+    weight: usize,
     kind: HandleKind,
 }
 
@@ -157,23 +160,47 @@ impl LakegateService {
         })
     }
 
-    fn store(&self, caller: &Caller, kind: HandleKind) -> String {
+    fn store(&self, caller: &Caller, sql: &str, kind: HandleKind) -> Result<String, Status> {
         let handle = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+        let weight = match kind {
+            HandleKind::Statement(_) => sql.len(),
+            HandleKind::Prepared { .. } => sql.len().saturating_mul(2),
+        };
+        let (most_per_user, most) = self.limits.max_handle_bytes();
         let now = Instant::now();
         let mut handles = self.handles.lock().expect("handle map poisoned");
         handles.retain(|_, h| now.duration_since(h.created) < self.ttl_of(h));
-        // A user's handles are bounded: past the bound the oldest goes.
+        // A user's handles are bounded in number and in what they hold: past a bound the
+        // user's oldest go.
         let user = &caller.principal.user;
-        let mut own: Vec<(Instant, String)> = handles
+        let mut own: Vec<(Instant, usize, String)> = handles
             .iter()
             .filter(|(_, h)| &h.user == user)
-            .map(|(k, h)| (h.created, k.clone()))
+            .map(|(k, h)| (h.created, h.weight, k.clone()))
             .collect();
-        if own.len() >= MAX_HANDLES_PER_USER {
-            own.sort();
-            for (_, k) in own.iter().take(own.len() + 1 - MAX_HANDLES_PER_USER) {
-                handles.remove(k);
+        own.sort();
+        let mut held: usize = own.iter().map(|(_, w, _)| w).sum();
+        let mut count = own.len();
+        let mut total: usize = handles.values().map(|h| h.weight).sum();
+        for (_, w, k) in &own {
+            let over = count >= MAX_HANDLES_PER_USER
+                || held + weight > most_per_user
+                || total + weight > most;
+            if !over {
+                break;
             }
+            handles.remove(k);
+            count -= 1;
+            held -= w;
+            total -= w;
+        }
+        // Others' statements are not this caller's to evict.
+        if total + weight > most {
+            return Err(Status::resource_exhausted(format!(
+                "the server holds as many prepared statements and statement tickets as it may \
+                 ({} MiB of SQL text); try again later",
+                most >> 20
+            )));
         }
         handles.insert(
             handle.clone(),
@@ -181,10 +208,11 @@ impl LakegateService {
                 user: caller.principal.user.clone(),
                 scenario: caller.principal.scenario.clone(),
                 created: now,
+                weight,
                 kind,
             },
         );
-        handle
+        Ok(handle)
     }
 
     /// Runs `f` on the handle if it belongs to the caller. A handle of another user or
@@ -627,7 +655,7 @@ impl FlightSqlService for LakegateService {
             .map_err(to_status)
             .inspect_err(|s| crate::metrics::metrics().refused(s))?;
         let schema = described(&planned.schema(), None);
-        let handle = self.store(&caller, HandleKind::Statement(planned));
+        let handle = self.store(&caller, &query.query, HandleKind::Statement(planned))?;
         let ticket = TicketStatementQuery {
             statement_handle: handle.into_bytes().into(),
         };
@@ -646,23 +674,19 @@ impl FlightSqlService for LakegateService {
         let caller = self.caller(request.metadata())?;
         // A statement ticket is read once.
         let query = self.with_handle(&caller, &ticket.statement_handle, |handles, key| {
+            // A prepared statement's handle stays where it is, as it was.
+            if let Some(Handle {
+                kind: HandleKind::Prepared { .. },
+                ..
+            }) = handles.get(&key)
+            {
+                return Err(Status::not_found(
+                    "unknown or expired statement handle: prepare or execute the statement again",
+                ));
+            }
             match handles.remove(&key).map(|h| h.kind) {
                 Some(HandleKind::Statement(q)) => Ok(q),
-                Some(other) => {
-                    handles.insert(
-                        key,
-                        Handle {
-                            user: caller.principal.user.clone(),
-                            scenario: caller.principal.scenario.clone(),
-                            created: Instant::now(),
-                            kind: other,
-                        },
-                    );
-                    Err(Status::not_found(
-                        "unknown or expired statement handle: prepare or execute the statement again",
-                    ))
-                }
-                None => Err(Status::not_found("unknown or expired statement handle")),
+                _ => Err(Status::not_found("unknown or expired statement handle")),
             }
         })?;
         self.execute(&caller, &query).await
@@ -684,11 +708,12 @@ impl FlightSqlService for LakegateService {
         let parameter_schema = schema_bytes(&planned.parameter_schema())?;
         let handle = self.store(
             &caller,
+            &query.query,
             HandleKind::Prepared {
                 query: planned,
                 bound: None,
             },
-        );
+        )?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.into_bytes().into(),
             dataset_schema,
@@ -712,13 +737,34 @@ impl FlightSqlService for LakegateService {
                 }
             },
         )?;
-        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(
+        // Read as it arrives, and stopped at the first row or byte too many: collected whole,
+        // 250 batches of 32 MiB held 8.7 GB before the row count was looked at.
+        let mut stream = FlightRecordBatchStream::new_from_flight_data(
             request.into_inner().map_err(FlightError::from),
-        )
-        .try_collect()
-        .await
-        .map_err(|e| Status::invalid_argument(format!("cannot read the parameters: {e}")))?;
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        );
+        let most = self.limits.max_parameter_bytes();
+        let (mut batches, mut rows, mut bytes) = (Vec::<RecordBatch>::new(), 0usize, 0usize);
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| {
+                Status::invalid_argument(format!("cannot read the parameters: {e}"))
+            })?;
+            rows += batch.num_rows();
+            bytes += batch.get_array_memory_size();
+            if rows > 1 {
+                return Err(Status::invalid_argument(
+                    "parameters: a query takes exactly one row of parameter values, more were sent",
+                ));
+            }
+            if bytes > most {
+                return Err(Status::invalid_argument(format!(
+                    "parameters: more than {most} bytes of parameter values were sent (twice \
+                     [execution] max_sql_bytes)"
+                )));
+            }
+            if batch.num_rows() > 0 {
+                batches.push(batch);
+            }
+        }
         let bound = match rows {
             0 if unbound.parameter_schema().fields().is_empty() => None,
             1 => {

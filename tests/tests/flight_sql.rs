@@ -351,9 +351,9 @@ async fn authentication_is_required_and_checked() {
 #[tokio::test]
 async fn calls_without_a_live_token_are_refused_before_their_message_is_read() {
     let server = TestServer::demo().await;
-    // A request past the decoding limit (64 MiB): were it read, the answer would be that it is
+    // A request past the decoding limit (16 MiB): were it read, the answer would be that it is
     // too large; the gate refuses it on its headers.
-    let huge = FlightDescriptor::new_cmd(vec![b'x'; (64 << 20) + 1]);
+    let huge = FlightDescriptor::new_cmd(vec![b'x'; (16 << 20) + 1]);
     let call = |token: Option<String>| {
         let server = &server;
         let huge = huge.clone();

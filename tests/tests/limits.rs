@@ -271,3 +271,37 @@ async fn windows_hold_their_input_within_the_query_share() {
     assert_eq!(first_i64(&ok), 1000);
     assert_eq!(first_i64(&query(&mut banker, SHORT).await.unwrap()), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_handles_hold_a_bounded_amount_of_sql_per_user() {
+    // Attacker round 7: a planned 1 MiB IN list held 63 MB, and one user 256 of them.
+    let config = demo_config(|c| c.execution.max_sql_bytes = 64 << 10);
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    // 60 KB statements: a prepared one counts twice its text, so two fit in 4 x 64 KiB.
+    let big = format!(
+        "SELECT count(*) FROM market.enterprises WHERE district IN ({})",
+        vec!["'x'"; 15_000].join(",")
+    );
+    let mut prepared = Vec::new();
+    for _ in 0..3 {
+        prepared.push(banker.prepare(big.clone(), None).await.unwrap());
+    }
+    // The user's oldest went to make room; the newer ones run.
+    let err = prepared[0].execute().await.unwrap_err().to_string();
+    assert!(err.contains("unknown or expired"), "{err}");
+    for p in &mut prepared[1..] {
+        p.execute().await.unwrap();
+    }
+    // Small statements are not crowded out by the bound, and other users are not touched.
+    let mut officer = as_user(&server, "officer", "district-services").await;
+    let mut small = Vec::new();
+    for _ in 0..50 {
+        let sql = "SELECT count(*) FROM health.visits".to_string();
+        small.push(officer.prepare(sql, None).await.unwrap());
+    }
+    for p in &mut small {
+        p.execute().await.unwrap();
+    }
+    prepared[2].execute().await.unwrap();
+}
