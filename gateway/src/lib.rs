@@ -86,7 +86,8 @@ pub struct Gateway {
     /// The last audit segment exported to `lakegate_audit.queries`.
     last_exported: tokio::sync::Mutex<u64>,
     max_result_bytes: Option<u64>,
-    policies: RwLock<Arc<PolicySet>>,
+    /// The serving policy set; shared with queries that read it again when they run.
+    policies: Arc<RwLock<Arc<PolicySet>>>,
     policy_dir: PathBuf,
     /// What the policy folder looked like when the current set was loaded.
     policy_fingerprint: std::sync::Mutex<Vec<(PathBuf, u64, SystemTime)>>,
@@ -138,7 +139,7 @@ impl Gateway {
             last_anchor: tokio::sync::Mutex::new(0),
             last_exported: tokio::sync::Mutex::new(0),
             max_result_bytes: config.audit.max_result_bytes,
-            policies: RwLock::new(Arc::new(policies)),
+            policies: Arc::new(RwLock::new(Arc::new(policies))),
             policy_fingerprint: std::sync::Mutex::new(fingerprint(&config.policy.dir)),
             policy_dir: config.policy.dir.clone(),
             mask_key: config
@@ -310,10 +311,7 @@ impl Gateway {
                 ledger: self.ledger.clone(),
                 audit: self.audit.clone(),
                 user: who.user.clone(),
-                budget: self
-                    .policies()
-                    .scenario(&scenario)
-                    .and_then(|s| s.epsilon_budget),
+                policies: self.policies.clone(),
                 scenario,
                 query_id: query_id.clone(),
             });

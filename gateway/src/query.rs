@@ -37,7 +37,9 @@ pub(crate) struct PrivacyCharge {
     pub(crate) audit: Arc<crate::audit::AuditLog>,
     pub(crate) user: String,
     pub(crate) scenario: String,
-    pub(crate) budget: Option<policy::Epsilon>,
+    /// The serving policy set, whose scenario budget is read when the query runs: a budget
+    /// cut after a statement was prepared holds for its next execution.
+    pub(crate) policies: Arc<std::sync::RwLock<Arc<policy::PolicySet>>>,
     pub(crate) query_id: String,
 }
 
@@ -401,6 +403,12 @@ impl Query {
                     .into(),
             ));
         };
+        let budget = charge
+            .policies
+            .read()
+            .expect("policy lock poisoned")
+            .scenario(&charge.scenario)
+            .and_then(|s| s.epsilon_budget);
         tokio::task::spawn_blocking(move || {
             charge.ledger.spend(
                 &charge.audit,
@@ -408,7 +416,7 @@ impl Query {
                 &charge.scenario,
                 &charge.query_id,
                 policy::Epsilon(total),
-                charge.budget,
+                budget,
             )
         })
         .await

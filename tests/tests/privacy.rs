@@ -202,6 +202,42 @@ async fn the_budget_is_spent_durably_and_refuses_past_its_end() {
     assert_eq!(trail.matches("\"kind\":\"privacy\"").count(), 2, "{trail}");
 }
 
+#[tokio::test]
+async fn a_budget_cut_holds_for_statements_prepared_before_it() {
+    // Attacker round 7: a prepared statement kept spending against the budget read when it was
+    // prepared.
+    let dir = tempfile::tempdir().unwrap();
+    let config = attack::build_private(dir.path(), "0.4", "10").await;
+    let sql = "SELECT diagnosis, count(*) FROM hr.employees GROUP BY diagnosis";
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server).await;
+    let mut stmt = c.prepare(sql.to_string(), None).await.unwrap();
+    let info = stmt.execute().await.unwrap();
+    fetch(&mut c, info).await.unwrap();
+    // The admin cuts the scenario's budget to 0.5, of which 0.4 is spent.
+    let file = config
+        .parent()
+        .unwrap()
+        .join("policies")
+        .join("entities.json");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\"10.0\""), "{text}");
+    std::fs::write(&file, text.replacen("\"10.0\"", "\"0.5\"", 1)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while query(&mut c, sql).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cut did not apply"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let err = match stmt.execute().await {
+        Ok(info) => fetch(&mut c, info).await.unwrap_err().to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("epsilon_budget 0.5"), "{err}");
+}
+
 /// The differencing attack of issue 22: count each diagnosis with and without one person and
 /// guess that person's diagnosis from the difference. Exact counts (the k rule) answer it every
 /// time; under `@epsilon("0.1")` per query the attacker's accuracy over 200 independent trials
