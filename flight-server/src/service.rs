@@ -442,6 +442,21 @@ impl LakegateService {
             .map_err(to_status)
     }
 
+    /// Plans and decides `sql` for the caller, in the user's turn ([`Limits::planning_turn`]).
+    async fn plan(
+        &self,
+        caller: &Caller,
+        sql: &str,
+        client: Option<String>,
+    ) -> Result<Query, Status> {
+        let _turn = self.limits.planning_turn(&caller.principal.user).await;
+        self.gateway
+            .prepare_audited(&caller.principal, sql, client)
+            .await
+            .map_err(to_status)
+            .inspect_err(|s| crate::metrics::metrics().refused(s))
+    }
+
     /// The schema a command's results have, without running it (Flight's GetSchema). A
     /// statement is planned and decided as for GetFlightInfo.
     pub(crate) async fn schema_of(
@@ -459,11 +474,7 @@ impl LakegateService {
         let command = Command::try_from(any).map_err(|e| not_a_command(&e))?;
         Ok(match command {
             Command::CommandStatementQuery(q) => {
-                let planned = self
-                    .gateway
-                    .prepare_audited(&caller.principal, &q.query, client)
-                    .await
-                    .map_err(to_status)?;
+                let planned = self.plan(&caller, &q.query, client).await?;
                 Arc::new(described(&planned.schema(), None))
             }
             Command::CommandPreparedStatementQuery(c) => {
@@ -648,12 +659,7 @@ impl FlightSqlService for LakegateService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = self.caller(request.metadata())?;
-        let planned = self
-            .gateway
-            .prepare_audited(&caller.principal, &query.query, client(&request))
-            .await
-            .map_err(to_status)
-            .inspect_err(|s| crate::metrics::metrics().refused(s))?;
+        let planned = self.plan(&caller, &query.query, client(&request)).await?;
         let schema = described(&planned.schema(), None);
         let handle = self.store(&caller, &query.query, HandleKind::Statement(planned))?;
         let ticket = TicketStatementQuery {
@@ -698,12 +704,7 @@ impl FlightSqlService for LakegateService {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let caller = self.caller(request.metadata())?;
-        let planned = self
-            .gateway
-            .prepare_audited(&caller.principal, &query.query, client(&request))
-            .await
-            .map_err(to_status)
-            .inspect_err(|s| crate::metrics::metrics().refused(s))?;
+        let planned = self.plan(&caller, &query.query, client(&request)).await?;
         let dataset_schema = schema_bytes(&described(&planned.schema(), None))?;
         let parameter_schema = schema_bytes(&planned.parameter_schema())?;
         let handle = self.store(

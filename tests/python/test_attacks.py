@@ -561,6 +561,38 @@ def _pb_first_bytes(message, number):
     raise AssertionError(f"no field {number}")
 
 
+def test_large_statements_being_planned_leave_other_users_served(shared):
+    """Attacker round 7: statements were parsed and planned on the threads that serve clients;
+    twelve concurrent 1 MiB statements held another user's login and query for 17-25 s (eight
+    600 KB ones, 18-22 s, before statements were planned on the query runtime one per user at a
+    time)."""
+    sql = "SELECT count(*) FROM health.visits WHERE visit_id IN (" + ",".join(["1"] * 300_000) + ")"
+    stop = time.monotonic() + 12
+
+    def flood():
+        with connect(shared.uri, "insurer", "insurer-demo", "insurance-underwriting") as conn:
+            while time.monotonic() < stop:
+                try:
+                    with conn.cursor() as cur:
+                        cur.adbc_prepare(sql)
+                except adbc_driver_manager.Error:
+                    pass  # past the user's slots: refused at once
+
+    with ThreadPoolExecutor(8) as pool:
+        floods = [pool.submit(flood) for _ in range(8)]
+        time.sleep(4)
+        took = []
+        for _ in range(3):
+            started = time.monotonic()
+            with connect(shared.uri, "officer", "officer-demo", "district-services") as conn:
+                assert rows(conn, "SELECT count(*) FROM health.visits")[0][0] > 0
+            took.append(time.monotonic() - started)
+        for f in floods:
+            f.result()
+    print("another user's login and query took", took)
+    assert max(took) < 8, f"another user waited {took} s"
+
+
 def test_parameter_uploads_are_read_no_further_than_one_row(shared):
     """Attacker round 7: DoPut of parameters collected every batch before counting rows (250
     batches of 32 MiB: 8.7 GB resident, 7.8 GB kept). Now the upload is refused at the first
