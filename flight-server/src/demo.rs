@@ -843,6 +843,7 @@ permit (principal in Lake::Role::"regulator", action == Lake::Action::"read_colu
 unless {
   ["patient_id", "person_id", "legal_rep_id", "patient_name", "person_name", "legal_rep_name",
    "sql", "rewritten_sql"].contains(resource.name)
+  || resource == Lake::Column::"lakegate_audit.queries.reason"
 };
 
 // The audit trail, read through lakegate: statements with their parameters masked.
@@ -852,6 +853,12 @@ permit (principal in Lake::Role::"regulator", action == Lake::Action::"read_mask
 when {
   resource in Lake::Table::"lakegate_audit.queries" && ["sql", "rewritten_sql"].contains(resource.name)
 };
+
+// Refusal and failure reasons quote the statements' literals: shown with the values taken out.
+@id("regulator-audit-reasons")
+@mask("literals")
+permit (principal in Lake::Role::"regulator", action == Lake::Action::"read_masked",
+        resource == Lake::Column::"lakegate_audit.queries.reason");
 
 @id("regulator-identities-hashed")
 @mask("hash")

@@ -25,7 +25,7 @@ pub fn served_type(mask: &Mask, raw: &DataType) -> Result<DataType> {
     let temporal = matches!(raw, DataType::Date32 | DataType::Timestamp(_, _));
     match mask {
         Mask::Hash | Mask::ShowFirst(_) | Mask::ShowLast(_) => Ok(DataType::Utf8),
-        Mask::SqlLiterals if strings => Ok(DataType::Utf8),
+        Mask::SqlLiterals | Mask::Literals if strings => Ok(DataType::Utf8),
         Mask::Redact if strings => Ok(DataType::Utf8),
         Mask::Redact | Mask::Null => Ok(raw.clone()),
         Mask::Year if temporal => Ok(raw.clone()),
@@ -76,6 +76,7 @@ pub fn apply(mask: &Mask, raw: &ArrayRef, key: Option<&[u8]>) -> Result<ArrayRef
         }),
         Mask::Year => year(raw),
         Mask::SqlLiterals => map_strings(raw, sql_literals),
+        Mask::Literals => map_strings(raw, text_literals),
         Mask::Round(n) => round(raw, *n),
     }
 }
@@ -101,6 +102,48 @@ fn sql_literals(sql: &str) -> String {
         .map(|s| s.to_string())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Free text with every quoted string (`'…'`, `"…"`, a doubled quote inside) and every number
+/// (a word that starts with a digit) replaced by `?`.
+fn text_literals(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\'' || c == '"' {
+            let mut j = i + 1;
+            while j < chars.len() {
+                if chars[j] == c {
+                    if chars.get(j + 1) == Some(&c) {
+                        j += 2;
+                        continue;
+                    }
+                    break;
+                }
+                j += 1;
+            }
+            out.push(c);
+            out.push('?');
+            if j < chars.len() {
+                out.push(c);
+            }
+            i = j + 1;
+        } else if c.is_ascii_digit() && (i == 0 || !word(chars[i - 1])) {
+            let mut j = i;
+            while j < chars.len() && (word(chars[j]) || chars[j] == '.') {
+                j += 1;
+            }
+            out.push('?');
+            i = j;
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// The column as text, each non-null value replaced by `f(value)`.
@@ -248,6 +291,24 @@ mod tests {
         let redacted = apply(&Mask::Redact, &raw, None).unwrap();
         assert_eq!(strings(&redacted), [Some("****".into()), None]);
         assert_eq!(apply(&Mask::Null, &raw, None).unwrap().null_count(), 2);
+    }
+
+    #[test]
+    fn literals_leave_error_text_without_values() {
+        let raw: ArrayRef = Arc::new(StringArray::from(vec![
+            "Cast error: Cannot cast string 'SECRET-4711' to value of Int32 type",
+            "no such value \"O'Brien\" or 'it''s' near 110108199001011234X, 3.5 and x2",
+            "unterminated 'tail",
+        ]));
+        let out = strings(&apply(&Mask::Literals, &raw, None).unwrap());
+        assert_eq!(
+            out,
+            [
+                Some("Cast error: Cannot cast string '?' to value of Int32 type".into()),
+                Some("no such value \"?\" or '?' near ?, ? and x2".into()),
+                Some("unterminated '?".into()),
+            ]
+        );
     }
 
     #[test]

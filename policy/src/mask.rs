@@ -23,6 +23,9 @@ pub enum Mask {
     /// SQL text with every literal replaced by `?` (statement shapes stay, parameters go); text
     /// that does not parse as SQL becomes `****`.
     SqlLiterals,
+    /// Free text (an error message) with every quoted string and every number replaced by `?`:
+    /// errors quote the literals of the statements they are about.
+    Literals,
 }
 
 impl Mask {
@@ -32,7 +35,7 @@ impl Mask {
             Mask::Null => (6, 0),
             Mask::Redact => (5, 0),
             Mask::Hash => (4, 0),
-            Mask::SqlLiterals => (3, u64::MAX),
+            Mask::SqlLiterals | Mask::Literals => (3, u64::MAX),
             // Fewer characters shown hides more.
             Mask::ShowFirst(n) | Mask::ShowLast(n) => (3, u64::MAX - *n as u64),
             Mask::Round(n) => (2, *n),
@@ -65,11 +68,12 @@ impl FromStr for Mask {
             ("null", None) => Ok(Mask::Null),
             ("year", None) => Ok(Mask::Year),
             ("sql_literals", None) => Ok(Mask::SqlLiterals),
+            ("literals", None) => Ok(Mask::Literals),
             ("show_first", _) => Ok(Mask::ShowFirst(number("show_first")? as usize)),
             ("show_last", _) => Ok(Mask::ShowLast(number("show_last")? as usize)),
             ("round", _) => Ok(Mask::Round(number("round")?)),
             _ => Err(format!(
-                "unknown mask `{s}`: use hash, redact, null, show_first:N, show_last:N, year, round:N or sql_literals"
+                "unknown mask `{s}`: use hash, redact, null, show_first:N, show_last:N, year, round:N, sql_literals or literals"
             )),
         }
     }
@@ -86,6 +90,7 @@ impl fmt::Display for Mask {
             Mask::Year => write!(f, "year"),
             Mask::Round(n) => write!(f, "round:{n}"),
             Mask::SqlLiterals => write!(f, "sql_literals"),
+            Mask::Literals => write!(f, "literals"),
         }
     }
 }
@@ -104,6 +109,8 @@ mod tests {
             "show_last:4",
             "year",
             "round:1000",
+            "sql_literals",
+            "literals",
         ] {
             assert_eq!(s.parse::<Mask>().unwrap().to_string(), s);
         }

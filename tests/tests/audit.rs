@@ -244,15 +244,21 @@ async fn the_regulator_reads_the_trail_through_lakegate_with_parameters_masked()
     query(&mut banker, "DROP TABLE market.penalties")
         .await
         .unwrap_err();
+    // An error quotes the statement's literal (attacker round 7): the reason is masked too.
+    let err = query(&mut banker, "SELECT CAST('SECRET-LITERAL-4711' AS INT)")
+        .await
+        .unwrap_err();
+    assert!(err.contains("SECRET-LITERAL-4711"), "{err}");
     // Closed segments reach the Delta table within a few seconds; the refusal may sit in a
     // segment that the regulator's own records close later.
     let mut regulator = as_user(&server, "regulator", "supervision").await;
     let sql =
-        "SELECT user, decision, sql FROM lakegate_audit.queries WHERE user = 'banker' ORDER BY seq";
+        "SELECT user, decision, sql, reason FROM lakegate_audit.queries WHERE user = 'banker' ORDER BY seq";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let got = loop {
         let got = query(&mut regulator, sql).await.unwrap();
-        let done = rows(&got) >= 6 && lakegate_tests::pretty(&got).contains("refused");
+        let text = lakegate_tests::pretty(&got);
+        let done = rows(&got) >= 6 && text.contains("refused") && text.contains("Cannot cast");
         if done || std::time::Instant::now() > deadline {
             break got;
         }
@@ -265,14 +271,22 @@ async fn the_regulator_reads_the_trail_through_lakegate_with_parameters_masked()
         !text.contains("Haidian") && !text.contains("4242"),
         "{text}"
     );
+    assert!(text.contains("Cannot cast string '?'"), "{text}");
+    assert!(!text.contains("SECRET"), "{text}");
     assert!(text.contains("refused"), "{text}");
-    // The usage table too.
-    let usage = query(
-        &mut regulator,
-        "SELECT user, scenario, queries FROM lakegate_audit.usage WHERE user = 'banker'",
-    )
-    .await
-    .unwrap();
+    // The usage table too (exported beside the queries, so possibly a moment later).
+    let usage = loop {
+        let usage = query(
+            &mut regulator,
+            "SELECT user, scenario, queries FROM lakegate_audit.usage WHERE user = 'banker'",
+        )
+        .await
+        .unwrap();
+        if rows(&usage) > 0 || std::time::Instant::now() > deadline {
+            break usage;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
     assert_eq!(rows(&usage), 1, "{}", lakegate_tests::pretty(&usage));
     // Other operators do not see the trail at all.
     let err = query(&mut banker, "SELECT count(*) FROM lakegate_audit.queries")

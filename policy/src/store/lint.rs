@@ -86,7 +86,7 @@ pub(crate) fn mask_applies(mask: &Mask, data_type: &str) -> bool {
         .any(|p| data_type.starts_with(p));
     match mask {
         Mask::Hash | Mask::ShowFirst(_) | Mask::ShowLast(_) | Mask::Redact | Mask::Null => true,
-        Mask::SqlLiterals => strings,
+        Mask::SqlLiterals | Mask::Literals => strings,
         Mask::Year => temporal,
         Mask::Round(_) => numeric,
     }
