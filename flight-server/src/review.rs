@@ -130,12 +130,29 @@ pub(crate) fn reviewed_stream(
 
     let rows_progress = progress.clone();
     let described = schema.clone();
+    // Decisions hold while the results stream too: when the policy set changes, the grants
+    // are decided again before the next batch leaves, and a changed grant ends the stream.
+    let (gateway, query) = (recorder.gateway.clone(), recorder.query.clone());
+    let mut decided_under = gateway.policies();
     let batches = stream.map(move |batch| {
         let batch = batch.map_err(|e| {
             let status = to_status(GatewayError::Execution(e));
             end(&rows_progress, "failed", status.message().to_string());
             FlightError::Tonic(Box::new(status))
         })?;
+        let serving = gateway.policies();
+        if !Arc::ptr_eq(&serving, &decided_under) {
+            decided_under = serving;
+            if !gateway.grants_unchanged(&query).unwrap_or(false) {
+                let reason = "the policies changed while the query ran and no longer grant \
+                              what it was decided under; run it again"
+                    .to_string();
+                end(&rows_progress, "failed", reason.clone());
+                return Err(FlightError::Tonic(Box::new(Status::failed_precondition(
+                    reason,
+                ))));
+            }
+        }
         let mut p = rows_progress.lock().expect("progress lock");
         let rows = p.rows + batch.num_rows() as u64;
         if let Some(max) = max_rows.filter(|max| rows > *max) {

@@ -342,21 +342,10 @@ impl Gateway {
                 "the statement carries no record of its grants; prepare it again".into(),
             ));
         };
-        let scenario = self.scenario_of(&origin.who)?;
-        let policies = self.policies();
-        let now = SystemTime::now();
-        let mut unchanged = true;
-        for (table, planned) in &origin.grants {
-            let current = policies.grant(&origin.who.user, &scenario, &table.to_string(), now)?;
-            if *current != *planned {
-                unchanged = false;
-                break;
-            }
-        }
-        if unchanged {
+        if self.grants_unchanged(query)? {
             return Ok(query.clone());
         }
-        tracing::info!(user = %origin.who.user, %scenario, "grants changed since planning: planning again");
+        tracing::info!(user = %origin.who.user, scenario = ?origin.who.scenario, "grants changed since planning: planning again");
         let fresh = self
             .prepare_audited(&origin.who, &origin.sql, origin.client.clone())
             .await?;
@@ -370,6 +359,25 @@ impl Gateway {
             Some(values) => fresh.bind(values.to_vec()),
             None => Ok(fresh),
         }
+    }
+
+    /// Whether the policies in force now grant `query`'s user and scenario exactly what they
+    /// granted when it was planned (the cached decisions of the current set). Fails closed: a
+    /// query that does not record its grants, or whose scenario is gone, is not unchanged.
+    pub fn grants_unchanged(&self, query: &Query) -> Result<bool, GatewayError> {
+        let Some(origin) = query.origin() else {
+            return Ok(false);
+        };
+        let scenario = self.scenario_of(&origin.who)?;
+        let policies = self.policies();
+        let now = SystemTime::now();
+        for (table, planned) in &origin.grants {
+            let current = policies.grant(&origin.who.user, &scenario, &table.to_string(), now)?;
+            if *current != *planned {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// `error` with a "did you mean" when it names a table that is not found and a table the

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
 use arrow_flight::sql::client::FlightSqlServiceClient;
@@ -488,11 +490,25 @@ async fn decisions_hold_at_execution_not_only_at_planning() {
     let got = fetch(&mut c, names).await.unwrap();
     assert_eq!(rows(&got), 9);
 
-    // Revoked: the statement prepared and the ticket planned before both stop.
+    // Revoked: the statement prepared and the ticket planned before both stop, and so does a
+    // stream already running (attacker round 7: all 95,000 rows arrived after the change).
     let ticket = c
         .execute("SELECT count(*) FROM hr.employees".into(), None)
         .await
         .unwrap();
+    let long = c
+        .execute(
+            "SELECT e.id, g.value FROM hr.employees e CROSS JOIN generate_series(1, 200000) g"
+                .into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut running = c
+        .do_get(long.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    assert!(running.next().await.unwrap().is_ok());
     change_policies(
         &config,
         &mut other,
@@ -508,6 +524,19 @@ async fn decisions_hold_at_execution_not_only_at_planning() {
     assert!(err.contains("not found"), "{err}");
     let err = fetch(&mut c, ticket).await.unwrap_err();
     assert!(err.contains("not found"), "{err}");
+    let mut read = 0usize;
+    let err = loop {
+        match running.next().await {
+            Some(Ok(batch)) => read += batch.num_rows(),
+            Some(Err(e)) => break e.to_string(),
+            None => panic!("the whole stream arrived after the revocation ({read} rows)"),
+        }
+    };
+    assert!(
+        err.contains("policies changed while the query ran"),
+        "{err}"
+    );
+    assert!(read < 1_000_000, "{read} rows after the revocation");
 }
 
 /// Found by review of the differentially private release, and a hole of the k rule as well:
