@@ -60,7 +60,54 @@ impl AnalyzerRule for BoundFunctions {
 /// `expr` with every function call in it bounded, and the operands of `||` checked: a chain
 /// of `||` then builds at most twice the limit before the operator above refuses it.
 fn bound(expr: Expr, limit: usize) -> Result<Transformed<Expr>> {
-    expr.transform_up(|e| match e {
+    expr.transform_up(|e| bound_node(e, limit)?.transform_data(|e| computed_once(e, limit)))
+}
+
+/// `e` under `lakegate_subquery_value` when it computes one value from scalar subqueries' values
+/// and constants (no column): a batch repeats that value for every row, as it repeats a literal,
+/// but planning could not fold it into a literal and check it. `repeat((SELECT 'x'), 1000000)`
+/// or a chain of `||` over subquery values would otherwise be gigabytes per batch.
+fn computed_once(e: Expr, limit: usize) -> Result<Transformed<Expr>> {
+    let wrapped =
+        |e: &Expr| matches!(e, Expr::ScalarFunction(f) if f.func.name() == SUBQUERY_VALUE);
+    if matches!(
+        e,
+        Expr::Alias(_) | Expr::Literal(..) | Expr::ScalarSubquery(_)
+    ) || wrapped(&e)
+    {
+        return Ok(Transformed::no(e));
+    }
+    let mut subquery = false;
+    let mut varies = false;
+    e.apply(|x| {
+        match x {
+            Expr::ScalarSubquery(_) => subquery = true,
+            Expr::Column(_)
+            | Expr::OuterReferenceColumn(..)
+            | Expr::AggregateFunction(_)
+            | Expr::WindowFunction(_)
+            | Expr::Unnest(_)
+            | Expr::Placeholder(_) => varies = true,
+            x if x.is_volatile_node() => varies = true,
+            _ => {}
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if !subquery || varies {
+        return Ok(Transformed::no(e));
+    }
+    Ok(Transformed::yes(subquery_value(e, limit)))
+}
+
+fn subquery_value(e: Expr, limit: usize) -> Expr {
+    Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+        Arc::new(ScalarUDF::new_from_impl(SubqueryValue::new(limit))),
+        vec![e],
+    ))
+}
+
+fn bound_node(e: Expr, limit: usize) -> Result<Transformed<Expr>> {
+    match e {
         e if varying_pattern(&e).is_some() => Err(DataFusionError::ResourcesExhausted(format!(
             "too costly: the pattern of {} must be a constant (a literal or a bound \
              parameter): a pattern that changes from row to row is compiled again for every \
@@ -91,12 +138,7 @@ fn bound(expr: Expr, limit: usize) -> Result<Transformed<Expr>> {
         // A scalar subquery's value is repeated over a batch as a literal is (by a projection,
         // CASE, or inside `array_has`/`strpos`/`array_position`, which return fixed-width
         // values and so pass unchecked): a 1.2 MB array took 9.6 GB (attacker round 7).
-        Expr::ScalarSubquery(_) => Ok(Transformed::yes(Expr::ScalarFunction(
-            datafusion::logical_expr::expr::ScalarFunction::new_udf(
-                Arc::new(ScalarUDF::new_from_impl(SubqueryValue::new(limit))),
-                vec![e],
-            ),
-        ))),
+        Expr::ScalarSubquery(_) => Ok(Transformed::yes(subquery_value(e, limit))),
         Expr::AggregateFunction(mut f) if crate::bounded_aggregates::builds_values(&f.func) => {
             f.func = crate::bounded_aggregates::BoundedAggregate::wrap(f.func, limit);
             Ok(Transformed::yes(Expr::AggregateFunction(f)))
@@ -109,7 +151,7 @@ fn bound(expr: Expr, limit: usize) -> Result<Transformed<Expr>> {
             Ok(Transformed::yes(Expr::ScalarFunction(f)))
         }
         other => Ok(Transformed::no(other)),
-    })
+    }
 }
 
 /// What takes a pattern (LIKE, SIMILAR TO, `~`, `regexp_*`) whose pattern or flags are not
@@ -212,6 +254,8 @@ impl ScalarUDFImpl for Checked {
     }
 }
 
+const SUBQUERY_VALUE: &str = "lakegate_subquery_value";
+
 /// `lakegate_subquery_value(x)`: a scalar subquery's value, refused past the literal limit (what
 /// a batch can repeat within `[execution] max_batch_bytes`).
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -231,7 +275,7 @@ impl SubqueryValue {
 
 impl ScalarUDFImpl for SubqueryValue {
     fn name(&self) -> &str {
-        "lakegate_subquery_value"
+        SUBQUERY_VALUE
     }
 
     fn signature(&self) -> &Signature {
@@ -252,8 +296,8 @@ impl ScalarUDFImpl for SubqueryValue {
             let size = scalar_bytes(v);
             if size > most as u128 {
                 return Err(DataFusionError::ResourcesExhausted(format!(
-                    "result too large: a scalar subquery's value of {size} bytes, repeated over \
-                     a batch of {batch_size} rows, would be more than [execution] \
+                    "result too large: a value of {size} bytes from scalar subqueries, repeated \
+                     over a batch of {batch_size} rows, would be more than [execution] \
                      max_batch_bytes ({} MiB); such values may be at most {most} bytes",
                     self.limit >> 20
                 )));
@@ -961,9 +1005,16 @@ mod tests {
              CAST(value AS VARCHAR)) > 0",
             "SELECT length((SELECT string_agg(CAST(value AS VARCHAR), ',') \
              FROM generate_series(1, 100000))) FROM generate_series(1, 10)",
+            // Values computed at run time from small subquery values (no literal to check).
+            "SELECT repeat((SELECT 'x'), 1000000) FROM generate_series(1, 10)",
+            "SELECT length(repeat((SELECT 'x'), 1000000) || (SELECT 'y')) \
+             FROM generate_series(1, 10)",
         ] {
-            let err = run(sql, 128 << 20).await.unwrap_err().to_string();
-            assert!(err.contains("scalar subquery's value"), "{sql}: {err}");
+            let err = match run(sql, 128 << 20).await {
+                Ok(_) => panic!("{sql}: answered"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains("from scalar subqueries"), "{sql}: {err}");
         }
         // Small values, and correlated subqueries (a column of their own), as before.
         let got = run(

@@ -450,6 +450,8 @@ def test_a_runaway_query_neither_freezes_the_server_nor_outlives_its_client(tmp_
         "SELECT count(*) FROM generate_series(1, 8192) WHERE strpos((SELECT "
         "string_agg(CAST(value AS VARCHAR), ',') FROM generate_series(1, 100000)), "
         "CAST(value AS VARCHAR)) > 0",
+        "SELECT max(length(s)) FROM (SELECT repeat((SELECT 'x'), 1000000) AS s "
+        "FROM generate_series(1, 8192))",
     ],
 )
 def test_values_too_large_for_a_batch_are_refused_with_memory_flat(shared, sql):
