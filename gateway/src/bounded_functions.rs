@@ -101,7 +101,10 @@ fn computed_once(e: Expr, limit: usize) -> Result<Transformed<Expr>> {
 
 fn subquery_value(e: Expr, limit: usize) -> Expr {
     Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
-        Arc::new(ScalarUDF::new_from_impl(SubqueryValue::new(limit))),
+        Arc::new(ScalarUDF::new_from_impl(Checked::new(
+            Check::SubqueryValue,
+            limit,
+        ))),
         vec![e],
     ))
 }
@@ -126,7 +129,10 @@ fn bound_node(e: Expr, limit: usize) -> Result<Transformed<Expr>> {
             let checked = |e: Box<Expr>| {
                 Box::new(Expr::ScalarFunction(
                     datafusion::logical_expr::expr::ScalarFunction::new_udf(
-                        Arc::new(ScalarUDF::new_from_impl(Checked::new(limit))),
+                        Arc::new(ScalarUDF::new_from_impl(Checked::new(
+                            Check::Operand,
+                            limit,
+                        ))),
                         vec![*e],
                     ),
                 ))
@@ -218,16 +224,32 @@ fn is_constant(e: &Expr) -> bool {
     .unwrap_or(true)
 }
 
-/// `lakegate_checked(x)`: `x`, refused when its values take more than the limit.
+/// What a [`Checked`] call checks of its one argument, passed through unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Check {
+    /// `lakegate_checked(x)`: an operand of `||`, refused past the limit.
+    Operand,
+    /// `lakegate_subquery_value(x)`: a value from scalar subqueries, which a batch repeats for
+    /// every row as it repeats a literal: refused past the literal limit (the limit over the
+    /// batch size). A decorrelated subquery arrives as a column, each row's own value, which
+    /// the batch guard checks as any column.
+    SubqueryValue,
+}
+
+const SUBQUERY_VALUE: &str = "lakegate_subquery_value";
+
+/// `x`, refused when it takes more than its [`Check`] allows.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Checked {
+    check: Check,
     limit: usize,
     signature: Signature,
 }
 
 impl Checked {
-    fn new(limit: usize) -> Self {
+    fn new(check: Check, limit: usize) -> Self {
         Self {
+            check,
             limit,
             signature: Signature::any(1, datafusion::logical_expr::Volatility::Immutable),
         }
@@ -236,47 +258,11 @@ impl Checked {
 
 impl ScalarUDFImpl for Checked {
     fn name(&self) -> &str {
-        "lakegate_checked"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        Ok(arg_types[0].clone())
-    }
-
-    fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let value = args.args.remove(0);
-        check("||", &value, self.limit)?;
-        Ok(value)
-    }
-}
-
-const SUBQUERY_VALUE: &str = "lakegate_subquery_value";
-
-/// `lakegate_subquery_value(x)`: a scalar subquery's value, refused past the literal limit (what
-/// a batch can repeat within `[execution] max_batch_bytes`).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct SubqueryValue {
-    limit: usize,
-    signature: Signature,
-}
-
-impl SubqueryValue {
-    fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            signature: Signature::any(1, datafusion::logical_expr::Volatility::Immutable),
+        match self.check {
+            Check::Operand => "lakegate_checked",
+            Check::SubqueryValue => SUBQUERY_VALUE,
         }
     }
-}
-
-impl ScalarUDFImpl for SubqueryValue {
-    fn name(&self) -> &str {
-        SUBQUERY_VALUE
-    }
 
     fn signature(&self) -> &Signature {
         &self.signature
@@ -288,20 +274,23 @@ impl ScalarUDFImpl for SubqueryValue {
 
     fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let value = args.args.remove(0);
-        // A decorrelated subquery arrives as a column: each row's own value, checked by the
-        // batch guard as any column.
-        if let ColumnarValue::Scalar(v) = &value {
-            let batch_size = usize::from(args.config_options.execution.batch_size);
-            let most = self.limit / batch_size;
-            let size = scalar_bytes(v);
-            if size > most as u128 {
-                return Err(DataFusionError::ResourcesExhausted(format!(
-                    "result too large: a value of {size} bytes from scalar subqueries, repeated \
-                     over a batch of {batch_size} rows, would be more than [execution] \
-                     max_batch_bytes ({} MiB); such values may be at most {most} bytes",
-                    self.limit >> 20
-                )));
+        match (self.check, &value) {
+            (Check::Operand, _) => check("||", &value, self.limit)?,
+            (Check::SubqueryValue, ColumnarValue::Scalar(v)) => {
+                let batch_size = usize::from(args.config_options.execution.batch_size);
+                let most = self.limit / batch_size;
+                let size = scalar_bytes(v);
+                if size > most as u128 {
+                    return Err(DataFusionError::ResourcesExhausted(format!(
+                        "result too large: a value of {size} bytes from scalar subqueries, \
+                         repeated over a batch of {batch_size} rows, would be more than \
+                         [execution] max_batch_bytes ({} MiB); such values may be at most \
+                         {most} bytes",
+                        self.limit >> 20
+                    )));
+                }
             }
+            (Check::SubqueryValue, ColumnarValue::Array(_)) => {}
         }
         Ok(value)
     }

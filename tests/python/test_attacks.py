@@ -537,26 +537,24 @@ def _pb_any(name, body):
     return _pb_field(1, "type.googleapis.com/arrow.flight.protocol.sql." + name) + _pb_field(2, body)
 
 
+def _pb_varint(message, i):
+    """The varint at `i` of a protobuf message, and where the next field starts."""
+    value, shift = 0, 0
+    while True:
+        b = message[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
 def _pb_first_bytes(message, number):
     """The first length-delimited field `number` of a protobuf message."""
     i = 0
     while i < len(message):
-        key, shift = 0, 0
-        while True:
-            b = message[i]
-            i += 1
-            key |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        length, shift = 0, 0
-        while True:
-            b = message[i]
-            i += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        key, i = _pb_varint(message, i)
+        length, i = _pb_varint(message, i)
         if key >> 3 == number:
             return message[i : i + length]
         i += length
