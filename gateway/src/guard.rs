@@ -42,8 +42,12 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::joins::{
+    CrossJoinExec, HashJoinExec, NestedLoopJoinExec, SortMergeJoinExec, SymmetricHashJoinExec,
+};
 use datafusion::physical_plan::sorts::partial_sort::PartialSortExec;
 use datafusion::physical_plan::spill::get_record_batch_memory_size;
+use datafusion::physical_plan::unnest::UnnestExec;
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, RecordBatchStream,
@@ -52,13 +56,19 @@ use datafusion::physical_plan::{
 use futures::{Stream, StreamExt};
 
 /// Puts a [`GuardExec`] above every node of `plan`; those below an operator that keeps its input
-/// unaccounted also reserve what they pass up.
+/// unaccounted also reserve what they pass up, and those below an operator that repeats rows
+/// bound how wide a row may be.
 pub(crate) fn guard(
     plan: Arc<dyn ExecutionPlan>,
     max_batch_bytes: usize,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
-        let node = if keeps_input_unaccounted(node.as_ref()) {
+        let above = Above {
+            name: node.name().to_string(),
+            keeps: keeps_input_unaccounted(node.as_ref()),
+            repeats: repeats_rows(node.as_ref()),
+        };
+        let node = if above.keeps || above.repeats {
             let children = node
                 .children()
                 .into_iter()
@@ -66,7 +76,7 @@ pub(crate) fn guard(
                     Some(g) => Arc::new(GuardExec {
                         input: Arc::clone(&g.input),
                         max_batch_bytes,
-                        holder: Some(node.name().to_string()),
+                        above: Some(above.clone()),
                     }) as Arc<dyn ExecutionPlan>,
                     None => Arc::clone(child),
                 })
@@ -87,13 +97,37 @@ fn keeps_input_unaccounted(plan: &dyn ExecutionPlan) -> bool {
     plan.is::<WindowAggExec>() || plan.is::<BoundedWindowAggExec>() || plan.is::<PartialSortExec>()
 }
 
+/// Operators whose output repeats an input row (or a value made of many rows) for many output
+/// rows, building a whole batch of them before any guard sees it: a cross join of a 20 MB
+/// `string_agg` with 8,192 rows took the server's 24 GB and the OOM killer took the server.
+fn repeats_rows(plan: &dyn ExecutionPlan) -> bool {
+    plan.is::<CrossJoinExec>()
+        || plan.is::<NestedLoopJoinExec>()
+        || plan.is::<HashJoinExec>()
+        || plan.is::<SortMergeJoinExec>()
+        || plan.is::<SymmetricHashJoinExec>()
+        || plan.is::<UnnestExec>()
+        || plan.is::<WindowAggExec>()
+        || plan.is::<BoundedWindowAggExec>()
+}
+
+/// The operator a guard passes its batches to, when that matters.
+#[derive(Debug, Clone)]
+struct Above {
+    name: String,
+    /// It keeps what it is given, unaccounted: reserve it.
+    keeps: bool,
+    /// It may repeat a row for a whole batch: no row may be wider than a batch's share.
+    repeats: bool,
+}
+
 /// Yields to the runtime between batches of its input and bounds their size.
 #[derive(Debug)]
 pub struct GuardExec {
     input: Arc<dyn ExecutionPlan>,
     max_batch_bytes: usize,
-    /// The operator above that keeps what this guard passes up, when it does not account it.
-    holder: Option<String>,
+    /// The operator above, when it keeps or repeats what this guard passes up.
+    above: Option<Above>,
 }
 
 impl GuardExec {
@@ -101,7 +135,7 @@ impl GuardExec {
         Self {
             input,
             max_batch_bytes,
-            holder: None,
+            above: None,
         }
     }
 }
@@ -109,8 +143,9 @@ impl GuardExec {
 impl DisplayAs for GuardExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "GuardExec: max_batch_bytes={}", self.max_batch_bytes)?;
-        match &self.holder {
-            Some(holder) => write!(f, ", reserved for {holder}"),
+        match &self.above {
+            Some(a) if a.keeps => write!(f, ", reserved for {}", a.name),
+            Some(a) => write!(f, ", rows bounded for {}", a.name),
             None => Ok(()),
         }
     }
@@ -151,7 +186,7 @@ impl ExecutionPlan for GuardExec {
         Ok(Arc::new(Self {
             input,
             max_batch_bytes: self.max_batch_bytes,
-            holder: self.holder.clone(),
+            above: self.above.clone(),
         }))
     }
 
@@ -160,8 +195,13 @@ impl ExecutionPlan for GuardExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let held = self.holder.as_ref().map(|holder| {
-            MemoryConsumer::new(format!("{holder} (input kept)")).register(context.memory_pool())
+        let held = self.above.as_ref().filter(|a| a.keeps).map(|a| {
+            MemoryConsumer::new(format!("{} (input kept)", a.name)).register(context.memory_pool())
+        });
+        // A row repeated for a whole batch must fit the batch: the literal limit.
+        let widest = self.above.as_ref().filter(|a| a.repeats).map(|a| {
+            let rows = context.session_config().batch_size().max(1);
+            (a.name.clone(), self.max_batch_bytes / rows)
         });
         let input = self.input.execute(partition, context)?;
         Ok(Box::pin(GuardStream {
@@ -169,6 +209,7 @@ impl ExecutionPlan for GuardExec {
             max_batch_bytes: self.max_batch_bytes,
             operator: self.input.name().to_string(),
             held,
+            widest,
         }))
     }
 }
@@ -179,6 +220,8 @@ struct GuardStream {
     operator: String,
     /// Grows by every batch passed up to an operator that keeps them.
     held: Option<MemoryReservation>,
+    /// The operator above that repeats rows, and the widest row it may be given.
+    widest: Option<(String, usize)>,
 }
 
 impl Stream for GuardStream {
@@ -204,6 +247,20 @@ impl Stream for GuardStream {
                         bytes,
                         self.max_batch_bytes,
                     ))));
+                }
+                if let Some((above, most)) = &self.widest {
+                    let widest = crate::row_size::widest_row(&batch);
+                    if widest > *most as u64 {
+                        return Poll::Ready(Some(Err(DataFusionError::ResourcesExhausted(
+                            format!(
+                                "result too large: a row of {widest} bytes reaches {above}, \
+                                 which may repeat it for every row of a batch, past \
+                                 [execution] max_batch_bytes ({} MiB); rows there may be at \
+                                 most {most} bytes",
+                                self.max_batch_bytes >> 20
+                            ),
+                        ))));
+                    }
                 }
                 if let Some(held) = &mut self.held {
                     // Buffers shared between its columns counted once.

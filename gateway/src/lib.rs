@@ -23,6 +23,7 @@ mod query;
 mod query_memory;
 mod release_shape;
 mod row_filter;
+mod row_size;
 mod secure_exec;
 mod secure_scan;
 mod session_gate;

@@ -452,6 +452,14 @@ def test_a_runaway_query_neither_freezes_the_server_nor_outlives_its_client(tmp_
         "CAST(value AS VARCHAR)) > 0",
         "SELECT max(length(s)) FROM (SELECT repeat((SELECT 'x'), 1000000) AS s "
         "FROM generate_series(1, 8192))",
+        # One wide row repeated for a whole batch by a join or unnest (attacker round 8: a
+        # 20 MB string_agg cross-joined with 8,192 rows took 23.5 GB, and the OOM killer the
+        # server; unnest beside a 400 KB value, 7.8 GB).
+        "SELECT count(length(s)) FROM (SELECT string_agg(repeat('x', 1000), '') s "
+        "FROM generate_series(1, 20000)) a CROSS JOIN generate_series(1, 8192)",
+        "SELECT count(length(s)) FROM (SELECT s, unnest(range(20000 + length(s)*0)) u FROM "
+        "(SELECT arrow_cast(max(repeat('x', 400000 + length(hospital)*0)), 'LargeUtf8') s "
+        "FROM health.visits))",
     ],
 )
 def test_values_too_large_for_a_batch_are_refused_with_memory_flat(shared, sql):
