@@ -94,6 +94,9 @@ fn end(progress: &Mutex<Progress>, outcome: &'static str, reason: String) {
 }
 
 /// The result stream as it leaves: reviewed, encoded, digested, recorded.
+/// How often a running stream's grants are decided again when nothing else changed.
+const RECHECK: Duration = Duration::from_secs(1);
+
 pub(crate) fn reviewed_stream(
     gateway: Arc<Gateway>,
     query: Query,
@@ -134,6 +137,8 @@ pub(crate) fn reviewed_stream(
     // are decided again before the next batch leaves, and a changed grant ends the stream.
     let (gateway, query) = (recorder.gateway.clone(), recorder.query.clone());
     let mut decided_under = gateway.policies();
+    // Decisions read the time too (a scenario's expiry): decided again every second as well.
+    let mut decided_at = Instant::now();
     let batches = stream.map(move |batch| {
         let batch = batch.map_err(|e| {
             let status = to_status(GatewayError::Execution(e));
@@ -141,11 +146,13 @@ pub(crate) fn reviewed_stream(
             FlightError::Tonic(Box::new(status))
         })?;
         let serving = gateway.policies();
-        if !Arc::ptr_eq(&serving, &decided_under) {
+        if !Arc::ptr_eq(&serving, &decided_under) || decided_at.elapsed() >= RECHECK {
             decided_under = serving;
+            decided_at = Instant::now();
             if !gateway.grants_unchanged(&query).unwrap_or(false) {
-                let reason = "the policies changed while the query ran and no longer grant \
-                              what it was decided under; run it again"
+                let reason = "the policies changed while the query ran (or its scenario \
+                              expired) and no longer grant what it was decided under; run it \
+                              again"
                     .to_string();
                 end(&rows_progress, "failed", reason.clone());
                 return Err(FlightError::Tonic(Box::new(Status::failed_precondition(

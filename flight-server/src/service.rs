@@ -253,6 +253,10 @@ impl LakegateService {
         planned: &Query,
     ) -> Result<Response<DoGetStream>, Status> {
         let started = Instant::now();
+        // Deciding again may plan again, and the physical plan is made here: in the user's
+        // planning turn, as at GetFlightInfo (a user's DoGets of plans that expand planned
+        // one after another, not all at once while others wait).
+        let turn = self.limits.planning_turn(&caller.principal.user).await;
         // A slot among the running queries first; then decided again against the policies
         // in force now: a revoked grant stops here.
         let revalidated = match self.limits.admit(&caller.principal.user) {
@@ -284,7 +288,9 @@ impl LakegateService {
             }
         };
         let query = &query;
-        match query.execute_with_plan().await {
+        let executed = query.execute_with_plan().await;
+        drop(turn);
+        match executed {
             Ok((stream, plan)) => Ok(Response::new(crate::review::reviewed_stream(
                 self.gateway.clone(),
                 query.clone(),

@@ -601,6 +601,30 @@ def test_large_statements_being_planned_leave_other_users_served(shared):
     assert max(took) < 8, f"another user waited {took} s"
 
 
+def test_ctes_that_multiply_when_inlined_are_refused(shared):
+    """Attacker round 8: CTEs doubling per level made a 947-byte statement plan 2^15 scans,
+    some 700 MB per prepared statement (14 GiB at the 17th). Refused at once, memory flat."""
+    sql = (
+        "WITH a0 AS (SELECT district FROM health.visits), "
+        + ", ".join(f"a{i} AS (SELECT * FROM a{i-1} UNION ALL SELECT * FROM a{i-1})" for i in range(1, 16))
+        + " SELECT count(*) FROM a15"
+    )
+    before = shared.rss_mib()
+    with connect(shared.uri, "insurer", "insurer-demo", "insurance-underwriting") as conn:
+        for _ in range(20):
+            with conn.cursor() as cur:
+                with pytest.raises(adbc_driver_manager.Error) as e:
+                    cur.adbc_prepare(sql)
+            assert "copies of queries" in str(e.value), str(e.value)
+        # Shared work under a few names stays allowed.
+        ok = (
+            "WITH a AS (SELECT district FROM health.visits), b AS (SELECT * FROM a UNION ALL "
+            "SELECT * FROM a) SELECT count(*) FROM b"
+        )
+        assert rows(conn, ok)[0][0] > 0
+    assert shared.rss_mib() - before < 300
+
+
 def test_parameter_uploads_are_read_no_further_than_one_row(shared):
     """Attacker round 7: DoPut of parameters collected every batch before counting rows (250
     batches of 32 MiB: 8.7 GB resident, 7.8 GB kept). Now the upload is refused at the first
