@@ -83,6 +83,10 @@ fn longs(v: impl Iterator<Item = Option<u64>>) -> ArrayRef {
 /// trail's files keep the reason as it was. A statement that does not parse leaves no reason
 /// here.
 fn without_statement_values(sql: &str, reason: &str) -> String {
+    crate::statement::on_stack_for(sql, || statement_values_out(sql, reason))
+}
+
+fn statement_values_out(sql: &str, reason: &str) -> String {
     use datafusion::sql::sqlparser::ast::{visit_expressions, Expr, Value};
     use datafusion::sql::sqlparser::dialect::GenericDialect;
     use datafusion::sql::sqlparser::parser::Parser;
@@ -310,5 +314,14 @@ mod tests {
             "Int32 overflow in column x"
         );
         assert!(without_statement_values("SELEC 'SECRET'", "x 'SECRET'").contains("did not parse"));
+    }
+
+    #[test]
+    fn a_long_operator_chain_on_the_trail_is_no_crash() {
+        // Refused at admission for its depth, its text is on the trail all the same: parsed
+        // and walked on the caller's stack it overflowed it (the server aborts).
+        let sql = format!("SELECT {}", vec!["1"; 200_000].join("+"));
+        let out = without_statement_values(&sql, "statement too large: 1+1");
+        assert_eq!(out, "statement too large: 1+1");
     }
 }

@@ -52,8 +52,14 @@ pub(crate) fn parse_read_statement(
     // their depth: the tree can be as deep as the text is long. Everything that walks the
     // statement until its depth is known, and dropping a refused one, gets a stack sized to the
     // text.
-    let stack = 1 << 20 | sql.len().saturating_mul(512);
-    stacker::grow(stack, || parse_and_bound(sql, limits))
+    on_stack_for(sql, || parse_and_bound(sql, limits))
+}
+
+/// Runs `f`, which parses or walks `sql`, on a stack sized to the text: a chain of infix
+/// operators parses into a tree as deep as the text is long. Statements kept on the audit trail
+/// (refused ones included) are parsed again this way by the `sql_literals` mask and the export.
+pub(crate) fn on_stack_for<T>(sql: &str, f: impl FnOnce() -> T) -> T {
+    stacker::grow(1 << 20 | sql.len().saturating_mul(512), f)
 }
 
 /// The parser's recursion limit. `sqlparser` loses its "recursion limit exceeded" error inside
