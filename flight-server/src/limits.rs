@@ -77,8 +77,9 @@ impl Limits {
     pub async fn planning_turn(&self, user: &str) -> OwnedSemaphorePermit {
         let turn = {
             let mut planning = self.planning.lock().expect("limits lock");
-            // Users with no statement in planning hold no entry.
-            planning.retain(|_, s| s.available_permits() == 0);
+            // Users with no statement planning or waiting hold no entry (a permit or a waiter
+            // holds a clone of its user's semaphore).
+            planning.retain(|_, s| Arc::strong_count(s) > 1);
             planning
                 .entry(user.to_string())
                 .or_insert_with(|| Arc::new(Semaphore::new(1)))
