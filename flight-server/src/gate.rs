@@ -1,4 +1,4 @@
-//! The gate in front of every call: a call other than the handshake and the health service must
+//! The gate in front of every call: a call other than the handshake and the health check must
 //! carry a bearer token that names a live session (or a valid JWT) before its message is read.
 //!
 //! tonic decodes a unary call's whole request message (up to the decoding limit) before the
@@ -15,10 +15,11 @@ use tonic::codegen::{BoxFuture, Service};
 
 use crate::auth::{AuthError, Sessions};
 
-/// Calls that carry no token: the login itself and the standard health service.
+/// Calls that carry no token: the login itself and the standard health check. (`Watch` keeps a
+/// stream open for as long as the client likes: with a token only.)
 fn open_path(path: &str) -> bool {
     path == "/arrow.flight.protocol.FlightService/Handshake"
-        || path.starts_with("/grpc.health.v1.Health/")
+        || path == "/grpc.health.v1.Health/Check"
 }
 
 /// A [`tower_layer::Layer`] putting an [`AuthGate`] in front of the served routes.

@@ -35,6 +35,13 @@ pub struct Server {
 /// service sees it, so this is what one call can make the server hold.
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
+/// The largest health-check message: unauthenticated, so small (tonic's default is 4 MiB: 200
+/// streams of almost 4 MiB each held 4.4 GB without a login, attacker round 9).
+const MAX_HEALTH_MESSAGE_BYTES: usize = 4 << 10;
+
+/// Concurrent streams one HTTP/2 connection may open.
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
 /// How often the policy folder is checked for changes.
 const POLICY_POLL: Duration = Duration::from_secs(2);
 
@@ -132,7 +139,10 @@ impl Server {
                     .await;
             }
         };
-        let mut builder = tonic::transport::Server::builder();
+        // Streams per connection bounded (unbounded by default: 200,000 health watches on a
+        // few connections held 2 GB without a login).
+        let mut builder =
+            tonic::transport::Server::builder().max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
         let incoming: Connections = if self.tls.is_some() {
             Box::pin(crate::plaintext::tls_connections(self.listener))
         } else {
@@ -145,7 +155,8 @@ impl Server {
         }
         let serving = builder
             .layer(crate::gate::AuthGateLayer::new(self.sessions.clone()))
-            .add_service(health_service)
+            // Health checks carry a service name: anything larger is no health check.
+            .add_service(health_service.max_decoding_message_size(MAX_HEALTH_MESSAGE_BYTES))
             .add_service(
                 FlightServiceServer::new(crate::front::Front(Arc::new(self.service)))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)

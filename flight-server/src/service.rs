@@ -746,10 +746,28 @@ impl FlightSqlService for LakegateService {
         )?;
         // Read as it arrives, and stopped at the first row or byte too many: collected whole,
         // 250 batches of 32 MiB held 8.7 GB before the row count was looked at.
-        let mut stream = FlightRecordBatchStream::new_from_flight_data(
-            request.into_inner().map_err(FlightError::from),
-        );
         let most = self.limits.max_parameter_bytes();
+        // Counted as it arrives, before decoding: dictionary messages are decoded and kept by
+        // the decoder without reaching the batches below (300 of 15 MB held 4.6 GB, round 9).
+        let mut arrived = 0usize;
+        let mut stream = FlightRecordBatchStream::new_from_flight_data(
+            request
+                .into_inner()
+                .map_err(FlightError::from)
+                .and_then(move |data| {
+                    arrived = arrived.saturating_add(data.data_header.len() + data.data_body.len());
+                    futures::future::ready(if arrived > most {
+                        Err(FlightError::Tonic(Box::new(Status::invalid_argument(
+                            format!(
+                                "parameters: more than {most} bytes of parameter values were sent \
+                             (twice [execution] max_sql_bytes)"
+                            ),
+                        ))))
+                    } else {
+                        Ok(data)
+                    })
+                }),
+        );
         let (mut batches, mut rows, mut bytes) = (Vec::<RecordBatch>::new(), 0usize, 0usize);
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| {

@@ -45,6 +45,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, SortMergeJoinExec, SymmetricHashJoinExec,
 };
+use datafusion::physical_plan::recursive_query::RecursiveQueryExec;
 use datafusion::physical_plan::sorts::partial_sort::PartialSortExec;
 use datafusion::physical_plan::spill::get_record_batch_memory_size;
 use datafusion::physical_plan::unnest::UnnestExec;
@@ -98,7 +99,7 @@ fn keeps_input_unaccounted(plan: &dyn ExecutionPlan) -> bool {
 }
 
 /// Operators whose output repeats an input row (or a value made of many rows) for many output
-/// rows, building a whole batch of them before any guard sees it: a cross join of a 20 MB
+/// rows (a recursive query, once per iteration), building a whole batch of them before any guard sees it: a cross join of a 20 MB
 /// `string_agg` with 8,192 rows took the server's 24 GB and the OOM killer took the server.
 fn repeats_rows(plan: &dyn ExecutionPlan) -> bool {
     plan.is::<CrossJoinExec>()
@@ -107,6 +108,7 @@ fn repeats_rows(plan: &dyn ExecutionPlan) -> bool {
         || plan.is::<SortMergeJoinExec>()
         || plan.is::<SymmetricHashJoinExec>()
         || plan.is::<UnnestExec>()
+        || plan.is::<RecursiveQueryExec>()
         || plan.is::<WindowAggExec>()
         || plan.is::<BoundedWindowAggExec>()
 }

@@ -157,6 +157,7 @@ pub(crate) const MAX_CTE_COPIES: u64 = 1024;
 fn check_cte_copies(s: &ast::Statement) -> Result<(), GatewayError> {
     struct Copies {
         most: u64,
+        withs: usize,
     }
     /// One copy of `query`, and the copies of the CTEs in `sizes` it names.
     fn copies_of<V: ast::Visit>(query: &V, sizes: &[(String, u64)]) -> u64 {
@@ -176,6 +177,7 @@ fn check_cte_copies(s: &ast::Statement) -> Result<(), GatewayError> {
         type Break = ();
         fn pre_visit_query(&mut self, query: &ast::Query) -> ControlFlow<()> {
             if let Some(with) = &query.with {
+                self.withs += 1;
                 let mut sizes: Vec<(String, u64)> = Vec::new();
                 for cte in &with.cte_tables {
                     let size = copies_of(cte.query.as_ref(), &sizes);
@@ -187,8 +189,16 @@ fn check_cte_copies(s: &ast::Statement) -> Result<(), GatewayError> {
             ControlFlow::Continue(())
         }
     }
-    let mut copies = Copies { most: 0 };
+    let mut copies = Copies { most: 0, withs: 0 };
     let _ = ast::Visit::visit(s, &mut copies);
+    // Counted per WITH, copies multiply across nested ones (a WITH inside each CTE doubled per
+    // level past the count, attacker round 9): one WITH per statement.
+    if copies.withs > 1 {
+        return Err(GatewayError::TooLarge(format!(
+            "it has {} WITH clauses; write its common table expressions in one WITH",
+            copies.withs
+        )));
+    }
     if copies.most > MAX_CTE_COPIES {
         return Err(GatewayError::TooLarge(format!(
             "its common table expressions, inlined where they are named, make {} copies of \
@@ -520,6 +530,10 @@ mod tests {
         // Ten levels are 1,024 copies of a0, and a few of the others: still refused; nine pass.
         assert!(refused(&chain(10)).contains("copies of queries"));
         parse_read_statement(&chain(9), StatementLimits::default()).unwrap();
+        // WITH inside a CTE multiplies past what one WITH counts: one WITH per statement.
+        let nested = "WITH a1 AS (WITH x AS (SELECT 1 AS v) SELECT * FROM x UNION ALL \
+                      SELECT * FROM x) SELECT * FROM a1";
+        assert!(refused(nested).contains("WITH clauses"));
         // Recursive CTEs and CTEs named once are no copies at all.
         parse_read_statement(
             "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 5), \
