@@ -457,6 +457,11 @@ def test_a_runaway_query_neither_freezes_the_server_nor_outlives_its_client(tmp_
         # server; unnest beside a 400 KB value, 7.8 GB).
         "SELECT count(length(s)) FROM (SELECT string_agg(repeat('x', 1000), '') s "
         "FROM generate_series(1, 20000)) a CROSS JOIN generate_series(1, 8192)",
+        # A recursive query repeats a wide row once per iteration (attacker round 9: 3.1 GB).
+        "WITH RECURSIVE r(s, n) AS (SELECT s, 1 FROM (SELECT arrow_cast(string_agg(repeat('x', "
+        "600000 + length(hospital)*0), ''), 'LargeUtf8') s FROM (SELECT hospital FROM "
+        "health.visits LIMIT 34) e) t UNION ALL SELECT s, n + 1 FROM r WHERE n < 300) "
+        "SELECT count(*) FROM r WHERE length(s) > n",
         "SELECT count(length(s)) FROM (SELECT s, unnest(range(20000 + length(s)*0)) u FROM "
         "(SELECT arrow_cast(max(repeat('x', 400000 + length(hospital)*0)), 'LargeUtf8') s "
         "FROM health.visits))",
