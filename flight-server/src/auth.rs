@@ -96,6 +96,13 @@ impl ThrottleKey {
     }
 }
 
+/// The token of an `authorization: Bearer <token>` header value (scheme in any case), if any.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Seconds since the Unix epoch, as JWT times are written.
 fn unix_now() -> u64 {
     std::time::SystemTime::now()

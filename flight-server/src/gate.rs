@@ -62,9 +62,7 @@ impl<S> AuthGate<S> {
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
+            .and_then(crate::auth::bearer_token);
         match token {
             None => Some(AuthError::NoToken),
             Some(token) => self.sessions.resolve(token).err(),

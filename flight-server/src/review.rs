@@ -93,10 +93,10 @@ fn end(progress: &Mutex<Progress>, outcome: &'static str, reason: String) {
     }
 }
 
-/// The result stream as it leaves: reviewed, encoded, digested, recorded.
 /// How often a running stream's grants are decided again when nothing else changed.
 const RECHECK: Duration = Duration::from_secs(1);
 
+/// The result stream as it leaves: reviewed, encoded, digested, recorded.
 pub(crate) fn reviewed_stream(
     gateway: Arc<Gateway>,
     query: Query,

@@ -326,11 +326,7 @@ fn client<T>(request: &Request<T>) -> Option<String> {
 
 fn bearer(metadata: &MetadataMap) -> Option<String> {
     let value = metadata.get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_string())
-        .filter(|t| !t.is_empty())
+    crate::auth::bearer_token(value).map(str::to_string)
 }
 
 pub(crate) fn auth_status(e: AuthError) -> Status {

@@ -711,14 +711,9 @@ async fn the_catalog_reads_subject_keys_and_overrides() {
 #[tokio::test]
 async fn the_grpc_health_service_reports_serving() {
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    use tonic_health::pb::HealthCheckRequest;
     let server = lakegate_tests::TestServer::demo().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
+    let mut health = health_client(&server).await;
     for service in ["", "arrow.flight.protocol.FlightService"] {
         let status = health
             .check(HealthCheckRequest {
@@ -743,14 +738,9 @@ async fn the_grpc_health_service_reports_serving() {
 async fn the_health_check_is_the_only_open_door_and_a_small_one() {
     // Attacker round 9: without a login, 200 health streams of almost 4 MiB held 4.4 GB and
     // 200,000 Watch streams 2 GB.
-    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    use tonic_health::pb::HealthCheckRequest;
     let server = lakegate_tests::TestServer::demo().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
+    let mut health = health_client(&server).await;
     let huge = health
         .check(HealthCheckRequest {
             service: "x".repeat(64 << 10),
@@ -772,4 +762,15 @@ async fn the_health_check_is_the_only_open_door_and_a_small_one() {
         })
         .await
         .unwrap();
+}
+
+async fn health_client(
+    server: &TestServer,
+) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(channel)
 }
