@@ -61,6 +61,13 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(300);
 /// How long a login waits for a free check.
 const VERIFY_WAIT: Duration = Duration::from_secs(10);
 
+/// Live sessions one user may hold; a login past it ends the user's session closest to its
+/// end. (A JWT as the password opens a session without argon2: 50,000 logins in 30 s.)
+pub const MAX_SESSIONS_PER_USER: usize = 256;
+
+/// How often expired sessions are swept out: not on every login, which would scan them all.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Failed logins of one user name or one client address.
 #[derive(Debug, Clone, Copy)]
 struct Failures {
@@ -130,6 +137,8 @@ pub struct Sessions {
     dummy_hash: String,
     ttl: Duration,
     live: Mutex<HashMap<String, Session>>,
+    /// When expired sessions were last swept out.
+    swept: Mutex<Instant>,
     /// Password checks that may run at once.
     checks: Arc<tokio::sync::Semaphore>,
     failures: Mutex<HashMap<ThrottleKey, Failures>>,
@@ -151,6 +160,7 @@ impl Sessions {
             dummy_hash: dummy_hash(users),
             ttl,
             live: Mutex::new(HashMap::new()),
+            swept: Mutex::new(Instant::now()),
             checks: Arc::new(tokio::sync::Semaphore::new(parallel.clamp(1, 4))),
             failures: Mutex::new(HashMap::new()),
             jwt: None,
@@ -265,8 +275,35 @@ impl Sessions {
         rand::rng().fill_bytes(&mut bytes);
         let token = URL_SAFE_NO_PAD.encode(bytes);
         let now = Instant::now();
+        let sweep = {
+            let mut swept = self.swept.lock().expect("sweep time poisoned");
+            let due = now.duration_since(*swept) >= SWEEP_EVERY;
+            if due {
+                *swept = now;
+            }
+            due
+        };
         let mut live = self.live.lock().expect("session map poisoned");
-        live.retain(|_, s| s.expires > now);
+        if sweep {
+            live.retain(|_, s| s.expires > now);
+        }
+        // Only a map larger than one user's share can hold a user past it.
+        if live.len() >= MAX_SESSIONS_PER_USER {
+            let own: Vec<(&String, Instant)> = live
+                .iter()
+                .filter(|(_, s)| s.user == user)
+                .map(|(t, s)| (t, s.expires))
+                .collect();
+            if own.len() >= MAX_SESSIONS_PER_USER {
+                let ending = own
+                    .iter()
+                    .min_by_key(|(_, expires)| *expires)
+                    .map(|(t, _)| (*t).clone());
+                if let Some(t) = ending {
+                    live.remove(&t);
+                }
+            }
+        }
         live.insert(
             token.clone(),
             Session {
@@ -413,6 +450,21 @@ mod tests {
             }],
             ttl,
         )
+    }
+
+    #[test]
+    fn a_user_holds_a_bounded_number_of_sessions_and_the_closest_to_its_end_goes() {
+        let s = sessions(Duration::from_secs(60));
+        let first = s.open("alice", None, Duration::from_secs(10));
+        let mut tokens = Vec::new();
+        for _ in 0..MAX_SESSIONS_PER_USER + 10 {
+            tokens.push(s.open("alice", None, Duration::from_secs(60)));
+        }
+        let bob = s.open("bob", None, Duration::from_secs(60));
+        assert_eq!(s.resolve(&first), Err(AuthError::BadToken));
+        assert_eq!(s.active(), MAX_SESSIONS_PER_USER + 1);
+        assert!(s.resolve(tokens.last().unwrap()).is_ok());
+        assert_eq!(s.resolve(&bob).unwrap().user, "bob");
     }
 
     #[test]

@@ -13,7 +13,17 @@ use tonic::body::Body;
 use tonic::codegen::http::{Request, Response};
 use tonic::codegen::{BoxFuture, Service};
 
-use crate::auth::{AuthError, Sessions};
+use crate::auth::{AuthError, Session, Sessions};
+
+/// The session the gate resolved for a call, in the call's extensions: the service takes it
+/// from there instead of resolving (for a JWT: verifying) the same token a second time.
+#[derive(Clone, Debug)]
+pub struct GatedSession {
+    /// The bearer token the call carried.
+    pub token: String,
+    /// What it names.
+    pub session: Session,
+}
 
 /// Calls that carry no token: the login itself and the standard health check. (`Watch` keeps a
 /// stream open for as long as the client likes: with a token only.)
@@ -54,19 +64,22 @@ pub struct AuthGate<S> {
 }
 
 impl<S> AuthGate<S> {
-    fn refusal(&self, request: &Request<Body>) -> Option<AuthError> {
+    /// The call's session (`None` for the open paths), or why it may not proceed.
+    fn session(&self, request: &Request<Body>) -> Result<Option<GatedSession>, AuthError> {
         if open_path(request.uri().path()) {
-            return None;
+            return Ok(None);
         }
         let token = request
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(crate::auth::bearer_token);
-        match token {
-            None => Some(AuthError::NoToken),
-            Some(token) => self.sessions.resolve(token).err(),
-        }
+            .and_then(crate::auth::bearer_token)
+            .ok_or(AuthError::NoToken)?;
+        let session = self.sessions.resolve(token)?;
+        Ok(Some(GatedSession {
+            token: token.to_string(),
+            session,
+        }))
     }
 }
 
@@ -83,13 +96,18 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        match self.refusal(&request) {
-            Some(e) => {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        match self.session(&request) {
+            Err(e) => {
                 let status = crate::service::auth_status(e);
                 Box::pin(async move { Ok(status.into_http()) })
             }
-            None => Box::pin(self.inner.call(request)),
+            Ok(gated) => {
+                if let Some(gated) = gated {
+                    request.extensions_mut().insert(gated);
+                }
+                Box::pin(self.inner.call(request))
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
 //! `[auth.jwt]`: bearer JWTs an identity provider signs, checked with its public key or key set
-//! (jsonwebtoken): signature with the one configured algorithm, `iss`, `aud`, `exp` (and `nbf`
-//! when present); `sub` names the user and a configured claim may carry the scenario.
+//! (jsonwebtoken): signature with the one configured algorithm, `iss`, `aud`, `exp`, and `nbf`
+//! and `iat` when present (a token not yet valid, or issued in the future, is refused); `sub`
+//! names the user and a configured claim may carry the scenario (a string, or the token is
+//! refused: a claim of another shape must not leave the scenario open).
 
 use std::collections::HashMap;
 
@@ -18,6 +20,9 @@ pub struct Identity {
     /// `exp`, seconds since the epoch.
     pub expires: u64,
 }
+
+/// Clock skew tolerated between the provider and this server, in seconds.
+const LEEWAY_SECS: u64 = 30;
 
 /// Checks tokens against one provider's key.
 pub struct JwtVerifier {
@@ -38,7 +43,9 @@ impl JwtVerifier {
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_SECS;
+        // jsonwebtoken checks `nbf` only when asked.
+        validation.validate_nbf = true;
         Ok(Self {
             keys,
             validation,
@@ -68,12 +75,24 @@ impl JwtVerifier {
             .ok_or("the token's sub is not a user name")?
             .to_string();
         let scenario = match &self.scenario_claim {
-            Some(name) => claims
-                .get(name)
-                .and_then(|v| v.as_str())
-                .map(str::to_string),
+            Some(name) => match claims.get(name) {
+                None => None,
+                Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                Some(_) => {
+                    return Err(format!(
+                        "the token's {name} claim is not a scenario name (a non-empty string)"
+                    ))
+                }
+            },
             None => None,
         };
+        if let Some(iat) = claims.get("iat") {
+            let now = jsonwebtoken::get_current_timestamp();
+            match iat.as_u64() {
+                Some(iat) if iat <= now + LEEWAY_SECS => {}
+                _ => return Err("the token's iat is not a time in the past".into()),
+            }
+        }
         let expires = claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0);
         Ok(Identity {
             user,

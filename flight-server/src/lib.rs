@@ -6,6 +6,7 @@
 
 pub mod allocator;
 pub mod auth;
+pub mod connections;
 pub mod demo;
 mod error;
 mod front;

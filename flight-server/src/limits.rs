@@ -13,6 +13,12 @@ use lake_config::ExecutionConfig;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
+/// How many of one user's statements may wait for the user's planning turn.
+pub const PLANNING_QUEUE: usize = 16;
+
+/// How long a statement may wait for its user's planning turn.
+pub const PLANNING_WAIT: Duration = Duration::from_secs(60);
+
 /// The limits of one server.
 pub struct Limits {
     total: Arc<Semaphore>,
@@ -73,19 +79,35 @@ impl Limits {
 
     /// The user's turn to plan a statement: one at a time per user, so that one user's large
     /// statements (seconds each) cannot fill the query runtime while others wait behind them
-    /// (twelve concurrent 1 MiB statements held another user's query for 18 s).
-    pub async fn planning_turn(&self, user: &str) -> OwnedSemaphorePermit {
+    /// (twelve concurrent 1 MiB statements held another user's query for 18 s). At most
+    /// [`PLANNING_QUEUE`] of a user's statements wait, each at most [`PLANNING_WAIT`]: a waiting
+    /// call holds its message, so an unbounded queue is unbounded memory.
+    pub async fn planning_turn(&self, user: &str) -> Result<OwnedSemaphorePermit, Status> {
         let turn = {
             let mut planning = self.planning.lock().expect("limits lock");
             // Users with no statement planning or waiting hold no entry (a permit or a waiter
             // holds a clone of its user's semaphore).
             planning.retain(|_, s| Arc::strong_count(s) > 1);
-            planning
+            let turn = planning
                 .entry(user.to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(1)))
-                .clone()
+                .or_insert_with(|| Arc::new(Semaphore::new(1)));
+            // The map's own reference, the one planning, and those waiting.
+            if Arc::strong_count(turn) >= PLANNING_QUEUE + 2 {
+                return Err(Status::resource_exhausted(format!(
+                    "too many statements: {user} has {PLANNING_QUEUE} waiting to be planned \
+                     after the one being planned; wait for them"
+                )));
+            }
+            turn.clone()
         };
-        turn.acquire_owned().await.expect("never closed")
+        match tokio::time::timeout(PLANNING_WAIT, turn.acquire_owned()).await {
+            Ok(permit) => Ok(permit.expect("never closed")),
+            Err(_) => Err(Status::resource_exhausted(format!(
+                "{user}'s earlier statements were still being planned after {} s: try again \
+                 when they are done",
+                PLANNING_WAIT.as_secs()
+            ))),
+        }
     }
 
     /// Queries running now.
@@ -178,6 +200,34 @@ mod tests {
         assert_eq!(l.running(), 0);
         assert!(l.running.lock().unwrap().is_empty());
         l.admit("bob").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_users_planning_queue_is_bounded_and_others_plan_meanwhile() {
+        let l = Arc::new(limits(64, 8));
+        let first = l.planning_turn("alice").await.unwrap();
+        let mut waiting = Vec::new();
+        for _ in 0..PLANNING_QUEUE {
+            let l = l.clone();
+            waiting.push(tokio::spawn(async move { l.planning_turn("alice").await }));
+        }
+        // Let every waiter reach its queue.
+        while Arc::strong_count(&l.planning.lock().unwrap()["alice"]) < PLANNING_QUEUE + 2 {
+            tokio::task::yield_now().await;
+        }
+        let refused = l.planning_turn("alice").await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("waiting to be planned"),
+            "{refused}"
+        );
+        // Another user is not behind alice's queue.
+        drop(l.planning_turn("bob").await.unwrap());
+        drop(first);
+        for w in waiting {
+            drop(w.await.unwrap().unwrap());
+        }
+        assert!(l.planning_turn("alice").await.is_ok());
     }
 
     #[test]

@@ -153,11 +153,15 @@ static ALLOC: flight_server::allocator::MiMalloc = flight_server::allocator::MiM
 const THREAD_STACK: usize = 16 << 20;
 
 fn main() -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(THREAD_STACK)
-        .build()?
-        .block_on(run())
+        .build()?;
+    let result = runtime.block_on(run());
+    // Dropping a runtime waits for every blocking task (a password check, a file write) to
+    // return: a stopped server must not wait on them.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
 }
 
 async fn run() -> anyhow::Result<()> {

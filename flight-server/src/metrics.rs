@@ -40,6 +40,7 @@ pub struct Metrics {
     sessions: Gauge,
     reloads: Family<Reload, Counter>,
     audit_write: Histogram,
+    connections_refused: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -61,6 +62,7 @@ impl Metrics {
             sessions: Gauge::default(),
             reloads: Family::default(),
             audit_write: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            connections_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -99,6 +101,11 @@ impl Metrics {
             "Time to write a completion record to the audit trail",
             m.audit_write.clone(),
         );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept: past server.max_connections or max_connections_per_client",
+            m.connections_refused.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -114,6 +121,11 @@ impl Metrics {
     pub(crate) fn refused(&self, status: &tonic::Status) {
         let code = format!("{:?}", status.code());
         self.refusals.get_or_create(&Code { code }).inc();
+    }
+
+    /// A connection refused at accept for a bound.
+    pub(crate) fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     /// A policy reload and whether the new set serves.

@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
 use gateway::Gateway;
 use lake_config::Config;
 
 use crate::auth::Sessions;
+use crate::connections::{ConnectionBounds, ConnectionLimits, Limited};
 use crate::LakegateService;
 
 /// A bound, not yet serving, lakegate server.
@@ -28,6 +27,7 @@ pub struct Server {
     /// `[server] metrics_listen`, bound.
     metrics: Option<TcpListener>,
     sessions: Arc<Sessions>,
+    connections: Arc<ConnectionLimits>,
 }
 
 /// The largest message a client may send: a command, a ticket, a row of parameters (their
@@ -73,7 +73,13 @@ impl Server {
             })?),
             None => None,
         };
+        let connections =
+            ConnectionLimits::new(crate::connections::fitted_to_file_limit(ConnectionBounds {
+                total: config.server.max_connections,
+                per_client: config.server.max_connections_per_client,
+            }));
         Ok(Self {
+            connections,
             metrics,
             sessions,
             listener,
@@ -143,10 +149,11 @@ impl Server {
         // few connections held 2 GB without a login).
         let mut builder =
             tonic::transport::Server::builder().max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+        let accepted = self.connections.clone().accept(self.listener);
         let incoming: Connections = if self.tls.is_some() {
-            Box::pin(crate::plaintext::tls_connections(self.listener))
+            Box::pin(crate::plaintext::tls_connections(accepted))
         } else {
-            Box::pin(no_delay(self.listener))
+            Box::pin(accepted)
         };
         if let Some(tls) = self.tls.clone() {
             builder = builder
@@ -301,20 +308,6 @@ async fn anchor_audit(gateway: Arc<Gateway>, interval: Duration) {
     }
 }
 
-/// Accepted connections with Nagle's algorithm off. tonic sets TCP_NODELAY only on listeners it
-/// binds itself; without it every small response (FlightInfo, the end of a stream) waits for
-/// the client's delayed ACK, about 40 ms a round trip.
 /// The connections a server takes.
-type Connections = std::pin::Pin<
-    Box<dyn tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>,
->;
-
-fn no_delay(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
-}
+type Connections =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<Limited>> + Send>>;

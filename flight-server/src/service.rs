@@ -131,9 +131,17 @@ impl LakegateService {
     }
 
     /// Authenticates a call by its bearer token and works out its scenario.
-    fn caller(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
-        let token = bearer(metadata).ok_or_else(|| auth_status(AuthError::NoToken))?;
-        let session = self.sessions.resolve(&token).map_err(auth_status)?;
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let metadata = request.metadata();
+        // Resolved by the gate already (the served path); resolved here otherwise.
+        let (token, session) = match request.extensions().get::<crate::gate::GatedSession>() {
+            Some(gated) => (gated.token.clone(), gated.session.clone()),
+            None => {
+                let token = bearer(metadata).ok_or_else(|| auth_status(AuthError::NoToken))?;
+                let session = self.sessions.resolve(&token).map_err(auth_status)?;
+                (token, session)
+            }
+        };
         let header = metadata
             .get(SCENARIO_HEADER)
             .map(|v| {
@@ -256,19 +264,23 @@ impl LakegateService {
         // Deciding again may plan again, and the physical plan is made here: in the user's
         // planning turn, as at GetFlightInfo (a user's DoGets of plans that expand planned
         // one after another, not all at once while others wait).
-        let turn = self.limits.planning_turn(&caller.principal.user).await;
+        let user = &caller.principal.user;
+        let admitted = match self.limits.planning_turn(user).await {
+            Ok(turn) => self.limits.admit(user).map(|slot| (slot, turn)),
+            Err(refused) => Err(refused),
+        };
         // A slot among the running queries first; then decided again against the policies
         // in force now: a revoked grant stops here.
-        let revalidated = match self.limits.admit(&caller.principal.user) {
-            Ok(slot) => self
+        let revalidated = match admitted {
+            Ok((slot, turn)) => self
                 .gateway
                 .revalidate(planned)
                 .await
-                .map(|q| (q, slot))
+                .map(|q| (q, slot, turn))
                 .map_err(to_status),
             Err(refused) => Err(refused),
         };
-        let (query, slot) = match revalidated {
+        let (query, slot, turn) = match revalidated {
             Ok(q) => q,
             Err(status) => {
                 let outcome = if status.code() == tonic::Code::ResourceExhausted {
@@ -451,7 +463,11 @@ impl LakegateService {
         sql: &str,
         client: Option<String>,
     ) -> Result<Query, Status> {
-        let _turn = self.limits.planning_turn(&caller.principal.user).await;
+        let _turn = self
+            .limits
+            .planning_turn(&caller.principal.user)
+            .await
+            .inspect_err(|s| crate::metrics::metrics().refused(s))?;
         self.gateway
             .prepare_audited(&caller.principal, sql, client)
             .await
@@ -465,7 +481,7 @@ impl LakegateService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<arrow::datatypes::SchemaRef, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(&request)?;
         let client = client(&request);
         let not_a_command = |e: &dyn std::fmt::Display| {
             Status::invalid_argument(format!(
@@ -509,7 +525,7 @@ impl LakegateService {
         schema: arrow::datatypes::SchemaRef,
         ticket: Vec<u8>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         flight_info(&schema, ticket, request.into_inner())
     }
 
@@ -519,7 +535,7 @@ impl LakegateService {
         request: Request<Ticket>,
         schema: arrow::datatypes::SchemaRef,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         Ok(Response::new(one_batch(RecordBatch::new_empty(schema))))
     }
 
@@ -660,7 +676,7 @@ impl FlightSqlService for LakegateService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(&request)?;
         let planned = self.plan(&caller, &query.query, client(&request)).await?;
         let schema = described(&planned.schema(), None);
         let handle = self.store(&caller, &query.query, HandleKind::Statement(planned))?;
@@ -679,7 +695,7 @@ impl FlightSqlService for LakegateService {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(&request)?;
         // A statement ticket is read once.
         let query = self.with_handle(&caller, &ticket.statement_handle, |handles, key| {
             // A prepared statement's handle stays where it is, as it was.
@@ -705,7 +721,7 @@ impl FlightSqlService for LakegateService {
         query: ActionCreatePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(&request)?;
         let planned = self.plan(&caller, &query.query, client(&request)).await?;
         let dataset_schema = schema_bytes(&described(&planned.schema(), None))?;
         let parameter_schema = schema_bytes(&planned.parameter_schema())?;
@@ -729,7 +745,7 @@ impl FlightSqlService for LakegateService {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(&request)?;
         let unbound = self.with_handle(
             &caller,
             &query.prepared_statement_handle,
@@ -824,7 +840,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(&request)?;
         let query = self.prepared(&caller, &cmd.prepared_statement_handle)?;
         flight_info(
             &described(&query.schema(), None),
@@ -838,7 +854,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(&request)?;
         let query = self.prepared(&caller, &cmd.prepared_statement_handle)?;
         self.execute(&caller, &query).await
     }
@@ -848,7 +864,7 @@ impl FlightSqlService for LakegateService {
         cmd: ActionClosePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<(), Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(&request)?;
         self.with_handle(&caller, &cmd.prepared_statement_handle, |h, key| {
             h.remove(&key);
             Ok(())
@@ -862,7 +878,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         let schema = cmd.into_builder().schema();
         flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
     }
@@ -872,7 +888,7 @@ impl FlightSqlService for LakegateService {
         _cmd: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         Ok(Response::new(one_batch(self.catalogs_batch()?)))
     }
 
@@ -881,7 +897,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         let schema = cmd.clone().into_builder().schema();
         flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
     }
@@ -891,7 +907,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(&request)?;
         let batch = self.schemas_batch(&caller, cmd).await;
         self.record_metadata(&caller, "GetDbSchemas", client(&request), &batch)?;
         Ok(Response::new(one_batch(batch?)))
@@ -902,7 +918,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         let schema = cmd.clone().into_builder().schema();
         flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
     }
@@ -912,7 +928,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(&request)?;
         let batch = self.tables_batch(&caller, cmd).await;
         self.record_metadata(&caller, "GetTables", client(&request), &batch)?;
         Ok(Response::new(one_batch(batch?)))
@@ -923,7 +939,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         let schema = cmd.into_builder().schema();
         flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
     }
@@ -933,7 +949,7 @@ impl FlightSqlService for LakegateService {
         _cmd: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         Ok(Response::new(one_batch(self.table_types_batch()?)))
     }
 
@@ -942,7 +958,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         let schema = cmd.clone().into_builder(&self.sql_info).schema();
         flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
     }
@@ -952,7 +968,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetSqlInfo,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         let batch = cmd
             .into_builder(&self.sql_info)
             .build()
@@ -965,7 +981,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         let schema = cmd.into_builder(&self.xdbc).schema();
         flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
     }
@@ -975,7 +991,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetXdbcTypeInfo,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         let batch = cmd
             .into_builder(&self.xdbc)
             .build()
@@ -1055,7 +1071,7 @@ impl FlightSqlService for LakegateService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(&request)?;
         let action = request.into_inner();
         match action.r#type.as_str() {
             so::SET_SESSION_OPTIONS => self.set_session_options(&caller, &action.body),
@@ -1101,7 +1117,7 @@ impl FlightSqlService for LakegateService {
         _cmd: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         Err(read_only("an update statement"))
     }
 
@@ -1110,7 +1126,7 @@ impl FlightSqlService for LakegateService {
         _cmd: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         Err(read_only("bulk ingestion"))
     }
 
@@ -1119,7 +1135,7 @@ impl FlightSqlService for LakegateService {
         _cmd: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         Err(read_only("a prepared update"))
     }
 
@@ -1128,7 +1144,7 @@ impl FlightSqlService for LakegateService {
         _cmd: CommandStatementSubstraitPlan,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         Err(read_only("a Substrait plan"))
     }
 
@@ -1137,7 +1153,7 @@ impl FlightSqlService for LakegateService {
         request: Request<PeekableFlightDataStream>,
         _message: Any,
     ) -> Result<Response<<Self as FlightService>::DoPutStream>, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         Err(read_only("DoPut"))
     }
 
@@ -1146,7 +1162,7 @@ impl FlightSqlService for LakegateService {
         _cmd: CommandStatementSubstraitPlan,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         Err(Status::unimplemented(
             "Substrait plans are not accepted: send SQL",
         ))
@@ -1157,7 +1173,7 @@ impl FlightSqlService for LakegateService {
         _cmd: ActionCreatePreparedSubstraitPlanRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         Err(Status::unimplemented(
             "Substrait plans are not accepted: send SQL",
         ))
@@ -1168,7 +1184,7 @@ impl FlightSqlService for LakegateService {
         _cmd: ActionBeginTransactionRequest,
         request: Request<Action>,
     ) -> Result<ActionBeginTransactionResult, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         Err(read_only("a transaction"))
     }
 
@@ -1177,7 +1193,7 @@ impl FlightSqlService for LakegateService {
         _cmd: ActionBeginSavepointRequest,
         request: Request<Action>,
     ) -> Result<ActionBeginSavepointResult, Status> {
-        self.caller(request.metadata())?;
+        self.caller(&request)?;
         Err(read_only("a savepoint"))
     }
 

@@ -83,35 +83,9 @@ fn longs(v: impl Iterator<Item = Option<u64>>) -> ArrayRef {
 /// trail's files keep the reason as it was. A statement that does not parse leaves no reason
 /// here.
 fn without_statement_values(sql: &str, reason: &str) -> String {
-    crate::statement::on_stack_for(sql, || statement_values_out(sql, reason))
-}
-
-fn statement_values_out(sql: &str, reason: &str) -> String {
-    use datafusion::sql::sqlparser::ast::{visit_expressions, Expr, Value};
-    use datafusion::sql::sqlparser::dialect::GenericDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
-    let Ok(statements) = Parser::parse_sql(&GenericDialect {}, sql) else {
+    let Some((_, mut values)) = crate::statement::values_masked(sql) else {
         return "the statement did not parse: its reason is on the audit trail's files".into();
     };
-    let mut values: Vec<String> = Vec::new();
-    let _ = visit_expressions(&statements, |e: &Expr| {
-        match e {
-            Expr::Value(v) => match &v.value {
-                Value::Placeholder(_) | Value::Boolean(_) | Value::Null => {}
-                Value::Number(n, _) => values.push(n.to_string()),
-                other => values.extend(other.clone().into_string()),
-            },
-            Expr::Identifier(i) if i.quote_style.is_some() => values.push(i.value.clone()),
-            Expr::CompoundIdentifier(parts) => values.extend(
-                parts
-                    .iter()
-                    .filter(|i| i.quote_style.is_some())
-                    .map(|i| i.value.clone()),
-            ),
-            _ => {}
-        }
-        std::ops::ControlFlow::<()>::Continue(())
-    });
     // Longest first, so that a value inside a longer one goes with it; one or two characters
     // would take every `1` and `x` of the message with them.
     values.retain(|v| v.chars().count() >= 3);

@@ -290,13 +290,18 @@ impl Gateway {
                 return Err(e);
             }
         };
-        // The allowed decision is described and written beside what follows (the reply, the
-        // physical planning): execution waits for it before any batch, and its failure
-        // refuses the query then.
+        // The allowed decision is described (the plan written back as SQL: seconds for a large
+        // plan) in the user's planning turn, on the query runtime; then written beside what
+        // follows (the reply, the physical planning): execution waits for the record before
+        // any batch, and its failure refuses the query then.
         let described = query.clone();
+        let info = query
+            .executor()?
+            .spawn(async move { described.describe() })
+            .await
+            .map_err(joined)?;
         let audit = self.audit.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let info = described.describe();
             record.decision = "allowed".into();
             record.rewritten_sql = info.rewritten_sql;
             record.policy_ids = info.policy_ids;
@@ -517,19 +522,20 @@ impl Gateway {
             .config()
             .get_extension::<Executor>()
             .ok_or_else(|| GatewayError::Config("the session has no query runtime".into()))?;
-        let joined = |e: tokio::task::JoinError| {
-            GatewayError::Execution(datafusion::error::DataFusionError::External(e.into()))
-        };
         let (text, limits) = (sql.to_string(), self.limits);
-        let mut statement = executor
-            .spawn(async move { statement::parse_read_statement(&text, limits) })
+        // Parsing, `SELECT *`'s rewrite and naming the tables all walk the whole statement.
+        let (statement, state, named) = executor
+            .spawn(async move {
+                let mut statement = statement::parse_read_statement(&text, limits)?;
+                exclude_aggregate_only(&mut statement, &gate);
+                let named = state
+                    .resolve_table_references(&statement)
+                    .map_err(GatewayError::from_planning)?;
+                Ok::<_, GatewayError>((statement, state, named))
+            })
             .await
             .map_err(joined)??;
-        exclude_aggregate_only(&mut statement, &gate);
         // Fresh snapshots of every named lake table at once; planning then takes them in turn.
-        let named = state
-            .resolve_table_references(&statement)
-            .map_err(GatewayError::from_planning)?;
         let catalog = &state.config_options().catalog;
         lake.prefetch(named.into_iter().filter_map(|r| {
             let r = r.resolve(&catalog.default_catalog, &catalog.default_schema);
@@ -622,6 +628,11 @@ impl Gateway {
             gate,
         )
     }
+}
+
+/// A task of the query runtime that did not finish (panicked or cancelled).
+pub(crate) fn joined(e: tokio::task::JoinError) -> GatewayError {
+    GatewayError::Execution(datafusion::error::DataFusionError::External(e.into()))
 }
 
 /// `SELECT *` over a table with aggregate-only columns leaves them out ([`wildcard`]).

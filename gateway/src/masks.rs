@@ -75,35 +75,18 @@ pub fn apply(mask: &Mask, raw: &ArrayRef, key: Option<&[u8]>) -> Result<ArrayRef
             format!("{}{kept}", "*".repeat(hidden))
         }),
         Mask::Year => year(raw),
-        Mask::SqlLiterals => map_strings(raw, |sql| {
-            crate::statement::on_stack_for(sql, || sql_literals(sql))
-        }),
+        Mask::SqlLiterals => map_strings(raw, sql_literals),
         Mask::Literals => map_strings(raw, text_literals),
         Mask::Round(n) => round(raw, *n),
     }
 }
 
-/// SQL with every literal replaced by `?`; `****` when the text is not SQL.
+/// SQL with every value it writes replaced by `?` ([`crate::statement::values_masked`]);
+/// `****` when the text is not SQL.
 fn sql_literals(sql: &str) -> String {
-    use datafusion::sql::sqlparser::ast::{visit_expressions_mut, Expr, Value};
-    use datafusion::sql::sqlparser::dialect::GenericDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
-    let Ok(mut statements) = Parser::parse_sql(&GenericDialect {}, sql) else {
-        return "****".into();
-    };
-    let _ = visit_expressions_mut(&mut statements, |e: &mut Expr| {
-        if let Expr::Value(v) = e {
-            if !matches!(v.value, Value::Placeholder(_)) {
-                v.value = Value::Placeholder("?".into());
-            }
-        }
-        std::ops::ControlFlow::<()>::Continue(())
-    });
-    statements
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
+    crate::statement::values_masked(sql)
+        .map(|(masked, _)| masked)
+        .unwrap_or_else(|| "****".into())
 }
 
 /// Free text with every quoted string (`'…'`, `"…"`, a doubled quote inside) and every number
@@ -397,6 +380,37 @@ mod tests {
             Some("SELECT * FROM t WHERE name = ? AND id > ? LIMIT ?")
         );
         assert_eq!(out[1].as_deref(), Some("****"));
+    }
+
+    #[test]
+    fn sql_literals_take_values_wherever_the_grammar_puts_them() {
+        let cases = [
+            (
+                "select x from t where d = DATE '2025-03-14' and n = VARCHAR 'Li Na'",
+                "select x from t where d = DATE ? and n = VARCHAR ?",
+            ),
+            (
+                "SELECT x FROM t WHERE n LIKE 'a!%' ESCAPE '!' LIMIT 5",
+                "SELECT x FROM t WHERE n LIKE ? ESCAPE ? LIMIT ?",
+            ),
+            (
+                "SELECT x AS \"Zhang San\" FROM t WHERE n = \"Li Na\" AND i > $1",
+                "SELECT x AS ? FROM t WHERE n = ? AND i > $1",
+            ),
+            (
+                "SELECT x /* Li Na */ FROM t -- 110101\nWHERE y = E'a' OR z = X'ff'",
+                "SELECT x   FROM t  WHERE y = ? OR z = ?",
+            ),
+            (
+                "SELECT x FROM t WHERE i > INTERVAL '3 days' AND s = $$Li$$",
+                "SELECT x FROM t WHERE i > INTERVAL ? AND s = ?",
+            ),
+        ];
+        for (sql, masked) in cases {
+            let raw: ArrayRef = Arc::new(StringArray::from(vec![sql]));
+            let out = strings(&apply(&Mask::SqlLiterals, &raw, None).unwrap());
+            assert_eq!(out[0].as_deref(), Some(masked), "{sql}");
+        }
     }
 
     #[test]

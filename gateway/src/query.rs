@@ -367,11 +367,7 @@ impl Query {
                 .await
                 .map_err(GatewayError::from_planning)
         });
-        let planned = async {
-            planned.await.unwrap_or_else(|e| {
-                Err(GatewayError::Execution(DataFusionError::External(e.into())))
-            })
-        };
+        let planned = async { planned.await.unwrap_or_else(|e| Err(crate::joined(e))) };
         let (physical, recorded) = futures::join!(planned, self.recorded());
         recorded?;
         let physical = physical?;
@@ -433,7 +429,7 @@ impl Query {
     }
 
     /// The runtime the gateway's queries execute on.
-    fn executor(&self) -> Result<Arc<crate::Executor>, GatewayError> {
+    pub(crate) fn executor(&self) -> Result<Arc<crate::Executor>, GatewayError> {
         self.state
             .config()
             .get_extension::<crate::Executor>()

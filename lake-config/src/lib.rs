@@ -88,6 +88,11 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// `metrics_listen`: where Prometheus scrapes `GET /metrics` (plain HTTP; default: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// `max_connections`: connections held at once (default 4096; at most half the process's
+    /// open-file limit); more are refused at accept.
+    pub max_connections: usize,
+    /// `max_connections_per_client`: connections one client address may hold (default 256).
+    pub max_connections_per_client: usize,
 }
 
 /// `[server.tls]`: the server's certificate and key (PEM), and optionally the CA whose
@@ -372,6 +377,8 @@ struct RawServer {
     shutdown_grace_secs: Option<u64>,
     tls: Option<RawTls>,
     metrics_listen: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_client: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -716,6 +723,15 @@ impl Config {
                 "write at least 1024 bytes and a depth of at least 16, or leave both out",
             ));
         }
+        let max_connections = raw.server.max_connections.unwrap_or(4096);
+        let max_connections_per_client = raw.server.max_connections_per_client.unwrap_or(256);
+        if max_connections == 0 || max_connections_per_client == 0 {
+            return Err(invalid(
+                "server.max_connections",
+                "0 connections refuses every client".to_string(),
+                "write at least 1, or leave it out (defaults: 4096 in all, 256 per client address)",
+            ));
+        }
 
         let jwt = match raw.auth.jwt {
             None => None,
@@ -757,6 +773,8 @@ impl Config {
                 token_ttl_secs,
                 shutdown_grace_secs: raw.server.shutdown_grace_secs.unwrap_or(30),
                 metrics_listen,
+                max_connections,
+                max_connections_per_client,
                 tls: raw.server.tls.map(|t| TlsConfig {
                     cert: base.join(t.cert),
                     key: base.join(t.key),

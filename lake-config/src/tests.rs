@@ -253,3 +253,31 @@ fn auth_jwt_parses_with_defaults_and_unknown_algorithms_are_refused() {
         assert!(err.contains("exactly one of public_key and jwks"), "{err}");
     }
 }
+
+#[test]
+fn connection_bounds_parse_with_defaults_and_zero_is_refused() {
+    let base = "[lake]\nroot = \"lake\"\n[policy]\ndir = \"p\"\n";
+    let d = parse(base).unwrap();
+    assert_eq!(
+        (
+            d.server.max_connections,
+            d.server.max_connections_per_client
+        ),
+        (4096, 256)
+    );
+    let c = parse(&format!(
+        "[server]\nmax_connections = 100\nmax_connections_per_client = 7\n{base}"
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            c.server.max_connections,
+            c.server.max_connections_per_client
+        ),
+        (100, 7)
+    );
+    let err = parse(&format!("[server]\nmax_connections_per_client = 0\n{base}"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.max_connections"), "{err}");
+}

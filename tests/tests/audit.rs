@@ -244,6 +244,19 @@ async fn the_regulator_reads_the_trail_through_lakegate_with_parameters_masked()
     query(&mut banker, "DROP TABLE market.penalties")
         .await
         .unwrap_err();
+    // Values written where the grammar has no plain literal (attacker round 10): typed
+    // strings, ESCAPE, "…" read as identifiers, comments. Answered or refused, each is on the
+    // trail and none of its values may reach the regulator.
+    for sql in [
+        "SELECT count(*) FROM market.penalties WHERE district = VARCHAR 'CANARY-VARCHAR'",
+        "SELECT count(*) FROM market.penalties WHERE district = TEXT 'CANARY-TEXT'",
+        "SELECT count(*) FROM market.penalties WHERE TIMESTAMP '2031-07-08 09:10:11' IS NOT NULL",
+        "SELECT count(*) FROM market.penalties WHERE district LIKE 'x!%' ESCAPE '!'",
+        "SELECT count(*) FROM market.penalties WHERE district = \"CANARY-QUOTED\"",
+        "SELECT count(*) /* CANARY-COMMENT */ FROM market.penalties -- CANARY-LINE\n",
+    ] {
+        let _ = query(&mut banker, sql).await;
+    }
     // An error quotes the statement's literal (attacker round 7): the reason is masked too.
     let err = query(&mut banker, "SELECT CAST('SECRET-LITERAL-4711' AS INT)")
         .await
@@ -258,15 +271,21 @@ async fn the_regulator_reads_the_trail_through_lakegate_with_parameters_masked()
     let got = loop {
         let got = query(&mut regulator, sql).await.unwrap();
         let text = lakegate_tests::pretty(&got);
-        let done = rows(&got) >= 6 && text.contains("refused") && text.contains("Cannot cast");
+        let done = rows(&got) >= 12 && text.contains("refused") && text.contains("Cannot cast");
         if done || std::time::Instant::now() > deadline {
             break got;
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     };
     let text = lakegate_tests::pretty(&got);
-    assert!(rows(&got) >= 6, "{text}");
+    assert!(rows(&got) >= 12, "{text}");
     assert!(text.contains("WHERE district = ? AND amount > ?"), "{text}");
+    assert!(text.contains("WHERE district = VARCHAR ?"), "{text}");
+    assert!(text.contains("ESCAPE ?"), "{text}");
+    assert!(
+        !text.contains("CANARY") && !text.contains("2031-07-08") && !text.contains("'!'"),
+        "{text}"
+    );
     assert!(
         !text.contains("Haidian") && !text.contains("4242"),
         "{text}"
@@ -479,4 +498,54 @@ async fn a_decision_written_beside_planning_still_comes_before_any_batch() {
     let trail = records(&config.audit.dir);
     assert_eq!(trail.len(), 1, "{trail:?}");
     assert_eq!(trail[0].query_id, first.audit_context().unwrap().query_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_plans_are_described_in_the_users_turn_and_not_written_back_whole() {
+    // Attacker round 10: the decision record's rewritten SQL was unparsed after the reply, on
+    // a thread of its own, with no bound: 7 s and 1.4 GB per 5 KB statement whose CTE was
+    // inlined 512 times, as many at once as a user could send.
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path(), None, None);
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    let wide: Vec<String> = (0..200)
+        .map(|i| format!("registered_capital + {i} AS c{i}"))
+        .collect();
+    let mut sql = format!(
+        "WITH a0 AS (SELECT {} FROM market.enterprises)",
+        wide.join(", ")
+    );
+    for i in 1..10 {
+        sql += &format!(
+            ", a{i} AS (SELECT * FROM a{p} UNION ALL SELECT * FROM a{p})",
+            p = i - 1
+        );
+    }
+    sql += " SELECT count(*) FROM a9";
+    let err = query(&mut banker, &sql).await.unwrap_err();
+    assert!(err.contains("bytes of SQL"), "{err}");
+    // A plan past the unparser's bound is not written back as SQL: its record says so.
+    let values: Vec<String> = (0..25_000).map(|i| format!("'x{i}'")).collect();
+    let sql = format!(
+        "SELECT count(*) FROM market.enterprises WHERE credit_code NOT IN ({})",
+        values.join(", ")
+    );
+    let info = banker.execute(sql.clone(), None).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let described = loop {
+        let described = records(&config.audit.dir)
+            .into_iter()
+            .filter(|r| r.kind == "decision" && r.sql == sql)
+            .collect::<Vec<_>>();
+        if !described.is_empty() || std::time::Instant::now() > deadline {
+            break described;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(described.len(), 1);
+    let rewritten = described[0].rewritten_sql.as_deref().unwrap_or_default();
+    assert!(rewritten.contains("not written back as SQL"), "{rewritten}");
+    let batches = fetch(&mut banker, info).await.unwrap();
+    assert_eq!(lakegate_tests::first_i64(&batches), 200);
 }

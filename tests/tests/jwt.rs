@@ -231,3 +231,57 @@ async fn a_jwk_set_picks_the_key_by_kid() {
         assert!(err.contains(why), "{err}");
     }
 }
+
+#[tokio::test]
+async fn tokens_not_yet_valid_or_with_a_scenario_of_another_shape_are_refused() {
+    // Attacker round 10: `nbf` was not checked, and a list or object in the scenario claim
+    // left the scenario to the caller's header.
+    let (server, idp, _, _) = jwt_server().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let signed = |extra: serde_json::Value| {
+        let mut claims = serde_json::json!({
+            "iss": "https://idp.example", "aud": "lakegate", "sub": "banker",
+            "exp": now + 300, "scenario": "bank-credit",
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        encode(&Header::new(Algorithm::ES256), &claims, &idp.key).unwrap()
+    };
+    for (token, why) in [
+        (
+            signed(serde_json::json!({"nbf": now + 86_400})),
+            "ImmatureSignature",
+        ),
+        (signed(serde_json::json!({"iat": now + 86_400})), "iat"),
+        (
+            signed(serde_json::json!({"scenario": ["bank-credit"]})),
+            "not a scenario name",
+        ),
+        (
+            signed(serde_json::json!({"scenario": {"id": "bank-credit"}})),
+            "not a scenario name",
+        ),
+        (
+            signed(serde_json::json!({"scenario": ""})),
+            "not a scenario name",
+        ),
+    ] {
+        // As a bearer token, with a header naming another scenario.
+        let mut c = bearer(&server, token.clone()).await;
+        c.set_header("x-lakegate-scenario", "bank-credit");
+        let err = query(&mut c, SQL).await.unwrap_err();
+        assert!(err.contains(why), "{token}: {err}");
+        // And as a login's password.
+        let mut c = server.client().await;
+        let err = c.handshake("banker", &token).await.unwrap_err().to_string();
+        assert!(!err.is_empty(), "{token}");
+    }
+    // Valid shapes still pass: nbf and iat in the past.
+    let ok = signed(serde_json::json!({"nbf": now - 10, "iat": now - 10}));
+    let mut c = bearer(&server, ok).await;
+    assert_eq!(first_i64(&query(&mut c, SQL).await.unwrap()), 200);
+}

@@ -305,3 +305,89 @@ async fn statement_handles_hold_a_bounded_amount_of_sql_per_user() {
     }
     prepared[2].execute().await.unwrap();
 }
+
+/// An idle TCP connection to `server` from the loopback address `from`.
+async fn idle_connection(server: &TestServer, from: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(server.addr).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_bounded_per_client_and_in_all_and_refusals_say_so() {
+    // 20,000 idle connections (no account needed) used to take every file descriptor the
+    // process had: then no Delta file or audit segment could be opened, for anybody.
+    let config = demo_config(|c| {
+        c.server.max_connections = 6;
+        c.server.max_connections_per_client = 4;
+    });
+    let server = TestServer::start_with(&config).await;
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(idle_connection(&server, "127.0.0.1").await);
+    }
+    // The fifth connection from 127.0.0.1 is answered with the setting's name and closed.
+    let mut refused = server.client().await;
+    let err = refused
+        .handshake("banker", "banker-demo")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("server.max_connections_per_client"),
+        "{err}"
+    );
+    // Another address still connects, up to the total.
+    let other = as_user_from(&server, "127.0.0.2").await;
+    idle.push(idle_connection(&server, "127.0.0.3").await);
+    let err = {
+        let mut c = client_from(&server, "127.0.0.4").await;
+        c.handshake("banker", "banker-demo").await.unwrap_err()
+    };
+    assert!(err.to_string().contains("server.max_connections)"), "{err}");
+    drop(other);
+    // Closed connections are given back: 127.0.0.1 is served again.
+    idle.clear();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = as_user(&server, "banker", "bank-credit").await;
+        match query(&mut c, SHORT).await {
+            Ok(batches) => {
+                assert_eq!(first_i64(&batches), 200);
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("connections were not given back: {e}"),
+        }
+    }
+}
+
+/// A Flight SQL client connected from the loopback address `from`.
+async fn client_from(
+    server: &TestServer,
+    from: &str,
+) -> arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel> {
+    let from: std::net::IpAddr = from.parse().unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .local_address(Some(from))
+        .connect()
+        .await
+        .unwrap();
+    arrow_flight::sql::client::FlightSqlServiceClient::new(channel)
+}
+
+/// A logged-in banker connected from `from`, whose query is answered.
+async fn as_user_from(
+    server: &TestServer,
+    from: &str,
+) -> arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel> {
+    let mut c = client_from(server, from).await;
+    c.handshake("banker", "banker-demo").await.unwrap();
+    c.set_header("x-lakegate-scenario", "bank-credit");
+    assert_eq!(first_i64(&query(&mut c, SHORT).await.unwrap()), 200);
+    c
+}

@@ -1,0 +1,318 @@
+//! The connections the server accepts: bounded in all and per client address, with Nagle's
+//! algorithm off, and an accept loop that does not spin when the process runs out of files.
+//!
+//! Without bounds anybody who can reach the port can open connections until the process has no
+//! file descriptors left (20,000 idle TCP connections need no account): then every Delta read
+//! and audit append fails for every user, and the accept loop retries its failing `accept` as
+//! fast as it can. A connection past a bound is answered (plaintext gRPC clients get
+//! RESOURCE_EXHAUSTED naming the setting) and closed.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// How long the accept loop waits after a failed `accept` (no file descriptors left, say)
+/// before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Refusals answered at once; past this, connections over a bound are closed without a word
+/// (a flood must not turn into a flood of answering tasks).
+const REFUSALS_ANSWERED: usize = 64;
+
+/// How many connections may be held: in all, and from one client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBounds {
+    /// `[server] max_connections`.
+    pub total: usize,
+    /// `[server] max_connections_per_client`.
+    pub per_client: usize,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    total: usize,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+/// Counts the connections held, and refuses those past the bounds.
+pub struct ConnectionLimits {
+    bounds: ConnectionBounds,
+    held: Arc<Mutex<Held>>,
+    answering: Arc<Semaphore>,
+}
+
+/// Why a connection is not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The server holds `[server] max_connections` already.
+    Total(usize),
+    /// The client's address holds `[server] max_connections_per_client` already.
+    PerClient(IpAddr, usize),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Total(n) => write!(
+                f,
+                "too many connections: the server holds {n} (server.max_connections); \
+                 try again shortly"
+            ),
+            Refusal::PerClient(ip, n) => write!(
+                f,
+                "too many connections from {ip}: it holds {n} \
+                 (server.max_connections_per_client); close idle ones"
+            ),
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// Limits with these bounds.
+    pub fn new(bounds: ConnectionBounds) -> Arc<Self> {
+        Arc::new(Self {
+            bounds,
+            held: Arc::default(),
+            answering: Arc::new(Semaphore::new(REFUSALS_ANSWERED)),
+        })
+    }
+
+    /// Connections held now.
+    pub fn held(&self) -> usize {
+        self.held.lock().expect("connection count").total
+    }
+
+    /// Takes one connection from `peer`, or says which bound it passes.
+    fn take(&self, peer: IpAddr) -> Result<Hold, Refusal> {
+        let mut held = self.held.lock().expect("connection count");
+        if held.total >= self.bounds.total {
+            return Err(Refusal::Total(self.bounds.total));
+        }
+        let own = held.per_client.get(&peer).copied().unwrap_or(0);
+        if own >= self.bounds.per_client {
+            return Err(Refusal::PerClient(peer, self.bounds.per_client));
+        }
+        held.total += 1;
+        held.per_client.insert(peer, own + 1);
+        Ok(Hold {
+            held: self.held.clone(),
+            peer,
+        })
+    }
+
+    /// The accepted connections of `listener` within the bounds. Connections past them are
+    /// refused on the way (see the module's doc).
+    pub fn accept(
+        self: Arc<Self>,
+        listener: TcpListener,
+    ) -> impl tokio_stream::Stream<Item = io::Result<Limited>> + Send {
+        futures::stream::unfold((self, listener), |(limits, listener)| async move {
+            loop {
+                let (conn, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // EMFILE and the like: retrying at once would spin a core.
+                        tracing::warn!("cannot accept a connection: {e}");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                // tonic sets TCP_NODELAY only on listeners it binds itself; without it every
+                // small response waits for the client's delayed ACK (about 40 ms).
+                if let Err(e) = conn.set_nodelay(true) {
+                    tracing::debug!("accept: {e}");
+                    continue;
+                }
+                match limits.take(peer.ip()) {
+                    Ok(hold) => {
+                        let conn = Limited {
+                            io: conn,
+                            _hold: hold,
+                        };
+                        return Some((Ok(conn), (limits, listener)));
+                    }
+                    Err(refusal) => limits.refuse(conn, peer, refusal),
+                }
+            }
+        })
+    }
+
+    fn refuse(&self, conn: TcpStream, peer: SocketAddr, refusal: Refusal) {
+        tracing::debug!(%peer, "{refusal}");
+        crate::metrics::metrics().connection_refused();
+        let Ok(permit) = self.answering.clone().try_acquire_owned() else {
+            return; // dropped: closed
+        };
+        tokio::spawn(async move {
+            crate::plaintext::answer_plaintext(conn, 8, &refusal.to_string()).await;
+            drop(permit);
+        });
+    }
+}
+
+/// One held connection: released when the connection is dropped.
+#[derive(Debug)]
+struct Hold {
+    held: Arc<Mutex<Held>>,
+    peer: IpAddr,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().expect("connection count");
+        held.total -= 1;
+        if let Some(n) = held.per_client.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                held.per_client.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// A TCP connection counted against the bounds while it lives.
+pub struct Limited {
+    io: TcpStream,
+    _hold: Hold,
+}
+
+impl Limited {
+    /// The TCP connection (to peek at it).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.io
+    }
+}
+
+impl Connected for Limited {
+    // The TCP connection's, so `Request::remote_addr` keeps working (also under TLS).
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for Limited {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Limited {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// `[server] max_connections` that the process's file limit can carry: at most half of the
+/// open-file limit (the rest is for Delta files, the audit trail and spills), after raising
+/// the soft limit to the hard one.
+pub fn fitted_to_file_limit(bounds: ConnectionBounds) -> ConnectionBounds {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = raised;
+        }
+    }
+    let files = limit.current.unwrap_or(u64::MAX);
+    let most = usize::try_from(files / 2).unwrap_or(usize::MAX);
+    if bounds.total > most {
+        tracing::warn!(
+            configured = bounds.total,
+            open_file_limit = files,
+            "server.max_connections lowered to {most}: half the process's open-file limit"
+        );
+    }
+    ConnectionBounds {
+        total: bounds.total.min(most),
+        per_client: bounds.per_client.min(bounds.total.min(most)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_client: usize) -> Arc<ConnectionLimits> {
+        ConnectionLimits::new(ConnectionBounds { total, per_client })
+    }
+
+    #[test]
+    fn a_client_is_held_to_its_share_and_others_still_connect() {
+        let l = limits(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = l.take(a).unwrap();
+        let _a2 = l.take(a).unwrap();
+        assert_eq!(l.take(a).unwrap_err(), Refusal::PerClient(a, 2));
+        let _b1 = l.take(b).unwrap();
+        assert_eq!(l.take(b).unwrap_err(), Refusal::Total(3));
+        drop(a1);
+        assert_eq!(l.held(), 2);
+        let _b2 = l.take(b).unwrap();
+        assert!(l.take(a).is_err());
+    }
+
+    #[test]
+    fn refusals_name_the_setting() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(Refusal::PerClient(ip, 5)
+            .to_string()
+            .contains("server.max_connections_per_client"));
+        assert!(Refusal::Total(5)
+            .to_string()
+            .contains("server.max_connections)"));
+    }
+
+    #[test]
+    fn released_connections_leave_nothing_held() {
+        let l = limits(10, 10);
+        let ip: IpAddr = "::1".parse().unwrap();
+        let holds: Vec<_> = (0..10).map(|_| l.take(ip).unwrap()).collect();
+        drop(holds);
+        assert_eq!(l.held(), 0);
+        assert!(l.held.lock().unwrap().per_client.is_empty());
+    }
+}
