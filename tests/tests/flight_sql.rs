@@ -774,3 +774,69 @@ async fn health_client(
         .unwrap();
     tonic_health::pb::health_client::HealthClient::new(channel)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameter_dictionaries_count_toward_the_parameter_bound() {
+    // Attacker round 9: DoPut dictionary messages were decoded and kept outside the parameter
+    // byte count (300 of 15 MB held 4.6 GB). Here a 1 MiB dictionary is sent over and over and
+    // its batch never: refused once twice max_sql_bytes arrived.
+    use arrow::array::DictionaryArray;
+    use arrow::datatypes::Int32Type;
+    use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
+    use arrow_flight::FlightData;
+
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let request = ActionCreatePreparedStatementRequest {
+        query: "SELECT count(*) FROM market.penalties WHERE district = ?".into(),
+        transaction_id: None,
+    };
+    let body = lakegate_tests::action(
+        &mut c,
+        "CreatePreparedStatement",
+        request.as_any().encode_to_vec(),
+    )
+    .await
+    .unwrap();
+    let created: ActionCreatePreparedStatementResult = Any::decode(body[0].clone())
+        .unwrap()
+        .unpack()
+        .unwrap()
+        .unwrap();
+    let handle = created.prepared_statement_handle;
+
+    let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let schema = Arc::new(Schema::new(vec![Field::new("0", dictionary, true)]));
+    let big = "x".repeat(1 << 20);
+    let values: DictionaryArray<Int32Type> = vec![big.as_str()].into_iter().collect();
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(values)]).unwrap();
+    let generator = IpcDataGenerator::default();
+    let options = IpcWriteOptions::default();
+    let mut tracker = DictionaryTracker::new(false);
+    let schema_message =
+        generator.schema_to_bytes_with_dictionary_tracker(&schema, &mut tracker, &options);
+    let (mut dictionaries, _batch) = generator
+        .encoded_batch(&batch, &mut tracker, &options)
+        .unwrap();
+    let dictionary = FlightData::from(dictionaries.remove(0));
+    let command = CommandPreparedStatementQuery {
+        prepared_statement_handle: handle,
+    };
+    let mut messages = vec![FlightData::from(schema_message)
+        .with_descriptor(FlightDescriptor::new_cmd(command.as_any().encode_to_vec()))];
+    messages.extend(std::iter::repeat_n(dictionary, 64));
+    let err = match c.do_put(futures::stream::iter(messages)).await {
+        Err(e) => e.to_string(),
+        Ok(results) => results
+            .try_collect::<Vec<_>>()
+            .await
+            .map(|r| format!("accepted: {r:?}"))
+            .unwrap_or_else(|e| e.to_string()),
+    };
+    assert!(err.contains("bytes of parameter values"), "{err}");
+    // The server keeps serving the same client.
+    let batches = query(&mut c, "SELECT count(*) FROM market.enterprises")
+        .await
+        .unwrap();
+    assert_eq!(first_i64(&batches), 200);
+}
