@@ -176,9 +176,9 @@ impl InProcess {
         let batches = result.as_deref().unwrap_or_default();
         let completion = Completion {
             outcome: if result.is_ok() {
-                "completed"
+                gateway::Outcome::Completed
             } else {
-                "failed"
+                gateway::Outcome::Failed
             },
             reason: result.as_ref().err().map(ToString::to_string),
             rows: batches.iter().map(|b| b.num_rows() as u64).sum(),

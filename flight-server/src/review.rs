@@ -13,18 +13,14 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
-use gateway::{scan_metrics, Completion, Gateway, GatewayError, Query};
+use gateway::{scan_metrics, Completion, Gateway, GatewayError, Outcome, Query};
 
 use crate::error::to_status;
 use crate::limits::Slot;
 use crate::service::DoGetStream;
 
 /// A completion with nothing sent.
-pub(crate) fn completion(
-    outcome: &'static str,
-    reason: Option<String>,
-    started: Instant,
-) -> Completion {
+pub(crate) fn completion(outcome: Outcome, reason: Option<String>, started: Instant) -> Completion {
     Completion {
         outcome,
         reason,
@@ -41,7 +37,7 @@ struct Progress {
     rows: u64,
     bytes: u64,
     digest: Sha256,
-    outcome: Option<&'static str>,
+    outcome: Option<Outcome>,
     reason: Option<String>,
 }
 
@@ -71,7 +67,7 @@ impl Drop for Recorder {
         let c = Completion {
             rows_scanned: Some(rows_scanned),
             cpu_ms: Some(cpu_ms),
-            outcome: p.outcome.unwrap_or("cancelled"),
+            outcome: p.outcome.unwrap_or(Outcome::Cancelled),
             reason: p.reason.clone(),
             rows: p.rows,
             bytes: p.bytes,
@@ -85,7 +81,7 @@ impl Drop for Recorder {
     }
 }
 
-fn end(progress: &Mutex<Progress>, outcome: &'static str, reason: String) {
+fn end(progress: &Mutex<Progress>, outcome: Outcome, reason: String) {
     let mut p = progress.lock().expect("progress lock");
     if p.outcome.is_none() {
         p.outcome = Some(outcome);
@@ -142,7 +138,11 @@ pub(crate) fn reviewed_stream(
     let batches = stream.map(move |batch| {
         let batch = batch.map_err(|e| {
             let status = to_status(GatewayError::Execution(e));
-            end(&rows_progress, "failed", status.message().to_string());
+            end(
+                &rows_progress,
+                Outcome::Failed,
+                status.message().to_string(),
+            );
             FlightError::Tonic(Box::new(status))
         })?;
         let serving = gateway.policies();
@@ -154,7 +154,7 @@ pub(crate) fn reviewed_stream(
                               expired) and no longer grant what it was decided under; run it \
                               again"
                     .to_string();
-                end(&rows_progress, "failed", reason.clone());
+                end(&rows_progress, Outcome::Failed, reason.clone());
                 return Err(FlightError::Tonic(Box::new(Status::failed_precondition(
                     reason,
                 ))));
@@ -167,7 +167,7 @@ pub(crate) fn reviewed_stream(
             let reason = format!(
                 "the result exceeds the scenario's max_rows ({max}); narrow the query or aggregate"
             );
-            end(&rows_progress, "refused", reason.clone());
+            end(&rows_progress, Outcome::Refused, reason.clone());
             return Err(FlightError::Tonic(Box::new(Status::resource_exhausted(
                 format!("output review: {reason}"),
             ))));
@@ -187,7 +187,7 @@ pub(crate) fn reviewed_stream(
         .map_err(Status::from)
         .map(move |data| {
             let data = data.inspect_err(|status| {
-                end(&bytes_progress, "failed", status.message().to_string());
+                end(&bytes_progress, Outcome::Failed, status.message().to_string());
             })?;
             let mut p = bytes_progress.lock().expect("progress lock");
             p.bytes += (data.data_header.len() + data.data_body.len()) as u64;
@@ -196,7 +196,7 @@ pub(crate) fn reviewed_stream(
                 let reason = format!(
                     "the result exceeds the deployment's max_result_bytes ({max}); narrow the query or aggregate"
                 );
-                end(&bytes_progress, "refused", reason.clone());
+                end(&bytes_progress, Outcome::Refused, reason.clone());
                 return Err(Status::resource_exhausted(format!("output review: {reason}")));
             }
             p.digest.update(&data.data_header);
@@ -212,7 +212,7 @@ pub(crate) fn reviewed_stream(
     let finished = futures::stream::once(async move {
         // Reached only when every batch went out.
         let mut p = recorder.progress.lock().expect("progress lock");
-        p.outcome.get_or_insert("completed");
+        p.outcome.get_or_insert(Outcome::Completed);
         drop(p);
         drop(recorder);
         None
@@ -244,7 +244,7 @@ fn with_deadline(
                             "the query ran longer than execution.query_timeout_secs ({} s) and was cancelled",
                             limit.as_secs()
                         );
-                        end(&progress, "failed", reason.clone());
+                        end(&progress, Outcome::Failed, reason.clone());
                         Some((Err(Status::deadline_exceeded(format!("query timeout: {reason}"))), None))
                     }
                     item = stream.next() => item.map(|item| (item, Some((stream, timer)))),

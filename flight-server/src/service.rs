@@ -284,9 +284,9 @@ impl LakegateService {
             Ok(q) => q,
             Err(status) => {
                 let outcome = if status.code() == tonic::Code::ResourceExhausted {
-                    "refused"
+                    gateway::Outcome::Refused
                 } else {
-                    "failed"
+                    gateway::Outcome::Failed
                 };
                 if let Some(ctx) = planned.audit_context() {
                     let _ = ctx.recorded().await;
@@ -320,7 +320,7 @@ impl LakegateService {
                     &self.gateway,
                     query,
                     crate::review::completion(
-                        "failed",
+                        gateway::Outcome::Failed,
                         Some(status.message().to_string()),
                         started,
                     ),

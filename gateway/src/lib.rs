@@ -52,7 +52,7 @@ pub use error::GatewayError;
 pub use executor::Executor;
 pub use guard::GuardExec;
 pub use min_group::MinGroupReleaseExec;
-pub use query::{scan_metrics, served_schema, AuditContext, Completion, Query};
+pub use query::{scan_metrics, served_schema, AuditContext, Completion, Outcome, Query};
 pub use secure_exec::{SecureScanCodec, SecureScanExec};
 pub use secure_scan::{SecureTable, SUBJECT_COLUMN};
 use session_gate::SessionGate;
@@ -468,7 +468,7 @@ impl Gateway {
         };
         let mut record = ctx.decision_record()?.as_ref().clone();
         record.kind = "completion".into();
-        record.decision = completion.outcome.into();
+        record.decision = completion.outcome.as_str().into();
         record.reason = completion.reason;
         record.rows_out = Some(completion.rows);
         record.bytes_out = Some(completion.bytes);

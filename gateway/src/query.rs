@@ -105,10 +105,41 @@ fn refused(e: String) -> GatewayError {
 }
 
 /// How an executed query ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every batch was sent.
+    Completed,
+    /// An error ended it (or it could not start).
+    Failed,
+    /// Output review or a limit ended it.
+    Refused,
+    /// Its client went away, or it was stopped.
+    Cancelled,
+}
+
+impl Outcome {
+    /// The word on the audit trail and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Failed => "failed",
+            Outcome::Refused => "refused",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an executed query ended, and what it sent.
 #[derive(Debug, Clone)]
 pub struct Completion {
-    /// `completed`, `failed`, `refused` (output review) or `cancelled`.
-    pub outcome: &'static str,
+    /// How it ended.
+    pub outcome: Outcome,
     /// The error or the limit, if any.
     pub reason: Option<String>,
     /// Rows sent.

@@ -484,7 +484,7 @@ async fn a_decision_written_beside_planning_still_comes_before_any_batch() {
         );
     }
     let no_record = gateway::Completion {
-        outcome: "failed",
+        outcome: gateway::Outcome::Failed,
         reason: None,
         rows: 0,
         bytes: 0,

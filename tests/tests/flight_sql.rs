@@ -815,8 +815,9 @@ async fn parameter_dictionaries_count_toward_the_parameter_bound() {
     let mut tracker = DictionaryTracker::new(false);
     let schema_message =
         generator.schema_to_bytes_with_dictionary_tracker(&schema, &mut tracker, &options);
+    let mut context = arrow::ipc::writer::IpcWriteContext::default();
     let (mut dictionaries, _batch) = generator
-        .encoded_batch(&batch, &mut tracker, &options)
+        .encode(&batch, &mut tracker, &options, &mut context)
         .unwrap();
     let dictionary = FlightData::from(dictionaries.remove(0));
     let command = CommandPreparedStatementQuery {
