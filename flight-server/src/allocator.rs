@@ -1,10 +1,10 @@
 //! The process allocator of the `lakegate` binary and the benchmark binaries.
 //!
 //! mimalloc: DataFusion's and Cedar's many short-lived allocations are cheaper than with the
-//! system allocator (benches/RESULTS.md §2), which is also what datafusion-cli ships. It keeps
+//! system allocator (benches/HISTORY.md §2), which is also what datafusion-cli ships. It keeps
 //! freed pages for `MIMALLOC_PURGE_DELAY` ms (1,000 by default) before returning them to the OS:
 //! a shorter delay lowers the peak resident set under a memory pool but makes queries slower
-//! (RESULTS.md §4), so lakegate keeps mimalloc's default and operators choose.
+//! (HISTORY.md §4), so lakegate keeps mimalloc's default and operators choose.
 
 pub use mimalloc::MiMalloc;
 

@@ -254,7 +254,7 @@ pub struct ExecutionConfig {
     pub sort_merge_joins: bool,
     /// `parquet_pushdown`: evaluate the filters a scan receives inside the Parquet reader, row by
     /// row before the other columns are decoded (late materialization), instead of after
-    /// decoding. TPC-H ran 20% slower with it (benches/RESULTS.md §1); very selective filters on
+    /// decoding. TPC-H ran 20% slower with it (benches/HISTORY.md §1); very selective filters on
     /// wide rows are where it can pay off. Default: false, as DataFusion's own default.
     pub parquet_pushdown: bool,
     /// `max_sql_bytes`: the longest statement accepted (default 1 MiB).
