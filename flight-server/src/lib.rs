@@ -11,6 +11,7 @@ pub mod demo;
 mod error;
 mod front;
 pub mod gate;
+mod handles;
 pub mod jwt;
 pub mod limits;
 mod metadata;

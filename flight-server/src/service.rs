@@ -1,9 +1,8 @@
 //! The Flight SQL protocol over the gateway: a thin layer that authenticates every call, maps each
 //! command to a gateway call, and binds tickets and prepared-statement handles to the caller.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -33,8 +32,6 @@ use arrow_flight::{
     Action, ActionType, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
     HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use datafusion::common::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
@@ -45,6 +42,7 @@ use gateway::{Gateway, Principal, Query};
 
 use crate::auth::{AuthError, Sessions};
 use crate::error::{read_only, to_status};
+use crate::handles::{HandleKind, Handles};
 use crate::limits::Limits;
 use crate::metadata::{
     described, foreign_keys_schema, primary_keys_schema, sql_info, xdbc_type_info, TABLE_TYPE,
@@ -59,44 +57,17 @@ pub const SCENARIO_OPTION: &str = "scenario";
 pub(crate) type DoGetStream =
     Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
-/// How long an unredeemed statement ticket is kept.
-const STATEMENT_TICKET_TTL: Duration = Duration::from_secs(120);
-/// Statement tickets and prepared statements one user may hold at once.
-const MAX_HANDLES_PER_USER: usize = 256;
-
 /// Who is calling: the session token and the principal it acts as.
 struct Caller {
     token: String,
     principal: Principal,
 }
 
-/// A statement ticket or prepared statement, bound to the user and scenario that created it.
-struct Handle {
-    user: String,
-    scenario: Option<String>,
-    created: Instant,
-    /// The SQL text it holds planned (twice for a prepared statement: it may also hold its
-    /// bound form), for the bounds of [`Limits::max_handle_bytes`].
-    weight: usize,
-    kind: HandleKind,
-}
-
-enum HandleKind {
-    /// A planned statement waiting for its one DoGet.
-    Statement(Query),
-    /// A prepared statement with, once parameters were put, its bound form.
-    Prepared {
-        query: Query,
-        bound: Option<Box<Query>>,
-    },
-}
-
 /// The lakegate Flight SQL service.
 pub struct LakegateService {
     gateway: Arc<Gateway>,
     sessions: Arc<Sessions>,
-    handles: Mutex<HashMap<String, Handle>>,
-    handle_ttl: Duration,
+    handles: Handles<Query>,
     sql_info: SqlInfoData,
     xdbc: XdbcTypeInfoData,
     limits: Limits,
@@ -111,22 +82,12 @@ impl LakegateService {
         limits: Limits,
     ) -> Self {
         Self {
+            handles: Handles::new(handle_ttl, limits.max_handle_bytes()),
             limits,
             gateway,
             sessions,
-            handles: Mutex::new(HashMap::new()),
-            handle_ttl,
             sql_info: sql_info(),
             xdbc: xdbc_type_info(),
-        }
-    }
-
-    /// How long a handle lives: a statement ticket is redeemed at once by every client, a
-    /// prepared statement lives as long as the session's token.
-    fn ttl_of(&self, h: &Handle) -> Duration {
-        match h.kind {
-            HandleKind::Statement(_) => self.handle_ttl.min(STATEMENT_TICKET_TTL),
-            HandleKind::Prepared { .. } => self.handle_ttl,
         }
     }
 
@@ -165,93 +126,6 @@ impl LakegateService {
                 user: session.user,
                 scenario,
             },
-        })
-    }
-
-    fn store(&self, caller: &Caller, sql: &str, kind: HandleKind) -> Result<String, Status> {
-        let handle = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
-        let weight = match kind {
-            HandleKind::Statement(_) => sql.len(),
-            HandleKind::Prepared { .. } => sql.len().saturating_mul(2),
-        };
-        let (most_per_user, most) = self.limits.max_handle_bytes();
-        let now = Instant::now();
-        let mut handles = self.handles.lock().expect("handle map poisoned");
-        handles.retain(|_, h| now.duration_since(h.created) < self.ttl_of(h));
-        // A user's handles are bounded in number and in what they hold: past a bound the
-        // user's oldest go.
-        let user = &caller.principal.user;
-        let mut own: Vec<(Instant, usize, String)> = handles
-            .iter()
-            .filter(|(_, h)| &h.user == user)
-            .map(|(k, h)| (h.created, h.weight, k.clone()))
-            .collect();
-        own.sort();
-        let mut held: usize = own.iter().map(|(_, w, _)| w).sum();
-        let mut count = own.len();
-        let mut total: usize = handles.values().map(|h| h.weight).sum();
-        for (_, w, k) in &own {
-            let over = count >= MAX_HANDLES_PER_USER
-                || held + weight > most_per_user
-                || total + weight > most;
-            if !over {
-                break;
-            }
-            handles.remove(k);
-            count -= 1;
-            held -= w;
-            total -= w;
-        }
-        // Others' statements are not this caller's to evict.
-        if total + weight > most {
-            return Err(Status::resource_exhausted(format!(
-                "the server holds as many prepared statements and statement tickets as it may \
-                 ({} MiB of SQL text); try again later",
-                most >> 20
-            )));
-        }
-        handles.insert(
-            handle.clone(),
-            Handle {
-                user: caller.principal.user.clone(),
-                scenario: caller.principal.scenario.clone(),
-                created: now,
-                weight,
-                kind,
-            },
-        );
-        Ok(handle)
-    }
-
-    /// Runs `f` on the handle if it belongs to the caller. A handle of another user or
-    /// scenario fails exactly as an unknown one.
-    fn with_handle<T>(
-        &self,
-        caller: &Caller,
-        handle: &[u8],
-        f: impl FnOnce(&mut HashMap<String, Handle>, String) -> Result<T, Status>,
-    ) -> Result<T, Status> {
-        let key = std::str::from_utf8(handle).unwrap_or_default().to_string();
-        let mut handles = self.handles.lock().expect("handle map poisoned");
-        let owned = handles.get(&key).is_some_and(|h| {
-            h.user == caller.principal.user
-                && h.scenario == caller.principal.scenario
-                && h.created.elapsed() < self.ttl_of(h)
-        });
-        if !owned {
-            return Err(Status::not_found(
-                "unknown or expired statement handle: prepare or execute the statement again",
-            ));
-        }
-        f(&mut handles, key)
-    }
-
-    fn prepared(&self, caller: &Caller, handle: &[u8]) -> Result<Query, Status> {
-        self.with_handle(caller, handle, |handles, key| match &handles[&key].kind {
-            HandleKind::Prepared { query, bound } => Ok(bound.as_deref().unwrap_or(query).clone()),
-            HandleKind::Statement(_) => Err(Status::not_found(
-                "unknown or expired statement handle: prepare or execute the statement again",
-            )),
         })
     }
 
@@ -496,7 +370,9 @@ impl LakegateService {
                 Arc::new(described(&planned.schema(), None))
             }
             Command::CommandPreparedStatementQuery(c) => {
-                let query = self.prepared(&caller, &c.prepared_statement_handle)?;
+                let query = self
+                    .handles
+                    .prepared(&caller.principal, &c.prepared_statement_handle)?;
                 Arc::new(described(&query.schema(), None))
             }
             Command::CommandGetCatalogs(c) => c.into_builder().schema(),
@@ -679,7 +555,11 @@ impl FlightSqlService for LakegateService {
         let caller = self.caller(&request)?;
         let planned = self.plan(&caller, &query.query, client(&request)).await?;
         let schema = described(&planned.schema(), None);
-        let handle = self.store(&caller, &query.query, HandleKind::Statement(planned))?;
+        let handle = self.handles.store(
+            &caller.principal,
+            &query.query,
+            HandleKind::Statement(planned),
+        )?;
         let ticket = TicketStatementQuery {
             statement_handle: handle.into_bytes().into(),
         };
@@ -697,22 +577,9 @@ impl FlightSqlService for LakegateService {
     ) -> Result<Response<DoGetStream>, Status> {
         let caller = self.caller(&request)?;
         // A statement ticket is read once.
-        let query = self.with_handle(&caller, &ticket.statement_handle, |handles, key| {
-            // A prepared statement's handle stays where it is, as it was.
-            if let Some(Handle {
-                kind: HandleKind::Prepared { .. },
-                ..
-            }) = handles.get(&key)
-            {
-                return Err(Status::not_found(
-                    "unknown or expired statement handle: prepare or execute the statement again",
-                ));
-            }
-            match handles.remove(&key).map(|h| h.kind) {
-                Some(HandleKind::Statement(q)) => Ok(q),
-                _ => Err(Status::not_found("unknown or expired statement handle")),
-            }
-        })?;
+        let query = self
+            .handles
+            .take_statement(&caller.principal, &ticket.statement_handle)?;
         self.execute(&caller, &query).await
     }
 
@@ -725,8 +592,8 @@ impl FlightSqlService for LakegateService {
         let planned = self.plan(&caller, &query.query, client(&request)).await?;
         let dataset_schema = schema_bytes(&described(&planned.schema(), None))?;
         let parameter_schema = schema_bytes(&planned.parameter_schema())?;
-        let handle = self.store(
-            &caller,
+        let handle = self.handles.store(
+            &caller.principal,
             &query.query,
             HandleKind::Prepared {
                 query: planned,
@@ -746,16 +613,9 @@ impl FlightSqlService for LakegateService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let caller = self.caller(&request)?;
-        let unbound = self.with_handle(
-            &caller,
-            &query.prepared_statement_handle,
-            |h, key| match &h[&key].kind {
-                HandleKind::Prepared { query, .. } => Ok(query.clone()),
-                HandleKind::Statement(_) => {
-                    Err(Status::not_found("unknown or expired statement handle"))
-                }
-            },
-        )?;
+        let unbound = self
+            .handles
+            .unbound(&caller.principal, &query.prepared_statement_handle)?;
         // Read as it arrives, and stopped at the first row or byte too many: collected whole,
         // 250 batches of 32 MiB held 8.7 GB before the row count was looked at.
         let most = self.limits.max_parameter_bytes();
@@ -820,16 +680,8 @@ impl FlightSqlService for LakegateService {
                 )))
             }
         };
-        self.with_handle(&caller, &query.prepared_statement_handle, |h, key| {
-            if let Some(Handle {
-                kind: HandleKind::Prepared { bound: slot, .. },
-                ..
-            }) = h.get_mut(&key)
-            {
-                *slot = bound;
-            }
-            Ok(())
-        })?;
+        self.handles
+            .bind(&caller.principal, &query.prepared_statement_handle, bound)?;
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(query.prepared_statement_handle),
         })
@@ -841,7 +693,9 @@ impl FlightSqlService for LakegateService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = self.caller(&request)?;
-        let query = self.prepared(&caller, &cmd.prepared_statement_handle)?;
+        let query = self
+            .handles
+            .prepared(&caller.principal, &cmd.prepared_statement_handle)?;
         flight_info(
             &described(&query.schema(), None),
             cmd.as_any().encode_to_vec(),
@@ -855,7 +709,9 @@ impl FlightSqlService for LakegateService {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let caller = self.caller(&request)?;
-        let query = self.prepared(&caller, &cmd.prepared_statement_handle)?;
+        let query = self
+            .handles
+            .prepared(&caller.principal, &cmd.prepared_statement_handle)?;
         self.execute(&caller, &query).await
     }
 
@@ -865,10 +721,8 @@ impl FlightSqlService for LakegateService {
         request: Request<Action>,
     ) -> Result<(), Status> {
         let caller = self.caller(&request)?;
-        self.with_handle(&caller, &cmd.prepared_statement_handle, |h, key| {
-            h.remove(&key);
-            Ok(())
-        })
+        self.handles
+            .close(&caller.principal, &cmd.prepared_statement_handle)
     }
 
     // ---- metadata -------------------------------------------------------------------------

@@ -1,0 +1,290 @@
+//! Statement tickets and prepared statements: what a client holds between calls. Each is bound
+//! to the user and scenario that made it (another's fails exactly as an unknown one), expires,
+//! and is bounded per user and in all by count and by the SQL it holds.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use gateway::Principal;
+use tonic::Status;
+
+/// How long an unredeemed statement ticket is kept: every client redeems it at once.
+const STATEMENT_TICKET_TTL: Duration = Duration::from_secs(120);
+
+/// Statement tickets and prepared statements one user may hold at once.
+const MAX_HANDLES_PER_USER: usize = 256;
+
+/// What every call naming a handle that is not the caller's (unknown, expired, another user's or
+/// scenario's, or of the other kind) gets.
+const UNKNOWN: &str = "unknown or expired statement handle: prepare or execute the statement again";
+
+fn unknown() -> Status {
+    Status::not_found(UNKNOWN)
+}
+
+/// What a handle holds: a planned statement waiting for its one DoGet, or a prepared statement
+/// with, once parameters were put, its bound form.
+pub(crate) enum HandleKind<Q> {
+    Statement(Q),
+    Prepared { query: Q, bound: Option<Box<Q>> },
+}
+
+struct Handle<Q> {
+    user: String,
+    scenario: Option<String>,
+    created: Instant,
+    /// The SQL text it holds planned (twice for a prepared statement: it may also hold its
+    /// bound form), for the byte bounds.
+    weight: usize,
+    kind: HandleKind<Q>,
+}
+
+/// The handles of one server. `Q` is the planned query (generic so the store is tested alone).
+pub(crate) struct Handles<Q> {
+    map: Mutex<HashMap<String, Handle<Q>>>,
+    /// How long a prepared statement lives: as long as a session's token.
+    prepared_ttl: Duration,
+    /// Bytes of SQL one user, and all users, may hold ([`crate::limits::Limits::max_handle_bytes`]).
+    most: (usize, usize),
+}
+
+impl<Q: Clone> Handles<Q> {
+    /// A store whose prepared statements live `prepared_ttl`, holding at most `most` bytes of
+    /// SQL (per user, in all).
+    pub(crate) fn new(prepared_ttl: Duration, most: (usize, usize)) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            prepared_ttl,
+            most,
+        }
+    }
+
+    fn ttl_of(&self, h: &Handle<Q>) -> Duration {
+        match h.kind {
+            HandleKind::Statement(_) => self.prepared_ttl.min(STATEMENT_TICKET_TTL),
+            HandleKind::Prepared { .. } => self.prepared_ttl,
+        }
+    }
+
+    /// Keeps `kind` (planned from `sql`) for `who` and returns its new handle. Past a user's
+    /// bounds the user's oldest handles go; past the bound of all users the call is refused.
+    pub(crate) fn store(
+        &self,
+        who: &Principal,
+        sql: &str,
+        kind: HandleKind<Q>,
+    ) -> Result<String, Status> {
+        let handle = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+        let weight = match kind {
+            HandleKind::Statement(_) => sql.len(),
+            HandleKind::Prepared { .. } => sql.len().saturating_mul(2),
+        };
+        let (most_per_user, most) = self.most;
+        let now = Instant::now();
+        let mut handles = self.map.lock().expect("handle map poisoned");
+        handles.retain(|_, h| now.duration_since(h.created) < self.ttl_of(h));
+        let mut own: Vec<(Instant, usize, String)> = handles
+            .iter()
+            .filter(|(_, h)| h.user == who.user)
+            .map(|(k, h)| (h.created, h.weight, k.clone()))
+            .collect();
+        own.sort();
+        let mut held: usize = own.iter().map(|(_, w, _)| w).sum();
+        let mut count = own.len();
+        let mut total: usize = handles.values().map(|h| h.weight).sum();
+        for (_, w, k) in &own {
+            let over = count >= MAX_HANDLES_PER_USER
+                || held + weight > most_per_user
+                || total + weight > most;
+            if !over {
+                break;
+            }
+            handles.remove(k);
+            count -= 1;
+            held -= w;
+            total -= w;
+        }
+        // Others' statements are not this caller's to evict.
+        if total + weight > most {
+            return Err(Status::resource_exhausted(format!(
+                "the server holds as many prepared statements and statement tickets as it may \
+                 ({} MiB of SQL text); try again later",
+                most >> 20
+            )));
+        }
+        handles.insert(
+            handle.clone(),
+            Handle {
+                user: who.user.clone(),
+                scenario: who.scenario.clone(),
+                created: now,
+                weight,
+                kind,
+            },
+        );
+        Ok(handle)
+    }
+
+    /// Runs `f` on `who`'s live handle `handle`; any other fails as an unknown one.
+    fn with<T>(
+        &self,
+        who: &Principal,
+        handle: &[u8],
+        f: impl FnOnce(&mut HashMap<String, Handle<Q>>, String) -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        let key = std::str::from_utf8(handle).unwrap_or_default().to_string();
+        let mut handles = self.map.lock().expect("handle map poisoned");
+        let owned = handles.get(&key).is_some_and(|h| {
+            h.user == who.user && h.scenario == who.scenario && h.created.elapsed() < self.ttl_of(h)
+        });
+        if !owned {
+            return Err(unknown());
+        }
+        f(&mut handles, key)
+    }
+
+    /// The statement a ticket names, taken: a ticket is redeemed once.
+    pub(crate) fn take_statement(&self, who: &Principal, handle: &[u8]) -> Result<Q, Status> {
+        self.with(who, handle, |handles, key| {
+            // A prepared statement's handle stays where it is, as it was.
+            if !matches!(handles[&key].kind, HandleKind::Statement(_)) {
+                return Err(unknown());
+            }
+            match handles.remove(&key).map(|h| h.kind) {
+                Some(HandleKind::Statement(q)) => Ok(q),
+                _ => Err(unknown()),
+            }
+        })
+    }
+
+    /// A prepared statement as it runs: bound, if parameters were put.
+    pub(crate) fn prepared(&self, who: &Principal, handle: &[u8]) -> Result<Q, Status> {
+        self.with(who, handle, |handles, key| match &handles[&key].kind {
+            HandleKind::Prepared { query, bound } => Ok(bound.as_deref().unwrap_or(query).clone()),
+            HandleKind::Statement(_) => Err(unknown()),
+        })
+    }
+
+    /// A prepared statement as it was prepared, without parameters.
+    pub(crate) fn unbound(&self, who: &Principal, handle: &[u8]) -> Result<Q, Status> {
+        self.with(who, handle, |handles, key| match &handles[&key].kind {
+            HandleKind::Prepared { query, .. } => Ok(query.clone()),
+            HandleKind::Statement(_) => Err(unknown()),
+        })
+    }
+
+    /// Sets (or clears) the bound form of a prepared statement.
+    pub(crate) fn bind(
+        &self,
+        who: &Principal,
+        handle: &[u8],
+        bound: Option<Box<Q>>,
+    ) -> Result<(), Status> {
+        self.with(who, handle, |handles, key| {
+            match handles.get_mut(&key).map(|h| &mut h.kind) {
+                Some(HandleKind::Prepared { bound: slot, .. }) => {
+                    *slot = bound;
+                    Ok(())
+                }
+                _ => Err(unknown()),
+            }
+        })
+    }
+
+    /// Forgets a prepared statement.
+    pub(crate) fn close(&self, who: &Principal, handle: &[u8]) -> Result<(), Status> {
+        self.with(who, handle, |handles, key| {
+            handles.remove(&key);
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(user: &str, scenario: &str) -> Principal {
+        Principal {
+            user: user.into(),
+            scenario: Some(scenario.into()),
+        }
+    }
+
+    fn store() -> Handles<String> {
+        Handles::new(Duration::from_secs(60), (100, 1_000))
+    }
+
+    #[test]
+    fn a_handle_is_its_makers_only_and_a_ticket_is_redeemed_once() {
+        let s = store();
+        let alice = who("alice", "credit");
+        let t = s
+            .store(&alice, "q", HandleKind::Statement("planned".into()))
+            .unwrap();
+        for other in [who("bob", "credit"), who("alice", "claims")] {
+            let err = s.take_statement(&other, t.as_bytes()).unwrap_err();
+            assert_eq!(err.message(), UNKNOWN);
+        }
+        // A ticket is not a prepared statement, nor the other way round.
+        assert!(s.prepared(&alice, t.as_bytes()).is_err());
+        assert_eq!(s.take_statement(&alice, t.as_bytes()).unwrap(), "planned");
+        assert!(s.take_statement(&alice, t.as_bytes()).is_err());
+        let p = s
+            .store(
+                &alice,
+                "q",
+                HandleKind::Prepared {
+                    query: "unbound".into(),
+                    bound: None,
+                },
+            )
+            .unwrap();
+        assert!(s.take_statement(&alice, p.as_bytes()).is_err());
+        assert_eq!(s.prepared(&alice, p.as_bytes()).unwrap(), "unbound");
+        s.bind(&alice, p.as_bytes(), Some(Box::new("bound".into())))
+            .unwrap();
+        assert_eq!(s.prepared(&alice, p.as_bytes()).unwrap(), "bound");
+        assert_eq!(s.unbound(&alice, p.as_bytes()).unwrap(), "unbound");
+        assert!(s.close(&who("bob", "credit"), p.as_bytes()).is_err());
+        s.close(&alice, p.as_bytes()).unwrap();
+        assert!(s.prepared(&alice, p.as_bytes()).is_err());
+        assert!(s.take_statement(&alice, b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn a_users_oldest_go_past_their_bytes_and_the_total_refuses() {
+        let s = store();
+        let alice = who("alice", "credit");
+        let sql = "x".repeat(40);
+        let first = s
+            .store(&alice, &sql, HandleKind::Statement("1".into()))
+            .unwrap();
+        let second = s
+            .store(&alice, &sql, HandleKind::Statement("2".into()))
+            .unwrap();
+        // 120 bytes would pass alice's 100: her oldest goes.
+        let third = s
+            .store(&alice, &sql, HandleKind::Statement("3".into()))
+            .unwrap();
+        assert!(s.take_statement(&alice, first.as_bytes()).is_err());
+        assert!(s.take_statement(&alice, second.as_bytes()).is_ok());
+        assert!(s.take_statement(&alice, third.as_bytes()).is_ok());
+        // Other users fill the total: then a new handle is refused, and nobody else's evicted.
+        for i in 0..10 {
+            s.store(
+                &who(&format!("u{i}"), "s"),
+                &"y".repeat(100),
+                HandleKind::Statement(String::new()),
+            )
+            .unwrap();
+        }
+        let err = s
+            .store(&alice, &sql, HandleKind::Statement("4".into()))
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    }
+}
