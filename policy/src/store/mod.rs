@@ -18,16 +18,18 @@ use crate::lake_schema::{generate_schema, row_type, LakeDescription, TableDescri
 use crate::predicate::{self, Predicate};
 use crate::{Mask, PolicyError};
 
+mod action;
 mod lint;
 mod slice;
 
+use action::{Action, PerAction};
 use slice::{Reaches, Requester};
 
 /// (user, scenario, table).
 type GrantKey = (String, String, String);
 
 /// (action index, indices into `PolicySet::reach`): names an [`ActionSet`].
-type ActionSetKey = (usize, Vec<u32>);
+type ActionSetKey = (Action, Vec<u32>);
 
 // The caches below keep the most recently used entries: past their size, each new entry makes
 // the least recently used one go, so no call pays for dropping many at once.
@@ -48,24 +50,10 @@ const MEMO_BUDGET: usize = 250_000;
 /// How many (scenario, time) request contexts a policy set keeps.
 const CONTEXT_ENTRIES: usize = 10_000;
 
-/// The actions a grant asks about; a [`Slice`] holds one policy set per action, in this order.
-const ACTIONS: [&str; 5] = [
-    "query",
-    "read_column",
-    "read_masked",
-    "aggregate",
-    "read_row",
-];
-const QUERY: usize = 0;
-const READ_COLUMN: usize = 1;
-const READ_MASKED: usize = 2;
-const AGGREGATE: usize = 3;
-const READ_ROW: usize = 4;
-
 /// The policies that can apply to one (user, scenario), per action (see [`slice`]).
 struct Slice {
-    /// One per [`ACTIONS`] entry; slices with the same policies for an action share its set.
-    sets: Vec<std::sync::Arc<ActionSet>>,
+    /// Slices with the same policies for an action share its set.
+    sets: PerAction<std::sync::Arc<ActionSet>>,
     /// The entity store holds the user, so the slice settled every principal scope it kept:
     /// shared sets may answer from their memos.
     exact: bool,
@@ -183,8 +171,8 @@ pub struct PolicySet {
     grants: std::sync::Mutex<Lru<GrantKey, (u64, std::sync::Arc<Grant>)>>,
     /// Every policy with the requests it can reach, in load order.
     reach: Reaches,
-    /// [`ACTIONS`] as entity uids, and their ancestors (`None`: not in the store).
-    actions: Vec<(EntityUid, Option<HashSet<EntityUid>>)>,
+    /// The actions as entity uids, and their ancestors (`None`: not in the store).
+    actions: PerAction<(EntityUid, Option<HashSet<EntityUid>>)>,
     /// `Lake::Column`, parsed once.
     column_type: EntityTypeName,
     /// Slices by (user, scenario): they do not depend on time.
@@ -499,13 +487,11 @@ impl PolicySet {
             })?;
 
         let reach = Reaches::new(&policies);
-        let actions: Vec<(EntityUid, Option<HashSet<EntityUid>>)> = slice::action_uids()
-            .into_iter()
-            .map(|a| {
-                let ancestors = entities.ancestors(&a).map(|i| i.cloned().collect());
-                (a, ancestors)
-            })
-            .collect();
+        let actions = PerAction::new(|a| {
+            let uid = slice::action_uid(a);
+            let ancestors = entities.ancestors(&uid).map(|i| i.cloned().collect());
+            (uid, ancestors)
+        });
 
         let warnings = lint::warnings(&lint::Loaded {
             policies: &policies,
@@ -516,7 +502,7 @@ impl PolicySet {
             lake,
             schema: &schema,
             partial_entities: &partial_entities,
-            read_masked: &actions[READ_MASKED].0,
+            read_masked: &actions[Action::ReadMasked].0,
         });
         for w in &warnings {
             tracing::warn!("policy: {w}");
@@ -695,7 +681,7 @@ impl PolicySet {
             context: &context,
         };
         let table_uid = entity_uid("Lake::Table", &table)?;
-        let (allowed, table_policies) = self.decide(&ask, QUERY, table_uid)?;
+        let (allowed, table_policies) = self.decide(&ask, Action::Query, table_uid)?;
         if !allowed {
             return Ok(Grant::denied(table_policies));
         }
@@ -729,10 +715,10 @@ impl PolicySet {
             self.column_type.clone(),
             EntityId::new(format!("{table}.{column}")),
         );
-        if let (true, why) = self.decide(ask, READ_COLUMN, uid.clone())? {
+        if let (true, why) = self.decide(ask, Action::ReadColumn, uid.clone())? {
             return Ok((ColumnTreatment::Raw, why));
         }
-        if let (true, why) = self.decide(ask, READ_MASKED, uid.clone())? {
+        if let (true, why) = self.decide(ask, Action::ReadMasked, uid.clone())? {
             let masks = why
                 .iter()
                 .map(|id| {
@@ -746,7 +732,7 @@ impl PolicySet {
             let mask = Mask::most_restrictive(masks).expect("an allow has a reason");
             return Ok((ColumnTreatment::Masked(mask), why));
         }
-        if let (true, why) = self.decide(ask, AGGREGATE, uid)? {
+        if let (true, why) = self.decide(ask, Action::Aggregate, uid)? {
             let k = why
                 .iter()
                 .map(|id| {
@@ -797,12 +783,12 @@ impl PolicySet {
         Ok(Some(crate::Privacy { epsilon, bounds }))
     }
 
-    /// One Cedar decision of [`ACTIONS`]`[action]` on `resource` against the slice's policies
+    /// One Cedar decision of `action` on `resource` against the slice's policies
     /// for that action: allowed or not, and the determining policy ids.
     fn decide(
         &self,
         ask: &Ask<'_>,
-        action: usize,
+        action: Action,
         resource: EntityUid,
     ) -> Result<(bool, Vec<String>), PolicyError> {
         let set = &ask.slice.sets[action];
@@ -832,7 +818,7 @@ impl PolicySet {
             .is_authorized(&request, &set.policies, &self.entities);
         for e in response.diagnostics().errors() {
             // Cedar skips a policy that errors; the decision stands on the rest.
-            let action = ACTIONS[action];
+            let action = action.name();
             let principal = ask.principal;
             tracing::warn!(%principal, action, "policy evaluation error: {e}");
         }
@@ -855,7 +841,7 @@ impl PolicySet {
         ask: &Ask<'_>,
         desc: &TableDescription,
     ) -> Result<(RowPredicate, Vec<String>), PolicyError> {
-        let set = &ask.slice.sets[READ_ROW];
+        let set = &ask.slice.sets[Action::ReadRow];
         if set.policies.is_empty() {
             // No permit: no row, and nothing to name.
             return Ok((RowPredicate::None, vec![]));
@@ -889,7 +875,7 @@ impl PolicySet {
         let ty = EntityTypeName::from_str(&row_type).map_err(|e| request_err(&e))?;
         let request = PartialRequest::new(
             PartialEntityUid::from_concrete(principal.clone()),
-            self.actions[READ_ROW].0.clone(),
+            self.actions[Action::ReadRow].0.clone(),
             PartialEntityUid::new(ty, None),
             Some(context.clone()),
             &self.schema,
@@ -990,23 +976,21 @@ impl PolicySet {
                 .map(|a| a.cloned().collect()),
             scenario,
         };
-        let mut members: Vec<Vec<u32>> = ACTIONS.iter().map(|_| Vec::new()).collect();
-        for i in self.reach.for_scenario(scenario) {
-            let (_, reach) = self.reach.get(i);
-            if !reach.reaches(&who) {
-                continue;
-            }
-            for (list, (action, ancestors)) in members.iter_mut().zip(&self.actions) {
-                if reach.reaches_action(action, ancestors.as_ref()) {
-                    list.push(i);
-                }
-            }
-        }
-        let sets = members
+        let reaching: Vec<u32> = self
+            .reach
+            .for_scenario(scenario)
             .into_iter()
-            .enumerate()
-            .map(|(action, list)| self.action_set(action, list))
-            .collect::<Result<_, _>>()?;
+            .filter(|&i| self.reach.get(i).1.reaches(&who))
+            .collect();
+        let sets = PerAction::try_new(|action| {
+            let (uid, ancestors) = &self.actions[action];
+            let members = reaching
+                .iter()
+                .copied()
+                .filter(|&i| self.reach.get(i).1.reaches_action(uid, ancestors.as_ref()))
+                .collect();
+            self.action_set(action, members)
+        })?;
         let slice = std::sync::Arc::new(Slice {
             sets,
             exact: who.ancestors.is_some(),
@@ -1024,7 +1008,7 @@ impl PolicySet {
     /// every slice that holds the same ones.
     fn action_set(
         &self,
-        action: usize,
+        action: Action,
         members: Vec<u32>,
     ) -> Result<std::sync::Arc<ActionSet>, PolicyError> {
         let mut sets = self.action_sets.lock().expect("action sets poisoned");
@@ -1071,7 +1055,7 @@ impl PolicySet {
         .map_err(|e| PolicyError::Request(describe(&e)))?;
         // Every action has the same context type; one check stands for all requests with it.
         context
-            .validate(&self.schema, &self.actions[QUERY].0)
+            .validate(&self.schema, &self.actions[Action::Query].0)
             .map_err(|e| PolicyError::Request(describe(&e)))?;
         self.contexts
             .lock()

@@ -21,7 +21,7 @@ use std::str::FromStr;
 
 use cedar_policy::{pst, EntityId, EntityTypeName, EntityUid, Policy};
 
-use super::ACTIONS;
+use super::action::Action;
 
 /// The Cedar type of every principal the gateway asks about.
 const USER_TYPE: &str = "Lake::User";
@@ -257,15 +257,10 @@ fn reads_user_or_time(v: &serde_json::Value) -> bool {
     }
 }
 
-/// The actions the gateway asks about, in [`ACTIONS`] order, as entity uids.
-pub(super) fn action_uids() -> Vec<EntityUid> {
-    ACTIONS
-        .iter()
-        .map(|a| {
-            let ty = EntityTypeName::from_str("Lake::Action").expect("a valid type name");
-            EntityUid::from_type_name_and_id(ty, EntityId::new(a))
-        })
-        .collect()
+/// `action` as an entity uid (`Lake::Action::"…"`).
+pub(super) fn action_uid(action: Action) -> EntityUid {
+    let ty = EntityTypeName::from_str("Lake::Action").expect("a valid type name");
+    EntityUid::from_type_name_and_id(ty, EntityId::new(action.name()))
 }
 
 fn uid(u: &pst::EntityUID) -> Option<EntityUid> {

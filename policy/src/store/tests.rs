@@ -452,16 +452,13 @@ fn slices_decide_exactly_as_the_whole_set() {
     let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
     // The whole set, never memoized: what Cedar says of every request.
     let whole = Slice {
-        sets: ACTIONS
-            .iter()
-            .map(|_| {
-                std::sync::Arc::new(ActionSet::new(
-                    set.policies.clone(),
-                    false,
-                    &Budget::default(),
-                ))
-            })
-            .collect(),
+        sets: PerAction::new(|_| {
+            std::sync::Arc::new(ActionSet::new(
+                set.policies.clone(),
+                false,
+                &Budget::default(),
+            ))
+        }),
         exact: false,
     };
     // Before and after `mask-until-2030` stops applying.
@@ -513,29 +510,32 @@ fn slices_decide_exactly_as_the_whole_set() {
         v
     };
     let slice = set.slice(&alice, "alice", "hr-stats").unwrap();
-    assert_eq!(ids(&slice.sets[QUERY]), ["scope-any"]);
-    assert_eq!(ids(&slice.sets[READ_COLUMN]), ["cols-hr-stats"]);
+    assert_eq!(ids(&slice.sets[Action::Query]), ["scope-any"]);
+    assert_eq!(ids(&slice.sets[Action::ReadColumn]), ["cols-hr-stats"]);
     assert_eq!(
-        ids(&slice.sets[READ_MASKED]),
+        ids(&slice.sets[Action::ReadMasked]),
         ["mask-not-first", "mask-unless", "mask-until-2030"]
     );
-    assert_eq!(ids(&slice.sets[AGGREGATE]), ["agg-alice"]);
+    assert_eq!(ids(&slice.sets[Action::Aggregate]), ["agg-alice"]);
     assert_eq!(
-        ids(&slice.sets[READ_ROW]),
+        ids(&slice.sets[Action::ReadRow]),
         ["rows-forbid-any", "rows-hr-stats"]
     );
     let mallory = entity_uid("Lake::User", "mallory").unwrap();
     let slice = set.slice(&mallory, "mallory", "old").unwrap();
-    assert_eq!(ids(&slice.sets[QUERY]), ["scope-any"]);
+    assert_eq!(ids(&slice.sets[Action::Query]), ["scope-any"]);
     assert_eq!(
-        ids(&slice.sets[READ_COLUMN]),
+        ids(&slice.sets[Action::ReadColumn]),
         ["cols-reversed", "forbid-salary-old"]
     );
-    assert!(ids(&slice.sets[AGGREGATE]).is_empty());
+    assert!(ids(&slice.sets[Action::Aggregate]).is_empty());
     // A user the store does not hold: no principal scope is trusted to exclude.
     let ghost = entity_uid("Lake::User", "ghost").unwrap();
     let slice = set.slice(&ghost, "ghost", "old").unwrap();
-    assert_eq!(ids(&slice.sets[READ_ROW]), ["rows-forbid-any", "rows-old"]);
+    assert_eq!(
+        ids(&slice.sets[Action::ReadRow]),
+        ["rows-forbid-any", "rows-old"]
+    );
     assert!(!slice.exact);
 
     // Slices with the same policies share their sets; a set whose policies read neither the
@@ -544,28 +544,31 @@ fn slices_decide_exactly_as_the_whole_set() {
     let a = set.slice(&alice, "alice", "hr-stats").unwrap();
     let b = set.slice(&bob, "bob", "hr-stats").unwrap();
     assert!(a.exact && b.exact);
-    for action in [QUERY, READ_COLUMN, READ_MASKED, AGGREGATE, READ_ROW] {
-        if action == AGGREGATE {
+    for action in Action::ALL {
+        if action == Action::Aggregate {
             // `agg-alice` names alice.
             assert!(!std::sync::Arc::ptr_eq(&a.sets[action], &b.sets[action]));
         } else {
             assert!(std::sync::Arc::ptr_eq(&a.sets[action], &b.sets[action]));
         }
     }
-    assert!(a.sets[READ_COLUMN].shared);
+    assert!(a.sets[Action::ReadColumn].shared);
     assert_eq!(
-        a.sets[READ_COLUMN]
+        a.sets[Action::ReadColumn]
             .decisions
             .get("hr-stats", "hr.employees.name"),
         Some((true, vec!["cols-hr-stats".to_string()]))
     );
-    assert!(!a.sets[QUERY].shared, "scope-any reads the principal");
     assert!(
-        !a.sets[READ_MASKED].shared,
+        !a.sets[Action::Query].shared,
+        "scope-any reads the principal"
+    );
+    assert!(
+        !a.sets[Action::ReadMasked].shared,
         "mask-until-2030 reads the time"
     );
     assert!(
-        !a.sets[READ_ROW].shared,
+        !a.sets[Action::ReadRow].shared,
         "rows-hr-stats reads the principal"
     );
 }
