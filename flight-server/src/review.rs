@@ -168,8 +168,8 @@ pub(crate) fn reviewed_stream(
                 "the result exceeds the scenario's max_rows ({max}); narrow the query or aggregate"
             );
             end(&rows_progress, Outcome::Refused, reason.clone());
-            return Err(FlightError::Tonic(Box::new(Status::resource_exhausted(
-                format!("output review: {reason}"),
+            return Err(FlightError::Tonic(Box::new(to_status(
+                GatewayError::Review(reason),
             ))));
         }
         p.rows = rows;
@@ -197,7 +197,7 @@ pub(crate) fn reviewed_stream(
                     "the result exceeds the deployment's max_result_bytes ({max}); narrow the query or aggregate"
                 );
                 end(&bytes_progress, Outcome::Refused, reason.clone());
-                return Err(Status::resource_exhausted(format!("output review: {reason}")));
+                return Err(to_status(GatewayError::Review(reason)));
             }
             p.digest.update(&data.data_header);
             p.digest.update(&data.data_body);
