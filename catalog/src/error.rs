@@ -27,6 +27,14 @@ pub enum CatalogError {
         /// delta-rs's error.
         source: Box<deltalake::DeltaTableError>,
     },
+    /// A Delta table lakegate writes (the audit export, the demo) could not be written.
+    #[error("cannot write Delta table {url}: {source}")]
+    Write {
+        /// Where it lives.
+        url: String,
+        /// delta-rs's error.
+        source: Box<deltalake::DeltaTableError>,
+    },
     /// A configured override names a column the table does not have.
     #[error("table {table}: subject key `{key}` is not a column of the table; fix lakegate.subject_key or [lake.tables.\"{table}\"] subject_key")]
     SubjectKey {

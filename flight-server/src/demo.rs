@@ -607,39 +607,15 @@ fn building_energy(rng: &mut Rng, owners: &[Enterprise], n: usize) -> anyhow::Re
         .batch()
 }
 
-/// Writes one Delta table and sets its subject key with a property commit.
+/// Writes one Delta table and sets its subject key with a property commit
+/// ([`catalog::write_subject_table`]).
 pub async fn write_delta_table(
     url: url::Url,
     options: HashMap<String, String>,
     batch: RecordBatch,
     subject_key: &str,
 ) -> anyhow::Result<DeltaTable> {
-    // Load only a table that exists: loading a missing one makes delta-kernel log an error.
-    let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())?
-        .with_storage_options(options)
-        .build()
-        .with_context(|| format!("cannot open {url}"))?;
-    if table.verify_deltatable_existence().await? {
-        table
-            .load()
-            .await
-            .with_context(|| format!("cannot load {url}"))?;
-    }
-    let table = table
-        .write(vec![batch])
-        .with_save_mode(SaveMode::Overwrite)
-        .await
-        .with_context(|| format!("cannot write {url}"))?;
-    let table = table
-        .set_tbl_properties()
-        .with_properties(HashMap::from([(
-            catalog::SUBJECT_KEY_PROPERTY.to_string(),
-            subject_key.to_string(),
-        )]))
-        .with_raise_if_not_exists(false)
-        .await
-        .with_context(|| format!("cannot set the subject key of {url}"))?;
-    Ok(table)
+    Ok(catalog::write_subject_table(url, options, batch, subject_key).await?)
 }
 
 async fn write_tables(lake: &Path, rows: usize) -> anyhow::Result<()> {

@@ -168,22 +168,10 @@ pub async fn write_table(
     batch: RecordBatch,
     mode: SaveMode,
 ) -> Result<(), GatewayError> {
-    let err = |e: deltalake::DeltaTableError| GatewayError::Audit(format!("{url}: {e}"));
-    // Load only a table that exists: loading a missing one makes delta-kernel log an error.
-    let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())
-        .map_err(err)?
-        .with_storage_options(options)
-        .build()
-        .map_err(err)?;
-    if table.verify_deltatable_existence().await.map_err(err)? {
-        table.load().await.map_err(err)?;
-    }
-    table
-        .write(vec![batch])
-        .with_save_mode(mode)
+    catalog::write_table(url, options, batch, mode)
         .await
-        .map_err(err)?;
-    Ok(())
+        .map(|_| ())
+        .map_err(|e| GatewayError::Audit(e.to_string()))
 }
 
 impl crate::Gateway {
