@@ -376,84 +376,13 @@ pub fn config(dir: &Path, memory_limit: Option<u64>) -> anyhow::Result<lake_conf
     Ok(config)
 }
 
-const ADMIN_SCHEMA: &str = r#"// The admin's part of the Cedar schema for the TPC-H benchmark lake.
-namespace Lake {
-  entity Org;
-  entity User in [Org];
-  entity Scenario {
-    purpose: String,
-    operator: Org,
-    expires: datetime,
-    tables: Set<Table>,
-    nations: Set<Long>,
-  };
-}
-"#;
+const ADMIN_SCHEMA: &str = include_str!("../policies/schema.cedarschema");
 
 /// Two scenarios over the same tables. `tpch-open` sees everything (mode b); `tpch-policed` is a
 /// realistic licence (mode c): customer names redacted, phones reduced to the country code,
 /// customers only of the scenario's nations, part retail prices only in aggregates over at least
 /// five parts.
-pub const POLICIES: &str = r#"// TPC-H benchmark policies.
-
-@id("scenario-scope")
-permit (principal, action == Lake::Action::"query", resource)
-when {
-  resource in context.scenario.tables &&
-  principal in context.scenario.operator &&
-  context.now < context.scenario.expires
-};
-
-// ---- tpch-open: every column and row -------------------------------------------------------
-@id("open-columns")
-permit (principal, action == Lake::Action::"read_column", resource)
-when { context.scenario == Lake::Scenario::"tpch-open" };
-
-@id("open-rows")
-permit (principal, action == Lake::Action::"read_row", resource)
-when { context.scenario == Lake::Scenario::"tpch-open" };
-
-// ---- tpch-policed ----------------------------------------------------------------------------
-@id("policed-columns")
-permit (principal, action == Lake::Action::"read_column", resource)
-when {
-  context.scenario == Lake::Scenario::"tpch-policed" &&
-  !["c_name", "c_phone", "p_retailprice"].contains(resource.name)
-};
-
-@id("policed-names-redacted")
-@mask("redact")
-permit (principal, action == Lake::Action::"read_masked",
-        resource == Lake::Column::"tpch.customer.c_name")
-when { context.scenario == Lake::Scenario::"tpch-policed" };
-
-@id("policed-phones-country-code")
-@mask("show_first:2")
-permit (principal, action == Lake::Action::"read_masked",
-        resource == Lake::Column::"tpch.customer.c_phone")
-when { context.scenario == Lake::Scenario::"tpch-policed" };
-
-@id("policed-retail-price-aggregate-only")
-@min_group("5")
-permit (principal, action == Lake::Action::"aggregate",
-        resource == Lake::Column::"tpch.part.p_retailprice")
-when { context.scenario == Lake::Scenario::"tpch-policed" };
-
-// Customers only of the scenario's nations; every row of the other tables.
-@id("policed-customers-by-nation")
-permit (principal, action == Lake::Action::"read_row", resource is Lake::Rows::tpch::customer)
-when {
-  context.scenario == Lake::Scenario::"tpch-policed" &&
-  context.scenario.nations.contains(resource.c_nationkey)
-};
-
-@id("policed-other-rows")
-permit (principal, action == Lake::Action::"read_row", resource)
-when {
-  context.scenario == Lake::Scenario::"tpch-policed" &&
-  !(resource is Lake::Rows::tpch::customer)
-};
-"#;
+pub const POLICIES: &str = include_str!("../policies/policies.cedar");
 
 fn entities() -> serde_json::Value {
     use serde_json::json;
