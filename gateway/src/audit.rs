@@ -43,6 +43,10 @@ pub enum AuditError {
     },
 }
 
+/// The longest refusal or failure reason a record keeps: error texts can be far larger than
+/// the statement they are about (see [`crate::error::bounded_text`]).
+pub const MAX_REASON_BYTES: usize = 16 << 10;
+
 /// A table read by a query, with its version and what the user saw of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableRead {
@@ -343,6 +347,12 @@ impl AuditLog {
 
     /// Chains, writes and fsyncs `record`; returns it as written.
     pub fn append(&self, mut record: AuditRecord) -> Result<AuditRecord, AuditError> {
+        if let Some(reason) = &record.reason {
+            if reason.len() > MAX_REASON_BYTES {
+                record.reason =
+                    Some(crate::error::bounded_text(reason, MAX_REASON_BYTES).into_owned());
+            }
+        }
         let mut tail = self.tail.lock().expect("audit lock poisoned");
         if tail.size >= self.segment_bytes {
             let next = tail.segment + 1;

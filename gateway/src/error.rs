@@ -74,3 +74,34 @@ impl GatewayError {
         }
     }
 }
+
+/// `text` cut to at most `most` bytes (on a character boundary), saying how much was left out.
+/// Error texts repeat what planning made of a statement, which can be far larger than the
+/// statement (an alias expanded a thousand times: a 400 MB message, attacker round 11); what a
+/// client or the audit trail gets of one is bounded.
+pub fn bounded_text(text: &str, most: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= most {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut cut = most;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}… ({} more bytes not shown)",
+        &text[..cut],
+        text.len() - cut
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded_text;
+
+    #[test]
+    fn long_texts_are_cut_on_a_character_boundary_and_say_so() {
+        assert_eq!(bounded_text("short", 10), "short");
+        let cut = bounded_text("ééééé", 3);
+        assert_eq!(cut, "é… (8 more bytes not shown)");
+    }
+}

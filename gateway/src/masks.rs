@@ -101,6 +101,11 @@ fn text_literals(text: &str) -> String {
         if c == '\'' || c == '"' {
             let mut j = i + 1;
             while j < chars.len() {
+                // A backslash escapes the next character (Debug-printed values: `\"`).
+                if chars[j] == '\\' {
+                    j += 2;
+                    continue;
+                }
                 if chars[j] == c {
                     if chars.get(j + 1) == Some(&c) {
                         j += 2;
@@ -293,6 +298,7 @@ mod tests {
             "Cast error: Cannot cast string 'SECRET-4711' to value of Int32 type",
             "no such value \"O'Brien\" or 'it''s' near 110108199001011234X, 3.5 and x2",
             "unterminated 'tail",
+            r#"Array(StringViewArray [ "Zhang \"Hui\" Li", ])"#,
         ]));
         let out = strings(&apply(&Mask::Literals, &raw, None).unwrap());
         assert_eq!(
@@ -301,6 +307,7 @@ mod tests {
                 Some("Cast error: Cannot cast string '?' to value of Int32 type".into()),
                 Some("no such value \"?\" or '?' near ?, ? and x2".into()),
                 Some("unterminated '?".into()),
+                Some(r#"Array(StringViewArray [ "?", ])"#.into()),
             ]
         );
     }
@@ -404,6 +411,10 @@ mod tests {
             (
                 "SELECT x FROM t WHERE i > INTERVAL '3 days' AND s = $$Li$$",
                 "SELECT x FROM t WHERE i > INTERVAL ? AND s = ?",
+            ),
+            (
+                "SELECT x FROM t WHERE n = :Sun_Li AND m = $Li_Na AND i = $2 AND j = ?",
+                "SELECT x FROM t WHERE n = :? AND m = ? AND i = $2 AND j = ?",
             ),
         ];
         for (sql, masked) in cases {

@@ -77,9 +77,12 @@ pub(crate) fn values_masked(sql: &str) -> Option<(String, Vec<String>)> {
     on_stack_for(sql, || Parser::parse_sql(&GenericDialect {}, sql).is_ok()).then_some(())?;
     let mut out = String::with_capacity(sql.len());
     let mut values = Vec::new();
+    let mut after_colon = false;
     for token in tokens {
+        // `:name`, a named parameter some clients write, tokenizes as `:` and a word.
+        let named = std::mem::replace(&mut after_colon, matches!(token, Token::Colon));
         let value = match token {
-            Token::Word(w) if w.quote_style.is_none() => {
+            Token::Word(w) if w.quote_style.is_none() && !named => {
                 out.push_str(&w.to_string());
                 continue;
             }
@@ -111,6 +114,16 @@ pub(crate) fn values_masked(sql: &str) -> Option<(String, Vec<String>)> {
             Token::QuoteDelimitedStringLiteral(q)
             | Token::NationalQuoteDelimitedStringLiteral(q) => q.value,
             Token::Char(c) if !c.is_ascii_punctuation() => c.to_string(),
+            // `?` and `$1` are what clients bind; a named placeholder (`:name`, `$name`) is
+            // free text.
+            Token::Placeholder(p)
+                if !(p == "?"
+                    || p.strip_prefix('$').is_some_and(|n| {
+                        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+                    })) =>
+            {
+                p
+            }
             other => {
                 out.push_str(&other.to_string());
                 continue;
@@ -321,6 +334,7 @@ fn parse_and_bound(sql: &str, limits: StatementLimits) -> Result<Statement, Gate
     }) {
         depth::check(s, limits.max_depth)?;
         check_cte_copies(s, limits.max_sql_bytes)?;
+        crate::expansion::check(s, limits.max_sql_bytes)?;
     }
     if statements.len() != 1 {
         return Err(GatewayError::Sql(datafusion::error::DataFusionError::Plan(

@@ -43,29 +43,51 @@ impl Dialect for LakeDialect {
 /// into 6 MB of SQL (attacker round 10). TPC-H's largest plan has under 1,000.
 pub const MAX_UNPARSED_NODES: usize = 20_000;
 
+/// The most bytes of string literals in a plan written back as SQL: an alias over a large
+/// literal, named a thousand times, is a small plan with a 100 MB text (attacker round 11).
+pub const MAX_UNPARSED_LITERAL_BYTES: usize = 1 << 20;
+
 /// `plan` as SQL text; a plan of more than [`MAX_UNPARSED_NODES`] is not written, and the text
 /// says so.
 pub(crate) fn plan_sql(plan: &LogicalPlan) -> Result<String> {
-    let nodes = plan_nodes(plan, MAX_UNPARSED_NODES + 1);
+    let (nodes, literal_bytes) = plan_size(plan, MAX_UNPARSED_NODES + 1);
     if nodes > MAX_UNPARSED_NODES {
         return Ok(format!(
             "(not written back as SQL: the plan has more than {MAX_UNPARSED_NODES} nodes and \
              expressions; the statement is as sent)"
         ));
     }
+    if literal_bytes > MAX_UNPARSED_LITERAL_BYTES {
+        return Ok(format!(
+            "(not written back as SQL: the plan's literals hold {literal_bytes} bytes, more than \
+             {MAX_UNPARSED_LITERAL_BYTES}; the statement is as sent)"
+        ));
+    }
     let shown = crate::aggregate_only::display_form(plan)?;
     Ok(Unparser::new(&LakeDialect).plan_to_sql(&shown)?.to_string())
 }
 
-/// The plan's nodes and expression nodes (subqueries included), counted up to `most`.
-fn plan_nodes(plan: &LogicalPlan, most: usize) -> usize {
+/// The plan's nodes and expression nodes (subqueries included), counted up to `most`, and the
+/// bytes of its string literals.
+fn plan_size(plan: &LogicalPlan, most: usize) -> (usize, usize) {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-    let mut n = 0usize;
+    use datafusion::logical_expr::Expr;
+    use datafusion::scalar::ScalarValue;
+    let (mut n, mut bytes) = (0usize, 0usize);
     let _ = plan.apply_with_subqueries(|p| {
         n += 1;
         for e in p.expressions() {
-            let _ = e.apply(|_| {
+            let _ = e.apply(|e| {
                 n += 1;
+                if let Expr::Literal(
+                    ScalarValue::Utf8(Some(s))
+                    | ScalarValue::LargeUtf8(Some(s))
+                    | ScalarValue::Utf8View(Some(s)),
+                    _,
+                ) = e
+                {
+                    bytes = bytes.saturating_add(s.len());
+                }
                 Ok(if n >= most {
                     TreeNodeRecursion::Stop
                 } else {
@@ -79,7 +101,7 @@ fn plan_nodes(plan: &LogicalPlan, most: usize) -> usize {
             TreeNodeRecursion::Continue
         })
     });
-    n
+    (n, bytes)
 }
 
 #[cfg(test)]

@@ -399,3 +399,57 @@ async fn as_user_from(
     assert_eq!(first_i64(&query(&mut c, SHORT).await.unwrap()), 200);
     c
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_planning_would_multiply_are_refused_and_long_errors_are_cut() {
+    // Attacker round 11: a 604-byte CUBE of 20 columns (2^20 grouping sets) ran for minutes
+    // after its client left and held 9.5 GB; an alias over a 10 KB literal named 1,000 times in
+    // GROUP BY made a 100 MB error, sent as a status and written whole to the audit trail.
+    let config = demo_config(|_| {});
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    let started = Instant::now();
+    let columns: Vec<String> = (0..20).map(|i| format!("district AS c{i}")).collect();
+    let names: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+    let cube = format!(
+        "SELECT count(*) FROM (SELECT {} FROM market.penalties) t GROUP BY CUBE({})",
+        columns.join(", "),
+        names.join(", ")
+    );
+    let err = query(&mut banker, &cube).await.unwrap_err();
+    assert!(err.contains("1048576 grouping sets"), "{err}");
+    let big = format!("'{}'", "x".repeat(10_000));
+    let groups: Vec<String> = (0..1_000).map(|i| format!("a || '{i}'")).collect();
+    let aliases = format!(
+        "SELECT ({big} || district) AS a, count(*) FROM market.penalties GROUP BY {}",
+        groups.join(", ")
+    );
+    let err = query(&mut banker, &aliases).await.unwrap_err();
+    assert!(err.contains("SELECT aliases"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // An error listing 5,000 fields reaches the client and the trail cut, saying so.
+    let fields: Vec<String> = (0..5_000).map(|i| format!("1 AS c{i}")).collect();
+    let long = format!("SELECT nosuch FROM (SELECT {}) t", fields.join(", "));
+    let err = query(&mut banker, &long).await.unwrap_err();
+    assert!(
+        err.contains("more bytes not shown") && err.len() < 6_000,
+        "{}",
+        err.len()
+    );
+    let reason = lakegate_tests::audit_records(&config.audit.dir)
+        .into_iter()
+        .filter(|r| r.kind == "decision" && r.sql == long)
+        .find_map(|r| r.reason)
+        .expect("the refusal is on the trail");
+    assert!(
+        reason.contains("more bytes not shown") && reason.len() <= 17 << 10,
+        "{}",
+        reason.len()
+    );
+    // The server still serves.
+    assert_eq!(first_i64(&query(&mut banker, SHORT).await.unwrap()), 200);
+}
