@@ -6,14 +6,23 @@
 //! and audit append fails for every user, and the accept loop retries its failing `accept` as
 //! fast as it can. A connection past a bound is answered (plaintext gRPC clients get
 //! RESOURCE_EXHAUSTED naming the setting) and closed.
+//!
+//! Bounds alone would let connections that never log in hold every slot (18 addresses x 256
+//! idle sockets locked everybody out, attacker round 11). So a connection must make an
+//! authenticated call within `[server] login_timeout_secs` or it is closed, and when the server is full the
+//! oldest connection that has not logged in yet is closed to make room for a new one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures::task::AtomicWaker;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,6 +44,10 @@ pub struct ConnectionBounds {
     pub total: usize,
     /// `[server] max_connections_per_client`.
     pub per_client: usize,
+    /// `[server] login_timeout_secs`: how long a connection may go without an authenticated
+    /// call (a live bearer token seen by the gate) before it is closed; a client logs in and
+    /// calls at once.
+    pub login_within: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +61,65 @@ pub struct ConnectionLimits {
     bounds: ConnectionBounds,
     held: Arc<Mutex<Held>>,
     answering: Arc<Semaphore>,
+    /// Connections not yet logged in, oldest first (the first to close when the server is full).
+    anonymous: Mutex<VecDeque<Weak<ConnState>>>,
+}
+
+/// What the server knows of one connection while it lives.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    authenticated: AtomicBool,
+    evicted: AtomicBool,
+    /// Wakes the connection's reader to close it.
+    waker: AtomicWaker,
+}
+
+impl ConnState {
+    /// An authenticated call came over this connection: it may stay.
+    pub fn authenticated(&self) {
+        self.authenticated.store(true, Ordering::Relaxed);
+    }
+
+    fn evict(&self) -> bool {
+        if self.authenticated.load(Ordering::Relaxed) || self.evicted.swap(true, Ordering::Relaxed)
+        {
+            return false;
+        }
+        self.waker.wake();
+        true
+    }
+}
+
+/// The connection a request came over: its TCP details and its [`ConnState`] (tonic's
+/// `ConnectInfo` of a [`Limited`] connection, in every request's extensions).
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// The TCP connection's addresses.
+    pub tcp: TcpConnectInfo,
+    /// Its state.
+    pub state: Arc<ConnState>,
+}
+
+/// The connection of a request with these extensions (plaintext or TLS).
+pub fn conn_of(extensions: &http::Extensions) -> Option<&Conn> {
+    extensions.get::<Conn>().or_else(|| {
+        extensions
+            .get::<tonic::transport::server::TlsConnectInfo<Conn>>()
+            .map(|t| t.get_ref())
+    })
+}
+
+/// The client address of a tonic request.
+pub fn peer<T>(request: &tonic::Request<T>) -> Option<SocketAddr> {
+    let extensions = request.extensions();
+    extensions
+        .get::<Conn>()
+        .or_else(|| {
+            extensions
+                .get::<tonic::transport::server::TlsConnectInfo<Conn>>()
+                .map(|t| t.get_ref())
+        })
+        .and_then(|c| c.tcp.remote_addr())
 }
 
 /// Why a connection is not taken.
@@ -83,6 +155,7 @@ impl ConnectionLimits {
             bounds,
             held: Arc::default(),
             answering: Arc::new(Semaphore::new(REFUSALS_ANSWERED)),
+            anonymous: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -91,10 +164,11 @@ impl ConnectionLimits {
         self.held.lock().expect("connection count").total
     }
 
-    /// Takes one connection from `peer`, or says which bound it passes.
+    /// Takes one connection from `peer`, or says which bound it passes. A full server closes
+    /// its oldest connection that has not logged in to make room (briefly holding one more).
     fn take(&self, peer: IpAddr) -> Result<Hold, Refusal> {
         let mut held = self.held.lock().expect("connection count");
-        if held.total >= self.bounds.total {
+        if held.total >= self.bounds.total && !self.evict_oldest_anonymous() {
             return Err(Refusal::Total(self.bounds.total));
         }
         let own = held.per_client.get(&peer).copied().unwrap_or(0);
@@ -107,6 +181,32 @@ impl ConnectionLimits {
             held: self.held.clone(),
             peer,
         })
+    }
+
+    /// Closes the oldest live connection that has not logged in; false when there is none.
+    fn evict_oldest_anonymous(&self) -> bool {
+        let mut anonymous = self.anonymous.lock().expect("anonymous connections");
+        while let Some(oldest) = anonymous.pop_front() {
+            if let Some(state) = oldest.upgrade() {
+                if state.evict() {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Keeps `state` among the connections not yet logged in (dropping the entries of those
+    /// gone or logged in when the list has grown past the bound).
+    fn track(&self, state: &Arc<ConnState>) {
+        let mut anonymous = self.anonymous.lock().expect("anonymous connections");
+        if anonymous.len() >= self.bounds.total {
+            anonymous.retain(|w| {
+                w.upgrade()
+                    .is_some_and(|s| !s.authenticated.load(Ordering::Relaxed))
+            });
+        }
+        anonymous.push_back(Arc::downgrade(state));
     }
 
     /// The accepted connections of `listener` within the bounds. Connections past them are
@@ -134,9 +234,16 @@ impl ConnectionLimits {
                 }
                 match limits.take(peer.ip()) {
                     Ok(hold) => {
+                        let state = Arc::new(ConnState::default());
+                        limits.track(&state);
                         let conn = Limited {
                             io: conn,
                             _hold: hold,
+                            state,
+                            login_by: Some(Box::pin(tokio::time::sleep(
+                                limits.bounds.login_within,
+                            ))),
+                            login_within: limits.bounds.login_within,
                         };
                         return Some((Ok(conn), (limits, listener)));
                     }
@@ -179,10 +286,41 @@ impl Drop for Hold {
     }
 }
 
-/// A TCP connection counted against the bounds while it lives.
+/// A TCP connection counted against the bounds while it lives, closed when it has not logged
+/// in within [`ConnectionBounds::login_within`] or is evicted for a newer one.
 pub struct Limited {
     io: TcpStream,
     _hold: Hold,
+    state: Arc<ConnState>,
+    /// Until the first authenticated call.
+    login_by: Option<Pin<Box<tokio::time::Sleep>>>,
+    login_within: Duration,
+}
+
+impl Limited {
+    /// Why the connection must close now, if it must.
+    fn must_close(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.login_by.as_ref()?;
+        if self.state.authenticated.load(Ordering::Relaxed) {
+            self.login_by = None;
+            return None;
+        }
+        self.state.waker.register(cx.waker());
+        if self.state.evicted.load(Ordering::Relaxed) {
+            return Some(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed to make room: no login on this connection yet",
+            ));
+        }
+        let deadline = self.login_by.as_mut().expect("checked");
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no login within {} s", self.login_within.as_secs()),
+            ));
+        }
+        None
+    }
 }
 
 impl Limited {
@@ -193,11 +331,15 @@ impl Limited {
 }
 
 impl Connected for Limited {
-    // The TCP connection's, so `Request::remote_addr` keeps working (also under TLS).
-    type ConnectInfo = TcpConnectInfo;
+    // Read with [`peer`] and [`conn_of`] (tonic's `Request::remote_addr` knows only its own
+    // types).
+    type ConnectInfo = Conn;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.io.connect_info()
+    fn connect_info(&self) -> Conn {
+        Conn {
+            tcp: self.io.connect_info(),
+            state: self.state.clone(),
+        }
     }
 }
 
@@ -207,6 +349,9 @@ impl AsyncRead for Limited {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.must_close(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -268,6 +413,7 @@ pub fn fitted_to_file_limit(bounds: ConnectionBounds) -> ConnectionBounds {
     ConnectionBounds {
         total: bounds.total.min(most),
         per_client: bounds.per_client.min(bounds.total.min(most)),
+        login_within: bounds.login_within,
     }
 }
 
@@ -276,7 +422,11 @@ mod tests {
     use super::*;
 
     fn limits(total: usize, per_client: usize) -> Arc<ConnectionLimits> {
-        ConnectionLimits::new(ConnectionBounds { total, per_client })
+        ConnectionLimits::new(ConnectionBounds {
+            total,
+            per_client,
+            login_within: Duration::from_secs(30),
+        })
     }
 
     #[test]
@@ -293,6 +443,29 @@ mod tests {
         assert_eq!(l.held(), 2);
         let _b2 = l.take(b).unwrap();
         assert!(l.take(a).is_err());
+    }
+
+    #[test]
+    fn a_full_server_closes_its_oldest_connection_not_logged_in() {
+        let l = limits(2, 2);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = Arc::new(ConnState::default());
+        let second = Arc::new(ConnState::default());
+        let _h1 = l.take(a).unwrap();
+        l.track(&first);
+        let _h2 = l.take(a).unwrap();
+        l.track(&second);
+        // Full: the oldest that has not logged in goes, the newcomer is taken.
+        let _h3 = l.take(b).unwrap();
+        assert!(first.evicted.load(Ordering::Relaxed));
+        assert!(!second.evicted.load(Ordering::Relaxed));
+        // Logged-in connections are never closed for a newcomer.
+        second.authenticated();
+        let third = Arc::new(ConnState::default());
+        third.authenticated();
+        l.track(&third);
+        assert_eq!(l.take(b).unwrap_err(), Refusal::Total(2));
+        assert!(!second.evicted.load(Ordering::Relaxed));
     }
 
     #[test]

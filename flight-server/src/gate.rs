@@ -104,6 +104,10 @@ where
             }
             Ok(gated) => {
                 if let Some(gated) = gated {
+                    // A live token: the connection has logged in and may stay.
+                    if let Some(conn) = crate::connections::conn_of(request.extensions()) {
+                        conn.state.authenticated();
+                    }
                     request.extensions_mut().insert(gated);
                 }
                 Box::pin(self.inner.call(request))

@@ -77,6 +77,7 @@ impl Server {
             ConnectionLimits::new(crate::connections::fitted_to_file_limit(ConnectionBounds {
                 total: config.server.max_connections,
                 per_client: config.server.max_connections_per_client,
+                login_within: Duration::from_secs(config.server.login_timeout_secs),
             }));
         Ok(Self {
             connections,

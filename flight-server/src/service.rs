@@ -207,7 +207,7 @@ impl LakegateService {
 
 /// The client's address, for the audit trail.
 fn client<T>(request: &Request<T>) -> Option<String> {
-    request.remote_addr().map(|a| a.to_string())
+    crate::connections::peer(request).map(|a| a.to_string())
 }
 
 fn bearer(metadata: &MetadataMap) -> Option<String> {
@@ -515,7 +515,7 @@ impl FlightSqlService for LakegateService {
             Status::unauthenticated("the basic credentials are not base64 of user:password")
         })?;
         let logged_user = user.clone();
-        let client_ip = request.remote_addr().map(|a| a.ip());
+        let client_ip = crate::connections::peer(&request).map(|a| a.ip());
         let token = self
             .sessions
             .authenticate(&user, &password, client_ip)

@@ -93,6 +93,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// `max_connections_per_client`: connections one client address may hold (default 256).
     pub max_connections_per_client: usize,
+    /// `login_timeout_secs`: how long a connection may go without an authenticated call before
+    /// it is closed (default 30).
+    pub login_timeout_secs: u64,
 }
 
 /// `[server.tls]`: the server's certificate and key (PEM), and optionally the CA whose
@@ -379,6 +382,7 @@ struct RawServer {
     metrics_listen: Option<String>,
     max_connections: Option<usize>,
     max_connections_per_client: Option<usize>,
+    login_timeout_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -725,6 +729,14 @@ impl Config {
         }
         let max_connections = raw.server.max_connections.unwrap_or(4096);
         let max_connections_per_client = raw.server.max_connections_per_client.unwrap_or(256);
+        let login_timeout_secs = raw.server.login_timeout_secs.unwrap_or(30);
+        if login_timeout_secs == 0 {
+            return Err(invalid(
+                "server.login_timeout_secs",
+                "0 s closes every connection before it can log in".to_string(),
+                "write at least 1, or leave it out (default 30)",
+            ));
+        }
         if max_connections == 0 || max_connections_per_client == 0 {
             return Err(invalid(
                 "server.max_connections",
@@ -775,6 +787,7 @@ impl Config {
                 metrics_listen,
                 max_connections,
                 max_connections_per_client,
+                login_timeout_secs,
                 tls: raw.server.tls.map(|t| TlsConfig {
                     cert: base.join(t.cert),
                     key: base.join(t.key),

@@ -265,6 +265,11 @@ fn connection_bounds_parse_with_defaults_and_zero_is_refused() {
         ),
         (4096, 256)
     );
+    assert_eq!(d.server.login_timeout_secs, 30);
+    let err = parse(&format!("[server]\nlogin_timeout_secs = 0\n{base}"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.login_timeout_secs"), "{err}");
     let c = parse(&format!(
         "[server]\nmax_connections = 100\nmax_connections_per_client = 7\n{base}"
     ))

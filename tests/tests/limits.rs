@@ -316,10 +316,12 @@ async fn idle_connection(server: &TestServer, from: &str) -> tokio::net::TcpStre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_bounded_per_client_and_in_all_and_refusals_say_so() {
     // 20,000 idle connections (no account needed) used to take every file descriptor the
-    // process had: then no Delta file or audit segment could be opened, for anybody.
+    // process had: then no Delta file or audit segment could be opened, for anybody. With
+    // bounds alone, connections that never log in held every slot (attacker round 11).
     let config = demo_config(|c| {
         c.server.max_connections = 6;
         c.server.max_connections_per_client = 4;
+        c.server.login_timeout_secs = 3;
     });
     let server = TestServer::start_with(&config).await;
     let mut idle = Vec::new();
@@ -337,21 +339,63 @@ async fn connections_are_bounded_per_client_and_in_all_and_refusals_say_so() {
             .contains("server.max_connections_per_client"),
         "{err}"
     );
-    // Another address still connects, up to the total.
-    let other = as_user_from(&server, "127.0.0.2").await;
+    // Another address still connects, up to the total: then the oldest connection that has not
+    // logged in is closed to make room for a newcomer.
+    let logged_in = as_user_from(&server, "127.0.0.2").await;
     idle.push(idle_connection(&server, "127.0.0.3").await);
+    let newcomer = as_user_from(&server, "127.0.0.4").await;
+    assert!(closed_within(&mut idle[0], Duration::from_secs(2)).await);
+    // Connections that never log in are closed after login_timeout_secs; logged-in ones stay.
+    for conn in &mut idle[1..] {
+        assert!(closed_within(conn, Duration::from_secs(6)).await);
+    }
+    drop((logged_in, newcomer));
+    // When every connection held has logged in, a newcomer is refused, naming the total.
+    let mut held = Vec::new();
+    for from in [
+        "127.0.0.5",
+        "127.0.0.5",
+        "127.0.0.5",
+        "127.0.0.6",
+        "127.0.0.6",
+        "127.0.0.6",
+    ] {
+        held.push(eventually_served_from(&server, from).await);
+    }
     let err = {
-        let mut c = client_from(&server, "127.0.0.4").await;
+        let mut c = client_from(&server, "127.0.0.7").await;
         c.handshake("banker", "banker-demo").await.unwrap_err()
     };
     assert!(err.to_string().contains("server.max_connections)"), "{err}");
-    drop(other);
-    // Closed connections are given back: 127.0.0.1 is served again.
-    idle.clear();
+    // Closed connections are given back.
+    held.clear();
+    eventually_served_from(&server, "127.0.0.1").await;
+}
+
+/// Whether the server closes `conn` within `time` (its read ends).
+async fn closed_within(conn: &mut tokio::net::TcpStream, time: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let read = async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // the server's HTTP/2 settings
+            }
+        }
+    };
+    tokio::time::timeout(time, read).await.is_ok()
+}
+
+/// A banker logged in from `from` and answered, retried while the server sees earlier
+/// connections close (it does when it reads their end: a moment under load).
+async fn eventually_served_from(
+    server: &TestServer,
+    from: &str,
+) -> arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        // The server sees each close when the connection's EOF is read: a moment under load.
-        let mut c = server.client().await;
+        let mut c = client_from(server, from).await;
         let answered = match c.handshake("banker", "banker-demo").await {
             Ok(_) => {
                 c.set_header("x-lakegate-scenario", "bank-credit");
@@ -362,13 +406,13 @@ async fn connections_are_bounded_per_client_and_in_all_and_refusals_say_so() {
         match answered {
             Ok(batches) => {
                 assert_eq!(first_i64(&batches), 200);
-                break;
+                return c;
             }
             Err(e) if Instant::now() < deadline => {
                 eprintln!("not yet: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => panic!("connections were not given back: {e}"),
+            Err(e) => panic!("not served from {from}: {e}"),
         }
     }
 }
