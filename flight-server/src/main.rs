@@ -187,6 +187,7 @@ async fn run() -> anyhow::Result<()> {
                 return Ok(());
             }
             let config = load(&path)?;
+            let shutdown = flight_server::shutdown_signal();
             let server = flight_server::Server::bind(&config, listen).await?;
             let ca = config
                 .server
@@ -197,7 +198,7 @@ async fn run() -> anyhow::Result<()> {
                 "{}",
                 connection_help(&server.local_addr()?.to_string(), ca.as_deref())
             );
-            server.run(flight_server::shutdown_signal()).await
+            server.run(shutdown).await
         }
         Command::Policy { command } => match command {
             PolicyCommand::Check { config } => {

@@ -230,25 +230,35 @@ fn tls_config(tls: &lake_config::TlsConfig) -> anyhow::Result<tonic::transport::
 
 /// Binds and serves until SIGTERM or SIGINT (Ctrl-C).
 pub async fn serve(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    // The handlers first: a signal that arrives once "listening" is printed must drain, not
+    // kill the process with the default action.
+    let shutdown = shutdown_signal();
     let server = Server::bind(config, listen).await?;
-    server.run(shutdown_signal()).await
+    server.run(shutdown).await
 }
 
-/// Resolves on SIGTERM (what service managers send) or SIGINT, and says which.
-pub async fn shutdown_signal() {
+/// Resolves on SIGTERM (what service managers send) or SIGINT, and says which. The handlers are
+/// installed when this is called (inside a Tokio runtime), not when the future is first polled.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).ok();
-    let sigterm = async {
-        match term.as_mut() {
-            Some(t) => t.recv().await,
-            None => std::future::pending().await,
-        }
-    };
-    let name = tokio::select! {
-        _ = sigterm => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-    };
-    tracing::info!("{name}: no new calls; draining the running ones");
+    let mut int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let on = |s: &mut Option<tokio::signal::unix::Signal>| {
+            let s = s.take();
+            async move {
+                match s {
+                    Some(mut s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            }
+        };
+        let name = tokio::select! {
+            _ = on(&mut term) => "SIGTERM",
+            _ = on(&mut int) => "SIGINT",
+        };
+        tracing::info!("{name}: no new calls; draining the running ones");
+    }
 }
 
 /// Reloads the policy folder when its files change, and on SIGHUP.
