@@ -87,6 +87,9 @@ pub struct Gateway {
     last_anchor: tokio::sync::Mutex<u64>,
     /// The last audit segment exported to `lakegate_audit.queries`.
     last_exported: tokio::sync::Mutex<u64>,
+    /// Usage of the closed segments counted so far, and the last one counted: each export adds
+    /// the newly closed segments instead of reading the whole trail again.
+    usage_totals: tokio::sync::Mutex<(u64, audit::UsageTotals)>,
     max_result_bytes: Option<u64>,
     /// The serving policy set; shared with queries that read it again when they run.
     policies: Arc<RwLock<Arc<PolicySet>>>,
@@ -140,6 +143,7 @@ impl Gateway {
             audit: Arc::new(audit),
             last_anchor: tokio::sync::Mutex::new(0),
             last_exported: tokio::sync::Mutex::new(0),
+            usage_totals: tokio::sync::Mutex::new((0, audit::UsageTotals::new())),
             max_result_bytes: config.audit.max_result_bytes,
             policies: Arc::new(RwLock::new(Arc::new(policies))),
             policy_fingerprint: std::sync::Mutex::new(fingerprint(&config.policy.dir)),

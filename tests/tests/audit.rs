@@ -307,6 +307,23 @@ async fn the_regulator_reads_the_trail_through_lakegate_with_parameters_masked()
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     };
     assert_eq!(rows(&usage), 1, "{}", lakegate_tests::pretty(&usage));
+    // Kept up to date segment by segment, it says what the whole trail says.
+    let on_trail = gateway::audit::usage(&config.audit.dir, Some("bank-credit"), None).unwrap();
+    let expected: u64 = on_trail.iter().map(|r| r.queries).sum();
+    let exported = loop {
+        let usage = query(
+            &mut regulator,
+            "SELECT CAST(sum(queries) AS BIGINT) FROM lakegate_audit.usage WHERE user = 'banker'",
+        )
+        .await
+        .unwrap();
+        let n = lakegate_tests::first_i64(&usage) as u64;
+        if n == expected || std::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    assert_eq!(exported, expected);
     // Other operators do not see the trail at all.
     let err = query(&mut banker, "SELECT count(*) FROM lakegate_audit.queries")
         .await
