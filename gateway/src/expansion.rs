@@ -131,14 +131,8 @@ fn expanded_alias_bytes(select: &ast::Select, order_by: Option<&ast::OrderBy>) -
 
 #[cfg(test)]
 mod tests {
+    use crate::statement::tests::refused;
     use crate::statement::{parse_read_statement, StatementLimits};
-
-    fn refused(sql: &str) -> String {
-        match parse_read_statement(sql, StatementLimits::default()) {
-            Err(e) => e.to_string(),
-            Ok(s) => panic!("{sql} was accepted as {s}"),
-        }
-    }
 
     #[test]
     fn cubes_past_the_grouping_set_bound_are_refused() {

@@ -601,10 +601,11 @@ pub(crate) fn verify_read_plan(plan: &LogicalPlan) -> Result<(), GatewayError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn refused(sql: &str) -> String {
+    /// The refusal of `sql`; panics when it is accepted.
+    pub(crate) fn refused(sql: &str) -> String {
         match parse_read_statement(sql, StatementLimits::default()) {
             Err(e) => e.to_string(),
             Ok(s) => panic!("{sql} was accepted as {s}"),
