@@ -168,12 +168,13 @@ impl ConnectionLimits {
     /// its oldest connection that has not logged in to make room (briefly holding one more).
     fn take(&self, peer: IpAddr) -> Result<Hold, Refusal> {
         let mut held = self.held.lock().expect("connection count");
-        if held.total >= self.bounds.total && !self.evict_oldest_anonymous() {
-            return Err(Refusal::Total(self.bounds.total));
-        }
+        // The client's own bound first: nobody is evicted for a connection refused anyway.
         let own = held.per_client.get(&peer).copied().unwrap_or(0);
         if own >= self.bounds.per_client {
             return Err(Refusal::PerClient(peer, self.bounds.per_client));
+        }
+        if held.total >= self.bounds.total && !self.evict_oldest_anonymous() {
+            return Err(Refusal::Total(self.bounds.total));
         }
         held.total += 1;
         held.per_client.insert(peer, own + 1);
