@@ -20,8 +20,13 @@ use crate::GatewayError;
 /// minutes after its client left and held 9.5 GB, attacker round 11.)
 pub const MAX_GROUPING_SETS: u64 = 256;
 
-/// Refuses `statement` when a GROUP BY makes more than [`MAX_GROUPING_SETS`] sets, or when its
-/// SELECT aliases, expanded where they are named, make more than `max_sql_bytes` of SQL.
+/// The most grouping sets all GROUP BYs of one statement may make together (a UNION of many
+/// bounded CUBEs is as much work as one large one).
+pub const MAX_STATEMENT_GROUPING_SETS: u64 = 1_024;
+
+/// Refuses `statement` when a GROUP BY makes more than [`MAX_GROUPING_SETS`] sets, all of them
+/// together more than [`MAX_STATEMENT_GROUPING_SETS`], or when its SELECT aliases, expanded
+/// where they are named, make more than `max_sql_bytes` of SQL in all.
 pub(crate) fn check(statement: &ast::Statement, max_sql_bytes: usize) -> Result<(), GatewayError> {
     let mut found = Ok(());
     let _ = ast::Visit::visit(
@@ -29,6 +34,8 @@ pub(crate) fn check(statement: &ast::Statement, max_sql_bytes: usize) -> Result<
         &mut Checker {
             max_sql_bytes,
             found: &mut found,
+            sets: 0,
+            alias_bytes: 0,
         },
     );
     found
@@ -37,31 +44,55 @@ pub(crate) fn check(statement: &ast::Statement, max_sql_bytes: usize) -> Result<
 struct Checker<'a> {
     max_sql_bytes: usize,
     found: &'a mut Result<(), GatewayError>,
+    /// Grouping sets and expanded alias bytes so far, over the whole statement.
+    sets: u64,
+    alias_bytes: u64,
+}
+
+/// The SELECTs of a query body: itself, or both sides of set operations (a nested query is a
+/// query of its own, visited apart).
+fn selects<'a>(body: &'a SetExpr, out: &mut Vec<&'a ast::Select>) {
+    match body {
+        SetExpr::Select(select) => out.push(select),
+        SetExpr::SetOperation { left, right, .. } => {
+            selects(left, out);
+            selects(right, out);
+        }
+        _ => {}
+    }
 }
 
 impl ast::Visitor for Checker<'_> {
     type Break = ();
 
     fn pre_visit_query(&mut self, query: &ast::Query) -> ControlFlow<()> {
-        let SetExpr::Select(select) = query.body.as_ref() else {
-            return ControlFlow::Continue(());
-        };
-        let sets = grouping_sets(&select.group_by);
-        if sets > MAX_GROUPING_SETS {
-            *self.found = Err(GatewayError::TooLarge(format!(
-                "its GROUP BY makes {sets} grouping sets, more than {MAX_GROUPING_SETS} \
-                 (a CUBE of n columns makes 2^n)"
-            )));
-            return ControlFlow::Break(());
-        }
-        let bytes = expanded_alias_bytes(select, query.order_by.as_ref());
-        if bytes > self.max_sql_bytes as u64 {
-            *self.found = Err(GatewayError::TooLarge(format!(
-                "its SELECT aliases, expanded where GROUP BY, HAVING or ORDER BY name them, \
-                 make {bytes} bytes of SQL, more than execution.max_sql_bytes ({})",
-                self.max_sql_bytes
-            )));
-            return ControlFlow::Break(());
+        let mut found = Vec::new();
+        selects(&query.body, &mut found);
+        for select in found {
+            let sets = grouping_sets(&select.group_by);
+            // A plain GROUP BY (one set) is no expansion.
+            if sets > 1 {
+                self.sets = self.sets.saturating_add(sets);
+            }
+            if sets > MAX_GROUPING_SETS || self.sets > MAX_STATEMENT_GROUPING_SETS {
+                *self.found = Err(GatewayError::TooLarge(format!(
+                    "its GROUP BY makes {sets} grouping sets ({} in the statement), more than \
+                     {MAX_GROUPING_SETS} per GROUP BY or {MAX_STATEMENT_GROUPING_SETS} in all \
+                     (a CUBE of n columns makes 2^n)",
+                    self.sets
+                )));
+                return ControlFlow::Break(());
+            }
+            let bytes = expanded_alias_bytes(select, query.order_by.as_ref());
+            self.alias_bytes = self.alias_bytes.saturating_add(bytes);
+            if self.alias_bytes > self.max_sql_bytes as u64 {
+                *self.found = Err(GatewayError::TooLarge(format!(
+                    "its SELECT aliases, expanded where GROUP BY, HAVING or ORDER BY name them, \
+                     make {} bytes of SQL, more than execution.max_sql_bytes ({})",
+                    self.alias_bytes, self.max_sql_bytes
+                )));
+                return ControlFlow::Break(());
+            }
         }
         ControlFlow::Continue(())
     }
@@ -151,6 +182,12 @@ mod tests {
             StatementLimits::default(),
         )
         .unwrap();
+        // Inside set operations too (attacker round 12), and summed over the statement.
+        let err = refused(&format!("SELECT 1 AS n UNION ALL {}", cube(20)));
+        assert!(err.contains("grouping sets"), "{err}");
+        let five: Vec<String> = (0..5).map(|_| cube(8)).collect();
+        let err = refused(&five.join(" UNION ALL "));
+        assert!(err.contains("1280 in the statement"), "{err}");
     }
 
     #[test]
@@ -167,6 +204,17 @@ mod tests {
             err.contains("SELECT aliases") && err.contains("max_sql_bytes"),
             "{err}"
         );
+        let err = refused(&format!("SELECT 'q' AS a UNION ALL {sql}"));
+        assert!(err.contains("SELECT aliases"), "{err}");
+        // Summed over the statement: five branches of 220 KB each.
+        let names: Vec<String> = (0..22).map(|i| format!("a || '{i}'")).collect();
+        let branch = format!(
+            "SELECT ({big} || d) AS a FROM t GROUP BY {}",
+            names.join(", ")
+        );
+        parse_read_statement(&branch, StatementLimits::default()).unwrap();
+        let five: Vec<String> = (0..5).map(|_| branch.clone()).collect();
+        assert!(refused(&five.join(" UNION ALL ")).contains("SELECT aliases"));
         // Ordinary use: an alias named in GROUP BY and ORDER BY.
         parse_read_statement(
             "SELECT upper(d) AS a, count(*) AS n FROM t GROUP BY a HAVING n > 1 ORDER BY a, n",

@@ -68,7 +68,7 @@ pub(crate) fn plan_sql(plan: &LogicalPlan) -> Result<String> {
 }
 
 /// The plan's nodes and expression nodes (subqueries included), counted up to `most`, and the
-/// bytes of its string literals.
+/// bytes of its string and binary literals.
 fn plan_size(plan: &LogicalPlan, most: usize) -> (usize, usize) {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::logical_expr::Expr;
@@ -79,14 +79,22 @@ fn plan_size(plan: &LogicalPlan, most: usize) -> (usize, usize) {
         for e in p.expressions() {
             let _ = e.apply(|e| {
                 n += 1;
-                if let Expr::Literal(
-                    ScalarValue::Utf8(Some(s))
-                    | ScalarValue::LargeUtf8(Some(s))
-                    | ScalarValue::Utf8View(Some(s)),
-                    _,
-                ) = e
-                {
-                    bytes = bytes.saturating_add(s.len());
+                match e {
+                    Expr::Literal(
+                        ScalarValue::Utf8(Some(s))
+                        | ScalarValue::LargeUtf8(Some(s))
+                        | ScalarValue::Utf8View(Some(s)),
+                        _,
+                    ) => bytes = bytes.saturating_add(s.len()),
+                    // Written back as hex: twice their size.
+                    Expr::Literal(
+                        ScalarValue::Binary(Some(b))
+                        | ScalarValue::LargeBinary(Some(b))
+                        | ScalarValue::BinaryView(Some(b))
+                        | ScalarValue::FixedSizeBinary(_, Some(b)),
+                        _,
+                    ) => bytes = bytes.saturating_add(b.len().saturating_mul(2)),
+                    _ => {}
                 }
                 Ok(if n >= most {
                     TreeNodeRecursion::Stop
