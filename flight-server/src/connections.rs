@@ -48,6 +48,19 @@ pub struct ConnectionBounds {
     /// call (a live bearer token seen by the gate) before it is closed; a client logs in and
     /// calls at once.
     pub login_within: Duration,
+    /// Connections logged in as one user ([`MAX_CONNECTIONS_PER_USER`]): one account must not
+    /// hold every slot (attacker round 12 held 4,096 with one login).
+    pub per_user: usize,
+}
+
+/// Connections one user may hold logged in.
+pub const MAX_CONNECTIONS_PER_USER: usize = 128;
+
+/// Logged-in connections by user.
+#[derive(Debug, Default)]
+struct Users {
+    most: usize,
+    held: Mutex<HashMap<String, usize>>,
 }
 
 #[derive(Debug, Default)]
@@ -63,21 +76,69 @@ pub struct ConnectionLimits {
     answering: Arc<Semaphore>,
     /// Connections not yet logged in, oldest first (the first to close when the server is full).
     anonymous: Mutex<VecDeque<Weak<ConnState>>>,
+    users: Arc<Users>,
 }
 
 /// What the server knows of one connection while it lives.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnState {
     authenticated: AtomicBool,
     evicted: AtomicBool,
     /// Wakes the connection's reader to close it.
     waker: AtomicWaker,
+    /// The user it logged in as (the first), counted in `users` until it closes.
+    user: Mutex<Option<String>>,
+    users: Arc<Users>,
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        let Some(user) = self.user.get_mut().ok().and_then(|u| u.take()) else {
+            return;
+        };
+        let mut held = self.users.held.lock().expect("user connections");
+        if let Some(n) = held.get_mut(&user) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&user);
+            }
+        }
+    }
 }
 
 impl ConnState {
-    /// An authenticated call came over this connection: it may stay.
-    pub fn authenticated(&self) {
+    fn new(users: &Arc<Users>) -> Self {
+        Self {
+            authenticated: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            user: Mutex::new(None),
+            users: users.clone(),
+        }
+    }
+
+    /// An authenticated call of `user` came over this connection: it may stay, unless `user`
+    /// already holds [`ConnectionBounds::per_user`] connections (then the call is refused and
+    /// the connection stays not logged in).
+    pub fn authenticated(&self, user: &str) -> Result<(), String> {
+        if self.authenticated.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut mine = self.user.lock().expect("connection user");
+        if mine.is_none() {
+            let mut held = self.users.held.lock().expect("user connections");
+            let n = held.entry(user.to_string()).or_default();
+            if *n >= self.users.most {
+                return Err(format!(
+                    "too many connections: {user} holds {} logged in; close idle ones",
+                    self.users.most
+                ));
+            }
+            *n += 1;
+            *mine = Some(user.to_string());
+        }
         self.authenticated.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     fn evict(&self) -> bool {
@@ -156,6 +217,10 @@ impl ConnectionLimits {
             held: Arc::default(),
             answering: Arc::new(Semaphore::new(REFUSALS_ANSWERED)),
             anonymous: Mutex::new(VecDeque::new()),
+            users: Arc::new(Users {
+                most: bounds.per_user,
+                held: Mutex::default(),
+            }),
         })
     }
 
@@ -235,7 +300,7 @@ impl ConnectionLimits {
                 }
                 match limits.take(peer.ip()) {
                     Ok(hold) => {
-                        let state = Arc::new(ConnState::default());
+                        let state = Arc::new(ConnState::new(&limits.users));
                         limits.track(&state);
                         let conn = Limited {
                             io: conn,
@@ -415,6 +480,7 @@ pub fn fitted_to_file_limit(bounds: ConnectionBounds) -> ConnectionBounds {
         total: bounds.total.min(most),
         per_client: bounds.per_client.min(bounds.total.min(most)),
         login_within: bounds.login_within,
+        per_user: bounds.per_user,
     }
 }
 
@@ -427,6 +493,7 @@ mod tests {
             total,
             per_client,
             login_within: Duration::from_secs(30),
+            per_user: 2,
         })
     }
 
@@ -450,8 +517,8 @@ mod tests {
     fn a_full_server_closes_its_oldest_connection_not_logged_in() {
         let l = limits(2, 2);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let first = Arc::new(ConnState::default());
-        let second = Arc::new(ConnState::default());
+        let first = Arc::new(ConnState::new(&l.users));
+        let second = Arc::new(ConnState::new(&l.users));
         let _h1 = l.take(a).unwrap();
         l.track(&first);
         let _h2 = l.take(a).unwrap();
@@ -461,12 +528,31 @@ mod tests {
         assert!(first.evicted.load(Ordering::Relaxed));
         assert!(!second.evicted.load(Ordering::Relaxed));
         // Logged-in connections are never closed for a newcomer.
-        second.authenticated();
-        let third = Arc::new(ConnState::default());
-        third.authenticated();
+        second.authenticated("u").unwrap();
+        let third = Arc::new(ConnState::new(&l.users));
+        third.authenticated("u").unwrap();
         l.track(&third);
         assert_eq!(l.take(b).unwrap_err(), Refusal::Total(2));
         assert!(!second.evicted.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_user_holds_a_bounded_number_of_logged_in_connections() {
+        let l = limits(10, 10);
+        let a = Arc::new(ConnState::new(&l.users));
+        let b = Arc::new(ConnState::new(&l.users));
+        let c = Arc::new(ConnState::new(&l.users));
+        a.authenticated("alice").unwrap();
+        a.authenticated("alice").unwrap(); // counted once
+        b.authenticated("alice").unwrap();
+        assert!(c
+            .authenticated("alice")
+            .unwrap_err()
+            .contains("alice holds 2"));
+        c.authenticated("bob").unwrap();
+        drop(a);
+        let d = Arc::new(ConnState::new(&l.users));
+        d.authenticated("alice").unwrap();
     }
 
     #[test]

@@ -104,9 +104,13 @@ where
             }
             Ok(gated) => {
                 if let Some(gated) = gated {
-                    // A live token: the connection has logged in and may stay.
+                    // A live token: the connection has logged in and may stay (within the
+                    // user's share of connections).
                     if let Some(conn) = crate::connections::conn_of(request.extensions()) {
-                        conn.state.authenticated();
+                        if let Err(refused) = conn.state.authenticated(&gated.session.user) {
+                            let status = tonic::Status::resource_exhausted(refused);
+                            return Box::pin(async move { Ok(status.into_http()) });
+                        }
                     }
                     request.extensions_mut().insert(gated);
                 }

@@ -38,6 +38,8 @@ struct Handle<Q> {
     created: Instant,
     /// The SQL text it holds planned (twice for a prepared statement: it may also hold its
     /// bound form), for the byte bounds.
+    text_weight: usize,
+    /// `text_weight` and what its bound values hold, copied into the plan.
     weight: usize,
     kind: HandleKind<Q>,
 }
@@ -121,6 +123,7 @@ impl<Q: Clone> Handles<Q> {
                 user: who.user.clone(),
                 scenario: who.scenario.clone(),
                 created: now,
+                text_weight: weight,
                 weight,
                 kind,
             },
@@ -176,21 +179,55 @@ impl<Q: Clone> Handles<Q> {
         })
     }
 
-    /// Sets (or clears) the bound form of a prepared statement.
+    /// Sets (or clears) the bound form of a prepared statement, which holds `bound_bytes` of
+    /// values beyond its text: they count toward the user's bytes (the user's oldest other
+    /// handles go) and everybody's (then the binding is refused).
     pub(crate) fn bind(
         &self,
         who: &Principal,
         handle: &[u8],
         bound: Option<Box<Q>>,
+        bound_bytes: usize,
     ) -> Result<(), Status> {
+        let (most_per_user, most) = self.most;
         self.with(who, handle, |handles, key| {
-            match handles.get_mut(&key).map(|h| &mut h.kind) {
-                Some(HandleKind::Prepared { bound: slot, .. }) => {
-                    *slot = bound;
-                    Ok(())
-                }
-                _ => Err(unknown()),
+            let h = handles.get(&key).ok_or_else(unknown)?;
+            if !matches!(h.kind, HandleKind::Prepared { .. }) {
+                return Err(unknown());
             }
+            let weight = h.text_weight.saturating_add(bound_bytes);
+            let others: usize = handles
+                .iter()
+                .filter(|(k, _)| **k != key)
+                .map(|(_, h)| h.weight)
+                .sum();
+            if others.saturating_add(weight) > most {
+                return Err(Status::resource_exhausted(format!(
+                    "the server holds as many prepared statements and bound values as it may \
+                     ({} MiB); try again later",
+                    most >> 20
+                )));
+            }
+            let mut own: Vec<(Instant, usize, String)> = handles
+                .iter()
+                .filter(|(k, h)| h.user == who.user && **k != key)
+                .map(|(k, h)| (h.created, h.weight, k.clone()))
+                .collect();
+            own.sort();
+            let mut held: usize = own.iter().map(|(_, w, _)| w).sum();
+            for (_, w, k) in &own {
+                if held.saturating_add(weight) <= most_per_user {
+                    break;
+                }
+                handles.remove(k);
+                held -= w;
+            }
+            let h = handles.get_mut(&key).expect("checked");
+            h.weight = weight;
+            if let HandleKind::Prepared { bound: slot, .. } = &mut h.kind {
+                *slot = bound;
+            }
+            Ok(())
         })
     }
 
@@ -245,7 +282,7 @@ mod tests {
             .unwrap();
         assert!(s.take_statement(&alice, p.as_bytes()).is_err());
         assert_eq!(s.prepared(&alice, p.as_bytes()).unwrap(), "unbound");
-        s.bind(&alice, p.as_bytes(), Some(Box::new("bound".into())))
+        s.bind(&alice, p.as_bytes(), Some(Box::new("bound".into())), 0)
             .unwrap();
         assert_eq!(s.prepared(&alice, p.as_bytes()).unwrap(), "bound");
         assert_eq!(s.unbound(&alice, p.as_bytes()).unwrap(), "unbound");
@@ -286,5 +323,35 @@ mod tests {
             .store(&alice, &sql, HandleKind::Statement("4".into()))
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn bound_values_count_toward_the_bytes_held() {
+        let s = store();
+        let alice = who("alice", "credit");
+        let prepared = |s: &Handles<String>| {
+            s.store(
+                &alice,
+                "q",
+                HandleKind::Prepared {
+                    query: "unbound".into(),
+                    bound: None,
+                },
+            )
+            .unwrap()
+        };
+        let old = prepared(&s);
+        let new = prepared(&s);
+        // 97 bytes of bound values pass alice's 100 with both (2 + 2 of text): her older goes.
+        s.bind(&alice, new.as_bytes(), Some(Box::new("b".into())), 97)
+            .unwrap();
+        assert!(s.prepared(&alice, old.as_bytes()).is_err());
+        assert_eq!(s.prepared(&alice, new.as_bytes()).unwrap(), "b");
+        // More than everybody may hold is refused, and the handle stays as it was.
+        let err = s
+            .bind(&alice, new.as_bytes(), Some(Box::new("c".into())), 5_000)
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(s.prepared(&alice, new.as_bytes()).unwrap(), "b");
     }
 }

@@ -78,6 +78,7 @@ impl Server {
                 total: config.server.max_connections,
                 per_client: config.server.max_connections_per_client,
                 login_within: Duration::from_secs(config.server.login_timeout_secs),
+                per_user: crate::connections::MAX_CONNECTIONS_PER_USER,
             }));
         Ok(Self {
             connections,

@@ -680,8 +680,13 @@ impl FlightSqlService for LakegateService {
                 )))
             }
         };
-        self.handles
-            .bind(&caller.principal, &query.prepared_statement_handle, bound)?;
+        let bound_bytes = bound.as_ref().map_or(0, |q| q.bound_bytes() as usize);
+        self.handles.bind(
+            &caller.principal,
+            &query.prepared_statement_handle,
+            bound,
+            bound_bytes,
+        )?;
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(query.prepared_statement_handle),
         })

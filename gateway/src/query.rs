@@ -27,6 +27,8 @@ pub struct Query {
     origin: Option<Arc<Origin>>,
     /// The values bound with [`Query::bind`], to bind again after a re-plan.
     bound: Option<Vec<ScalarValue>>,
+    /// What the bound values make once copied wherever the plan names them.
+    bound_bytes: u64,
     /// Who pays for its differentially private releases.
     charge: Option<Arc<PrivacyCharge>>,
 }
@@ -99,6 +101,10 @@ impl AuditContext {
         }
     }
 }
+
+/// The most bytes the bound values of a prepared statement may make once copied into its plan
+/// (the parameter upload itself is bounded by twice the default `max_sql_bytes`).
+pub const MAX_BOUND_BYTES: u64 = 2 << 20;
 
 fn refused(e: String) -> GatewayError {
     GatewayError::Audit(format!("decision record: {e}"))
@@ -196,6 +202,7 @@ impl Query {
             origin: None,
             charge: None,
             bound: None,
+            bound_bytes: 0,
         })
     }
 
@@ -214,6 +221,12 @@ impl Query {
 
     pub(crate) fn origin(&self) -> Option<&Origin> {
         self.origin.as_deref()
+    }
+
+    /// The bytes the bound values make once copied wherever the plan names them (0 unbound):
+    /// what a kept prepared statement holds beyond its text.
+    pub fn bound_bytes(&self) -> u64 {
+        self.bound_bytes
     }
 
     pub(crate) fn bound_values(&self) -> Option<&[ScalarValue]> {
@@ -326,6 +339,38 @@ impl Query {
         &self.plan
     }
 
+    /// Refuses values that, copied wherever the plan names their placeholder, would make more
+    /// than [`MAX_BOUND_BYTES`]: a statement naming `$1` a hundred thousand times made as
+    /// many copies of one 16 KB value (attacker round 12).
+    fn check_bound_copies(&self, values: &[ScalarValue]) -> Result<u64, GatewayError> {
+        use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+        use datafusion::logical_expr::Expr;
+        let mut uses: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let _ = self.plan.apply_with_subqueries(|p| {
+            for e in p.expressions() {
+                let _ = e.apply(|e| {
+                    if let Expr::Placeholder(ph) = e {
+                        *uses.entry(ph.id.clone()).or_default() += 1;
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                });
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        let mut bytes = 0u64;
+        for (i, v) in values.iter().enumerate() {
+            let copies = uses.get(&format!("${}", i + 1)).copied().unwrap_or(1);
+            bytes = bytes.saturating_add(copies.saturating_mul(v.size() as u64));
+        }
+        if bytes > MAX_BOUND_BYTES {
+            return Err(GatewayError::Parameters(format!(
+                "the values bound, copied wherever the statement names them, make {bytes} \
+                 bytes, more than {MAX_BOUND_BYTES}: name a parameter fewer times"
+            )));
+        }
+        Ok(bytes)
+    }
+
     /// This query with `values` bound to its placeholders in order.
     pub fn bind(&self, values: Vec<ScalarValue>) -> Result<Query, GatewayError> {
         let expected = self.parameters.fields().len();
@@ -352,6 +397,7 @@ impl Query {
                 })?);
             }
         }
+        let bound_bytes = self.check_bound_copies(&cast_values)?;
         let cast_values_kept = cast_values.clone();
         let plan = self
             .plan
@@ -366,6 +412,7 @@ impl Query {
         bound.origin = self.origin.clone();
         bound.charge = self.charge.clone();
         bound.bound = Some(cast_values_kept);
+        bound.bound_bytes = bound_bytes;
         Ok(bound)
     }
 
