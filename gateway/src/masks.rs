@@ -416,6 +416,10 @@ mod tests {
                 "SELECT x FROM t WHERE n = :Sun_Li AND m = $Li_Na AND i = $2 AND j = ?",
                 "SELECT x FROM t WHERE n = :? AND m = ? AND i = $2 AND j = ?",
             ),
+            (
+                "SELECT x FROM t WHERE n = @Zhou_Min AND p = $11010519900101123493687",
+                "SELECT x FROM t WHERE n = ? AND p = ?",
+            ),
         ];
         for (sql, masked) in cases {
             let raw: ArrayRef = Arc::new(StringArray::from(vec![sql]));

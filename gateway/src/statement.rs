@@ -79,10 +79,15 @@ pub(crate) fn values_masked(sql: &str) -> Option<(String, Vec<String>)> {
     let mut values = Vec::new();
     let mut after_colon = false;
     for token in tokens {
-        // `:name`, a named parameter some clients write, tokenizes as `:` and a word.
-        let named = std::mem::replace(&mut after_colon, matches!(token, Token::Colon));
+        // `:name` (a named parameter some clients write) and `@name` (a variable) tokenize as
+        // `:` or `@` and a word.
+        let named = std::mem::replace(
+            &mut after_colon,
+            matches!(token, Token::Colon | Token::AtSign),
+        );
         let value = match token {
-            Token::Word(w) if w.quote_style.is_none() && !named => {
+            // An unquoted word that starts with `@` is a variable's name and value.
+            Token::Word(w) if w.quote_style.is_none() && !named && !w.value.starts_with('@') => {
                 out.push_str(&w.to_string());
                 continue;
             }
@@ -116,10 +121,12 @@ pub(crate) fn values_masked(sql: &str) -> Option<(String, Vec<String>)> {
             Token::Char(c) if !c.is_ascii_punctuation() => c.to_string(),
             // `?` and `$1` are what clients bind; a named placeholder (`:name`, `$name`) is
             // free text.
+            // `$n` as clients bind it: n of at most four digits (`$11010519900101123493687`
+            // is an identity number, not a parameter).
             Token::Placeholder(p)
                 if !(p == "?"
                     || p.strip_prefix('$').is_some_and(|n| {
-                        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+                        (1..=4).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit())
                     })) =>
             {
                 p
