@@ -172,15 +172,7 @@ pub fn conn_of(extensions: &http::Extensions) -> Option<&Conn> {
 
 /// The client address of a tonic request.
 pub fn peer<T>(request: &tonic::Request<T>) -> Option<SocketAddr> {
-    let extensions = request.extensions();
-    extensions
-        .get::<Conn>()
-        .or_else(|| {
-            extensions
-                .get::<tonic::transport::server::TlsConnectInfo<Conn>>()
-                .map(|t| t.get_ref())
-        })
-        .and_then(|c| c.tcp.remote_addr())
+    conn_of(request.extensions()).and_then(|c| c.tcp.remote_addr())
 }
 
 /// Why a connection is not taken.
