@@ -275,7 +275,11 @@ impl ScalarUDFImpl for Checked {
     fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let value = args.args.remove(0);
         match (self.check, &value) {
-            (Check::Operand, _) => check("||", &value, self.limit)?,
+            (Check::Operand, _) => {
+                check("||", &value, self.limit)?;
+                let bytes = built_bytes(&value, args.number_rows);
+                crate::batch_width::add("||", bytes, self.limit)?;
+            }
             (Check::SubqueryValue, ColumnarValue::Scalar(v)) => {
                 let batch_size = usize::from(args.config_options.execution.batch_size);
                 let most = self.limit / batch_size;
@@ -289,6 +293,8 @@ impl ScalarUDFImpl for Checked {
                         self.limit >> 20
                     )));
                 }
+                let bytes = built_bytes(&value, args.number_rows);
+                crate::batch_width::add("a scalar subquery", bytes, self.limit)?;
             }
             (Check::SubqueryValue, ColumnarValue::Array(_)) => {}
         }
@@ -357,31 +363,6 @@ fn is_bounded(f: &ScalarUDF) -> bool {
     any.is::<Bounded>() || f.name().starts_with("lakegate_")
 }
 
-/// Refuses a plan with a literal that one batch cannot repeat: a projection turns a literal into
-/// a column of `batch_size` copies before any function sees it.
-pub(crate) fn check_literals(plan: &LogicalPlan, limit: usize, batch_size: usize) -> Result<()> {
-    let most = limit / batch_size.max(1);
-    plan.apply_with_subqueries(|p| {
-        p.apply_expressions(|e| {
-            e.apply(|e| {
-                if let Expr::Literal(v, _) = e {
-                    let size = scalar_bytes(v) as usize;
-                    if size > most {
-                        return Err(DataFusionError::ResourcesExhausted(format!(
-                            "result too large: a literal of {size} bytes, repeated over a batch \
-                             of {batch_size} rows, would be more than [execution] max_batch_bytes \
-                             ({} MiB); literals may be at most {most} bytes",
-                            limit >> 20
-                        )));
-                    }
-                }
-                Ok(TreeNodeRecursion::Continue)
-            })
-        })
-    })
-    .map(|_| ())
-}
-
 /// A function that builds at most `limit` bytes of values per call.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Bounded {
@@ -440,71 +421,12 @@ impl ScalarUDFImpl for Bounded {
                 )));
             }
         }
-        if fixed_width(args.return_field.data_type()) {
-            return self.inner.invoke_with_args(args);
-        }
         let rows = args.number_rows;
-        let all_scalar = args
-            .args
-            .iter()
-            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let estimates = estimate(self.name(), &args.args, if all_scalar { 1 } else { rows });
         let name = self.name().to_string();
-        if let Some(&worst) = estimates.iter().max() {
-            if worst > self.limit as u128 {
-                return Err(too_large(
-                    &format!("{name}() for one row"),
-                    clamp(worst),
-                    self.limit,
-                ));
-            }
-        }
-        let total: u128 = estimates.iter().sum();
-        if all_scalar || total <= self.limit as u128 {
-            let out = self.inner.invoke_with_args(args)?;
-            check(&name, &out, self.limit)?;
-            return Ok(out);
-        }
-        // Slices of rows whose estimates fit, each checked for what it really built.
-        let mut parts: Vec<ArrayRef> = Vec::new();
-        let mut built = 0usize;
-        let mut start = 0usize;
-        while start < rows {
-            let mut end = start;
-            let mut sum = 0u128;
-            while end < rows && (end == start || sum + estimates[end] <= self.limit as u128) {
-                sum += estimates[end];
-                end += 1;
-            }
-            let slice = ScalarFunctionArgs {
-                args: args
-                    .args
-                    .iter()
-                    .map(|a| match a {
-                        ColumnarValue::Array(a) => {
-                            ColumnarValue::Array(a.slice(start, end - start))
-                        }
-                        s => s.clone(),
-                    })
-                    .collect(),
-                arg_fields: args.arg_fields.clone(),
-                number_rows: end - start,
-                return_field: args.return_field.clone(),
-                config_options: args.config_options.clone(),
-            };
-            let part = self
-                .inner
-                .invoke_with_args(slice)?
-                .into_array(end - start)?;
-            built += part.get_array_memory_size();
-            if built > self.limit {
-                return Err(too_large(&format!("{name}()"), built, self.limit));
-            }
-            parts.push(part);
-            start = end;
-        }
-        let refs: Vec<&dyn Array> = parts.iter().map(|p| p.as_ref()).collect();
-        Ok(ColumnarValue::Array(concat(&refs)?))
+        let out = self.invoke_bounded(args)?;
+        // What the operator's other expressions built for this batch counts too.
+        crate::batch_width::add(&format!("{name}()"), built_bytes(&out, rows), self.limit)?;
+        Ok(out)
     }
 
     fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
@@ -581,6 +503,85 @@ impl ScalarUDFImpl for Bounded {
 
     fn documentation(&self) -> Option<&Documentation> {
         self.inner.documentation()
+    }
+}
+
+impl Bounded {
+    /// The call, in slices whose estimates fit, each checked for what it really built.
+    fn invoke_bounded(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if fixed_width(args.return_field.data_type()) {
+            return self.inner.invoke_with_args(args);
+        }
+        let rows = args.number_rows;
+        let all_scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let estimates = estimate(self.name(), &args.args, if all_scalar { 1 } else { rows });
+        let name = self.name().to_string();
+        if let Some(&worst) = estimates.iter().max() {
+            if worst > self.limit as u128 {
+                return Err(too_large(
+                    &format!("{name}() for one row"),
+                    clamp(worst),
+                    self.limit,
+                ));
+            }
+        }
+        let total: u128 = estimates.iter().sum();
+        if all_scalar || total <= self.limit as u128 {
+            let out = self.inner.invoke_with_args(args)?;
+            check(&name, &out, self.limit)?;
+            return Ok(out);
+        }
+        // Slices of rows whose estimates fit, each checked for what it really built.
+        let mut parts: Vec<ArrayRef> = Vec::new();
+        let mut built = 0usize;
+        let mut start = 0usize;
+        while start < rows {
+            let mut end = start;
+            let mut sum = 0u128;
+            while end < rows && (end == start || sum + estimates[end] <= self.limit as u128) {
+                sum += estimates[end];
+                end += 1;
+            }
+            let slice = ScalarFunctionArgs {
+                args: args
+                    .args
+                    .iter()
+                    .map(|a| match a {
+                        ColumnarValue::Array(a) => {
+                            ColumnarValue::Array(a.slice(start, end - start))
+                        }
+                        s => s.clone(),
+                    })
+                    .collect(),
+                arg_fields: args.arg_fields.clone(),
+                number_rows: end - start,
+                return_field: args.return_field.clone(),
+                config_options: args.config_options.clone(),
+            };
+            let part = self
+                .inner
+                .invoke_with_args(slice)?
+                .into_array(end - start)?;
+            built += part.get_array_memory_size();
+            if built > self.limit {
+                return Err(too_large(&format!("{name}()"), built, self.limit));
+            }
+            parts.push(part);
+            start = end;
+        }
+        let refs: Vec<&dyn Array> = parts.iter().map(|p| p.as_ref()).collect();
+        Ok(ColumnarValue::Array(concat(&refs)?))
+    }
+}
+
+/// Bytes `out` takes once it is a column of `rows` rows (a scalar is repeated for each).
+fn built_bytes(out: &ColumnarValue, rows: usize) -> usize {
+    match out {
+        ColumnarValue::Array(a) => a.get_array_memory_size(),
+        ColumnarValue::Scalar(s) => clamp(scalar_bytes(s).saturating_mul(rows.max(1) as u128)),
     }
 }
 
@@ -926,7 +927,7 @@ fn step(v: &ScalarValue) -> Option<i128> {
 }
 
 /// The bytes a scalar's value takes (strings and binaries by their length).
-fn scalar_bytes(s: &ScalarValue) -> u128 {
+pub(crate) fn scalar_bytes(s: &ScalarValue) -> u128 {
     match s {
         ScalarValue::Utf8(Some(v))
         | ScalarValue::LargeUtf8(Some(v))
@@ -1211,27 +1212,5 @@ mod tests {
                 .await
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
         }
-    }
-
-    #[tokio::test]
-    async fn a_literal_one_batch_cannot_repeat_is_refused() {
-        let ctx = SessionContext::new();
-        let plan = ctx
-            .sql("SELECT repeat('x', 100000) FROM generate_series(1, 10)")
-            .await
-            .unwrap()
-            .into_optimized_plan()
-            .unwrap();
-        let err = check_literals(&plan, 16 << 20, 8192)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("a literal of 100000 bytes"), "{err}");
-        let small = ctx
-            .sql("SELECT repeat('x', 100) FROM generate_series(1, 10)")
-            .await
-            .unwrap()
-            .into_optimized_plan()
-            .unwrap();
-        check_literals(&small, 16 << 20, 8192).unwrap();
     }
 }

@@ -236,7 +236,11 @@ impl Stream for GuardStream {
         // Pending once the task's budget is spent: the task returns to the runtime, which can
         // then run others on this thread, or drop (cancel) this one.
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        // What the operator below computes in this poll is summed; the operator above then
+        // counts afresh for the batch it is given.
+        let turn = crate::batch_width::Turn::begin();
         let next = self.input.poll_next_unpin(cx);
+        drop(turn);
         if next.is_ready() {
             coop.made_progress();
         }

@@ -9,6 +9,7 @@
 mod aggregate_only;
 pub mod audit;
 pub mod audit_table;
+mod batch_width;
 mod bounded_aggregates;
 mod bounded_functions;
 pub mod budget;

@@ -427,18 +427,14 @@ impl Query {
         let (state, plan) = (self.state.clone(), self.plan.clone());
         let planned = executor.spawn(async move {
             // Literals as written and bound (folding may hide them), and as folded.
-            crate::bounded_functions::check_literals(&plan, limit, state.config().batch_size())
+            crate::batch_width::check_literals(&plan, limit, state.config().batch_size())
                 .map_err(GatewayError::Execution)?;
             // Checked again after DataFusion's optimizer: nothing it moved may get under a
             // release or use an aggregate-only column.
             let optimized = state.optimize(&plan).map_err(GatewayError::from_planning)?;
             crate::aggregate_only::verify(&optimized)?;
-            crate::bounded_functions::check_literals(
-                &optimized,
-                limit,
-                state.config().batch_size(),
-            )
-            .map_err(GatewayError::Execution)?;
+            crate::batch_width::check_literals(&optimized, limit, state.config().batch_size())
+                .map_err(GatewayError::Execution)?;
             state
                 .query_planner()
                 .create_physical_plan(&optimized, state.as_ref())

@@ -209,6 +209,61 @@ async fn values_past_max_batch_bytes_are_refused_and_name_the_limit() {
     assert_eq!(lakegate_tests::pretty(&ok).matches("true").count(), 1);
 }
 
+/// Attacker round 12 H2: each value within its bound, dozens of them in one operator took
+/// gigabytes before the batch was measured, and a GROUP BY of them was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_operator_computes_for_a_batch_is_bounded_in_all() {
+    let config = demo_config(|c| c.execution.max_batch_bytes = 4 << 20);
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    let many =
+        |form: &dyn Fn(usize) -> String, n: usize| (0..n).map(form).collect::<Vec<_>>().join(", ");
+    // Literals (as written or folded): 4 MiB over 8,192 rows leaves 512 bytes per row.
+    let literals = many(&|i| format!("repeat('x', 300 + {i}) AS c{i}"), 4);
+    let keys = many(&|i| format!("repeat('x', 300 + {i})"), 4);
+    for (sql, says) in [
+        (
+            format!("SELECT {literals} FROM market.enterprises"),
+            "one projection",
+        ),
+        (
+            format!("SELECT count(*) FROM market.enterprises GROUP BY {keys}"),
+            "one GROUP BY",
+        ),
+    ] {
+        let err = query(&mut banker, &sql).await.unwrap_err();
+        assert!(
+            err.contains(says) && err.contains("max_batch_bytes (4 MiB)"),
+            "{sql}: {err}"
+        );
+    }
+    // Values computed from columns: each key about 1.6 MB of 200 rows, four of them past 4 MiB.
+    let keys = many(&|i| format!("repeat(district, 1000 + {i})"), 4);
+    let sql = format!("SELECT count(*) FROM market.enterprises GROUP BY {keys}");
+    let err = query(&mut banker, &sql).await.unwrap_err();
+    assert!(
+        err.contains("the values one operator computes for a batch")
+            && err.contains("max_batch_bytes (4 MiB)"),
+        "{sql}: {err}"
+    );
+    // One such key, and a few small literals, are answered as before.
+    let keys = many(&|i| format!("repeat(district, 1000 + {i})"), 1);
+    let ok = query(
+        &mut banker,
+        &format!("SELECT count(*) AS n FROM market.enterprises GROUP BY {keys}"),
+    )
+    .await
+    .unwrap();
+    assert!(lakegate_tests::pretty(&ok).contains('n'));
+    let small = many(&|i| format!("repeat('x', 100 + {i}) AS c{i}"), 4);
+    query(
+        &mut banker,
+        &format!("SELECT {small} FROM market.enterprises"),
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_query_holds_at_most_its_share_of_the_memory_pool() {
     // A hash join's build side (it cannot spill) of 4 million rows needs more than 64 MiB.
