@@ -140,18 +140,22 @@ impl LakegateService {
         // one after another, not all at once while others wait).
         let user = &caller.principal.user;
         let admitted = match self.limits.planning_turn(user).await {
-            Ok(turn) => self.limits.admit(user).map(|slot| (slot, turn)),
+            Ok(turn) => self
+                .limits
+                .admit(user)
+                .map(|slot| (slot, gateway::executor::Hold::new(turn))),
             Err(refused) => Err(refused),
         };
         // A slot among the running queries first; then decided again against the policies
-        // in force now: a revoked grant stops here.
+        // in force now: a revoked grant stops here. The turn lasts as long as the planning
+        // does, even when the client goes.
         let revalidated = match admitted {
-            Ok((slot, turn)) => self
-                .gateway
-                .revalidate(planned)
-                .await
-                .map(|q| (q, slot, turn))
-                .map_err(to_status),
+            Ok((slot, turn)) => {
+                gateway::executor::holding(turn.clone(), self.gateway.revalidate(planned))
+                    .await
+                    .map(|q| (q, slot, turn))
+                    .map_err(to_status)
+            }
             Err(refused) => Err(refused),
         };
         let (query, slot, turn) = match revalidated {
@@ -174,7 +178,7 @@ impl LakegateService {
             }
         };
         let query = &query;
-        let executed = query.execute_with_plan().await;
+        let executed = gateway::executor::holding(turn.clone(), query.execute_with_plan()).await;
         drop(turn);
         match executed {
             Ok((stream, plan)) => Ok(Response::new(crate::review::reviewed_stream(
@@ -337,13 +341,15 @@ impl LakegateService {
         sql: &str,
         client: Option<String>,
     ) -> Result<Query, Status> {
-        let _turn = self
+        let turn = self
             .limits
             .planning_turn(&caller.principal.user)
             .await
             .inspect_err(|s| crate::metrics::metrics().refused(s))?;
-        self.gateway
-            .prepare_audited(&caller.principal, sql, client)
+        // Held until the planning really ends, not only the client's call.
+        let turn = gateway::executor::Hold::new(turn);
+        let planning = self.gateway.prepare_audited(&caller.principal, sql, client);
+        gateway::executor::holding(turn, planning)
             .await
             .map_err(to_status)
             .inspect_err(|s| crate::metrics::metrics().refused(s))

@@ -84,7 +84,7 @@ fn longs(v: impl Iterator<Item = Option<u64>>) -> ArrayRef {
 /// here.
 fn without_statement_values(sql: &str, reason: &str) -> String {
     let Some((_, mut values)) = crate::statement::values_masked(sql) else {
-        return "the statement did not parse: its reason is on the audit trail's files".into();
+        return "the statement did not parse: its reason is kept in the audit files only".into();
     };
     // Longest first, so that a value inside a longer one goes with it; one or two characters
     // would take every `1` and `x` of the message with them.

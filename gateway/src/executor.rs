@@ -16,6 +16,36 @@ use futures::StreamExt;
 /// (bounded by `[execution] max_expression_depth`), as on the server's own threads.
 const THREAD_STACK: usize = 16 << 20;
 
+tokio::task_local! {
+    /// What the calling task holds while work it spawns runs ([`holding`]).
+    static HOLD: Hold;
+}
+
+/// Something held (a user's planning turn) until every piece of planning work spawned under it
+/// has really ended. A task aborted because its client went stops only at its next yield, and
+/// planning seldom yields: released with the client's call, the turn would let the same user
+/// start more while the departed work still holds the runtime (attacker round 12 M1).
+#[derive(Clone)]
+pub struct Hold(#[allow(dead_code)] Arc<dyn std::any::Any + Send + Sync>);
+
+impl Hold {
+    /// Holds `value` until this and every clone, and all work spawned under it, are gone.
+    pub fn new(value: impl std::any::Any + Send + Sync) -> Self {
+        Self(Arc::new(value))
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
+}
+
+/// Runs `work` with `hold` carried into every task [`Executor::spawn`] starts for it.
+pub async fn holding<F: std::future::Future>(hold: Hold, work: F) -> F::Output {
+    HOLD.scope(hold, work).await
+}
+
 /// A Tokio runtime of its own for query execution.
 pub struct Executor {
     runtime: Option<tokio::runtime::Runtime>,
@@ -67,12 +97,17 @@ impl Executor {
     }
 
     /// Runs `work` (planning) on this runtime; dropping the returned future aborts it at its
-    /// next yield.
+    /// next yield. What the caller is [`holding`] stays held until the work has ended.
     pub fn spawn<T: Send + 'static>(
         &self,
         work: impl std::future::Future<Output = T> + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T, tokio::task::JoinError>> {
-        let mut task = AbortOnDrop(self.handle.spawn(work));
+        let held = HOLD.try_with(Hold::clone).ok();
+        let mut task = AbortOnDrop(self.handle.spawn(async move {
+            let out = work.await;
+            drop(held);
+            out
+        }));
         // The block owns `task`, so dropping the future aborts the work.
         #[allow(clippy::redundant_async_block)]
         async move {
@@ -181,6 +216,34 @@ mod tests {
         .await
         .expect("the execution thread is still taken by the dropped query");
         assert_eq!(batches.len(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hold_lasts_until_the_work_spawned_under_it_has_ended() {
+        let executor = Executor::new(Some(1), 128 << 20).unwrap();
+        let turn = Arc::new(tokio::sync::Semaphore::new(1));
+        let permit = turn.clone().try_acquire_owned().unwrap();
+        let (started, began) = std::sync::mpsc::channel();
+        let planning = holding(Hold::new(permit), async {
+            executor.spawn(async move {
+                started.send(()).unwrap();
+                // Planning that does not yield.
+                std::thread::sleep(Duration::from_millis(600));
+            })
+        })
+        .await;
+        let client = tokio::spawn(planning);
+        began.recv_timeout(Duration::from_secs(10)).unwrap();
+        // The client goes: its call is dropped, the work runs on.
+        client.abort();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            turn.available_permits(),
+            0,
+            "released while the work still ran"
+        );
+        let freed = tokio::time::timeout(Duration::from_secs(10), turn.acquire()).await;
+        assert!(freed.is_ok(), "never released after the work ended");
     }
 
     #[tokio::test]
