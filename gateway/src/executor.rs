@@ -220,20 +220,20 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_hold_lasts_until_the_work_spawned_under_it_has_ended() {
-        let executor = Executor::new(Some(1), 128 << 20).unwrap();
+        let executor = Arc::new(Executor::new(Some(1), 128 << 20).unwrap());
         let turn = Arc::new(tokio::sync::Semaphore::new(1));
         let permit = turn.clone().try_acquire_owned().unwrap();
-        let (started, began) = std::sync::mpsc::channel();
-        let planning = holding(Hold::new(permit), async {
-            executor.spawn(async move {
+        let (started, began) = tokio::sync::oneshot::channel();
+        let planner = Arc::clone(&executor);
+        let client = tokio::spawn(holding(Hold::new(permit), async move {
+            let work = planner.spawn(async move {
                 started.send(()).unwrap();
                 // Planning that does not yield.
                 std::thread::sleep(Duration::from_millis(600));
-            })
-        })
-        .await;
-        let client = tokio::spawn(planning);
-        began.recv_timeout(Duration::from_secs(10)).unwrap();
+            });
+            work.await
+        }));
+        began.await.unwrap();
         // The client goes: its call is dropped, the work runs on.
         client.abort();
         tokio::time::sleep(Duration::from_millis(100)).await;
