@@ -29,7 +29,8 @@ pub enum Value {
     String(String),
     /// A Cedar decimal, as written (`"12.50"`).
     Decimal(String),
-    /// A Cedar datetime, as written (`"2025-01-01"` or RFC 3339).
+    /// A Cedar datetime, in UTC with milliseconds (`"2025-01-01T00:00:00.000Z"`), whatever
+    /// form the policy wrote it in.
     Datetime(String),
 }
 
@@ -360,6 +361,15 @@ pub fn translate(e: &Expr, columns: &[String]) -> Result<Predicate, Untranslatab
                 .collect();
             Ok(Predicate::Like { column, pattern })
         }
+        // A Bool column alone: `when { resource.active }`.
+        Expr::GetAttr { .. } => match operand(e, columns) {
+            Some(Operand::Column(column)) => Ok(Predicate::Cmp {
+                left: Operand::Column(column),
+                op: CmpOp::Eq,
+                right: Operand::Literal(Value::Bool(true)),
+            }),
+            _ => Err(fail()),
+        },
         Expr::HasAttr { expr, attrs } => {
             if !matches!(expr.as_ref(), Expr::Var(Var::Resource)) || attrs.len() != 1 {
                 return Err(fail());
@@ -389,12 +399,66 @@ fn operand(e: &Expr, columns: &[String]) -> Option<Operand> {
                 Some(Operand::Literal(Value::Decimal(s.to_string())))
             }
             (UnaryOp::Datetime, Expr::Literal(Literal::String(s))) => {
-                Some(Operand::Literal(Value::Datetime(s.to_string())))
+                datetime_millis(s).map(datetime)
+            }
+            _ => None,
+        },
+        // Partial evaluation writes a datetime as the epoch offset by a duration in ms:
+        // `datetime("1970-01-01").offset(duration("1735603200000ms"))`.
+        Expr::BinaryOp {
+            op: BinaryOp::Offset,
+            left,
+            right,
+        } => match (left.as_ref(), right.as_ref()) {
+            (
+                Expr::UnaryOp {
+                    op: UnaryOp::Datetime,
+                    expr: base,
+                },
+                Expr::UnaryOp {
+                    op: UnaryOp::Duration,
+                    expr: offset,
+                },
+            ) => {
+                let (Expr::Literal(Literal::String(base)), Expr::Literal(Literal::String(offset))) =
+                    (base.as_ref(), offset.as_ref())
+                else {
+                    return None;
+                };
+                let ms: i64 = offset.strip_suffix("ms")?.parse().ok()?;
+                datetime_millis(base)?.checked_add(ms).map(datetime)
             }
             _ => None,
         },
         _ => None,
     }
+}
+
+/// A datetime literal in one form, UTC with milliseconds, whatever form Cedar was given.
+fn datetime(ms: i64) -> Operand {
+    let at = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+    Operand::Literal(Value::Datetime(
+        at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    ))
+}
+
+/// Milliseconds since the epoch of a Cedar datetime string: `YYYY-MM-DD`, or
+/// `YYYY-MM-DDThh:mm:ss[.SSS]` followed by `Z` or `(+|-)hhmm`. Anything else: `None`, and
+/// the condition fails closed.
+fn datetime_millis(s: &str) -> Option<i64> {
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        if s.len() == 10 {
+            return Some(day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis());
+        }
+    }
+    let with_offset = match s.strip_suffix('Z') {
+        Some(rest) => format!("{rest}+0000"),
+        None => s.to_string(),
+    };
+    ["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S%.3f%z"]
+        .iter()
+        .find_map(|f| chrono::DateTime::parse_from_str(&with_offset, f).ok())
+        .map(|at| at.timestamp_millis())
 }
 
 #[cfg(test)]
@@ -428,6 +492,8 @@ mod tests {
         assert_eq!(tr("resource.salary > 5").unwrap(), r#""salary" > 5"#);
         assert_eq!(tr("5 >= resource.salary").unwrap(), r#"5 >= "salary""#);
         assert_eq!(tr("resource.active == true").unwrap(), r#""active" = true"#);
+        assert_eq!(tr("resource.active").unwrap(), r#""active" = true"#);
+        assert_eq!(tr("!resource.active").unwrap(), r#"NOT ("active" = true)"#);
         assert_eq!(
             tr(r#"resource.name == "O'Brien""#).unwrap(),
             r#""name" = 'O''Brien'"#
@@ -442,7 +508,20 @@ mod tests {
         );
         assert_eq!(
             tr(r#"resource.visit_date < datetime("2025-01-01")"#).unwrap(),
-            r#""visit_date" < TIMESTAMP '2025-01-01'"#
+            r#""visit_date" < TIMESTAMP '2025-01-01T00:00:00.000Z'"#
+        );
+        // Offsets become UTC; partial evaluation's epoch-plus-milliseconds form is read.
+        assert_eq!(
+            tr(r#"resource.visit_date < datetime("2025-01-01T08:00:00.250+0800")"#).unwrap(),
+            r#""visit_date" < TIMESTAMP '2025-01-01T00:00:00.250Z'"#
+        );
+        assert_eq!(
+            tr(r#"resource.visit_date < datetime("1970-01-01").offset(duration("1735603200000ms"))"#)
+                .unwrap(),
+            r#""visit_date" < TIMESTAMP '2024-12-31T00:00:00.000Z'"#
+        );
+        assert!(
+            tr(r#"resource.visit_date < datetime("2025-01-01").offset(duration("1d"))"#).is_err()
         );
     }
 

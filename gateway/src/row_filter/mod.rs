@@ -137,3 +137,6 @@ mod tests {
         assert!(decimal("1e5").is_err());
     }
 }
+
+#[cfg(test)]
+mod agreement;
