@@ -49,8 +49,12 @@ pub enum AuthError {
     Busy,
 }
 
-/// Failed logins for one user name before it is refused for a while.
+/// Failed logins for one user name from one address before that pair is refused for a while.
 const FREE_FAILURES: u32 = 5;
+/// Failed logins for one user name from all addresses together before the name is refused
+/// everywhere: high, so that someone who knows a user's name cannot lock the user out from one
+/// address, yet a guesser spread over many addresses is still slowed.
+const FREE_FAILURES_PER_USER: u32 = 100;
 /// Failed logins from one client address before it is refused for a while: higher, since many
 /// users can share an address.
 const FREE_FAILURES_PER_CLIENT: u32 = 50;
@@ -90,6 +94,8 @@ impl Failures {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum ThrottleKey {
+    /// A user name tried from one address (or from an unknown one).
+    UserAt(String, Option<IpAddr>),
     User(String),
     Client(IpAddr),
 }
@@ -97,7 +103,8 @@ enum ThrottleKey {
 impl ThrottleKey {
     fn free_failures(&self) -> u32 {
         match self {
-            ThrottleKey::User(_) => FREE_FAILURES,
+            ThrottleKey::UserAt(..) => FREE_FAILURES,
+            ThrottleKey::User(_) => FREE_FAILURES_PER_USER,
             ThrottleKey::Client(_) => FREE_FAILURES_PER_CLIENT,
         }
     }
@@ -190,7 +197,10 @@ impl Sessions {
         password: &str,
         client: Option<IpAddr>,
     ) -> Result<String, AuthError> {
-        let mut keys = vec![ThrottleKey::User(user.to_string())];
+        let mut keys = vec![
+            ThrottleKey::UserAt(user.to_string(), client),
+            ThrottleKey::User(user.to_string()),
+        ];
         keys.extend(client.map(ThrottleKey::Client));
         let now = Instant::now();
         {
@@ -540,13 +550,15 @@ mod tests {
                 Err(AuthError::BadCredentials)
             );
         }
-        // Now that user name is refused without a check, even with the right password and
-        // from elsewhere; another user from the same address is not slowed.
-        let other: IpAddr = "127.0.0.10".parse().unwrap();
+        // Now that user name is refused from that address without a check, even with the
+        // right password; from elsewhere the user still logs in (someone who knows the name
+        // cannot lock its user out), and another user from the same address is not slowed.
         assert!(matches!(
-            s.authenticate("alice", "secret", Some(other)).await,
+            s.authenticate("alice", "secret", Some(ip)).await,
             Err(AuthError::Throttled(_))
         ));
+        let other: IpAddr = "127.0.0.10".parse().unwrap();
+        assert!(s.authenticate("alice", "secret", Some(other)).await.is_ok());
         assert_eq!(
             s.authenticate("bob", "x", Some(ip)).await,
             Err(AuthError::BadCredentials)
@@ -563,6 +575,25 @@ mod tests {
             s.authenticate("carol", "x", Some(ip)).await,
             Err(AuthError::BadCredentials)
         );
+    }
+
+    #[tokio::test]
+    async fn a_name_guessed_from_many_addresses_is_refused_everywhere() {
+        let s = Arc::new(sessions(Duration::from_secs(60)));
+        for i in 0..FREE_FAILURES_PER_USER {
+            let from: IpAddr = format!("127.1.{}.{}", i / 250, i % 250 + 1)
+                .parse()
+                .unwrap();
+            assert_eq!(
+                s.authenticate("alice", "wrong", Some(from)).await,
+                Err(AuthError::BadCredentials)
+            );
+        }
+        let fresh: IpAddr = "127.2.0.1".parse().unwrap();
+        assert!(matches!(
+            s.authenticate("alice", "secret", Some(fresh)).await,
+            Err(AuthError::Throttled(_))
+        ));
     }
 
     #[test]
