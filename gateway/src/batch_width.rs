@@ -108,6 +108,16 @@ fn repeated(e: &Expr) -> u128 {
         Expr::InList(l) => repeated(&l.expr) + l.list.iter().map(inner).sum::<u128>(),
         Expr::Like(l) | Expr::SimilarTo(l) => repeated(&l.expr) + inner(&l.pattern),
         Expr::InSubquery(s) => repeated(&s.expr),
+        Expr::Between(b) => repeated(&b.expr) + inner(&b.low) + inner(&b.high),
+        // `CASE x WHEN 'a' THEN …`: the WHEN values are compared with x, not repeated.
+        Expr::Case(c) if c.expr.is_some() => {
+            c.expr.as_deref().map_or(0, repeated)
+                + c.when_then_expr
+                    .iter()
+                    .map(|(when, then)| inner(when) + repeated(then))
+                    .sum::<u128>()
+                + c.else_expr.as_deref().map_or(0, repeated)
+        }
         // Subqueries' plans are checked as plans of their own.
         Expr::ScalarSubquery(_) | Expr::Exists(_) => 0,
         other => {
@@ -268,6 +278,17 @@ mod tests {
                 "SELECT value FROM generate_series(1, 10) WHERE CAST(value AS VARCHAR) = '{a}' \
                  OR CAST(value AS VARCHAR) LIKE '{a}%' OR CAST(value AS VARCHAR) <> '{a}'",
                 a = "z".repeat(1500)
+            ),
+            // Attacker round 13 L1: simple CASE's WHEN values and BETWEEN bounds are compared.
+            format!(
+                "SELECT CASE CAST(value AS VARCHAR) WHEN '{a}1' THEN 1 WHEN '{a}2' THEN 2 \
+                 ELSE 0 END AS k, count(*) FROM generate_series(1, 10) GROUP BY 1",
+                a = "w".repeat(1500)
+            ),
+            format!(
+                "SELECT value FROM generate_series(1, 10) WHERE CAST(value AS VARCHAR) \
+                 BETWEEN '{a}1' AND '{a}2'",
+                a = "v".repeat(1500)
             ),
         ] {
             check_literals(&optimized(&sql).await, 16 << 20, 8192)

@@ -109,6 +109,22 @@ fn subquery_value(e: Expr, limit: usize) -> Expr {
     ))
 }
 
+fn built(e: Expr, limit: usize) -> Expr {
+    Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+        Arc::new(ScalarUDF::new_from_impl(Checked::new(Check::Built, limit))),
+        vec![e],
+    ))
+}
+
+/// A cast of a column to a type of varying width.
+fn copies_column(input: &Expr, to: &DataType) -> bool {
+    matches!(input, Expr::Column(_) | Expr::OuterReferenceColumn(..)) && !fixed_width(to)
+}
+
+fn is_built(args: &[Expr]) -> bool {
+    matches!(args, [Expr::ScalarFunction(f)] if f.func.name() == BUILT)
+}
+
 fn bound_node(e: Expr, limit: usize) -> Result<Transformed<Expr>> {
     match e {
         e if varying_pattern(&e).is_some() => Err(DataFusionError::ResourcesExhausted(format!(
@@ -141,6 +157,32 @@ fn bound_node(e: Expr, limit: usize) -> Result<Transformed<Expr>> {
             b.right = checked(b.right);
             Ok(Transformed::yes(Expr::BinaryExpr(b)))
         }
+        // Copies made without a function call, counted where they are made: 32 CASEs over a
+        // computed binary column built 6.9 GB in one projection (attacker round 13 H1).
+        // Counted at the outermost CASE only: what its branches copy is gone once it has made
+        // its own output, and wrappers inside CASE branches take DataFusion's optimizer time
+        // cubic in the nesting (990 nested CASEs held a core for minutes).
+        Expr::Case(c) => {
+            let inner = Expr::Case(c).transform_up(|x| match x {
+                Expr::ScalarFunction(f) if f.func.name() == BUILT => Ok(Transformed::yes(
+                    f.args.into_iter().next().expect("one argument"),
+                )),
+                other => Ok(Transformed::no(other)),
+            })?;
+            Ok(Transformed::yes(built(inner.data, limit)))
+        }
+        // A cast of a column: a cast of anything else copies a value already counted where it
+        // was made (by a function, a CASE or this), and one copy alive at a time per chain.
+        Expr::Cast(ref c) if copies_column(&c.expr, c.field.data_type()) => {
+            Ok(Transformed::yes(built(e, limit)))
+        }
+        Expr::TryCast(ref c) if copies_column(&c.expr, c.field.data_type()) => {
+            Ok(Transformed::yes(built(e, limit)))
+        }
+        // Bounding again what was bounded (a simplified call's result): counted once.
+        Expr::ScalarFunction(f) if f.func.name() == BUILT && is_built(&f.args) => Ok(
+            Transformed::yes(f.args.into_iter().next().expect("one argument")),
+        ),
         // A scalar subquery's value is repeated over a batch as a literal is (by a projection,
         // CASE, or inside `array_has`/`strpos`/`array_position`, which return fixed-width
         // values and so pass unchecked): a 1.2 MB array took 9.6 GB (attacker round 7).
@@ -229,6 +271,9 @@ fn is_constant(e: &Expr) -> bool {
 enum Check {
     /// `lakegate_checked(x)`: an operand of `||`, refused past the limit.
     Operand,
+    /// `lakegate_built(x)`: a CASE or a CAST to a type of varying width, which copies values
+    /// without a function call: counted in the operator's turn ([`crate::batch_width`]).
+    Built,
     /// `lakegate_subquery_value(x)`: a value from scalar subqueries, which a batch repeats for
     /// every row as it repeats a literal: refused past the literal limit (the limit over the
     /// batch size). A decorrelated subquery arrives as a column, each row's own value, which
@@ -237,6 +282,7 @@ enum Check {
 }
 
 const SUBQUERY_VALUE: &str = "lakegate_subquery_value";
+const BUILT: &str = "lakegate_built";
 
 /// `x`, refused when it takes more than its [`Check`] allows.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -260,6 +306,7 @@ impl ScalarUDFImpl for Checked {
     fn name(&self) -> &str {
         match self.check {
             Check::Operand => "lakegate_checked",
+            Check::Built => BUILT,
             Check::SubqueryValue => SUBQUERY_VALUE,
         }
     }
@@ -275,6 +322,19 @@ impl ScalarUDFImpl for Checked {
     fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let value = args.args.remove(0);
         match (self.check, &value) {
+            (Check::Operand, ColumnarValue::Scalar(v)) => {
+                // `||` of constants is folded, or repeated for every row: a literal's bound.
+                let most = literal_limit(self.limit, &args.config_options);
+                if scalar_bytes(v) > most as u128 {
+                    return Err(constant_too_large("||", scalar_bytes(v), self.limit, most));
+                }
+                let bytes = built_bytes(&value, args.number_rows);
+                crate::batch_width::add("||", bytes, self.limit)?;
+            }
+            (Check::Built, _) => {
+                let bytes = built_bytes(&value, args.number_rows);
+                crate::batch_width::add("CASE or CAST", bytes, self.limit)?;
+            }
             (Check::Operand, _) => {
                 check("||", &value, self.limit)?;
                 let bytes = built_bytes(&value, args.number_rows);
@@ -363,6 +423,22 @@ fn is_bounded(f: &ScalarUDF) -> bool {
     any.is::<Bounded>() || f.name().starts_with("lakegate_")
 }
 
+/// The largest value a batch may repeat for every row: `limit` over the batch size.
+fn literal_limit(limit: usize, config: &ConfigOptions) -> usize {
+    limit / usize::from(config.execution.batch_size).max(1)
+}
+
+/// The refusal of a value of constants (folded at planning, or computed once and repeated for
+/// every row) past the literal limit.
+fn constant_too_large(what: &str, size: u128, limit: usize, most: usize) -> DataFusionError {
+    DataFusionError::ResourcesExhausted(format!(
+        "result too large: {what} would make a value of {size} bytes that is the same for every \
+         row (folded at planning or repeated over a batch), more than [execution] \
+         max_batch_bytes ({} MiB) allows; such values may be at most {most} bytes",
+        limit >> 20
+    ))
+}
+
 /// A function that builds at most `limit` bytes of values per call.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Bounded {
@@ -430,6 +506,24 @@ impl ScalarUDFImpl for Bounded {
     }
 
     fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        // Simplifying may merge constant arguments without calling the function (`concat`
+        // joins its literal arguments): held to the literal limit before anything is joined.
+        let constants: u128 = args
+            .iter()
+            .map(|a| match a {
+                Expr::Literal(v, _) => scalar_bytes(v),
+                _ => 0,
+            })
+            .sum();
+        let most = literal_limit(self.limit, info.config_options());
+        if constants > most as u128 {
+            return Err(constant_too_large(
+                &format!("{}()", self.name()),
+                constants,
+                self.limit,
+                most,
+            ));
+        }
         // What a function simplifies to is bounded as well.
         match self.inner.inner().simplify(args, info)? {
             ExprSimplifyResult::Simplified(e) => {
@@ -528,8 +622,41 @@ impl Bounded {
                 ));
             }
         }
+        if all_scalar {
+            // Its value is folded into a literal, or repeated for every row as one is: held to
+            // what a literal may be (a 300 MB `concat` of `repeat`s was built at planning, where
+            // nothing yields, attacker round 13 H2). Before it is built for the functions that
+            // grow their input; the others make a few times their arguments, literals already.
+            let most = literal_limit(self.limit, &args.config_options);
+            match estimates.iter().max() {
+                Some(&worst) if grows(&name) && worst > most as u128 => {
+                    return Err(constant_too_large(
+                        &format!("{name}()"),
+                        worst,
+                        self.limit,
+                        most,
+                    ));
+                }
+                _ => {}
+            }
+            let out = self.inner.invoke_with_args(args)?;
+            check(&name, &out, self.limit)?;
+            let size = match &out {
+                ColumnarValue::Scalar(v) => scalar_bytes(v),
+                ColumnarValue::Array(a) => a.get_array_memory_size() as u128,
+            };
+            if size > most as u128 {
+                return Err(constant_too_large(
+                    &format!("{name}()"),
+                    size,
+                    self.limit,
+                    most,
+                ));
+            }
+            return Ok(out);
+        }
         let total: u128 = estimates.iter().sum();
-        if all_scalar || total <= self.limit as u128 {
+        if total <= self.limit as u128 {
             let out = self.inner.invoke_with_args(args)?;
             check(&name, &out, self.limit)?;
             return Ok(out);
@@ -603,6 +730,24 @@ fn check(name: &str, out: &ColumnarValue, limit: usize) -> Result<()> {
 /// Types whose values have one size: a function returning them cannot grow.
 fn fixed_width(t: &DataType) -> bool {
     t.primitive_width().is_some() || matches!(t, DataType::Boolean | DataType::Null)
+}
+
+/// The functions [`estimate`] bounds exactly: those that grow their input.
+fn grows(name: &str) -> bool {
+    matches!(
+        name,
+        "repeat"
+            | "lpad"
+            | "rpad"
+            | "replace"
+            | "regexp_replace"
+            | "array_repeat"
+            | "array_resize"
+            | "array_to_string"
+            | "range"
+            | "generate_series"
+            | "string_to_array"
+    )
 }
 
 /// Bytes of one row's output of `name`, for each of `rows` rows, at most.
@@ -1004,7 +1149,10 @@ mod tests {
                 Ok(_) => panic!("{sql}: answered"),
                 Err(e) => e.to_string(),
             };
-            assert!(err.contains("from scalar subqueries"), "{sql}: {err}");
+            assert!(
+                err.contains("from scalar subqueries") || err.contains("the same for every row"),
+                "{sql}: {err}"
+            );
         }
         // Small values, and correlated subqueries (a column of their own), as before.
         let got = run(
@@ -1068,7 +1216,8 @@ mod tests {
     #[tokio::test]
     async fn calls_whose_work_is_quadratic_are_bounded_before_they_start() {
         let err = run(
-            "SELECT levenshtein(repeat('a', 150000), repeat('b', 150000))",
+            "SELECT levenshtein(repeat('a', 150000 + value), repeat('b', 150000 + value)) \
+             FROM generate_series(0, 0)",
             128 << 20,
         )
         .await
@@ -1087,7 +1236,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_chain_of_concatenations_is_refused_before_it_doubles_past_the_limit() {
-        let sql = "WITH s AS (SELECT repeat('x', 3000000) AS v) \
+        let sql =
+            "WITH s AS (SELECT repeat('x', 3000000 + value) AS v FROM generate_series(0, 0)) \
                    SELECT length(a.v || a.v || a.v || a.v || a.v || a.v || a.v) FROM s a";
         let err = run(sql, 16 << 20).await.unwrap_err().to_string();
         assert!(
@@ -1132,9 +1282,9 @@ mod tests {
     #[tokio::test]
     async fn list_and_string_aggregates_are_refused_as_their_state_passes_the_limit() {
         for sql in [
-            "SELECT value % 2, length(string_agg(repeat('x', 1000), '')) FROM generate_series(1, 20000) GROUP BY value % 2",
-            "SELECT length(string_agg(repeat('x', 1000), ',')) FROM generate_series(1, 20000)",
-            "SELECT value % 3, cardinality(array_agg(repeat('x', 1000))) FROM generate_series(1, 20000) GROUP BY value % 3",
+            "SELECT value % 2, length(string_agg(repeat('x', 100 + value % 2), '')) FROM generate_series(1, 200000) GROUP BY value % 2",
+            "SELECT length(string_agg(repeat('x', 100 + value % 2), ',')) FROM generate_series(1, 200000)",
+            "SELECT value % 3, cardinality(array_agg(repeat('x', 100 + value % 2))) FROM generate_series(1, 200000) GROUP BY value % 3",
         ] {
             let err = run(sql, 4 << 20).await.unwrap_err().to_string();
             assert!(err.contains("per group") && err.contains("max_batch_bytes (4 MiB)"), "{sql}: {err}");
@@ -1212,5 +1362,23 @@ mod tests {
                 .await
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
         }
+    }
+
+    #[tokio::test]
+    async fn constants_are_held_to_a_literal_before_they_are_built() {
+        // 16 MiB over 8,192 rows: 2,048 bytes. Attacker round 13 H2 built 300 MB at planning.
+        let each = "repeat('x', 2000)";
+        for sql in [
+            "SELECT length(concat(repeat('x', 100000000), repeat('y', 100000000)))".to_string(),
+            format!("SELECT length(concat({each}, {each}, {each}, {each}, {each}))"),
+            format!("SELECT length(concat_ws(',', {each}, {each}, {each}))"),
+            format!("SELECT length({each} || {each} || {each})"),
+        ] {
+            let err = run(&sql, 16 << 20).await.unwrap_err().to_string();
+            assert!(err.contains("max_batch_bytes (16 MiB)"), "{sql}: {err}");
+        }
+        run(&format!("SELECT length(concat({each}, 'y'))"), 16 << 20)
+            .await
+            .unwrap();
     }
 }

@@ -246,6 +246,38 @@ async fn what_one_operator_computes_for_a_batch_is_bounded_in_all() {
             && err.contains("max_batch_bytes (4 MiB)"),
         "{sql}: {err}"
     );
+    // Copies made without a function call (attacker round 13 H1): CASE and CAST over a
+    // computed binary column of about 1.6 MB per batch, four copies past 4 MiB.
+    let inner = "SELECT CAST(repeat(district, 1000) AS BYTEA) AS b, name FROM market.enterprises";
+    let case = many(
+        &|i| format!("CASE WHEN length(name) <> {i} THEN b ELSE X'00' END"),
+        4,
+    );
+    let cast = many(
+        &|i| format!("CAST(CAST(b AS VARCHAR) || '{i}' AS BYTEA)"),
+        4,
+    );
+    for keys in [case, cast] {
+        let sql = format!("SELECT count(*) FROM ({inner}) s GROUP BY {keys}");
+        let err = query(&mut banker, &sql).await.unwrap_err();
+        assert!(
+            err.contains("the values one operator computes for a batch")
+                && err.contains("max_batch_bytes (4 MiB)"),
+            "{sql}: {err}"
+        );
+    }
+    // Constants are held to a literal's size before they are built, also where folding would
+    // consume them (attacker round 13 H2: a 300 MB concat of repeats at planning).
+    let err = query(
+        &mut banker,
+        "SELECT length(concat(repeat('x', 400), repeat('y', 400), repeat('z', 400)))",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("such values may be at most 512 bytes"),
+        "{err}"
+    );
     // One such key, and a few small literals, are answered as before.
     let keys = many(&|i| format!("repeat(district, 1000 + {i})"), 1);
     let ok = query(
