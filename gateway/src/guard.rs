@@ -68,6 +68,7 @@ pub(crate) fn guard(
             name: node.name().to_string(),
             keeps: keeps_input_unaccounted(node.as_ref()),
             repeats: repeats_rows(node.as_ref()),
+            copies: window_copies(node.as_ref()),
         };
         let node = if above.keeps || above.repeats {
             let children = node
@@ -91,6 +92,29 @@ pub(crate) fn guard(
         ))
     })
     .map(|t| t.data)
+}
+
+/// How many window functions of `plan` return values of varying width: each may copy a column
+/// of its input (`lag(b, 1)`, `last_value(b)`) into a column of its output, all built before the
+/// guard above measures the batch (64 `lag`s of a 12 KB binary column: 9 GB, attacker round 14).
+fn window_copies(plan: &dyn ExecutionPlan) -> usize {
+    let exprs = if let Some(w) = plan.downcast_ref::<BoundedWindowAggExec>() {
+        w.window_expr()
+    } else if let Some(w) = plan.downcast_ref::<WindowAggExec>() {
+        w.window_expr()
+    } else {
+        return 0;
+    };
+    exprs
+        .iter()
+        .filter(|w| {
+            w.field().map_or(true, |f| {
+                let t = f.data_type();
+                t.primitive_width().is_none()
+                    && !matches!(t, datafusion::arrow::datatypes::DataType::Boolean)
+            })
+        })
+        .count()
 }
 
 /// Operators that buffer their input without a memory reservation in DataFusion 55.
@@ -121,6 +145,9 @@ struct Above {
     keeps: bool,
     /// It may repeat a row for a whole batch: no row may be wider than a batch's share.
     repeats: bool,
+    /// Window functions above that may each copy a column of the batch: the batch times this
+    /// must fit `max_batch_bytes`.
+    copies: usize,
 }
 
 /// Yields to the runtime between batches of its input and bounds their size.
@@ -205,6 +232,11 @@ impl ExecutionPlan for GuardExec {
             let rows = context.session_config().batch_size().max(1);
             (a.name.clone(), self.max_batch_bytes / rows)
         });
+        let copied = self
+            .above
+            .as_ref()
+            .filter(|a| a.copies > 0)
+            .map(|a| (a.name.clone(), a.copies));
         let input = self.input.execute(partition, context)?;
         Ok(Box::pin(GuardStream {
             input,
@@ -212,6 +244,7 @@ impl ExecutionPlan for GuardExec {
             operator: self.input.name().to_string(),
             held,
             widest,
+            copied,
         }))
     }
 }
@@ -224,6 +257,8 @@ struct GuardStream {
     held: Option<MemoryReservation>,
     /// The operator above that repeats rows, and the widest row it may be given.
     widest: Option<(String, usize)>,
+    /// The window operator above, and how many of its functions may copy a column.
+    copied: Option<(String, usize)>,
 }
 
 impl Stream for GuardStream {
@@ -253,6 +288,21 @@ impl Stream for GuardStream {
                         bytes,
                         self.max_batch_bytes,
                     ))));
+                }
+                if let Some((above, copies)) = &self.copied {
+                    let total = bytes.saturating_mul(*copies);
+                    if total > self.max_batch_bytes {
+                        return Poll::Ready(Some(Err(DataFusionError::ResourcesExhausted(
+                            format!(
+                                "result too large: {above} has {copies} window functions that \
+                                 may each copy a column of a {} MiB batch, past [execution] \
+                                 max_batch_bytes ({} MiB); use fewer such window functions or \
+                                 narrower values",
+                                bytes >> 20,
+                                self.max_batch_bytes >> 20
+                            ),
+                        ))));
+                    }
                 }
                 if let Some((above, most)) = &self.widest {
                     let widest = crate::row_size::widest_row(&batch);

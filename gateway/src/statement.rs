@@ -74,7 +74,18 @@ pub(crate) fn values_masked(sql: &str) -> Option<(String, Vec<String>)> {
     use datafusion::sql::sqlparser::parser::Parser;
     use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
     let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize().ok()?;
-    on_stack_for(sql, || Parser::parse_sql(&GenericDialect {}, sql).is_ok()).then_some(())?;
+    // Parsed with the gateway's own bounds: past the parser's default recursion limit (50) its
+    // backtracking is exponential, and one refused 24-level statement held the audit export
+    // for good, across restarts (attacker round 14 H1).
+    check_nesting(sql).ok()?;
+    let parses = || {
+        Parser::new(&GenericDialect {})
+            .with_recursion_limit(PARSER_RECURSION_LIMIT)
+            .try_with_sql(sql)
+            .and_then(|mut p| p.parse_statements())
+            .is_ok()
+    };
+    on_stack_for(sql, parses).then_some(())?;
     let mut out = String::with_capacity(sql.len());
     let mut values = Vec::new();
     let mut after_colon = false;
@@ -617,6 +628,24 @@ pub(crate) mod tests {
             Err(e) => e.to_string(),
             Ok(s) => panic!("{sql} was accepted as {s}"),
         }
+    }
+
+    #[test]
+    fn values_are_masked_in_bounded_time_however_deep_the_statement() {
+        // Attacker round 14 H1: past the parser's default recursion limit this took minutes.
+        let deep = |n: usize| {
+            format!(
+                "SELECT {}'SECRET'{} FROM t",
+                "CAST(upper(CAST(".repeat(n),
+                " AS VARCHAR)) AS BYTEA)".repeat(n)
+            )
+        };
+        assert_eq!(values_masked(&deep(24)), None);
+        let (masked, values) = values_masked(&deep(16)).expect("16 levels parse");
+        assert!(
+            !masked.contains("SECRET") && values == ["SECRET"],
+            "{masked}"
+        );
     }
 
     #[test]

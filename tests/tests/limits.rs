@@ -266,6 +266,28 @@ async fn what_one_operator_computes_for_a_batch_is_bounded_in_all() {
             "{sql}: {err}"
         );
     }
+    // Window functions that copy a column (attacker round 14 H2: 64 lags, 9 GB): the batch
+    // below times their number must fit. Rows within the 512 bytes a window may be given,
+    // 1,200 of them: about 1.3 MiB a batch, four copies past 4 MiB.
+    let rows = "SELECT CAST(repeat(district, 30) AS BYTEA) AS b, name \
+                FROM market.enterprises, generate_series(1, 6)";
+    let lags = many(
+        &|i| format!("lag(b, {}) OVER (ORDER BY name) AS l{i}", i + 1),
+        4,
+    );
+    let sql = format!("SELECT {lags} FROM ({rows}) s");
+    let err = query(&mut banker, &sql).await.unwrap_err();
+    assert!(
+        err.contains("window functions that may each copy")
+            && err.contains("max_batch_bytes (4 MiB)"),
+        "{sql}: {err}"
+    );
+    query(
+        &mut banker,
+        &format!("SELECT length(lag(b, 1) OVER (ORDER BY name)) AS l FROM ({rows}) s"),
+    )
+    .await
+    .unwrap();
     // Constants are held to a literal's size before they are built, also where folding would
     // consume them (attacker round 13 H2: a 300 MB concat of repeats at planning).
     let err = query(
