@@ -9,9 +9,11 @@
 //! - at planning, [`check_literals`]: the literals one operator repeats for every row of a batch
 //!   (projected, grouped by, returned by CASE, ...), summed, may fill at most one batch, and a
 //!   VALUES list at most one batch in all;
-//! - while a query runs, [`Turn`] and [`add`]: what bounded functions and `||` operands build in
-//!   one operator's turn (from the batch its input gave it to the next) is summed and refused
-//!   past `max_batch_bytes`.
+//! - while a query runs, [`Turn`] and [`add`]: what bounded functions, `||` operands, scalar
+//!   subquery values, CASE and casts of columns (`lakegate_built`) build in one operator's turn
+//!   (from the batch its input gave it to the next) is summed and refused past
+//!   `max_batch_bytes`. Window functions are bounded by the guard below the window instead
+//!   ([`crate::guard`]).
 //!
 //! Before: `Projection: Utf8("xxxx…16000 bytes") AS c0, …, Utf8("xxxx…") AS c63` over a scan
 //! After:  refused at planning, naming the limit; nothing is built.

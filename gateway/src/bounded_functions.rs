@@ -330,8 +330,9 @@ impl ScalarUDFImpl for Checked {
             (Check::Operand, ColumnarValue::Scalar(v)) => {
                 // `||` of constants is folded, or repeated for every row: a literal's bound.
                 let most = literal_limit(self.limit, &args.config_options);
-                if scalar_bytes(v) > most as u128 {
-                    return Err(constant_too_large("||", scalar_bytes(v), self.limit, most));
+                let size = scalar_bytes(v);
+                if size > most as u128 {
+                    return Err(constant_too_large("||", size, self.limit, most));
                 }
                 let bytes = built_bytes(&value, args.number_rows);
                 crate::batch_width::add("||", bytes, self.limit)?;
@@ -616,7 +617,8 @@ impl Bounded {
             .args
             .iter()
             .all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let estimates = estimate(self.name(), &args.args, if all_scalar { 1 } else { rows });
+        let (estimates, exact) =
+            estimate(self.name(), &args.args, if all_scalar { 1 } else { rows });
         let name = self.name().to_string();
         if let Some(&worst) = estimates.iter().max() {
             if worst > self.limit as u128 {
@@ -634,7 +636,7 @@ impl Bounded {
             // grow their input; the others make a few times their arguments, literals already.
             let most = literal_limit(self.limit, &args.config_options);
             match estimates.iter().max() {
-                Some(&worst) if grows(&name) && worst > most as u128 => {
+                Some(&worst) if exact && worst > most as u128 => {
                     return Err(constant_too_large(
                         &format!("{name}()"),
                         worst,
@@ -646,10 +648,7 @@ impl Bounded {
             }
             let out = self.inner.invoke_with_args(args)?;
             check(&name, &out, self.limit)?;
-            let size = match &out {
-                ColumnarValue::Scalar(v) => scalar_bytes(v),
-                ColumnarValue::Array(a) => a.get_array_memory_size() as u128,
-            };
+            let size = value_bytes(&out);
             if size > most as u128 {
                 return Err(constant_too_large(
                     &format!("{name}()"),
@@ -721,11 +720,16 @@ fn clamp(v: u128) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
 }
 
+/// Bytes of a call's output as it is (a scalar once).
+fn value_bytes(out: &ColumnarValue) -> u128 {
+    match out {
+        ColumnarValue::Array(a) => a.get_array_memory_size() as u128,
+        ColumnarValue::Scalar(s) => scalar_bytes(s),
+    }
+}
+
 fn check(name: &str, out: &ColumnarValue, limit: usize) -> Result<()> {
-    let bytes = match out {
-        ColumnarValue::Array(a) => a.get_array_memory_size(),
-        ColumnarValue::Scalar(s) => clamp(scalar_bytes(s)),
-    };
+    let bytes = clamp(value_bytes(out));
     if bytes > limit {
         return Err(too_large(&format!("{name}()"), bytes, limit));
     }
@@ -733,34 +737,17 @@ fn check(name: &str, out: &ColumnarValue, limit: usize) -> Result<()> {
 }
 
 /// Types whose values have one size: a function returning them cannot grow.
-fn fixed_width(t: &DataType) -> bool {
+pub(crate) fn fixed_width(t: &DataType) -> bool {
     t.primitive_width().is_some() || matches!(t, DataType::Boolean | DataType::Null)
 }
 
-/// The functions [`estimate`] bounds exactly: those that grow their input.
-fn grows(name: &str) -> bool {
-    matches!(
-        name,
-        "repeat"
-            | "lpad"
-            | "rpad"
-            | "replace"
-            | "regexp_replace"
-            | "array_repeat"
-            | "array_resize"
-            | "array_to_string"
-            | "range"
-            | "generate_series"
-            | "string_to_array"
-    )
-}
-
-/// Bytes of one row's output of `name`, for each of `rows` rows, at most.
-fn estimate(name: &str, args: &[ColumnarValue], rows: usize) -> Vec<u128> {
+/// Bytes of one row's output of `name`, for each of `rows` rows, at most; and whether the bound
+/// is exact (the functions that grow their input) rather than in proportion to the arguments.
+fn estimate(name: &str, args: &[ColumnarValue], rows: usize) -> (Vec<u128>, bool) {
     let size = |i: usize| Sizes::of(args.get(i), rows);
     let int = |i: usize| Ints::counts(args.get(i), rows);
     let each = |f: &dyn Fn(usize) -> u128| (0..rows).map(f).collect::<Vec<_>>();
-    match name {
+    let exact = match name {
         "repeat" => {
             let (s, n) = (size(0), int(1));
             each(&|r| s.get(r) * n.get(r))
@@ -820,9 +807,13 @@ fn estimate(name: &str, args: &[ColumnarValue], rows: usize) -> Vec<u128> {
             // Output in proportion to the arguments (`concat`, `upper`, `translate`, `to_hex`,
             // …): four times their size covers every byte-for-character expansion.
             let sizes: Vec<Sizes> = (0..args.len()).map(size).collect();
-            each(&|r| 16 + 4 * sizes.iter().map(|s| s.get(r)).sum::<u128>())
+            return (
+                each(&|r| 16 + 4 * sizes.iter().map(|s| s.get(r)).sum::<u128>()),
+                false,
+            );
         }
-    }
+    };
+    (exact, true)
 }
 
 /// The most steps one call of a function whose work grows with the product of its arguments'

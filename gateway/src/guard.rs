@@ -109,9 +109,7 @@ fn window_copies(plan: &dyn ExecutionPlan) -> usize {
         .iter()
         .filter(|w| {
             w.field().map_or(true, |f| {
-                let t = f.data_type();
-                t.primitive_width().is_none()
-                    && !matches!(t, datafusion::arrow::datatypes::DataType::Boolean)
+                !crate::bounded_functions::fixed_width(f.data_type())
             })
         })
         .count()

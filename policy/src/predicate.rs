@@ -399,7 +399,7 @@ fn operand(e: &Expr, columns: &[String]) -> Option<Operand> {
                 Some(Operand::Literal(Value::Decimal(s.to_string())))
             }
             (UnaryOp::Datetime, Expr::Literal(Literal::String(s))) => {
-                datetime_millis(s).map(datetime)
+                datetime_millis(s).and_then(datetime)
             }
             _ => None,
         },
@@ -426,7 +426,7 @@ fn operand(e: &Expr, columns: &[String]) -> Option<Operand> {
                     return None;
                 };
                 let ms: i64 = offset.strip_suffix("ms")?.parse().ok()?;
-                datetime_millis(base)?.checked_add(ms).map(datetime)
+                datetime_millis(base)?.checked_add(ms).and_then(datetime)
             }
             _ => None,
         },
@@ -434,12 +434,13 @@ fn operand(e: &Expr, columns: &[String]) -> Option<Operand> {
     }
 }
 
-/// A datetime literal in one form, UTC with milliseconds, whatever form Cedar was given.
-fn datetime(ms: i64) -> Operand {
-    let at = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
-    Operand::Literal(Value::Datetime(
+/// A datetime literal in one form, UTC with milliseconds, whatever form Cedar was given; `None`
+/// past what the translation can write (the condition then fails closed).
+fn datetime(ms: i64) -> Option<Operand> {
+    let at = chrono::DateTime::from_timestamp_millis(ms)?;
+    Some(Operand::Literal(Value::Datetime(
         at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-    ))
+    )))
 }
 
 /// Milliseconds since the epoch of a Cedar datetime string: `YYYY-MM-DD`, or
