@@ -80,6 +80,8 @@ export LAKEGATE_REQUIRE_S3=1
 export LAKEGATE_PYTHON="$ROOT/.venv/bin/python"
 
 step "Rust tests"
+# The tests' servers write to folders under here that outlive each test; last run's go first.
+rm -rf "${TMPDIR:-/tmp}/lakegate-tests"
 cargo test --workspace --no-fail-fast
 
 step "Python ADBC tests"

@@ -23,15 +23,23 @@ pub mod attack;
 /// Rows of the demo lake the tests share (market.enterprises then has 200 rows).
 pub const DEMO_ROWS: usize = 1_000;
 
+/// A new folder that outlives the test (a server may still write to it while the test ends).
+/// All of them live under `$TMPDIR/lakegate-tests`, which `scripts/test.sh` empties first.
+pub fn scratch_dir(prefix: &str) -> PathBuf {
+    let parent = std::env::temp_dir().join("lakegate-tests");
+    std::fs::create_dir_all(&parent).expect("scratch parent");
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(parent)
+        .expect("scratch dir")
+        .keep()
+}
+
 /// A demo lake built once per test binary, in a folder that lives as long as the process.
 pub fn shared_demo() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("lakegate-demo-")
-            .tempdir()
-            .expect("temp dir")
-            .keep();
+        let dir = scratch_dir("lakegate-demo-");
         let build_dir = dir.clone();
         // Built on its own runtime: tests call this from inside theirs.
         std::thread::spawn(move || {
@@ -76,11 +84,7 @@ impl TestServer {
     pub async fn start_with(config: &Config) -> Self {
         let mut config = config.clone();
         if config.audit.dir == shared_demo().join("audit") {
-            config.audit.dir = tempfile::Builder::new()
-                .prefix("lakegate-audit-")
-                .tempdir()
-                .expect("temp dir")
-                .keep();
+            config.audit.dir = scratch_dir("lakegate-audit-");
         }
         let server = flight_server::Server::bind(&config, Some("127.0.0.1:0".parse().unwrap()))
             .await

@@ -44,7 +44,7 @@ fn provider() -> (Provider, String) {
 async fn jwt_server() -> (TestServer, Provider, Provider, String) {
     let (idp, public) = provider();
     let (other, _) = provider();
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = lakegate_tests::scratch_dir("lakegate-");
     std::fs::write(dir.join("idp.pem"), &public).unwrap();
     let mut config = Config::load(&shared_demo().join("lakegate.toml")).unwrap();
     config.jwt = Some(JwtConfig {
@@ -202,7 +202,7 @@ async fn a_jwk_set_picks_the_key_by_kid() {
         "kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256",
         "x": b.encode(&raw[1..33]), "y": b.encode(&raw[33..65]),
     }]});
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = lakegate_tests::scratch_dir("lakegate-");
     std::fs::write(dir.join("jwks.json"), jwks.to_string()).unwrap();
     let mut config = Config::load(&shared_demo().join("lakegate.toml")).unwrap();
     config.jwt = Some(JwtConfig {

@@ -16,11 +16,7 @@ const SHORT: &str = "SELECT count(*) FROM market.enterprises";
 
 fn demo_config(edit: impl FnOnce(&mut Config)) -> Config {
     let mut config = Config::load(&shared_demo().join("lakegate.toml")).unwrap();
-    config.audit.dir = tempfile::Builder::new()
-        .prefix("lakegate-audit-")
-        .tempdir()
-        .unwrap()
-        .keep();
+    config.audit.dir = lakegate_tests::scratch_dir("lakegate-audit-");
     edit(&mut config);
     config
 }

@@ -18,14 +18,10 @@ fn scrape(addr: std::net::SocketAddr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_queries_refusals_latency_and_bytes() {
     let mut config = Config::load(&shared_demo().join("lakegate.toml")).unwrap();
-    config.audit.dir = tempfile::Builder::new()
-        .prefix("lakegate-audit-")
-        .tempdir()
-        .unwrap()
-        .keep();
+    config.audit.dir = lakegate_tests::scratch_dir("lakegate-audit-");
     config.server.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     // A policy folder of its own, to change while it serves.
-    let policies = tempfile::tempdir().unwrap().keep();
+    let policies = lakegate_tests::scratch_dir("lakegate-");
     for f in std::fs::read_dir(&config.policy.dir).unwrap().flatten() {
         std::fs::copy(f.path(), policies.join(f.file_name())).unwrap();
     }

@@ -140,7 +140,7 @@ fn files() -> Vec<PathBuf> {
 async fn the_enforcement_matrix_holds() {
     let mut config =
         lake_config::Config::load(&lakegate_tests::shared_demo().join("lakegate.toml")).unwrap();
-    config.audit.dir = tempfile::tempdir().unwrap().keep();
+    config.audit.dir = lakegate_tests::scratch_dir("lakegate-");
     let gateway = Arc::new(Gateway::open(&config).await.unwrap());
     let complete = std::env::var_os("LAKEGATE_SLT_COMPLETE").is_some();
     let mut failures = Vec::new();

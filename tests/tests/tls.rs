@@ -9,11 +9,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 fn tls_demo(client_ca: bool) -> (Config, flight_server::tls::TlsFiles) {
     flight_server::tls::install_crypto_provider();
-    let dir = tempfile::Builder::new()
-        .prefix("lakegate-tls-")
-        .tempdir()
-        .unwrap()
-        .keep();
+    let dir = lakegate_tests::scratch_dir("lakegate-tls-");
     let files = flight_server::tls::generate(&dir).unwrap();
     let mut config = Config::load(&shared_demo().join("lakegate.toml")).unwrap();
     config.server.tls = Some(TlsConfig {
