@@ -1,0 +1,473 @@
+//! The checker: follows every aggregate-only column through a plan and refuses any use other
+//! than a safe aggregate's bare argument or a bare GROUP BY key.
+
+use super::*;
+
+/// What is known of one aggregate-only column flowing through the plan.
+#[derive(Debug, Clone)]
+pub(super) struct Origin {
+    /// The table it was read from (`schema.table`), for messages.
+    table: String,
+}
+
+/// Aggregate-only columns among a node's output columns.
+pub(super) type Taint = HashMap<Column, Origin>;
+
+pub(super) fn refuse(rule: &str, column: &Column, origin: &Origin) -> GatewayError {
+    GatewayError::AggregateOnly(format!(
+        "column {}.{} is aggregate-only: {rule}",
+        origin.table, column.name
+    ))
+}
+
+/// The taint entry `c` refers to: exact match, or by name when `c` is unqualified.
+pub(super) fn lookup<'a>(taint: &'a Taint, c: &Column) -> Option<(&'a Column, &'a Origin)> {
+    taint.get_key_value(c).or_else(|| {
+        if c.relation.is_none() {
+            taint.iter().find(|(t, _)| t.name == c.name)
+        } else {
+            None
+        }
+    })
+}
+
+/// The first tainted column an expression reads, subqueries' outer references included.
+pub(super) fn tainted_in<'a>(e: &Expr, taint: &'a Taint) -> Option<(&'a Column, &'a Origin)> {
+    let mut found = None;
+    let _ = e.apply(|e| {
+        let hit = match e {
+            Expr::Column(c) => lookup(taint, c),
+            Expr::OuterReferenceColumn(_, c) => lookup(taint, c),
+            _ => None,
+        };
+        if hit.is_some() {
+            found = hit;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// A bare column (aliases allowed) or nothing.
+pub(super) fn bare_column(e: &Expr) -> Option<&Column> {
+    match e {
+        Expr::Column(c) => Some(c),
+        Expr::Alias(a) => bare_column(&a.expr),
+        _ => None,
+    }
+}
+
+/// A cast of a bare numeric column that cannot fail: what type coercion puts under `avg` and
+/// `sum`. A fallible cast would turn a withheld row's value into an error.
+pub(super) fn widening_cast_of_column(e: &Expr, schema: &DFSchemaRef) -> bool {
+    use datafusion::arrow::datatypes::DataType as T;
+    let (inner, to) = match e {
+        Expr::Cast(c) => (c.expr.as_ref(), c.field.data_type()),
+        Expr::TryCast(c) => (c.expr.as_ref(), c.field.data_type()),
+        _ => return false,
+    };
+    let Some(column) = bare_column(inner) else {
+        return false;
+    };
+    let Ok(from) = schema
+        .qualified_field_from_column(column)
+        .map(|(_, f)| f.data_type().clone())
+    else {
+        return false;
+    };
+    let signed = matches!(from, T::Int8 | T::Int16 | T::Int32 | T::Int64);
+    let unsigned = matches!(from, T::UInt8 | T::UInt16 | T::UInt32 | T::UInt64);
+    let float = matches!(from, T::Float16 | T::Float32 | T::Float64);
+    match to {
+        T::Int64 => signed,
+        T::UInt64 => unsigned,
+        T::Float64 => signed || unsigned || float,
+        T::Decimal128(p, s) | T::Decimal256(p, s) => match from {
+            T::Decimal128(fp, fs) | T::Decimal256(fp, fs) => {
+                *s >= fs && (*p as i16 - *s as i16) >= (fp as i16 - fs as i16)
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+pub(super) fn secure_table(
+    scan: &TableScan,
+) -> Option<Arc<dyn datafusion::catalog::TableProvider>> {
+    let provider = source_as_provider(&scan.source).ok()?;
+    let any: &dyn Any = provider.as_ref();
+    any.is::<SecureTable>().then_some(provider)
+}
+
+pub(super) fn as_secure(p: &Arc<dyn datafusion::catalog::TableProvider>) -> &SecureTable {
+    let any: &dyn Any = p.as_ref();
+    any.downcast_ref::<SecureTable>()
+        .expect("checked by secure_table")
+}
+
+/// The checker: walks `plan`, refuses forbidden flows, and records the aggregates that need a
+/// minimum-group check. `outer` is the taint of the enclosing query, for correlated subqueries.
+pub(super) struct Checker {
+    /// Aggregates needing a k check, by their output schema (unique per node).
+    /// Each with the aggregate-only columns it consumes, as its expressions name them.
+    pub(super) needs_check: Vec<(DFSchemaRef, Vec<Column>)>,
+    /// Aggregates with a release above them (on an optimized plan), by output schema.
+    pub(super) released: Vec<DFSchemaRef>,
+}
+
+impl Checker {
+    pub(super) fn walk(
+        &mut self,
+        plan: &LogicalPlan,
+        outer: &Taint,
+    ) -> Result<Taint, GatewayError> {
+        // Plans as deep as the statement limits allow (a long UNION chain): grow the stack.
+        stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.walk_node(plan, outer))
+    }
+
+    fn walk_node(&mut self, plan: &LogicalPlan, outer: &Taint) -> Result<Taint, GatewayError> {
+        // Subqueries in this node's expressions: their results must carry no aggregate-only
+        // column, and their outer references are uses too.
+        let inputs: Vec<Taint> = plan
+            .inputs()
+            .into_iter()
+            .map(|p| self.walk(p, outer))
+            .collect::<Result<_, _>>()?;
+        let mut visible: Taint = outer.clone();
+        for t in &inputs {
+            visible.extend(t.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let mut subquery_err = None;
+        let _ = plan.apply_expressions(|e| {
+            e.apply(|e| {
+                let sub = match e {
+                    Expr::ScalarSubquery(s) => Some(&s.subquery),
+                    Expr::InSubquery(s) => Some(&s.subquery.subquery),
+                    Expr::Exists(s) => Some(&s.subquery.subquery),
+                    _ => None,
+                };
+                if let Some(sub) = sub {
+                    match self.walk(sub, &visible) {
+                        Ok(t) if t.is_empty() => {}
+                        Ok(t) => {
+                            let (c, o) = t.iter().next().expect("non-empty");
+                            subquery_err =
+                                Some(refuse("it may not be the result of a subquery", c, o));
+                            return Ok(TreeNodeRecursion::Stop);
+                        }
+                        Err(err) => {
+                            subquery_err = Some(err);
+                            return Ok(TreeNodeRecursion::Stop);
+                        }
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        });
+        if let Some(e) = subquery_err {
+            return Err(e);
+        }
+        let input_taint = |i: usize| inputs.get(i).cloned().unwrap_or_default();
+        let check_exprs =
+            |exprs: &[&Expr], rule: &str, taint: &Taint| -> Result<(), GatewayError> {
+                for e in exprs {
+                    if let Some((c, o)) = tainted_in(e, taint) {
+                        return Err(refuse(rule, c, o));
+                    }
+                }
+                Ok(())
+            };
+        // Bare tainted columns pass through under their output names; any other use is refused.
+        let project = |exprs: &[Expr],
+                       plan: &LogicalPlan,
+                       t: &Taint|
+         -> Result<Taint, GatewayError> {
+            let mut out = Taint::new();
+            for (e, c) in exprs.iter().zip(plan.schema().columns()) {
+                match bare_column(e).and_then(|b| lookup(t, b)) {
+                    Some((_, o)) => {
+                        out.insert(c, o.clone());
+                    }
+                    None => check_exprs(
+                        &[e],
+                        "it may not be used in an expression, only as the bare argument of count, sum or avg or as a GROUP BY key",
+                        t,
+                    )?,
+                }
+            }
+            Ok(out)
+        };
+        // Output columns of `plan` that keep a tainted input column's name and qualifier.
+        let pass_through = |taint: &Taint| -> Taint {
+            plan.schema()
+                .columns()
+                .into_iter()
+                .filter_map(|c| taint.get(&c).map(|o| (c, o.clone())))
+                .collect()
+        };
+
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                let Some(provider) = secure_table(scan) else {
+                    return Ok(Taint::new());
+                };
+                let table = as_secure(&provider);
+                // Filters the optimizer pushed into the scan (any column of the table).
+                for f in &scan.filters {
+                    if let Some(c) = f
+                        .column_refs()
+                        .into_iter()
+                        .find(|c| table.aggregate_only(&c.name).is_some())
+                    {
+                        return Err(refuse(
+                            "it may not be used in WHERE or HAVING",
+                            c,
+                            &Origin {
+                                table: table.snapshot().table.to_string(),
+                            },
+                        ));
+                    }
+                }
+                let mut out = Taint::new();
+                for c in plan.schema().columns() {
+                    if table.aggregate_only(&c.name).is_some() {
+                        out.insert(
+                            c,
+                            Origin {
+                                table: table.snapshot().table.to_string(),
+                            },
+                        );
+                    }
+                }
+                if !out.is_empty() && table.snapshot().subject_key.is_none() {
+                    let (c, o) = out.iter().next().expect("non-empty");
+                    return Err(refuse(
+                        "the table declares no subject key, so none of its aggregate-only columns can be released",
+                        c,
+                        o,
+                    ));
+                }
+                Ok(out)
+            }
+            LogicalPlan::SubqueryAlias(_) => {
+                // Same columns, new qualifier: map by position.
+                let t = input_taint(0);
+                let input_cols = plan.inputs()[0].schema().columns();
+                Ok(plan
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .zip(input_cols)
+                    .filter_map(|(out, inp)| t.get(&inp).map(|o| (out, o.clone())))
+                    .collect())
+            }
+            LogicalPlan::Projection(p) => {
+                let t = input_taint(0);
+                project(&p.expr, plan, &t)
+            }
+            LogicalPlan::Filter(f) => {
+                let t = input_taint(0);
+                check_exprs(&[&f.predicate], "it may not be used in WHERE or HAVING", &t)?;
+                Ok(pass_through(&t))
+            }
+            LogicalPlan::Join(j) => {
+                let t: Taint = inputs
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let on: Vec<&Expr> =
+                    j.on.iter()
+                        .flat_map(|(l, r)| [l, r])
+                        .chain(j.filter.iter())
+                        .collect();
+                check_exprs(&on, "it may not be used in a JOIN condition", &t)?;
+                Ok(pass_through(&t))
+            }
+            LogicalPlan::Sort(s) => {
+                let t = input_taint(0);
+                let exprs: Vec<&Expr> = s.expr.iter().map(|e| &e.expr).collect();
+                check_exprs(&exprs, "it may not be used in ORDER BY", &t)?;
+                Ok(pass_through(&t))
+            }
+            LogicalPlan::Limit(_) | LogicalPlan::Repartition(_) => {
+                Ok(pass_through(&input_taint(0)))
+            }
+            LogicalPlan::Window(w) => {
+                let t = input_taint(0);
+                let exprs: Vec<&Expr> = w.window_expr.iter().collect();
+                check_exprs(&exprs, "it may not be used in a window function", &t)?;
+                Ok(pass_through(&t))
+            }
+            LogicalPlan::Aggregate(a) => self.aggregate(a, &input_taint(0)),
+            LogicalPlan::Distinct(datafusion::logical_expr::Distinct::On(on)) => {
+                let t = input_taint(0);
+                let keys: Vec<&Expr> = on
+                    .on_expr
+                    .iter()
+                    .chain(on.sort_expr.iter().flatten().map(|s| &s.expr))
+                    .collect();
+                check_exprs(&keys, "it may not be selected DISTINCT; use GROUP BY", &t)?;
+                project(&on.select_expr, plan, &t)
+            }
+            LogicalPlan::Distinct(_) => {
+                let t = input_taint(0);
+                match t.iter().next() {
+                    Some((c, o)) => Err(refuse(
+                        "it may not be selected DISTINCT; use GROUP BY",
+                        c,
+                        o,
+                    )),
+                    None => Ok(Taint::new()),
+                }
+            }
+            LogicalPlan::Union(_) => match inputs.iter().flatten().next() {
+                Some((c, o)) => Err(refuse("it may not be used in a set operation", c, o)),
+                None => Ok(Taint::new()),
+            },
+            LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => {
+                // The explained plan is checked as if it were run.
+                if let Some((c, o)) = inputs.iter().flatten().next() {
+                    return Err(refuse(
+                        "it may not reach the output; use count, sum, avg or GROUP BY",
+                        c,
+                        o,
+                    ));
+                }
+                Ok(Taint::new())
+            }
+            LogicalPlan::Extension(_)
+                if MinGroupRelease::of(plan).is_some() || DpRelease::of(plan).is_some() =>
+            {
+                // An optimized plan: the aggregates below it (two when DataFusion split a
+                // DISTINCT aggregate) are released.
+                let mut below = plan.inputs()[0];
+                loop {
+                    match below {
+                        LogicalPlan::Aggregate(a) => {
+                            self.released.push(a.schema.clone());
+                            below = &a.input;
+                        }
+                        LogicalPlan::Projection(p) => below = &p.input,
+                        _ => break,
+                    }
+                }
+                Ok(Taint::new())
+            }
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Ok(Taint::new()),
+            other => match inputs.iter().flatten().next() {
+                // Fail closed on anything this checker does not know.
+                Some((c, o)) => Err(refuse(
+                    &format!("it may not flow into {}", other.display()),
+                    c,
+                    o,
+                )),
+                None => Ok(Taint::new()),
+            },
+        }
+    }
+
+    fn aggregate(&mut self, a: &Aggregate, t: &Taint) -> Result<Taint, GatewayError> {
+        let mut consumes = false;
+        let mut consumed: Vec<Column> = Vec::new();
+        for g in &a.group_expr {
+            if let Expr::GroupingSet(_) = g {
+                if let Some((c, o)) = tainted_in(g, t).or_else(|| t.iter().next()) {
+                    return Err(refuse("ROLLUP, CUBE and GROUPING SETS are refused", c, o));
+                }
+            }
+            match bare_column(g).filter(|c| lookup(t, c).is_some()) {
+                Some(c) => {
+                    consumes = true;
+                    consumed.push(c.clone());
+                }
+                None => {
+                    if let Some((c, o)) = tainted_in(g, t) {
+                        return Err(refuse("only the bare column may be a GROUP BY key", c, o));
+                    }
+                }
+            }
+        }
+        for e in &a.aggr_expr {
+            let inner = match e {
+                Expr::Alias(al) => al.expr.as_ref(),
+                e => e,
+            };
+            let Expr::AggregateFunction(AggregateFunction { func, params }) = inner else {
+                if let Some((c, o)) = tainted_in(e, t) {
+                    return Err(refuse("it may flow only into count, sum or avg", c, o));
+                }
+                continue;
+            };
+            let reads: Vec<_> = params
+                .args
+                .iter()
+                .filter_map(|a| tainted_in(a, t))
+                .collect();
+            if let Some((c, o)) = params
+                .filter
+                .as_deref()
+                .and_then(|f| tainted_in(f, t))
+                .or_else(|| params.order_by.iter().find_map(|s| tainted_in(&s.expr, t)))
+            {
+                return Err(refuse(
+                    "it may not be used in FILTER or an aggregate's ORDER BY",
+                    c,
+                    o,
+                ));
+            }
+            if let Some((c, o)) = reads.first() {
+                let allowed = matches!(func.name(), "count" | "sum" | "avg");
+                let bare = params.args.len() == 1 && bare_column(&params.args[0]).is_some();
+                if !allowed || !bare {
+                    return Err(refuse(
+                        &format!(
+                            "{}() over it is refused; only count, count(DISTINCT), sum and avg of the bare column",
+                            func.name()
+                        ),
+                        c,
+                        o,
+                    ));
+                }
+                consumes = true;
+                consumed.extend(params.args.iter().filter_map(bare_column).cloned());
+            }
+        }
+        if consumes {
+            // Keys computed from other columns would make trackers (`GROUP BY diagnosis,
+            // id = 10`): a releasing aggregate groups by bare columns only.
+            if let Some(g) = a.group_expr.iter().find(|g| bare_column(g).is_none()) {
+                let (c, o) = t.iter().next().expect("consumes");
+                return Err(refuse(
+                    &format!(
+                        "in a query that releases it, GROUP BY keys are bare columns, not {}",
+                        g.schema_name()
+                    ),
+                    c,
+                    o,
+                ));
+            }
+            // A FILTER on any aggregate of this node would let a group be released from fewer
+            // subjects than the check counts.
+            let has_filter = |e: &Expr| {
+                let inner = match e {
+                    Expr::Alias(al) => al.expr.as_ref(),
+                    e => e,
+                };
+                matches!(inner, Expr::AggregateFunction(f) if f.params.filter.is_some())
+            };
+            if a.aggr_expr.iter().any(has_filter) {
+                let (c, o) = t.iter().next().expect("consumes");
+                return Err(refuse(
+                    "aggregates with FILTER are refused in a query that releases it",
+                    c,
+                    o,
+                ));
+            }
+            self.needs_check.push((a.schema.clone(), consumed));
+        }
+        Ok(Taint::new())
+    }
+}
