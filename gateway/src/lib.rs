@@ -6,32 +6,23 @@
 //! shows only what that principal may read under that scenario. This crate knows nothing of
 //! Flight or tonic.
 
-mod aggregate_only;
 pub mod audit;
 pub mod audit_table;
 mod batch_width;
 mod bounded_aggregates;
 mod bounded_functions;
 pub mod budget;
-mod dp_release;
+mod enforce;
 pub mod error;
 pub mod executor;
 mod expansion;
 mod explain;
 mod guard;
-mod masks;
-mod min_group;
 mod query;
 mod query_memory;
-mod release_shape;
-mod row_filter;
 mod row_size;
-mod secure_exec;
-mod secure_scan;
-mod session_gate;
 mod statement;
 mod unparse;
-mod wildcard;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -48,16 +39,16 @@ use catalog::{Lake, LakeCatalogProvider, TableRef, LAKE_CATALOG};
 use lake_config::Config;
 use policy::{CedarType, ColumnDescription, LakeDescription, PolicySet, TableDescription};
 
-pub use aggregate_only::Suppressed;
-pub use dp_release::{DpReleaseExec, EPSILON_KEY, SCALE_KEY};
+pub use enforce::aggregate_only::Suppressed;
+pub use enforce::dp_release::{DpReleaseExec, EPSILON_KEY, SCALE_KEY};
+pub use enforce::min_group::MinGroupReleaseExec;
+pub use enforce::secure_exec::{SecureScanCodec, SecureScanExec};
+pub use enforce::secure_scan::{SecureTable, SUBJECT_COLUMN};
+use enforce::session_gate::SessionGate;
 pub use error::GatewayError;
 pub use executor::Executor;
 pub use guard::GuardExec;
-pub use min_group::MinGroupReleaseExec;
 pub use query::{scan_metrics, served_schema, AuditContext, Completion, Outcome, Query};
-pub use secure_exec::{SecureScanCodec, SecureScanExec};
-pub use secure_scan::{SecureTable, SUBJECT_COLUMN};
-use session_gate::SessionGate;
 
 /// How many of the last grants a reloaded policy set decides before it serves (at about 0.5 ms
 /// each when nothing is memoized yet).
@@ -564,9 +555,14 @@ impl Gateway {
             }
         };
         statement::verify_read_plan(&plan)?;
-        let suppressed = aggregate_only::Suppressed::default();
+        let suppressed = enforce::aggregate_only::Suppressed::default();
         let (plan, suppressed) = executor
-            .spawn(async move { (aggregate_only::enforce(plan, &suppressed), suppressed) })
+            .spawn(async move {
+                (
+                    enforce::aggregate_only::enforce(plan, &suppressed),
+                    suppressed,
+                )
+            })
             .await
             .map_err(joined)?;
         let plan = plan?;
@@ -653,7 +649,7 @@ fn exclude_aggregate_only(statement: &mut datafusion::sql::parser::Statement, ga
         },
         _ => return,
     };
-    let lookup = |name: &ObjectName| -> Option<wildcard::Served> {
+    let lookup = |name: &ObjectName| -> Option<enforce::wildcard::Served> {
         let parts: Vec<String> = name
             .0
             .iter()
@@ -675,7 +671,7 @@ fn exclude_aggregate_only(statement: &mut datafusion::sql::parser::Statement, ga
         if !grant.allowed {
             return None;
         }
-        let mut served = wildcard::Served {
+        let mut served = enforce::wildcard::Served {
             columns: Vec::new(),
             aggregate_only: Vec::new(),
         };
@@ -691,7 +687,7 @@ fn exclude_aggregate_only(statement: &mut datafusion::sql::parser::Statement, ga
         }
         Some(served)
     };
-    wildcard::exclude_aggregate_only(inner, &lookup);
+    enforce::wildcard::exclude_aggregate_only(inner, &lookup);
 }
 
 /// Checks the audit trail of `config` against its chain and the anchors in the lake.
@@ -787,7 +783,7 @@ fn session_template(
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
-        .with_query_planner(Arc::new(min_group::LakegateQueryPlanner))
+        .with_query_planner(Arc::new(enforce::min_group::LakegateQueryPlanner))
         .build();
     state.add_analyzer_rule(Arc::new(bounded_functions::BoundFunctions { limit }));
     state

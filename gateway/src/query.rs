@@ -432,7 +432,7 @@ impl Query {
             // Checked again after DataFusion's optimizer: nothing it moved may get under a
             // release or use an aggregate-only column.
             let optimized = state.optimize(&plan).map_err(GatewayError::from_planning)?;
-            crate::aggregate_only::verify(&optimized)?;
+            crate::enforce::aggregate_only::verify(&optimized)?;
             crate::batch_width::check_literals(&optimized, limit, state.config().batch_size())
                 .map_err(GatewayError::Execution)?;
             state
@@ -566,7 +566,7 @@ pub fn scan_metrics(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) ->
         if let Some(m) = p.metrics() {
             nanos += m.elapsed_compute().unwrap_or(0) as u64;
             rows += m
-                .sum_by_name(crate::secure_exec::ROWS_SCANNED)
+                .sum_by_name(crate::enforce::secure_exec::ROWS_SCANNED)
                 .map(|v| v.as_usize() as u64)
                 .unwrap_or(0);
         }
@@ -597,7 +597,7 @@ pub fn served_schema(schema: &Schema) -> SchemaRef {
 fn plan_epsilon(plan: &LogicalPlan) -> policy::Epsilon {
     let mut total = 0u64;
     let _ = plan.apply_with_subqueries(|p| {
-        if let Some(dp) = crate::dp_release::DpRelease::of(p) {
+        if let Some(dp) = crate::enforce::dp_release::DpRelease::of(p) {
             total = total.saturating_add(dp.epsilon().0);
         }
         Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)

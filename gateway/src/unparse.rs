@@ -63,7 +63,7 @@ pub(crate) fn plan_sql(plan: &LogicalPlan) -> Result<String> {
              {MAX_UNPARSED_LITERAL_BYTES}; the statement is as sent)"
         ));
     }
-    let shown = crate::aggregate_only::display_form(plan)?;
+    let shown = crate::enforce::aggregate_only::display_form(plan)?;
     Ok(Unparser::new(&LakeDialect).plan_to_sql(&shown)?.to_string())
 }
 

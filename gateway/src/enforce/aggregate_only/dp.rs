@@ -208,7 +208,7 @@ pub(super) fn dp_display(dp: &DpRelease) -> datafusion::error::Result<LogicalPla
         aggs.push(e.alias(format!("{DP_PREFIX}out{i}")));
     }
     let grouped = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), keys.clone(), aggs)?);
-    let noise = crate::dp_release::display_udf();
+    let noise = crate::enforce::dp_release::display_udf();
     let names: Vec<_> = dp
         .schema()
         .iter()

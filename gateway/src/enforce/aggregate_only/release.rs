@@ -235,7 +235,7 @@ pub(super) fn min_group_check(
 pub(super) fn has_subject(schema: &DFSchemaRef, q: &TableReference) -> bool {
     schema
         .qualified_field_with_name(Some(q), SUBJECT_COLUMN)
-        .is_ok_and(|(_, f)| crate::secure_scan::is_subject_field(f))
+        .is_ok_and(|(_, f)| crate::enforce::secure_scan::is_subject_field(f))
 }
 
 /// What the release needs of an aggregate-only scan.

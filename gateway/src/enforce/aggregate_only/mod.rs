@@ -36,9 +36,9 @@ use datafusion::logical_expr::{
     col, lit, when, Aggregate, Expr, Filter, LogicalPlan, Projection, TableScan, TableScanBuilder,
 };
 
-use crate::dp_release::{DpRelease, DpSpec, Measure, DP_PREFIX};
-use crate::min_group::{Check, MinGroupRelease, K_PREFIX};
-use crate::secure_scan::{SecureTable, SUBJECT_COLUMN};
+use crate::enforce::dp_release::{DpRelease, DpSpec, Measure, DP_PREFIX};
+use crate::enforce::min_group::{Check, MinGroupRelease, K_PREFIX};
+use crate::enforce::secure_scan::{SecureTable, SUBJECT_COLUMN};
 use crate::GatewayError;
 
 mod checker;
@@ -122,7 +122,7 @@ pub(crate) fn verify(plan: &LogicalPlan) -> Result<(), GatewayError> {
         ));
     }
     safe_aggregates(plan)?;
-    crate::release_shape::check(plan)
+    crate::enforce::release_shape::check(plan)
 }
 
 /// In a query that releases an aggregate-only column, every aggregate anywhere in it is

@@ -435,8 +435,8 @@ impl ExtensionPlanner for ReleasePlanner {
         let [input] = physical_inputs else {
             return Ok(None);
         };
-        if let Some(dp) = any.downcast_ref::<crate::dp_release::DpRelease>() {
-            return crate::dp_release::plan(dp, input.clone()).map(Some);
+        if let Some(dp) = any.downcast_ref::<crate::enforce::dp_release::DpRelease>() {
+            return crate::enforce::dp_release::plan(dp, input.clone()).map(Some);
         }
         let Some(release) = any.downcast_ref::<MinGroupRelease>() else {
             return Ok(None);

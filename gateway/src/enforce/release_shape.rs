@@ -31,8 +31,8 @@
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
 
-use crate::dp_release::DpRelease;
-use crate::min_group::MinGroupRelease;
+use crate::enforce::dp_release::DpRelease;
+use crate::enforce::min_group::MinGroupRelease;
 use crate::GatewayError;
 
 fn refuse(why: &str) -> GatewayError {

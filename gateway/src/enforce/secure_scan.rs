@@ -31,8 +31,8 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use catalog::TableSnapshot;
 use policy::{ColumnTreatment, Grant, Mask, RowPredicate};
 
-use crate::masks;
-use crate::secure_exec::{ScanSpec, SecureScanExec};
+use crate::enforce::masks;
+use crate::enforce::secure_exec::{ScanSpec, SecureScanExec};
 
 /// The column a secure scan adds, for the minimum-group check only, when asked to: the raw
 /// subject key. User SQL cannot name it (it is not in the table's schema at planning time).

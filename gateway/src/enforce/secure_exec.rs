@@ -55,7 +55,7 @@ use serde::{Deserialize, Serialize};
 use catalog::ColumnBounds;
 use policy::{Mask, Predicate};
 
-use crate::{masks, row_filter};
+use crate::enforce::{masks, row_filter};
 
 /// The metric counting the raw rows a secure scan read (before its row predicate).
 pub const ROWS_SCANNED: &str = "rows_scanned";
@@ -672,7 +672,7 @@ fn with_filters(
 enum Node {
     Scan(Box<Wire>),
     Release {
-        checks: Vec<crate::min_group::Check>,
+        checks: Vec<crate::enforce::min_group::Check>,
         global: bool,
     },
 }
