@@ -665,14 +665,14 @@ async fn write_tables(lake: &Path, rows: usize) -> anyhow::Result<()> {
     // lakegate's own tables, empty until the first audit segment closes, so that policies can
     // name them from the start.
     for (name, schema) in [
-        ("queries", gateway::audit_table::queries_schema()),
-        ("usage", gateway::audit_table::usage_schema()),
+        ("queries", gateway::audit::table::queries_schema()),
+        ("usage", gateway::audit::table::usage_schema()),
     ] {
-        let path = lake.join(gateway::audit_table::AUDIT_SCHEMA).join(name);
+        let path = lake.join(gateway::audit::table::AUDIT_SCHEMA).join(name);
         std::fs::create_dir_all(&path)?;
         let url = url::Url::from_directory_path(&path)
             .map_err(|_| anyhow::anyhow!("{} is not an absolute path", path.display()))?;
-        gateway::audit_table::write_table(
+        gateway::audit::table::write_table(
             url,
             HashMap::new(),
             RecordBatch::new_empty(schema),

@@ -7,11 +7,9 @@
 //! Flight or tonic.
 
 pub mod audit;
-pub mod audit_table;
 mod batch_width;
 mod bounded_aggregates;
 mod bounded_functions;
-pub mod budget;
 mod enforce;
 pub mod error;
 pub mod executor;
@@ -97,7 +95,7 @@ pub struct Gateway {
     query_memory: usize,
     limits: statement::StatementLimits,
     /// ε spent per (user, scenario), replayed from the audit trail.
-    ledger: Arc<budget::PrivacyLedger>,
+    ledger: Arc<audit::budget::PrivacyLedger>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -127,7 +125,7 @@ impl Gateway {
         );
         let audit = audit::AuditLog::open(&config.audit.dir, config.audit.segment_bytes)
             .map_err(|e| GatewayError::Audit(e.to_string()))?;
-        let ledger = budget::PrivacyLedger::replay(&config.audit.dir)
+        let ledger = audit::budget::PrivacyLedger::replay(&config.audit.dir)
             .map_err(|e| GatewayError::Audit(e.to_string()))?;
         let gateway = Self {
             ledger: Arc::new(ledger),

@@ -35,7 +35,7 @@ pub struct Query {
 
 /// The budget a query's differentially private releases are paid from, once per execution.
 pub(crate) struct PrivacyCharge {
-    pub(crate) ledger: Arc<crate::budget::PrivacyLedger>,
+    pub(crate) ledger: Arc<crate::audit::budget::PrivacyLedger>,
     pub(crate) audit: Arc<crate::audit::AuditLog>,
     pub(crate) user: String,
     pub(crate) scenario: String,
