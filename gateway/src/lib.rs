@@ -16,6 +16,7 @@ pub mod executor;
 mod expansion;
 mod explain;
 mod guard;
+mod parse_budget;
 mod query;
 mod query_memory;
 mod row_size;

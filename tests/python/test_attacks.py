@@ -188,12 +188,21 @@ def test_unknown_user_and_wrong_password_look_the_same(shared):
 def test_withheld_groups_are_never_evaluated(shared):
     with connect(shared.uri, "insurer", "insurer-demo", "insurance-underwriting") as conn:
         # Xicheng's lung-cancer group has 9 patients: withheld. A HAVING that divides by zero
-        # on exactly that group must not see it.
-        got = rows(
+        # on exactly that group cannot even be asked now (count(DISTINCT) is refused in a
+        # releasing query, round 15 M2) ...
+        text = failure(
             conn,
             "SELECT district, diagnosis, count(*) FROM health.visits "
             "WHERE district IN ('Haidian', 'Xicheng') GROUP BY 1, 2 "
             "HAVING 1 / (count(DISTINCT patient_id) - 9) >= 0",
+        )
+        assert "aggregate-only" in text and "count(DISTINCT" in text, text
+        # ... and one over the visits of each group never runs on the withheld one.
+        got = rows(
+            conn,
+            "SELECT district, diagnosis, count(*) FROM health.visits "
+            "WHERE district IN ('Haidian', 'Xicheng') GROUP BY 1, 2 "
+            "HAVING count(*) / count(*) = 1",
         )
         assert len(got) == 15
         assert ("Xicheng", "C34 Lung cancer") not in {(d, x) for d, x, _ in got}
@@ -241,6 +250,17 @@ def test_withheld_groups_are_never_evaluated(shared):
         "SELECT h.diagnosis, count(*) c, count(DISTINCT h.visit_id) n FROM health.visits h "
         "JOIN health.visits w ON h.patient_id = w.patient_id "
         "WHERE w.visit_id IN (8, 9) GROUP BY h.diagnosis",
+        # Attacker round 15 H1: padding whose ids are multiples of 128 plus 7 chosen visits;
+        # sum(visit_id) % 128 per group spelled which of them are in it (210 of 210 right).
+        "SELECT diagnosis, sum(visit_id) AS s, count(*) AS n FROM health.visits "
+        "WHERE visit_id % 128 = 0 OR visit_id IN (5121,5122,5124,5128,5008,5024,5056) "
+        "GROUP BY diagnosis",
+        "SELECT diagnosis, avg(visit_id) FROM health.visits "
+        "WHERE visit_id % 128 = 0 OR visit_id = 5121 GROUP BY diagnosis",
+        # Round 15 M2: count(DISTINCT) counted the values of withheld groups.
+        "SELECT count(DISTINCT diagnosis) FROM health.visits",
+        "SELECT diagnosis, count(DISTINCT district) FROM health.visits "
+        "WHERE district = 'Haidian' OR visit_id = 7 GROUP BY diagnosis",
     ],
 )
 def test_per_group_name_lists_are_refused(shared, sql):
@@ -259,7 +279,7 @@ def test_a_join_tracker_kept_apart_by_a_scalar_subquery_is_refused(shared):
         ys = ",".join(str(r[2]) for r in ends)
         target = 8
         sql = (
-            "SELECT h.diagnosis, count(*) c, count(DISTINCT h.visit_id) n FROM health.visits h "
+            "SELECT h.diagnosis, count(*) c FROM health.visits h "
             "JOIN health.visits w ON h.district = w.district "
             f"WHERE (w.visit_id IN ({xs}) OR (h.visit_id <> {target} AND w.visit_id IN ({ys}))) "
             "OR h.visit_id = (SELECT -1) GROUP BY h.diagnosis"

@@ -71,6 +71,38 @@ async fn a_query_past_its_timeout_is_cancelled_and_the_client_told() {
     );
 }
 
+/// A client that leaves while its statement is planned does not take the statement off the
+/// trail: the planning runs on to its decision record (round 15 L1: a statement that held a core
+/// for minutes left no trace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_whose_client_left_during_planning_is_on_the_trail() {
+    let config = demo_config(|_| {});
+    let server = TestServer::start_with(&config).await;
+    let mut c = as_user(&server, "insurer", "insurance-underwriting").await;
+    // About a second of planning (a debug build), far longer than the client waits.
+    let sql = format!(
+        "SELECT {} AS x FROM health.visits LIMIT 1",
+        vec!["district"; 700].join(" || ")
+    );
+    let gave_up = tokio::time::timeout(Duration::from_millis(20), query(&mut c, &sql)).await;
+    assert!(
+        gave_up.is_err(),
+        "planned within 20 ms: the test shows nothing"
+    );
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !audit_records(&config.audit.dir)
+        .iter()
+        .any(|r| r.kind == "decision" && r.sql == sql)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no decision record for the abandoned statement"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_queries_are_limited_per_user_and_in_total() {
     let config = demo_config(|c| {

@@ -98,8 +98,28 @@ fn without_statement_values(sql: &str, reason: &str) -> String {
     out
 }
 
-/// Audit records as a batch of `lakegate_audit.queries`.
-pub fn queries_batch(records: &[AuditRecord]) -> Result<RecordBatch, GatewayError> {
+/// A record's result digest as the export shows it: keyed with the mask key and the record's
+/// sequence number. The plain SHA-256 of a result was a confirmation oracle: a reader of the
+/// table ran `SELECT 'Zhou Lei' AS patient_name` and found its digest equal to another user's
+/// result that the reader's own grant shows as `Z*******` (round 15 M1). Keyed per record, equal
+/// results no longer look equal; `lakegate audit verify` checks the plain digests of the trail.
+fn exported_digest(key: Option<&[u8]>, seq: u64, digest: Option<&str>) -> Option<String> {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key?).ok()?;
+    mac.update(format!("{seq}:{}", digest?).as_bytes());
+    Some(hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Audit records as a batch of `lakegate_audit.queries`; `key` keys the result digests (none
+/// shown without it).
+pub fn queries_batch(
+    records: &[AuditRecord],
+    key: Option<&[u8]>,
+) -> Result<RecordBatch, GatewayError> {
+    let digests: Vec<Option<String>> = records
+        .iter()
+        .map(|r| exported_digest(key, r.seq, r.result_digest.as_deref()))
+        .collect();
     let tables: Vec<String> = records
         .iter()
         .map(|r| serde_json::to_string(&r.tables).expect("tables serialize"))
@@ -131,7 +151,7 @@ pub fn queries_batch(records: &[AuditRecord]) -> Result<RecordBatch, GatewayErro
         longs(records.iter().map(|r| r.rows_out)),
         longs(records.iter().map(|r| r.bytes_out)),
         longs(records.iter().map(|r| r.duration_ms)),
-        strings(records.iter().map(|r| r.result_digest.as_deref())),
+        strings(digests.iter().map(|d| d.as_deref())),
         longs(records.iter().map(|r| r.rows_scanned)),
         longs(records.iter().map(|r| r.cpu_ms)),
         longs(records.iter().map(|r| r.suppressed_groups)),
@@ -208,7 +228,7 @@ impl crate::Gateway {
                 write_table(
                     table("queries")?,
                     options.clone(),
-                    queries_batch(&records)?,
+                    queries_batch(&records, self.mask_key.as_deref())?,
                     SaveMode::Append,
                 )
                 .await?;
@@ -256,7 +276,19 @@ impl crate::Gateway {
 
 #[cfg(test)]
 mod tests {
-    use super::without_statement_values;
+    use super::{exported_digest, without_statement_values};
+
+    #[test]
+    fn equal_results_do_not_export_equal_digests() {
+        // Round 15 M1: the plain digest let a reader confirm a guess of another user's result.
+        let d = Some("ffb95d25");
+        let a = exported_digest(Some(b"key"), 7, d).unwrap();
+        let b = exported_digest(Some(b"key"), 8, d).unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a, "ffb95d25");
+        assert_eq!(exported_digest(None, 7, d), None);
+        assert_eq!(exported_digest(Some(b"key"), 7, None), None);
+    }
 
     #[test]
     fn reasons_lose_every_value_their_statement_wrote() {

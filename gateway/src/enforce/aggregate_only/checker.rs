@@ -449,6 +449,7 @@ impl Checker {
                     o,
                 ));
             }
+            self.releasing_aggregates_count_only_what_is_hidden(a, t)?;
             // A FILTER on any aggregate of this node would let a group be released from fewer
             // subjects than the check counts.
             let has_filter = |e: &Expr| {
@@ -469,5 +470,60 @@ impl Checker {
             self.needs_check.push((a.schema.clone(), consumed));
         }
         Ok(Taint::new())
+    }
+
+    /// The aggregates of a releasing aggregate: `count(*)`, or `count`, `sum` or `avg` of an
+    /// aggregate-only column. An aggregate of a column the caller sees row by row is a tracker,
+    /// because the caller chooses the rows: `sum(visit_id)` over padding rows whose ids are
+    /// multiples of 128 plus seven chosen visits names each one's group in the sum's low bits
+    /// (round 15 H1, 210 of 210 right); `count(col)` over padding where `col` is NULL, or
+    /// `count(DISTINCT district)` over one district's padding plus a visit from another, counts
+    /// the chosen visit in its group alone. `count(DISTINCT)` of an aggregate-only column counts
+    /// the values of withheld groups too (round 15 M2).
+    fn releasing_aggregates_count_only_what_is_hidden(
+        &self,
+        a: &Aggregate,
+        t: &Taint,
+    ) -> Result<(), GatewayError> {
+        for e in &a.aggr_expr {
+            let inner = match e {
+                Expr::Alias(al) => al.expr.as_ref(),
+                e => e,
+            };
+            let Expr::AggregateFunction(AggregateFunction { func, params }) = inner else {
+                continue;
+            };
+            // The release's own count of subjects (user SQL cannot name the subject column).
+            let of_subject =
+                |a: &Expr| matches!(bare_column(a), Some(c) if c.name == SUBJECT_COLUMN);
+            if params.args.iter().any(of_subject) {
+                continue;
+            }
+            let name = func.name();
+            let hidden = params.args.iter().any(|a| tainted_in(a, t).is_some());
+            let count_all = name == "count"
+                && !params.distinct
+                && params.args.iter().all(|a| matches!(a, Expr::Literal(..)));
+            let why = if count_all {
+                continue;
+            } else if params.distinct {
+                format!(
+                    "{name}(DISTINCT ...) is refused (it would count values of withheld groups \
+                     too)"
+                )
+            } else if !hidden {
+                format!(
+                    "{}: aggregates other than count(*) take only aggregate-only columns, because \
+                     an aggregate of a column you can see row by row, over rows you choose, can \
+                     tell who is in which group (use count(*))",
+                    e.schema_name()
+                )
+            } else {
+                continue;
+            };
+            let (c, o) = t.iter().next().expect("a releasing aggregate reads one");
+            return Err(refuse(&format!("in a query that releases it, {why}"), c, o));
+        }
+        Ok(())
     }
 }

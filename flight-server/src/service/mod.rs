@@ -12,9 +12,7 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::sql::metadata::{
-    GetCatalogsBuilder, GetDbSchemasBuilder, GetTablesBuilder, SqlInfoData, XdbcTypeInfoData,
-};
+use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionBeginSavepointRequest, ActionBeginSavepointResult, ActionBeginTransactionRequest,
@@ -45,9 +43,12 @@ use crate::error::{read_only, to_status};
 use crate::handles::{HandleKind, Handles};
 use crate::limits::Limits;
 use crate::metadata::{
-    described, foreign_keys_schema, primary_keys_schema, sql_info, xdbc_type_info, TABLE_TYPE,
+    described, foreign_keys_schema, primary_keys_schema, sql_info, xdbc_type_info,
 };
 use crate::session_options::{self as so, OptionValue, SessionOptionValue};
+use listing::Listing;
+
+mod listing;
 
 /// The header that sets the scenario for one call (overrides the session option).
 pub const SCENARIO_HEADER: &str = "x-lakegate-scenario";
@@ -276,64 +277,6 @@ impl LakegateService {
             .map_err(to_status)
     }
 
-    async fn tables_batch(
-        &self,
-        caller: &Caller,
-        cmd: CommandGetTables,
-    ) -> Result<RecordBatch, Status> {
-        let tables = self.visible(caller).await?;
-        let mut builder: GetTablesBuilder = cmd.into_builder();
-        for t in &tables {
-            builder
-                .append(
-                    catalog::LAKE_CATALOG,
-                    &t.table.schema,
-                    &t.table.table,
-                    TABLE_TYPE,
-                    &described(&t.schema, Some((&t.table.schema, &t.table.table))),
-                )
-                .map_err(|e| internal("cannot list tables", e))?;
-        }
-        builder
-            .build()
-            .map_err(|e| internal("cannot list tables", e))
-    }
-
-    async fn schemas_batch(
-        &self,
-        caller: &Caller,
-        cmd: CommandGetDbSchemas,
-    ) -> Result<RecordBatch, Status> {
-        let tables = self.visible(caller).await?;
-        let mut builder: GetDbSchemasBuilder = cmd.into_builder();
-        let mut seen = std::collections::BTreeSet::new();
-        for t in &tables {
-            if seen.insert(t.table.schema.clone()) {
-                builder.append(catalog::LAKE_CATALOG, &t.table.schema);
-            }
-        }
-        builder
-            .build()
-            .map_err(|e| internal("cannot list schemas", e))
-    }
-
-    /// Puts a metadata listing on the audit trail; a failing write refuses the request.
-    fn record_metadata(
-        &self,
-        caller: &Caller,
-        request: &str,
-        client: Option<String>,
-        batch: &Result<RecordBatch, Status>,
-    ) -> Result<(), Status> {
-        let outcome = match batch {
-            Ok(b) => Ok(b.num_rows() as u64),
-            Err(s) => Err(s.message().to_string()),
-        };
-        self.gateway
-            .record_metadata(&caller.principal, request, client, outcome)
-            .map_err(to_status)
-    }
-
     /// Plans and decides `sql` for the caller, in the user's turn ([`Limits::planning_turn`]).
     async fn plan(
         &self,
@@ -346,11 +289,20 @@ impl LakegateService {
             .planning_turn(&caller.principal.user)
             .await
             .inspect_err(|s| crate::metrics::metrics().refused(s))?;
-        // Held until the planning really ends, not only the client's call.
+        // Held until the planning really ends, not only the client's call; and the planning
+        // runs to its decision record even when the client leaves (a task of its own: the
+        // client's call going would drop the record's write, and a statement that held a core
+        // for minutes left no trace, round 15 L1).
         let turn = gateway::executor::Hold::new(turn);
-        let planning = self.gateway.prepare_audited(&caller.principal, sql, client);
-        gateway::executor::holding(turn, planning)
+        let (gw, who, sql) = (
+            self.gateway.clone(),
+            caller.principal.clone(),
+            sql.to_string(),
+        );
+        let planning = async move { gw.prepare_audited(&who, &sql, client).await };
+        tokio::spawn(gateway::executor::holding(turn, planning))
             .await
+            .map_err(|e| internal("planning ended abnormally", e))?
             .map_err(to_status)
             .inspect_err(|s| crate::metrics::metrics().refused(s))
     }
@@ -398,43 +350,6 @@ impl LakegateService {
                 )))
             }
         })
-    }
-
-    /// FlightInfo of an empty key listing: lakegate's tables declare no keys.
-    fn no_keys_info(
-        &self,
-        request: Request<FlightDescriptor>,
-        schema: arrow::datatypes::SchemaRef,
-        ticket: Vec<u8>,
-    ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request)?;
-        flight_info(&schema, ticket, request.into_inner())
-    }
-
-    /// The empty key listing itself.
-    fn no_keys(
-        &self,
-        request: Request<Ticket>,
-        schema: arrow::datatypes::SchemaRef,
-    ) -> Result<Response<DoGetStream>, Status> {
-        self.caller(&request)?;
-        Ok(Response::new(one_batch(RecordBatch::new_empty(schema))))
-    }
-
-    fn catalogs_batch(&self) -> Result<RecordBatch, Status> {
-        let mut builder = GetCatalogsBuilder::new();
-        builder.append(catalog::LAKE_CATALOG);
-        builder
-            .build()
-            .map_err(|e| internal("cannot list catalogs", e))
-    }
-
-    fn table_types_batch(&self) -> Result<RecordBatch, Status> {
-        let mut builder = CommandGetTableTypes {}.into_builder();
-        builder.append(TABLE_TYPE);
-        builder
-            .build()
-            .map_err(|e| internal("cannot list table types", e))
     }
 
     fn set_session_options(
@@ -743,18 +658,15 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request)?;
-        let schema = cmd.into_builder().schema();
-        flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
+        self.listing_info(Listing::Catalogs(cmd), request)
     }
 
     async fn do_get_catalogs(
         &self,
-        _cmd: CommandGetCatalogs,
+        cmd: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.caller(&request)?;
-        Ok(Response::new(one_batch(self.catalogs_batch()?)))
+        self.listing(Listing::Catalogs(cmd), request).await
     }
 
     async fn get_flight_info_schemas(
@@ -762,9 +674,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request)?;
-        let schema = cmd.clone().into_builder().schema();
-        flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
+        self.listing_info(Listing::DbSchemas(cmd), request)
     }
 
     async fn do_get_schemas(
@@ -772,10 +682,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let caller = self.caller(&request)?;
-        let batch = self.schemas_batch(&caller, cmd).await;
-        self.record_metadata(&caller, "GetDbSchemas", client(&request), &batch)?;
-        Ok(Response::new(one_batch(batch?)))
+        self.listing(Listing::DbSchemas(cmd), request).await
     }
 
     async fn get_flight_info_tables(
@@ -783,9 +690,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request)?;
-        let schema = cmd.clone().into_builder().schema();
-        flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
+        self.listing_info(Listing::Tables(cmd), request)
     }
 
     async fn do_get_tables(
@@ -793,10 +698,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let caller = self.caller(&request)?;
-        let batch = self.tables_batch(&caller, cmd).await;
-        self.record_metadata(&caller, "GetTables", client(&request), &batch)?;
-        Ok(Response::new(one_batch(batch?)))
+        self.listing(Listing::Tables(cmd), request).await
     }
 
     async fn get_flight_info_table_types(
@@ -804,18 +706,15 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request)?;
-        let schema = cmd.into_builder().schema();
-        flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
+        self.listing_info(Listing::TableTypes(cmd), request)
     }
 
     async fn do_get_table_types(
         &self,
-        _cmd: CommandGetTableTypes,
+        cmd: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.caller(&request)?;
-        Ok(Response::new(one_batch(self.table_types_batch()?)))
+        self.listing(Listing::TableTypes(cmd), request).await
     }
 
     async fn get_flight_info_sql_info(
@@ -823,9 +722,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request)?;
-        let schema = cmd.clone().into_builder(&self.sql_info).schema();
-        flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
+        self.listing_info(Listing::SqlInfo(cmd), request)
     }
 
     async fn do_get_sql_info(
@@ -833,12 +730,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetSqlInfo,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.caller(&request)?;
-        let batch = cmd
-            .into_builder(&self.sql_info)
-            .build()
-            .map_err(|e| internal("cannot build SqlInfo", e))?;
-        Ok(Response::new(one_batch(batch)))
+        self.listing(Listing::SqlInfo(cmd), request).await
     }
 
     async fn get_flight_info_xdbc_type_info(
@@ -846,9 +738,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request)?;
-        let schema = cmd.into_builder(&self.xdbc).schema();
-        flight_info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
+        self.listing_info(Listing::XdbcTypeInfo(cmd), request)
     }
 
     async fn do_get_xdbc_type_info(
@@ -856,12 +746,7 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetXdbcTypeInfo,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.caller(&request)?;
-        let batch = cmd
-            .into_builder(&self.xdbc)
-            .build()
-            .map_err(|e| internal("cannot build XdbcTypeInfo", e))?;
-        Ok(Response::new(one_batch(batch)))
+        self.listing(Listing::XdbcTypeInfo(cmd), request).await
     }
 
     // ---- keys: none declared ------------------------------------------------------------
@@ -871,15 +756,15 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetPrimaryKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.no_keys_info(request, primary_keys_schema(), cmd.as_any().encode_to_vec())
+        self.listing_info(Listing::PrimaryKeys(cmd), request)
     }
 
     async fn do_get_primary_keys(
         &self,
-        _cmd: CommandGetPrimaryKeys,
+        cmd: CommandGetPrimaryKeys,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.no_keys(request, primary_keys_schema())
+        self.listing(Listing::PrimaryKeys(cmd), request).await
     }
 
     async fn get_flight_info_exported_keys(
@@ -887,15 +772,15 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetExportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.no_keys_info(request, foreign_keys_schema(), cmd.as_any().encode_to_vec())
+        self.listing_info(Listing::ExportedKeys(cmd), request)
     }
 
     async fn do_get_exported_keys(
         &self,
-        _cmd: CommandGetExportedKeys,
+        cmd: CommandGetExportedKeys,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.no_keys(request, foreign_keys_schema())
+        self.listing(Listing::ExportedKeys(cmd), request).await
     }
 
     async fn get_flight_info_imported_keys(
@@ -903,15 +788,15 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetImportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.no_keys_info(request, foreign_keys_schema(), cmd.as_any().encode_to_vec())
+        self.listing_info(Listing::ImportedKeys(cmd), request)
     }
 
     async fn do_get_imported_keys(
         &self,
-        _cmd: CommandGetImportedKeys,
+        cmd: CommandGetImportedKeys,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.no_keys(request, foreign_keys_schema())
+        self.listing(Listing::ImportedKeys(cmd), request).await
     }
 
     async fn get_flight_info_cross_reference(
@@ -919,15 +804,15 @@ impl FlightSqlService for LakegateService {
         cmd: CommandGetCrossReference,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.no_keys_info(request, foreign_keys_schema(), cmd.as_any().encode_to_vec())
+        self.listing_info(Listing::CrossReference(cmd), request)
     }
 
     async fn do_get_cross_reference(
         &self,
-        _cmd: CommandGetCrossReference,
+        cmd: CommandGetCrossReference,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.no_keys(request, foreign_keys_schema())
+        self.listing(Listing::CrossReference(cmd), request).await
     }
 
     // ---- session options ------------------------------------------------------------------

@@ -1,0 +1,484 @@
+//! A bound on the SQL parser's work, not only its depth.
+//!
+//! sqlparser tries alternatives by backtracking (`maybe_parse`): `CAST(` is tried as a cast and
+//! then as a function call, `POSITION(` three ways, and each try parses everything inside again.
+//! Nested inside each other, a few dozen of them take 2^n or 3^n steps: 27 unclosed `CAST(`
+//! (157 bytes) kept a core busy for four minutes, and the audit export, which parses the
+//! statements on the trail again, never finished (attacker round 15 H2). The nesting limit
+//! (64) does not help; the recursion limit bounds depth, not retries.
+//!
+//! [`Budgeted`] is the generic dialect with a counter: every expression, infix operator and
+//! statement the parser starts, retries included, goes through one of its hooks, and past a
+//! budget proportional to the statement's tokens the hook fails with
+//! `RecursionLimitExceeded`, which `maybe_parse` passes up instead of trying another way (and
+//! where a try swallows it, every later hook fails at once too). So a parse takes time linear in
+//! the text; [`Budgeted::exhausted`] tells the refusal apart, whatever error the parser reports.
+
+use std::any::TypeId;
+use std::cell::Cell;
+
+use datafusion::sql::sqlparser::ast::{Expr, Statement};
+use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect};
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+
+/// Parser steps allowed per token of the statement, and in any case. Legitimate statements take
+/// under one per token (measured: at most 0.6 on the TPC-H queries and the sqllogictest files).
+const STEPS_PER_TOKEN: u64 = 8;
+const MIN_STEPS: u64 = 4096;
+
+/// [`GenericDialect`] with a bound on the parser's steps.
+#[derive(Debug)]
+pub(crate) struct Budgeted {
+    inner: GenericDialect,
+    left: Cell<u64>,
+    exhausted: Cell<bool>,
+}
+
+impl Budgeted {
+    /// A budget for a statement of `tokens` tokens (its text's length bounds them).
+    pub(crate) fn for_tokens(tokens: usize) -> Self {
+        Self {
+            inner: GenericDialect {},
+            left: Cell::new(
+                (tokens as u64)
+                    .saturating_mul(STEPS_PER_TOKEN)
+                    .max(MIN_STEPS),
+            ),
+            exhausted: Cell::new(false),
+        }
+    }
+
+    /// Whether the parse ran out of steps (its `RecursionLimitExceeded` is this, not depth).
+    pub(crate) fn exhausted(&self) -> bool {
+        self.exhausted.get()
+    }
+
+    fn step(&self) -> Result<(), ParserError> {
+        match self.left.get().checked_sub(1) {
+            Some(left) => {
+                self.left.set(left);
+                Ok(())
+            }
+            None => {
+                self.exhausted.set(true);
+                Err(ParserError::RecursionLimitExceeded)
+            }
+        }
+    }
+}
+
+impl Dialect for Budgeted {
+    /// The generic dialect's identity: the parser's dialect checks treat this as it.
+    fn dialect(&self) -> TypeId {
+        TypeId::of::<GenericDialect>()
+    }
+
+    fn parse_prefix(&self, parser: &mut Parser) -> Option<Result<Expr, ParserError>> {
+        if let Err(e) = self.step() {
+            return Some(Err(e));
+        }
+        self.inner.parse_prefix(parser)
+    }
+
+    fn parse_infix(
+        &self,
+        parser: &mut Parser,
+        expr: &Expr,
+        precedence: u8,
+    ) -> Option<Result<Expr, ParserError>> {
+        if let Err(e) = self.step() {
+            return Some(Err(e));
+        }
+        self.inner.parse_infix(parser, expr, precedence)
+    }
+
+    fn get_next_precedence(&self, parser: &Parser) -> Option<Result<u8, ParserError>> {
+        if let Err(e) = self.step() {
+            return Some(Err(e));
+        }
+        self.inner.get_next_precedence(parser)
+    }
+
+    fn parse_statement(&self, parser: &mut Parser) -> Option<Result<Statement, ParserError>> {
+        if let Err(e) = self.step() {
+            return Some(Err(e));
+        }
+        self.inner.parse_statement(parser)
+    }
+
+    // Everything else as the generic dialect (generated from its `impl Dialect`).
+    fn is_delimited_identifier_start(&self, ch: char) -> bool {
+        self.inner.is_delimited_identifier_start(ch)
+    }
+
+    fn is_identifier_start(&self, ch: char) -> bool {
+        self.inner.is_identifier_start(ch)
+    }
+
+    fn is_identifier_part(&self, ch: char) -> bool {
+        self.inner.is_identifier_part(ch)
+    }
+
+    fn supports_unicode_string_literal(&self) -> bool {
+        self.inner.supports_unicode_string_literal()
+    }
+
+    fn supports_partition_by_after_order_by(&self) -> bool {
+        self.inner.supports_partition_by_after_order_by()
+    }
+
+    fn supports_array_join_syntax(&self) -> bool {
+        self.inner.supports_array_join_syntax()
+    }
+
+    fn supports_group_by_expr(&self) -> bool {
+        self.inner.supports_group_by_expr()
+    }
+
+    fn supports_group_by_with_modifier(&self) -> bool {
+        self.inner.supports_group_by_with_modifier()
+    }
+
+    fn supports_left_associative_joins_without_parens(&self) -> bool {
+        self.inner.supports_left_associative_joins_without_parens()
+    }
+
+    fn supports_connect_by(&self) -> bool {
+        self.inner.supports_connect_by()
+    }
+
+    fn supports_match_recognize(&self) -> bool {
+        self.inner.supports_match_recognize()
+    }
+
+    fn supports_pipe_operator(&self) -> bool {
+        self.inner.supports_pipe_operator()
+    }
+
+    fn supports_start_transaction_modifier(&self) -> bool {
+        self.inner.supports_start_transaction_modifier()
+    }
+
+    fn supports_window_function_null_treatment_arg(&self) -> bool {
+        self.inner.supports_window_function_null_treatment_arg()
+    }
+
+    fn supports_dictionary_syntax(&self) -> bool {
+        self.inner.supports_dictionary_syntax()
+    }
+
+    fn supports_window_clause_named_window_reference(&self) -> bool {
+        self.inner.supports_window_clause_named_window_reference()
+    }
+
+    fn supports_parenthesized_set_variables(&self) -> bool {
+        self.inner.supports_parenthesized_set_variables()
+    }
+
+    fn supports_select_wildcard_except(&self) -> bool {
+        self.inner.supports_select_wildcard_except()
+    }
+
+    fn support_map_literal_syntax(&self) -> bool {
+        self.inner.support_map_literal_syntax()
+    }
+
+    fn allow_extract_custom(&self) -> bool {
+        self.inner.allow_extract_custom()
+    }
+
+    fn allow_extract_single_quotes(&self) -> bool {
+        self.inner.allow_extract_single_quotes()
+    }
+
+    fn supports_extract_comma_syntax(&self) -> bool {
+        self.inner.supports_extract_comma_syntax()
+    }
+
+    fn supports_create_view_comment_syntax(&self) -> bool {
+        self.inner.supports_create_view_comment_syntax()
+    }
+
+    fn supports_parens_around_table_factor(&self) -> bool {
+        self.inner.supports_parens_around_table_factor()
+    }
+
+    fn supports_values_as_table_factor(&self) -> bool {
+        self.inner.supports_values_as_table_factor()
+    }
+
+    fn supports_create_index_with_clause(&self) -> bool {
+        self.inner.supports_create_index_with_clause()
+    }
+
+    fn supports_explain_with_utility_options(&self) -> bool {
+        self.inner.supports_explain_with_utility_options()
+    }
+
+    fn supports_limit_comma(&self) -> bool {
+        self.inner.supports_limit_comma()
+    }
+
+    fn supports_update_order_by(&self) -> bool {
+        self.inner.supports_update_order_by()
+    }
+
+    fn supports_from_first_select(&self) -> bool {
+        self.inner.supports_from_first_select()
+    }
+
+    fn supports_projection_trailing_commas(&self) -> bool {
+        self.inner.supports_projection_trailing_commas()
+    }
+
+    fn supports_asc_desc_in_column_definition(&self) -> bool {
+        self.inner.supports_asc_desc_in_column_definition()
+    }
+
+    fn supports_try_convert(&self) -> bool {
+        self.inner.supports_try_convert()
+    }
+
+    fn supports_bitwise_shift_operators(&self) -> bool {
+        self.inner.supports_bitwise_shift_operators()
+    }
+
+    fn supports_comment_on(&self) -> bool {
+        self.inner.supports_comment_on()
+    }
+
+    fn supports_load_extension(&self) -> bool {
+        self.inner.supports_load_extension()
+    }
+
+    fn supports_named_fn_args_with_assignment_operator(&self) -> bool {
+        self.inner.supports_named_fn_args_with_assignment_operator()
+    }
+
+    fn supports_struct_literal(&self) -> bool {
+        self.inner.supports_struct_literal()
+    }
+
+    fn supports_empty_projections(&self) -> bool {
+        self.inner.supports_empty_projections()
+    }
+
+    fn supports_nested_comments(&self) -> bool {
+        self.inner.supports_nested_comments()
+    }
+
+    fn supports_multiline_comment_hints(&self) -> bool {
+        self.inner.supports_multiline_comment_hints()
+    }
+
+    fn supports_user_host_grantee(&self) -> bool {
+        self.inner.supports_user_host_grantee()
+    }
+
+    fn supports_string_escape_constant(&self) -> bool {
+        self.inner.supports_string_escape_constant()
+    }
+
+    fn supports_array_typedef_with_brackets(&self) -> bool {
+        self.inner.supports_array_typedef_with_brackets()
+    }
+
+    fn supports_match_against(&self) -> bool {
+        self.inner.supports_match_against()
+    }
+
+    fn supports_set_names(&self) -> bool {
+        self.inner.supports_set_names()
+    }
+
+    fn supports_comma_separated_set_assignments(&self) -> bool {
+        self.inner.supports_comma_separated_set_assignments()
+    }
+
+    fn supports_filter_during_aggregation(&self) -> bool {
+        self.inner.supports_filter_during_aggregation()
+    }
+
+    fn supports_select_wildcard_exclude(&self) -> bool {
+        self.inner.supports_select_wildcard_exclude()
+    }
+
+    fn supports_data_type_signed_suffix(&self) -> bool {
+        self.inner.supports_data_type_signed_suffix()
+    }
+
+    fn supports_interval_options(&self) -> bool {
+        self.inner.supports_interval_options()
+    }
+
+    fn supports_quote_delimited_string(&self) -> bool {
+        self.inner.supports_quote_delimited_string()
+    }
+
+    fn supports_select_wildcard_replace(&self) -> bool {
+        self.inner.supports_select_wildcard_replace()
+    }
+
+    fn supports_select_wildcard_ilike(&self) -> bool {
+        self.inner.supports_select_wildcard_ilike()
+    }
+
+    fn supports_select_wildcard_rename(&self) -> bool {
+        self.inner.supports_select_wildcard_rename()
+    }
+
+    fn supports_optimize_table(&self) -> bool {
+        self.inner.supports_optimize_table()
+    }
+
+    fn supports_install(&self) -> bool {
+        self.inner.supports_install()
+    }
+
+    fn supports_detach(&self) -> bool {
+        self.inner.supports_detach()
+    }
+
+    fn supports_prewhere(&self) -> bool {
+        self.inner.supports_prewhere()
+    }
+
+    fn supports_with_fill(&self) -> bool {
+        self.inner.supports_with_fill()
+    }
+
+    fn supports_limit_by(&self) -> bool {
+        self.inner.supports_limit_by()
+    }
+
+    fn supports_interpolate(&self) -> bool {
+        self.inner.supports_interpolate()
+    }
+
+    fn supports_settings(&self) -> bool {
+        self.inner.supports_settings()
+    }
+
+    fn supports_select_format(&self) -> bool {
+        self.inner.supports_select_format()
+    }
+
+    fn supports_comment_optimizer_hint(&self) -> bool {
+        self.inner.supports_comment_optimizer_hint()
+    }
+
+    fn supports_constraint_keyword_without_name(&self) -> bool {
+        self.inner.supports_constraint_keyword_without_name()
+    }
+
+    fn supports_key_column_option(&self) -> bool {
+        self.inner.supports_key_column_option()
+    }
+
+    fn supports_comma_separated_trim(&self) -> bool {
+        self.inner.supports_comma_separated_trim()
+    }
+
+    fn supports_cte_without_as(&self) -> bool {
+        self.inner.supports_cte_without_as()
+    }
+
+    fn supports_select_item_multi_column_alias(&self) -> bool {
+        self.inner.supports_select_item_multi_column_alias()
+    }
+
+    fn supports_xml_expressions(&self) -> bool {
+        self.inner.supports_xml_expressions()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::sql::sqlparser::tokenizer::Tokenizer;
+
+    /// Parses `sql` with an unlimited budget; the steps it took per token.
+    fn steps_per_token(sql: &str) -> f64 {
+        let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize().unwrap();
+        let dialect = Budgeted {
+            inner: GenericDialect {},
+            left: Cell::new(u64::MAX),
+            exhausted: Cell::new(false),
+        };
+        Parser::new(&dialect)
+            .try_with_sql(sql)
+            .and_then(|mut p| p.parse_statements())
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        (u64::MAX - dialect.left.get()) as f64 / tokens.len() as f64
+    }
+
+    fn exhausts(sql: &str) -> bool {
+        let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize().unwrap();
+        let dialect = Budgeted::for_tokens(tokens.len());
+        let parsed = Parser::new(&dialect)
+            .with_recursion_limit(crate::statement::PARSER_RECURSION_LIMIT)
+            .try_with_sql(sql)
+            .and_then(|mut p| p.parse_statements());
+        dialect.exhausted() && parsed.is_err()
+    }
+
+    #[test]
+    fn real_statements_take_few_steps_per_token() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut statements = Vec::new();
+        for dir in ["benches/queries", "tests/slt"] {
+            for f in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+                let text = std::fs::read_to_string(f.path()).unwrap();
+                if f.path().extension().is_some_and(|e| e == "sql") {
+                    statements.push(text);
+                } else {
+                    // sqllogictest: the SQL of each record, up to its `----` or blank line.
+                    for record in text.split("\n\n") {
+                        let mut lines = record.lines().skip_while(|l| {
+                            !(l.starts_with("query") || l.starts_with("statement"))
+                        });
+                        if lines.next().is_none() {
+                            continue;
+                        }
+                        let sql: Vec<&str> = lines.take_while(|l| *l != "----").collect();
+                        statements.push(sql.join("\n"));
+                    }
+                }
+            }
+        }
+        assert!(statements.len() > 40, "{}", statements.len());
+        let mut worst = 0f64;
+        for sql in &statements {
+            if Parser::parse_sql(&GenericDialect {}, sql).is_ok() {
+                worst = worst.max(steps_per_token(sql));
+            }
+        }
+        eprintln!("worst: {worst} steps per token");
+        // Far below the budget: no statement a client really sends comes near it.
+        assert!(
+            worst * 4.0 < STEPS_PER_TOKEN as f64,
+            "{worst} steps per token"
+        );
+    }
+
+    #[test]
+    fn nested_alternatives_run_out_of_steps_instead_of_backtracking_exponentially() {
+        for (open, n) in [
+            ("CAST(", 40),
+            ("TRY_CAST(", 40),
+            ("POSITION(", 30),
+            ("SUBSTRING(", 40),
+            ("ARRAY[", 40),
+        ] {
+            let sql = format!("SELECT {} x) FROM t", open.repeat(n));
+            assert!(exhausts(&sql), "{open} x {n}");
+        }
+        // Deep but well-formed nesting of the same constructs parses.
+        let sql = format!(
+            "SELECT {}x{} FROM t",
+            "CAST(".repeat(20),
+            " AS INT)".repeat(20)
+        );
+        assert!(!exhausts(&sql));
+    }
+}
