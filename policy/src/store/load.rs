@@ -1,0 +1,387 @@
+//! Loading a policy folder: reading and validating the files, the generated schema and the lake's entities.
+
+use super::*;
+
+/// The minimum group size of an `aggregate` permit without `@min_group`.
+pub const DEFAULT_MIN_GROUP: u64 = 10;
+
+/// The file of the policy folder that holds entities.
+pub const ENTITIES_FILE: &str = "entities.json";
+
+/// A file of the policy folder with its text, for locating errors.
+pub(super) struct Source {
+    pub(super) path: PathBuf,
+    pub(super) text: String,
+}
+
+impl Source {
+    pub(super) fn read(path: PathBuf) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Source { path, text })
+    }
+
+    /// `file:line:column` of a byte offset.
+    pub(super) fn locate(&self, offset: Option<usize>) -> String {
+        let file = self.path.display();
+        match offset {
+            Some(off) if off <= self.text.len() => {
+                let before = &self.text[..off];
+                let line = before.matches('\n').count() + 1;
+                let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!("{file}:{line}:{col}")
+            }
+            _ => file.to_string(),
+        }
+    }
+
+    /// An error for a diagnostic raised on this file.
+    pub(super) fn error(&self, d: &dyn Diagnostic, prefix: &str) -> PolicyError {
+        let offset = d.labels().and_then(|mut l| l.next()).map(|l| l.offset());
+        PolicyError::Invalid {
+            location: self.locate(offset),
+            message: format!("{prefix}{}", describe(d)),
+        }
+    }
+}
+
+/// A diagnostic's message with its help, on one line.
+pub(super) fn describe(d: &dyn Diagnostic) -> String {
+    let mut s = d.to_string();
+    let mut src = std::error::Error::source(d);
+    while let Some(e) = src {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        src = e.source();
+    }
+    if let Some(help) = d.help() {
+        s.push_str(&format!(" (help: {help})"));
+    }
+    s
+}
+
+pub(super) fn files_with_ext(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, PolicyError> {
+    let read_err = |source| PolicyError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let path = entry.map_err(read_err)?.path();
+        if path.is_file() && path.extension().is_some_and(|e| e == ext) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// A policy id as written in its `@id` (`PolicyId`'s `Display` escapes quotes and backslashes,
+/// and the `@mask`/`@min_group` maps are keyed by the id as written).
+pub(super) fn id_text(id: &PolicyId) -> String {
+    AsRef::<str>::as_ref(id).to_string()
+}
+
+/// `Type::"id"` with any id text (built, not parsed: no escaping to get wrong).
+pub(super) fn entity_uid(ty: &str, id: &str) -> Result<EntityUid, PolicyError> {
+    let ty = EntityTypeName::from_str(ty)
+        .map_err(|e| PolicyError::Request(format!("`{id}` as {ty}: {}", describe(&e))))?;
+    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+}
+
+/// The lake's own entities: departments, tables and columns.
+pub(super) fn lake_entities(lake: &LakeDescription) -> Result<Vec<Entity>, PolicyError> {
+    let bad = |e: &dyn Diagnostic| PolicyError::Request(describe(e));
+    let mut out = Vec::new();
+    let mut departments = HashSet::new();
+    for t in &lake.tables {
+        let dept = entity_uid("Lake::Department", &t.schema)?;
+        if departments.insert(t.schema.clone()) {
+            out.push(Entity::new_no_attrs(dept.clone(), HashSet::new()));
+        }
+        let table = entity_uid("Lake::Table", &t.id())?;
+        let mut attrs = HashMap::from([(
+            "department".to_string(),
+            RestrictedExpression::new_entity_uid(dept.clone()),
+        )]);
+        if let Some(k) = &t.subject_key {
+            attrs.insert(
+                "subject_key".into(),
+                RestrictedExpression::new_string(k.clone()),
+            );
+        }
+        out.push(Entity::new(table.clone(), attrs, HashSet::from([dept])).map_err(|e| bad(&e))?);
+        for c in &t.columns {
+            let uid = entity_uid("Lake::Column", &format!("{}.{}", t.id(), c.name))?;
+            let attrs = HashMap::from([
+                (
+                    "table".to_string(),
+                    RestrictedExpression::new_entity_uid(table.clone()),
+                ),
+                (
+                    "name".to_string(),
+                    RestrictedExpression::new_string(c.name.clone()),
+                ),
+                (
+                    "data_type".to_string(),
+                    RestrictedExpression::new_string(c.data_type.clone()),
+                ),
+            ]);
+            out.push(Entity::new(uid, attrs, HashSet::from([table.clone()])).map_err(|e| bad(&e))?);
+        }
+    }
+    Ok(out)
+}
+
+impl PolicySet {
+    /// Loads `dir` (`*.cedarschema`, `*.cedar`, `entities.json`), composes its schema with the
+    /// one generated from `lake`, and validates everything strictly.
+    pub fn load(dir: &Path, lake: &LakeDescription) -> Result<Self, PolicyError> {
+        let mut hasher = Sha256::new();
+
+        // Schema: generated fragment + the admin's fragments.
+        let generated = generate_schema(lake);
+        let (gen_fragment, _) =
+            SchemaFragment::from_cedarschema_str(&generated).map_err(|e| PolicyError::Invalid {
+                location: "<generated lake schema>".into(),
+                message: format!(
+                    "{}; a table or column name cannot be expressed in Cedar",
+                    describe(&e)
+                ),
+            })?;
+        let mut fragments = vec![gen_fragment];
+        let mut schema_text = generated;
+        let schema_files = files_with_ext(dir, "cedarschema")?;
+        if schema_files.is_empty() {
+            return Err(PolicyError::Invalid {
+                location: dir.display().to_string(),
+                message: "no *.cedarschema file: declare at least Lake::User and Lake::Scenario"
+                    .into(),
+            });
+        }
+        for path in schema_files {
+            let src = Source::read(path)?;
+            hasher.update(src.text.as_bytes());
+            let (fragment, _) =
+                SchemaFragment::from_cedarschema_str(&src.text).map_err(|e| src.error(&e, ""))?;
+            fragments.push(fragment);
+            schema_text.push_str(&format!("\n// From {}\n", src.path.display()));
+            schema_text.push_str(&src.text);
+        }
+        let schema =
+            Schema::from_schema_fragments(fragments).map_err(|e| PolicyError::Invalid {
+                location: dir.display().to_string(),
+                message: format!("the composed schema is invalid: {}", describe(&e)),
+            })?;
+
+        // Policies: ids are the @id annotations, else file#n.
+        let mut policies = cedar_policy::PolicySet::new();
+        let mut origin: HashMap<PolicyId, usize> = HashMap::new();
+        let mut masks = HashMap::new();
+        let mut min_groups = HashMap::new();
+        let mut privacy = HashMap::new();
+        let mut sources = Vec::new();
+        for path in files_with_ext(dir, "cedar")? {
+            let src = Source::read(path)?;
+            hasher.update(src.text.as_bytes());
+            let parsed =
+                cedar_policy::PolicySet::from_str(&src.text).map_err(|e| src.error(&e, ""))?;
+            if let Some(t) = parsed.templates().next() {
+                return Err(PolicyError::Invalid {
+                    location: src.locate(None),
+                    message: format!(
+                        "template {} is not supported: write a policy without ?principal/?resource slots",
+                        t.id()
+                    ),
+                });
+            }
+            let file_name = src
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            for (n, p) in parsed.policies().enumerate() {
+                let id = p
+                    .annotation("id")
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{file_name}#{n}"));
+                let pid = PolicyId::new(&id);
+                if origin.contains_key(&pid) {
+                    return Err(PolicyError::Invalid {
+                        location: src.locate(None),
+                        message: format!(
+                            "policy id `{id}` is used twice: give each policy its own @id"
+                        ),
+                    });
+                }
+                if let Some(m) = p.annotation("mask") {
+                    let mask = m.parse::<Mask>().map_err(|e| PolicyError::Invalid {
+                        location: src.locate(None),
+                        message: format!("policy `{id}`: @mask(\"{m}\"): {e}"),
+                    })?;
+                    masks.insert(id.clone(), mask);
+                }
+                let names = |action: &str| match p.action_constraint() {
+                    cedar_policy::ActionConstraint::Eq(a) => a.id().unescaped() == action,
+                    cedar_policy::ActionConstraint::In(a) => {
+                        a.iter().any(|a| a.id().unescaped() == action)
+                    }
+                    cedar_policy::ActionConstraint::Any => false,
+                };
+                if names("read_masked")
+                    && p.effect() == cedar_policy::Effect::Permit
+                    && p.annotation("mask").is_none()
+                {
+                    return Err(PolicyError::Invalid {
+                        location: src.locate(None),
+                        message: format!(
+                            "policy `{id}` permits read_masked but names no mask: add e.g. @mask(\"hash\")"
+                        ),
+                    });
+                }
+                // Noise is asked of `aggregate` permits only; anything else is a mistake, and
+                // refusing it fails closed.
+                let epsilon = p.annotation("epsilon");
+                let bounds = p.annotation("bounds");
+                if epsilon.is_some() || bounds.is_some() {
+                    let invalid = |message: String| PolicyError::Invalid {
+                        location: src.locate(None),
+                        message: format!("policy `{id}`: {message}"),
+                    };
+                    if !names("aggregate") || p.effect() != cedar_policy::Effect::Permit {
+                        return Err(invalid(
+                            "@epsilon and @bounds belong on permits of the aggregate action".into(),
+                        ));
+                    }
+                    let Some(e) = epsilon else {
+                        return Err(invalid(
+                            "@bounds needs @epsilon: bounds clamp sums released with differential privacy".into(),
+                        ));
+                    };
+                    let epsilon = crate::Epsilon::parse(e)
+                        .map_err(|why| invalid(format!("@epsilon(\"{e}\"): {why}")))?;
+                    let bounds = bounds
+                        .map(|b| {
+                            crate::Bounds::parse(b)
+                                .map_err(|why| invalid(format!("@bounds(\"{b}\"): {why}")))
+                        })
+                        .transpose()?;
+                    privacy.insert(id.clone(), crate::Privacy { epsilon, bounds });
+                }
+                if let Some(k) = p.annotation("min_group") {
+                    let k = k.parse::<u64>().ok().filter(|k| *k > 0).ok_or_else(|| {
+                        PolicyError::Invalid {
+                            location: src.locate(None),
+                            message: format!(
+                                "policy `{id}`: @min_group(\"{k}\") must be a positive whole number, e.g. @min_group(\"10\")"
+                            ),
+                        }
+                    })?;
+                    min_groups.insert(id.clone(), k);
+                }
+                policies
+                    .add(p.new_id(pid.clone()))
+                    .map_err(|e| PolicyError::Invalid {
+                        location: src.locate(None),
+                        message: describe(&e),
+                    })?;
+                origin.insert(pid, sources.len());
+            }
+            sources.push(src);
+        }
+
+        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        if !result.validation_passed() {
+            let errors: Vec<PolicyError> = result
+                .validation_errors()
+                .map(|e| {
+                    let prefix = format!("policy `{}`: ", e.policy_id());
+                    match origin.get(e.policy_id()) {
+                        Some(&i) => sources[i].error(e, &prefix),
+                        None => PolicyError::Invalid {
+                            location: dir.display().to_string(),
+                            message: format!("{prefix}{}", describe(e)),
+                        },
+                    }
+                })
+                .collect();
+            return Err(if errors.len() == 1 {
+                errors.into_iter().next().expect("one error")
+            } else {
+                PolicyError::Many(errors)
+            });
+        }
+
+        // Entities: the admin's, validated against the schema, plus the lake's own.
+        let entities_src = Source::read(dir.join(ENTITIES_FILE))?;
+        hasher.update(entities_src.text.as_bytes());
+        let admin_entities = Entities::from_json_str(&entities_src.text, Some(&schema))
+            .map_err(|e| entities_src.error(&e, ""))?;
+        let lake_entities = lake_entities(lake)?;
+        let entities = admin_entities
+            .add_entities(lake_entities, Some(&schema))
+            .map_err(|e| PolicyError::Invalid {
+                location: entities_src.locate(None),
+                message: format!(
+                    "{}; entities.json must not declare the lake's own Department, Table or Column entities",
+                    describe(&e)
+                ),
+            })?;
+        hasher.update(schema_text.as_bytes());
+        let partial_entities =
+            PartialEntities::from_concrete(entities.clone(), &schema).map_err(|e| {
+                PolicyError::Invalid {
+                    location: entities_src.locate(None),
+                    message: describe(&e),
+                }
+            })?;
+
+        let reach = Reaches::new(&policies);
+        let actions = PerAction::new(|a| {
+            let uid = slice::action_uid(a);
+            let ancestors = entities.ancestors(&uid).map(|i| i.cloned().collect());
+            (uid, ancestors)
+        });
+
+        let warnings = lint::warnings(&lint::Loaded {
+            policies: &policies,
+            origin: &origin,
+            sources: &sources,
+            entities: &entities_src,
+            masks: &masks,
+            lake,
+            schema: &schema,
+            partial_entities: &partial_entities,
+            read_masked: &actions[Action::ReadMasked].0,
+        });
+        for w in &warnings {
+            tracing::warn!("policy: {w}");
+        }
+
+        Ok(PolicySet {
+            warnings,
+            schema,
+            schema_text,
+            policies,
+            entities,
+            partial_entities,
+            masks,
+            min_groups,
+            privacy,
+            hash: hex::encode(hasher.finalize()),
+            authorizer: Authorizer::new(),
+            grants: lru_cache(GRANT_CACHE_ENTRIES),
+            reach,
+            actions,
+            column_type: EntityTypeName::from_str("Lake::Column").expect("a valid type name"),
+            slices: lru_cache(SLICE_CACHE_ENTRIES),
+            action_sets: lru_cache(ACTION_SET_ENTRIES),
+            contexts: lru_cache(CONTEXT_ENTRIES),
+            now: std::sync::Mutex::new(None),
+            memo_budget: Budget::default(),
+            tables: lake.tables.iter().map(|t| (t.id(), t.clone())).collect(),
+        })
+    }
+}
