@@ -39,9 +39,10 @@ use lake_config::Config;
 use policy::{CedarType, ColumnDescription, LakeDescription, PolicySet, TableDescription};
 
 pub use enforce::aggregate_only::Suppressed;
+pub use enforce::codec::SecureScanCodec;
 pub use enforce::dp_release::{DpReleaseExec, EPSILON_KEY, SCALE_KEY};
 pub use enforce::min_group::MinGroupReleaseExec;
-pub use enforce::secure_exec::{SecureScanCodec, SecureScanExec};
+pub use enforce::secure_exec::SecureScanExec;
 pub use enforce::secure_scan::{SecureTable, SUBJECT_COLUMN};
 use enforce::session_gate::SessionGate;
 pub use error::GatewayError;

@@ -23,13 +23,15 @@
 //! - [`wildcard`]: `SELECT *` leaves aggregate-only columns out, on the parsed statement.
 //! - [`secure_scan`] / [`secure_exec`]: the barrier inside the scan — the row predicate
 //!   ([`row_filter`]) on raw values, then masks ([`masks`]), hidden columns dropped, before any
-//!   user expression runs; the codec that ships it.
+//!   user expression runs; [`codec`] ships it (and the minimum-group release) to another
+//!   process as its scan spec, planned again there.
 //! - [`aggregate_only`]: the checker (which flows of an aggregate-only column are allowed) and
 //!   the rewrite that puts a release directly above each releasing aggregate —
 //!   [`min_group`] (k distinct subjects) or [`dp_release`] (differential privacy) — checked again
 //!   on the optimized plan; [`release_shape`]: what a releasing query's aggregates may count.
 
 pub(crate) mod aggregate_only;
+pub(crate) mod codec;
 pub(crate) mod dp_release;
 pub(crate) mod masks;
 pub(crate) mod min_group;
