@@ -49,6 +49,9 @@ use crate::session_options::{self as so, OptionValue, SessionOptionValue};
 use listing::Listing;
 
 mod listing;
+mod parameters;
+mod query;
+mod session;
 
 /// The header that sets the scenario for one call (overrides the session option).
 pub const SCENARIO_HEADER: &str = "x-lakegate-scenario";
@@ -129,85 +132,6 @@ impl LakegateService {
             },
         })
     }
-
-    async fn execute(
-        &self,
-        caller: &Caller,
-        planned: &Query,
-    ) -> Result<Response<DoGetStream>, Status> {
-        let started = Instant::now();
-        // Deciding again may plan again, and the physical plan is made here: in the user's
-        // planning turn, as at GetFlightInfo (a user's DoGets of plans that expand planned
-        // one after another, not all at once while others wait).
-        let user = &caller.principal.user;
-        let admitted = match self.limits.planning_turn(user).await {
-            Ok(turn) => self
-                .limits
-                .admit(user)
-                .map(|slot| (slot, gateway::executor::Hold::new(turn))),
-            Err(refused) => Err(refused),
-        };
-        // A slot among the running queries first; then decided again against the policies
-        // in force now: a revoked grant stops here. The turn lasts as long as the planning
-        // does, even when the client goes.
-        let revalidated = match admitted {
-            Ok((slot, turn)) => {
-                gateway::executor::holding(turn.clone(), self.gateway.revalidate(planned))
-                    .await
-                    .map(|q| (q, slot, turn))
-                    .map_err(to_status)
-            }
-            Err(refused) => Err(refused),
-        };
-        let (query, slot, turn) = match revalidated {
-            Ok(q) => q,
-            Err(status) => {
-                let outcome = if status.code() == tonic::Code::ResourceExhausted {
-                    gateway::Outcome::Refused
-                } else {
-                    gateway::Outcome::Failed
-                };
-                if let Some(ctx) = planned.audit_context() {
-                    let _ = ctx.recorded().await;
-                }
-                let _ = crate::metrics::record_completion(
-                    &self.gateway,
-                    planned,
-                    crate::review::completion(outcome, Some(status.message().to_string()), started),
-                );
-                return Err(status);
-            }
-        };
-        let query = &query;
-        let executed = gateway::executor::holding(turn.clone(), query.execute_with_plan()).await;
-        drop(turn);
-        match executed {
-            Ok((stream, plan)) => Ok(Response::new(crate::review::reviewed_stream(
-                self.gateway.clone(),
-                query.clone(),
-                stream,
-                plan,
-                crate::review::Running {
-                    started,
-                    timeout: self.limits.timeout(),
-                    slot,
-                },
-            ))),
-            Err(e) => {
-                let status = to_status(e);
-                let _ = crate::metrics::record_completion(
-                    &self.gateway,
-                    query,
-                    crate::review::completion(
-                        gateway::Outcome::Failed,
-                        Some(status.message().to_string()),
-                        started,
-                    ),
-                );
-                Err(status)
-            }
-        }
-    }
 }
 
 /// The client's address, for the audit trail.
@@ -277,36 +201,6 @@ impl LakegateService {
             .map_err(to_status)
     }
 
-    /// Plans and decides `sql` for the caller, in the user's turn ([`Limits::planning_turn`]).
-    async fn plan(
-        &self,
-        caller: &Caller,
-        sql: &str,
-        client: Option<String>,
-    ) -> Result<Query, Status> {
-        let turn = self
-            .limits
-            .planning_turn(&caller.principal.user)
-            .await
-            .inspect_err(|s| crate::metrics::metrics().refused(s))?;
-        // Held until the planning really ends, not only the client's call; and the planning
-        // runs to its decision record even when the client leaves (a task of its own: the
-        // client's call going would drop the record's write, and a statement that held a core
-        // for minutes left no trace, round 15 L1).
-        let turn = gateway::executor::Hold::new(turn);
-        let (gw, who, sql) = (
-            self.gateway.clone(),
-            caller.principal.clone(),
-            sql.to_string(),
-        );
-        let planning = async move { gw.prepare_audited(&who, &sql, client).await };
-        tokio::spawn(gateway::executor::holding(turn, planning))
-            .await
-            .map_err(|e| internal("planning ended abnormally", e))?
-            .map_err(to_status)
-            .inspect_err(|s| crate::metrics::metrics().refused(s))
-    }
-
     /// The schema a command's results have, without running it (Flight's GetSchema). A
     /// statement is planned and decided as for GetFlightInfo.
     pub(crate) async fn schema_of(
@@ -350,59 +244,6 @@ impl LakegateService {
                 )))
             }
         })
-    }
-
-    fn set_session_options(
-        &self,
-        caller: &Caller,
-        body: &[u8],
-    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        let request = so::SetSessionOptionsRequest::decode(body)
-            .map_err(|e| Status::invalid_argument(format!("bad SetSessionOptionsRequest: {e}")))?;
-        let mut result = so::SetSessionOptionsResult::default();
-        for (name, value) in request.session_options {
-            if name != SCENARIO_OPTION {
-                result.errors.insert(
-                    name,
-                    so::SetSessionOptionsError {
-                        value: so::ERROR_INVALID_NAME,
-                    },
-                );
-                continue;
-            }
-            let scenario = match value.option_value {
-                None => None,
-                Some(OptionValue::StringValue(s)) if s.is_empty() => None,
-                Some(OptionValue::StringValue(s)) => {
-                    self.gateway.check_scenario(&s).map_err(to_status)?;
-                    Some(s)
-                }
-                Some(_) => return Err(Status::invalid_argument(
-                    "the session option `scenario` takes a string: the id of an approved scenario",
-                )),
-            };
-            self.sessions
-                .set_scenario(&caller.token, scenario)
-                .map_err(auth_status)?;
-        }
-        Ok(action_result(result.encode_to_vec()))
-    }
-
-    fn get_session_options(
-        &self,
-        caller: &Caller,
-    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        let session = self.sessions.resolve(&caller.token).map_err(auth_status)?;
-        let mut result = so::GetSessionOptionsResult::default();
-        if let Some(s) = session.scenario {
-            result.session_options.insert(
-                SCENARIO_OPTION.to_string(),
-                SessionOptionValue {
-                    option_value: Some(OptionValue::StringValue(s)),
-                },
-            );
-        }
-        Ok(action_result(result.encode_to_vec()))
     }
 }
 
@@ -533,84 +374,7 @@ impl FlightSqlService for LakegateService {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        let caller = self.caller(&request)?;
-        let unbound = self
-            .handles
-            .unbound(&caller.principal, &query.prepared_statement_handle)?;
-        // Read as it arrives, and stopped at the first row or byte too many: collected whole,
-        // 250 batches of 32 MiB held 8.7 GB before the row count was looked at.
-        let most = self.limits.max_parameter_bytes();
-        // Counted as it arrives, before decoding: dictionary messages are decoded and kept by
-        // the decoder without reaching the batches below (300 of 15 MB held 4.6 GB, round 9).
-        let mut arrived = 0usize;
-        let mut stream = FlightRecordBatchStream::new_from_flight_data(
-            request
-                .into_inner()
-                .map_err(FlightError::from)
-                .and_then(move |data| {
-                    arrived = arrived.saturating_add(data.data_header.len() + data.data_body.len());
-                    futures::future::ready(if arrived > most {
-                        Err(FlightError::Tonic(Box::new(Status::invalid_argument(
-                            format!(
-                                "parameters: more than {most} bytes of parameter values were sent \
-                             (twice [execution] max_sql_bytes)"
-                            ),
-                        ))))
-                    } else {
-                        Ok(data)
-                    })
-                }),
-        );
-        let (mut batches, mut rows, mut bytes) = (Vec::<RecordBatch>::new(), 0usize, 0usize);
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| {
-                Status::invalid_argument(format!("cannot read the parameters: {e}"))
-            })?;
-            rows += batch.num_rows();
-            bytes += batch.get_array_memory_size();
-            if rows > 1 {
-                return Err(Status::invalid_argument(
-                    "parameters: a query takes exactly one row of parameter values, more were sent",
-                ));
-            }
-            if bytes > most {
-                return Err(Status::invalid_argument(format!(
-                    "parameters: more than {most} bytes of parameter values were sent (twice \
-                     [execution] max_sql_bytes)"
-                )));
-            }
-            if batch.num_rows() > 0 {
-                batches.push(batch);
-            }
-        }
-        let bound = match rows {
-            0 if unbound.parameter_schema().fields().is_empty() => None,
-            1 => {
-                let batch = batches.iter().find(|b| b.num_rows() == 1).expect("one row");
-                let values = batch
-                    .columns()
-                    .iter()
-                    .map(|c| ScalarValue::try_from_array(c, 0))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Status::invalid_argument(format!("parameters: {e}")))?;
-                Some(Box::new(unbound.bind(values).map_err(to_status)?))
-            }
-            n => {
-                return Err(Status::invalid_argument(format!(
-                    "parameters: a query takes exactly one row of parameter values, {n} were sent"
-                )))
-            }
-        };
-        let bound_bytes = bound.as_ref().map_or(0, |q| q.bound_bytes() as usize);
-        self.handles.bind(
-            &caller.principal,
-            &query.prepared_statement_handle,
-            bound,
-            bound_bytes,
-        )?;
-        Ok(DoPutPreparedStatementResult {
-            prepared_statement_handle: Some(query.prepared_statement_handle),
-        })
+        self.bind_parameters(query, request).await
     }
 
     async fn get_flight_info_prepared_statement(

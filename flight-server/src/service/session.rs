@@ -1,0 +1,58 @@
+//! Flight SQL session options: the scenario a session works under.
+
+use super::*;
+
+impl LakegateService {
+    pub(super) fn set_session_options(
+        &self,
+        caller: &Caller,
+        body: &[u8],
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let request = so::SetSessionOptionsRequest::decode(body)
+            .map_err(|e| Status::invalid_argument(format!("bad SetSessionOptionsRequest: {e}")))?;
+        let mut result = so::SetSessionOptionsResult::default();
+        for (name, value) in request.session_options {
+            if name != SCENARIO_OPTION {
+                result.errors.insert(
+                    name,
+                    so::SetSessionOptionsError {
+                        value: so::ERROR_INVALID_NAME,
+                    },
+                );
+                continue;
+            }
+            let scenario = match value.option_value {
+                None => None,
+                Some(OptionValue::StringValue(s)) if s.is_empty() => None,
+                Some(OptionValue::StringValue(s)) => {
+                    self.gateway.check_scenario(&s).map_err(to_status)?;
+                    Some(s)
+                }
+                Some(_) => return Err(Status::invalid_argument(
+                    "the session option `scenario` takes a string: the id of an approved scenario",
+                )),
+            };
+            self.sessions
+                .set_scenario(&caller.token, scenario)
+                .map_err(auth_status)?;
+        }
+        Ok(action_result(result.encode_to_vec()))
+    }
+
+    pub(super) fn get_session_options(
+        &self,
+        caller: &Caller,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let session = self.sessions.resolve(&caller.token).map_err(auth_status)?;
+        let mut result = so::GetSessionOptionsResult::default();
+        if let Some(s) = session.scenario {
+            result.session_options.insert(
+                SCENARIO_OPTION.to_string(),
+                SessionOptionValue {
+                    option_value: Some(OptionValue::StringValue(s)),
+                },
+            );
+        }
+        Ok(action_result(result.encode_to_vec()))
+    }
+}
