@@ -20,6 +20,7 @@ mod parse_budget;
 mod query;
 mod query_memory;
 mod row_size;
+mod session;
 mod statement;
 mod unparse;
 
@@ -38,6 +39,7 @@ use catalog::{Lake, LakeCatalogProvider, TableRef, LAKE_CATALOG};
 use lake_config::Config;
 use policy::{CedarType, ColumnDescription, LakeDescription, PolicySet, TableDescription};
 
+pub use audit::lifecycle::verify_audit;
 pub use enforce::aggregate_only::Suppressed;
 pub use enforce::codec::SecureScanCodec;
 pub use enforce::dp_release::{DpReleaseExec, EPSILON_KEY, SCALE_KEY};
@@ -49,6 +51,7 @@ pub use error::GatewayError;
 pub use executor::Executor;
 pub use guard::GuardExec;
 pub use query::{scan_metrics, served_schema, AuditContext, Completion, Outcome, Query};
+use session::{query_memory_limit, runtime_env, session_template};
 
 /// How many of the last grants a reloaded policy set decides before it serves (at about 0.5 ms
 /// each when nothing is memoized yet).
@@ -237,101 +240,6 @@ impl Gateway {
         }
     }
 
-    /// [`Gateway::prepare`], with the decision on the audit trail (fsynced) before the query can
-    /// run: allowed with the tables, columns, versions and policies, or refused with the reason.
-    /// A refusal is on disk when this returns; an allowed decision is written beside what
-    /// follows, and [`Query::execute`] and [`Query::physical_plan`] wait for it. A failing audit
-    /// write refuses the query: here for a refusal, at execution for an allowed one.
-    pub async fn prepare_audited(
-        &self,
-        who: &Principal,
-        sql: &str,
-        client: Option<String>,
-    ) -> Result<Query, GatewayError> {
-        let query_id = uuid::Uuid::new_v4().to_string();
-        let result = self.prepare(who, sql).await.map(|mut q| {
-            let grants = q.grants();
-            q.set_origin(query::Origin {
-                who: who.clone(),
-                sql: sql.to_string(),
-                client: client.clone(),
-                grants,
-            });
-            q
-        });
-        let mut record = audit::AuditRecord::new("decision", &query_id, &who.user, sql);
-        record.scenario = who.scenario.clone();
-        record.client = client.clone();
-        record.policy_set = self.policies().hash().to_string();
-        // A differentially private release must fit what is left of the budget.
-        let result = result.and_then(|q| {
-            let epsilon = q.epsilon();
-            if epsilon.0 > 0 {
-                let scenario = self.scenario_of(who)?;
-                let budget = self
-                    .policies()
-                    .scenario(&scenario)
-                    .and_then(|s| s.epsilon_budget);
-                self.ledger.check(&who.user, &scenario, epsilon, budget)?;
-            }
-            Ok(q)
-        });
-        let mut query = match result {
-            Ok(q) => q,
-            Err(e) => {
-                record.decision = "refused".into();
-                record.reason = Some(e.to_string());
-                self.audit
-                    .append(record)
-                    .map_err(|e| GatewayError::Audit(e.to_string()))?;
-                return Err(e);
-            }
-        };
-        // The allowed decision is described (the plan written back as SQL: seconds for a large
-        // plan) in the user's planning turn, on the query runtime; then written beside what
-        // follows (the reply, the physical planning): execution waits for the record before
-        // any batch, and its failure refuses the query then.
-        let described = query.clone();
-        let info = query
-            .executor()?
-            .spawn(async move { described.describe() })
-            .await
-            .map_err(joined)?;
-        let audit = self.audit.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            record.decision = "allowed".into();
-            record.rewritten_sql = info.rewritten_sql;
-            record.policy_ids = info.policy_ids;
-            record.tables = info.tables;
-            audit
-                .append(record.clone())
-                .map(|_| Arc::new(record))
-                .map_err(|e| e.to_string())
-        });
-        let decision = async move { written.await.map_err(|e| e.to_string())? };
-        if let Ok(scenario) = self.scenario_of(who) {
-            query.set_charge(query::PrivacyCharge {
-                ledger: self.ledger.clone(),
-                audit: self.audit.clone(),
-                user: who.user.clone(),
-                policies: self.policies.clone(),
-                scenario,
-                query_id: query_id.clone(),
-            });
-        }
-        query.set_audit(query::AuditContext {
-            query_id,
-            decision: futures::FutureExt::shared(futures::FutureExt::boxed(decision)),
-            max_rows: who
-                .scenario
-                .as_deref()
-                .and_then(|s| self.policies().scenario(s))
-                .and_then(|s| s.max_rows),
-            max_bytes: self.max_result_bytes,
-        });
-        Ok(query)
-    }
-
     /// Decides an audited query again before it runs (a DoGet of a ticket, an execution of a
     /// prepared statement): the grants of the tables it reads under the current policy set and
     /// time (cached decisions, so cheap). Unchanged: the query as planned. Changed: the
@@ -420,93 +328,6 @@ impl Gateway {
         }
     }
 
-    /// Records a metadata request (GetDbSchemas, GetTables) that lists the lake for `who`:
-    /// what was asked, how many entries were listed, or why it failed.
-    pub fn record_metadata(
-        &self,
-        who: &Principal,
-        request: &str,
-        client: Option<String>,
-        outcome: Result<u64, String>,
-    ) -> Result<(), GatewayError> {
-        let mut record = audit::AuditRecord::new(
-            "decision",
-            &uuid::Uuid::new_v4().to_string(),
-            &who.user,
-            request,
-        );
-        record.scenario = who.scenario.clone();
-        record.client = client;
-        record.policy_set = self.policies().hash().to_string();
-        match outcome {
-            Ok(n) => {
-                record.decision = "allowed".into();
-                record.rows_out = Some(n);
-            }
-            Err(e) => {
-                record.decision = "refused".into();
-                record.reason = Some(e);
-            }
-        }
-        self.audit
-            .append(record)
-            .map(|_| ())
-            .map_err(|e| GatewayError::Audit(e.to_string()))
-    }
-
-    /// Records how an executed query ended (after its stream ended, failed or was dropped).
-    pub fn record_completion(
-        &self,
-        query: &Query,
-        completion: query::Completion,
-    ) -> Result<(), GatewayError> {
-        let Some(ctx) = query.audit_context() else {
-            return Ok(());
-        };
-        let mut record = ctx.decision_record()?.as_ref().clone();
-        record.kind = "completion".into();
-        record.decision = completion.outcome.as_str().into();
-        record.reason = completion.reason;
-        record.rows_out = Some(completion.rows);
-        record.bytes_out = Some(completion.bytes);
-        record.duration_ms = Some(completion.duration.as_millis() as u64);
-        record.result_digest = Some(completion.digest);
-        record.rows_scanned = completion.rows_scanned;
-        record.suppressed_groups = Some(query.suppressed_groups());
-        record.cpu_ms = completion.cpu_ms;
-        self.audit
-            .append(record)
-            .map(|_| ())
-            .map_err(|e| GatewayError::Audit(e.to_string()))
-    }
-
-    /// ε `user` has spent under `scenario` on differentially private releases.
-    pub fn epsilon_spent(&self, user: &str, scenario: &str) -> policy::Epsilon {
-        self.ledger.spent(user, scenario)
-    }
-
-    /// The audit log.
-    pub fn audit_log(&self) -> &audit::AuditLog {
-        &self.audit
-    }
-
-    /// Writes the end of the audit chain to the lake's object store
-    /// (`_lakegate/audit-anchors/<seq>.json`) when a segment was closed or `force` is set and
-    /// there are records since the last anchor.
-    pub async fn anchor_audit(&self, force: bool) -> Result<Option<audit::Anchor>, GatewayError> {
-        let (head, rotated) = self.audit.head();
-        let mut last = self.last_anchor.lock().await;
-        if head.seq == 0 || head.seq == *last || !(force || rotated) {
-            return Ok(None);
-        }
-        let body = serde_json::to_vec(&head).expect("anchors serialize");
-        self.lake
-            .put_own_file(&format!("audit-anchors/{:012}.json", head.seq), body)
-            .await?;
-        *last = head.seq;
-        Ok(Some(head))
-    }
-
     /// Parses, checks and plans one read statement for `who`. Placeholders (`?` or `$n`) stay
     /// unbound until [`Query::bind`].
     pub async fn prepare(&self, who: &Principal, sql: &str) -> Result<Query, GatewayError> {
@@ -524,7 +345,7 @@ impl Gateway {
         let (statement, state, named) = executor
             .spawn(async move {
                 let mut statement = statement::parse_read_statement(&text, limits)?;
-                exclude_aggregate_only(&mut statement, &gate);
+                enforce::wildcard::exclude_from_statement(&mut statement, &gate);
                 let named = state
                     .resolve_table_references(&statement)
                     .map_err(GatewayError::from_planning)?;
@@ -603,107 +424,11 @@ impl Gateway {
         self.check_scenario(scenario)?;
         Ok(scenario.to_string())
     }
-
-    /// A DataFusion session for one request: the `lake` catalog behind this principal's gate,
-    /// no other catalog, no URL tables, no information_schema.
-    fn session(
-        &self,
-        user: &str,
-        scenario: &str,
-    ) -> (
-        datafusion::execution::SessionState,
-        Arc<LakeCatalogProvider>,
-        Arc<SessionGate>,
-    ) {
-        let gate = Arc::new(SessionGate::new(
-            self.policies(),
-            user,
-            scenario,
-            SystemTime::now(),
-            self.mask_key.clone(),
-            Arc::new(self.lake.storage_options().clone()),
-        ));
-        let lake = Arc::new(LakeCatalogProvider::new(self.lake.clone(), gate.clone()));
-        (
-            session_from(&self.template, lake.clone(), self.query_memory),
-            lake,
-            gate,
-        )
-    }
 }
 
 /// A task of the query runtime that did not finish (panicked or cancelled).
 pub(crate) fn joined(e: tokio::task::JoinError) -> GatewayError {
     GatewayError::Execution(datafusion::error::DataFusionError::External(e.into()))
-}
-
-/// `SELECT *` over a table with aggregate-only columns leaves them out ([`wildcard`]).
-fn exclude_aggregate_only(statement: &mut datafusion::sql::parser::Statement, gate: &SessionGate) {
-    use datafusion::sql::parser::Statement;
-    use datafusion::sql::sqlparser::ast::ObjectName;
-    let inner = match statement {
-        Statement::Statement(s) => s.as_mut(),
-        Statement::Explain(e) => match e.statement.as_mut() {
-            Statement::Statement(s) => s.as_mut(),
-            _ => return,
-        },
-        _ => return,
-    };
-    let lookup = |name: &ObjectName| -> Option<enforce::wildcard::Served> {
-        let parts: Vec<String> = name
-            .0
-            .iter()
-            .map(|p| {
-                p.as_ident().map(|i| match i.quote_style {
-                    Some(_) => i.value.clone(),
-                    None => i.value.to_lowercase(),
-                })
-            })
-            .collect::<Option<_>>()?;
-        let t = match parts.as_slice() {
-            [schema, table] => TableRef::new(schema, table),
-            [catalog, schema, table] if catalog.as_str() == LAKE_CATALOG => {
-                TableRef::new(schema, table)
-            }
-            _ => return None,
-        };
-        let grant = gate.grant(&t).ok()?;
-        if !grant.allowed {
-            return None;
-        }
-        let mut served = enforce::wildcard::Served {
-            columns: Vec::new(),
-            aggregate_only: Vec::new(),
-        };
-        for (c, treatment) in &grant.columns {
-            match treatment {
-                policy::ColumnTreatment::Hidden => {}
-                policy::ColumnTreatment::AggregateOnly { .. } => {
-                    served.columns.push(c.clone());
-                    served.aggregate_only.push(c.clone());
-                }
-                _ => served.columns.push(c.clone()),
-            }
-        }
-        Some(served)
-    };
-    enforce::wildcard::exclude_aggregate_only(inner, &lookup);
-}
-
-/// Checks the audit trail of `config` against its chain and the anchors in the lake.
-pub async fn verify_audit(config: &Config) -> Result<audit::Verified, GatewayError> {
-    let lake = Lake::open(&config.lake).await?;
-    let anchors = lake
-        .own_files("audit-anchors/")
-        .await?
-        .into_iter()
-        .map(|(name, bytes)| {
-            serde_json::from_slice::<audit::Anchor>(&bytes)
-                .map_err(|e| GatewayError::Audit(format!("anchor {name} is unreadable: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    audit::verify_with_anchors(&config.audit.dir, &anchors)
-        .map_err(|e| GatewayError::Audit(e.to_string()))
 }
 
 /// Names, sizes and modification times of the policy folder's files.
@@ -759,138 +484,5 @@ fn cedar_type(t: &DataType) -> Option<CedarType> {
         Date32 | Date64 | Timestamp(_, _) => Some(CedarType::Datetime),
         Dictionary(_, v) => cedar_type(v),
         _ => None,
-    }
-}
-
-/// The session [`Gateway::session`] clones: the lake catalog as default, no information schema,
-/// DataFusion's built-in functions and rules, every function call bounded, and the
-/// [`Executor`] its queries run on (a config extension).
-fn session_template(
-    runtime: Arc<RuntimeEnv>,
-    sort_merge_joins: bool,
-    executor: Arc<Executor>,
-) -> datafusion::execution::SessionState {
-    let limit = executor.max_batch_bytes();
-    let mut config = SessionConfig::new()
-        .with_default_catalog_and_schema(LAKE_CATALOG, "public")
-        .with_create_default_catalog_and_schema(false)
-        .with_information_schema(false)
-        .with_extension(executor);
-    if sort_merge_joins {
-        config.options_mut().optimizer.prefer_hash_join = false;
-    }
-    let mut state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_runtime_env(runtime)
-        .with_default_features()
-        .with_query_planner(Arc::new(enforce::min_group::LakegateQueryPlanner))
-        .build();
-    state.add_analyzer_rule(Arc::new(bounded_functions::BoundFunctions { limit }));
-    state
-}
-
-/// A clone of `template` whose only catalog is `lake`, in a catalog list of its own: the
-/// template's list (shared by every clone) stays empty, so no session sees another's gate.
-/// Its runtime draws from the template's memory pool through a [`query_memory::QueryPool`] of
-/// its own, capped at `query_memory` bytes.
-fn session_from(
-    template: &datafusion::execution::SessionState,
-    lake: Arc<dyn datafusion::catalog::CatalogProvider>,
-    query_memory: usize,
-) -> datafusion::execution::SessionState {
-    let shared = template.runtime_env();
-    let mut runtime = RuntimeEnv::clone(shared);
-    runtime.memory_pool = Arc::new(query_memory::QueryPool::new(
-        shared.memory_pool.clone(),
-        query_memory,
-    ));
-    let mut state = SessionStateBuilder::new_from_existing(template.clone())
-        .with_runtime_env(Arc::new(runtime))
-        .build();
-    state.register_catalog_list(Arc::new(MemoryCatalogProviderList::new()));
-    state
-        .catalog_list()
-        .register_catalog(LAKE_CATALOG.to_string(), lake);
-    state
-}
-
-/// The memory pool when `[execution] memory_limit_bytes` is not set: half of the machine's
-/// memory (4 GiB where it cannot be read), so that one query fails with "resources exhausted"
-/// before it takes the machine.
-pub fn default_memory_limit() -> u64 {
-    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    });
-    match total {
-        Some(bytes) => (bytes / 2).max(lake_config::MIN_MEMORY_LIMIT),
-        None => 4 << 30,
-    }
-}
-
-/// One query's cap: `[execution] query_memory_limit_bytes`, or a quarter of the pool (at least
-/// 64 MiB, at most the pool).
-fn query_memory_limit(config: &lake_config::ExecutionConfig) -> usize {
-    let pool = config
-        .memory_limit_bytes
-        .unwrap_or_else(default_memory_limit);
-    let limit = config
-        .query_memory_limit_bytes
-        .unwrap_or((pool / 4).max(lake_config::MIN_MEMORY_LIMIT));
-    limit.min(pool) as usize
-}
-
-/// The runtime all of one gateway's queries share: `[execution]`'s memory pool and spill folder.
-fn runtime_env(config: &lake_config::ExecutionConfig) -> Result<Arc<RuntimeEnv>, GatewayError> {
-    let mut builder = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
-    let limit = config
-        .memory_limit_bytes
-        .unwrap_or_else(default_memory_limit);
-    builder = builder.with_memory_limit(limit as usize, 1.0);
-    if let Some(dir) = &config.spill_dir {
-        builder = builder.with_temp_file_path(dir);
-    }
-    builder.build_arc().map_err(|e| {
-        GatewayError::Config(format!(
-            "cannot set up query execution ({e}); check [execution] spill_dir"
-        ))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
-
-    fn test_executor() -> Arc<Executor> {
-        Arc::new(Executor::new(Some(1), lake_config::DEFAULT_MAX_BATCH_BYTES).unwrap())
-    }
-
-    #[test]
-    fn sessions_cloned_from_the_template_see_only_their_own_catalog() {
-        let template = session_template(Arc::new(RuntimeEnv::default()), false, test_executor());
-        let (a, b): (Arc<dyn CatalogProvider>, Arc<dyn CatalogProvider>) = (
-            Arc::new(MemoryCatalogProvider::new()),
-            Arc::new(MemoryCatalogProvider::new()),
-        );
-        let first = session_from(&template, a.clone(), 1 << 30);
-        let second = session_from(&template, b.clone(), 1 << 30);
-        let lake = |s: &datafusion::execution::SessionState| {
-            s.catalog_list()
-                .catalog(LAKE_CATALOG)
-                .expect("a lake catalog")
-        };
-        assert!(Arc::ptr_eq(&lake(&first), &a));
-        assert!(Arc::ptr_eq(&lake(&second), &b));
-        assert!(template.catalog_list().catalog_names().is_empty());
-        assert_eq!(first.catalog_list().catalog_names(), [LAKE_CATALOG]);
-        // The clones keep the template's configuration.
-        let options = first.config().options();
-        assert_eq!(options.catalog.default_catalog, LAKE_CATALOG);
-        assert!(!options.catalog.information_schema);
-        assert!(options.optimizer.prefer_hash_join);
-        let merge = session_template(Arc::new(RuntimeEnv::default()), true, test_executor());
-        assert!(!merge.config().options().optimizer.prefer_hash_join);
     }
 }

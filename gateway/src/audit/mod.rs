@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 pub mod budget;
 mod chain;
+pub mod lifecycle;
 pub mod table;
 mod usage;
 

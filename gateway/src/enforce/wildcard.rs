@@ -236,3 +236,59 @@ fn exclude(opts: &mut WildcardAdditionalOptions, names: &[String]) {
         opts.opt_exclude = Some(ExcludeSelectItem::Multiple(list));
     }
 }
+
+/// `SELECT *` over a table with aggregate-only columns leaves them out ([`wildcard`]).
+pub(crate) fn exclude_from_statement(
+    statement: &mut datafusion::sql::parser::Statement,
+    gate: &crate::enforce::session_gate::SessionGate,
+) {
+    use datafusion::sql::parser::Statement;
+    use datafusion::sql::sqlparser::ast::ObjectName;
+    let inner = match statement {
+        Statement::Statement(s) => s.as_mut(),
+        Statement::Explain(e) => match e.statement.as_mut() {
+            Statement::Statement(s) => s.as_mut(),
+            _ => return,
+        },
+        _ => return,
+    };
+    let lookup = |name: &ObjectName| -> Option<Served> {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|p| {
+                p.as_ident().map(|i| match i.quote_style {
+                    Some(_) => i.value.clone(),
+                    None => i.value.to_lowercase(),
+                })
+            })
+            .collect::<Option<_>>()?;
+        let t = match parts.as_slice() {
+            [schema, table] => catalog::TableRef::new(schema, table),
+            [catalog, schema, table] if catalog.as_str() == catalog::LAKE_CATALOG => {
+                catalog::TableRef::new(schema, table)
+            }
+            _ => return None,
+        };
+        let grant = gate.grant(&t).ok()?;
+        if !grant.allowed {
+            return None;
+        }
+        let mut served = Served {
+            columns: Vec::new(),
+            aggregate_only: Vec::new(),
+        };
+        for (c, treatment) in &grant.columns {
+            match treatment {
+                policy::ColumnTreatment::Hidden => {}
+                policy::ColumnTreatment::AggregateOnly { .. } => {
+                    served.columns.push(c.clone());
+                    served.aggregate_only.push(c.clone());
+                }
+                _ => served.columns.push(c.clone()),
+            }
+        }
+        Some(served)
+    };
+    exclude_aggregate_only(inner, &lookup);
+}
