@@ -371,6 +371,17 @@ impl Query {
         Ok(bytes)
     }
 
+    /// [`Query::bind`] on the query runtime, as planning is: binding walks the whole plan (and
+    /// types every expression again), which for a large statement is planning's order of work
+    /// and must not hold the threads that serve clients.
+    pub async fn bind_on_runtime(&self, values: Vec<ScalarValue>) -> Result<Query, GatewayError> {
+        let query = self.clone();
+        self.executor()?
+            .spawn(async move { query.bind(values) })
+            .await
+            .map_err(crate::joined)?
+    }
+
     /// This query with `values` bound to its placeholders in order.
     pub fn bind(&self, values: Vec<ScalarValue>) -> Result<Query, GatewayError> {
         let expected = self.parameters.fields().len();

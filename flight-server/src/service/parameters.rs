@@ -69,7 +69,17 @@ impl LakegateService {
                     .map(|c| ScalarValue::try_from_array(c, 0))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| Status::invalid_argument(format!("parameters: {e}")))?;
-                Some(Box::new(unbound.bind(values).map_err(to_status)?))
+                // In the user's planning turn, on the query runtime, like planning itself.
+                let turn = self
+                    .limits
+                    .planning_turn(&caller.principal.user)
+                    .await
+                    .inspect_err(|s| crate::metrics::metrics().refused(s))?;
+                let binding = unbound.bind_on_runtime(values);
+                let bound = gateway::executor::holding(gateway::executor::Hold::new(turn), binding)
+                    .await
+                    .map_err(to_status)?;
+                Some(Box::new(bound))
             }
             n => {
                 return Err(Status::invalid_argument(format!(
