@@ -175,9 +175,13 @@ fn audit_verify_checks_the_chain_and_names_the_first_bad_record() {
     .unwrap();
     let log = gateway::audit::AuditLog::open(&dir.path().join("trail"), 1 << 20).unwrap();
     for i in 0..3 {
-        let mut r =
-            gateway::audit::AuditRecord::new("decision", &format!("q{i}"), "alice", "SELECT 1");
-        r.decision = "allowed".into();
+        let r = gateway::audit::AuditRecord::new(
+            gateway::audit::RecordKind::Decision,
+            gateway::audit::Decision::Allowed,
+            &format!("q{i}"),
+            "alice",
+            "SELECT 1",
+        );
         log.append(r).unwrap();
     }
     drop(log);

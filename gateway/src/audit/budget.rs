@@ -12,11 +12,8 @@ use std::sync::Mutex;
 
 use policy::Epsilon;
 
-use crate::audit::{AuditError, AuditLog, AuditRecord};
+use crate::audit::{AuditError, AuditLog, AuditRecord, Decision, RecordKind};
 use crate::GatewayError;
-
-/// The `kind` of a spend record.
-pub const PRIVACY_KIND: &str = "privacy";
 
 /// Spent ε by (user, scenario).
 #[derive(Debug, Default)]
@@ -38,7 +35,7 @@ impl PrivacyLedger {
                 let Ok(r) = serde_json::from_str::<AuditRecord>(&line) else {
                     continue;
                 };
-                if r.kind != PRIVACY_KIND {
+                if r.kind != RecordKind::Privacy {
                     continue;
                 }
                 let (Some(s), Some(e)) = (r.scenario, r.epsilon) else {
@@ -94,9 +91,8 @@ impl PrivacyLedger {
         let before = spent.get(&key).copied().unwrap_or_default();
         fits(before, amount, budget, scenario)?;
         let after = Epsilon(before.0 + amount.0);
-        let mut record = AuditRecord::new(PRIVACY_KIND, query_id, user, "");
+        let mut record = AuditRecord::new(RecordKind::Privacy, Decision::Spent, query_id, user, "");
         record.scenario = Some(scenario.to_string());
-        record.decision = "spent".into();
         record.epsilon = Some(amount.to_string());
         record.reason = Some(format!(
             "spent ε={amount}; {after} of {} used",

@@ -159,8 +159,13 @@ impl AuditLog {
             _lock: lock,
         };
         if let Some(bytes) = torn {
-            let mut r = AuditRecord::new("recovery", "", "lakegate", "");
-            r.decision = "recovered".into();
+            let mut r = AuditRecord::new(
+                RecordKind::Recovery,
+                Decision::Recovered,
+                "",
+                "lakegate",
+                "",
+            );
             r.reason = Some(format!(
                 "a torn record of {bytes} bytes at the end of {} was cut off after a crash",
                 segment_path(dir, segment).display()

@@ -26,7 +26,13 @@ impl Gateway {
             });
             q
         });
-        let mut record = audit::AuditRecord::new("decision", &query_id, &who.user, sql);
+        let mut record = audit::AuditRecord::new(
+            audit::RecordKind::Decision,
+            audit::Decision::Refused,
+            &query_id,
+            &who.user,
+            sql,
+        );
         record.scenario = who.scenario.clone();
         record.client = client.clone();
         record.policy_set = self.policies().hash().to_string();
@@ -46,7 +52,7 @@ impl Gateway {
         let mut query = match result {
             Ok(q) => q,
             Err(e) => {
-                record.decision = "refused".into();
+                record.decision = audit::Decision::Refused;
                 record.reason = Some(e.to_string());
                 self.audit
                     .append(record)
@@ -66,7 +72,7 @@ impl Gateway {
             .map_err(joined)?;
         let audit = self.audit.clone();
         let written = tokio::task::spawn_blocking(move || {
-            record.decision = "allowed".into();
+            record.decision = audit::Decision::Allowed;
             record.rewritten_sql = info.rewritten_sql;
             record.policy_ids = info.policy_ids;
             record.tables = info.tables;
@@ -109,7 +115,8 @@ impl Gateway {
         outcome: Result<u64, String>,
     ) -> Result<(), GatewayError> {
         let mut record = audit::AuditRecord::new(
-            "decision",
+            audit::RecordKind::Decision,
+            audit::Decision::Refused,
             &uuid::Uuid::new_v4().to_string(),
             &who.user,
             request,
@@ -119,11 +126,11 @@ impl Gateway {
         record.policy_set = self.policies().hash().to_string();
         match outcome {
             Ok(n) => {
-                record.decision = "allowed".into();
+                record.decision = audit::Decision::Allowed;
                 record.rows_out = Some(n);
             }
             Err(e) => {
-                record.decision = "refused".into();
+                record.decision = audit::Decision::Refused;
                 record.reason = Some(e);
             }
         }
@@ -143,8 +150,8 @@ impl Gateway {
             return Ok(());
         };
         let mut record = ctx.decision_record()?.as_ref().clone();
-        record.kind = "completion".into();
-        record.decision = completion.outcome.as_str().into();
+        record.kind = audit::RecordKind::Completion;
+        record.decision = completion.outcome.into();
         record.reason = completion.reason;
         record.rows_out = Some(completion.rows);
         record.bytes_out = Some(completion.bytes);

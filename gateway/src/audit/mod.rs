@@ -69,6 +69,95 @@ pub struct TableRead {
     pub rows: String,
 }
 
+/// What a record records. Serialized as before (`"decision"`, ...), so trails verify across the
+/// change from strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// Before any result leaves: a statement decided (allowed or refused), or a metadata listing.
+    Decision,
+    /// After a result stream ended.
+    Completion,
+    /// ε spent on differentially private releases, before any noise is drawn.
+    Privacy,
+    /// The trail repaired at start (a torn last line set aside).
+    Recovery,
+}
+
+/// What was decided, or how a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The statement (or listing) may run.
+    Allowed,
+    /// Refused: by policy, a limit, or the output review.
+    Refused,
+    /// Failed while running.
+    Failed,
+    /// The stream ended with every batch sent.
+    Completed,
+    /// The client went away or cancelled.
+    Cancelled,
+    /// A recovery record.
+    Recovered,
+    /// A privacy record: ε spent.
+    Spent,
+}
+
+macro_rules! str_forms {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            /// The word the trail and the export write.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+str_forms!(RecordKind {
+    Decision => "decision",
+    Completion => "completion",
+    Privacy => "privacy",
+    Recovery => "recovery",
+});
+
+str_forms!(Decision {
+    Allowed => "allowed",
+    Refused => "refused",
+    Failed => "failed",
+    Completed => "completed",
+    Cancelled => "cancelled",
+    Recovered => "recovered",
+    Spent => "spent",
+});
+
+impl From<crate::Outcome> for Decision {
+    fn from(o: crate::Outcome) -> Self {
+        match o {
+            crate::Outcome::Completed => Self::Completed,
+            crate::Outcome::Failed => Self::Failed,
+            crate::Outcome::Refused => Self::Refused,
+            crate::Outcome::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
 /// One audit record. Field order is the canonical form the hash covers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -76,8 +165,8 @@ pub struct AuditRecord {
     pub seq: u64,
     /// RFC 3339 time of writing.
     pub time: String,
-    /// `decision` (before any result leaves) or `completion` (after the stream ends).
-    pub kind: String,
+    /// What the record records.
+    pub kind: RecordKind,
     /// Links a completion to its decision.
     pub query_id: String,
     /// The user.
@@ -94,8 +183,8 @@ pub struct AuditRecord {
     pub policy_set: String,
     /// The determining policies.
     pub policy_ids: Vec<String>,
-    /// `allowed`, `refused`, `failed`, `completed`, `cancelled`, `recovered`.
-    pub decision: String,
+    /// What was decided, or how the stream ended.
+    pub decision: Decision,
     /// Why (the error text of a refusal or failure; the limit that ended a stream).
     pub reason: Option<String>,
     /// Tables and columns read, with their treatment and versions.
@@ -126,11 +215,17 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// A record of `kind` with everything else empty (the log fills seq, time and hashes).
-    pub fn new(kind: &str, query_id: &str, user: &str, sql: &str) -> Self {
+    pub fn new(
+        kind: RecordKind,
+        decision: Decision,
+        query_id: &str,
+        user: &str,
+        sql: &str,
+    ) -> Self {
         Self {
             seq: 0,
             time: String::new(),
-            kind: kind.into(),
+            kind,
             query_id: query_id.into(),
             user: user.into(),
             scenario: None,
@@ -139,7 +234,7 @@ impl AuditRecord {
             rewritten_sql: None,
             policy_set: String::new(),
             policy_ids: vec![],
-            decision: String::new(),
+            decision,
             reason: None,
             tables: vec![],
             rows_out: None,
@@ -175,8 +270,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::open(dir.path(), segment_bytes).unwrap();
         for i in 0..n {
-            let mut r = AuditRecord::new("decision", &format!("q{i}"), "alice", "SELECT 1");
-            r.decision = "allowed".into();
+            let r = AuditRecord::new(
+                RecordKind::Decision,
+                Decision::Allowed,
+                &format!("q{i}"),
+                "alice",
+                "SELECT 1",
+            );
             log.append(r).unwrap();
         }
         (dir, log)
@@ -206,8 +306,14 @@ mod tests {
         let (dir, log) = log_with(30, 4096);
         drop(log);
         let log = AuditLog::open(dir.path(), 4096).unwrap();
-        log.append(AuditRecord::new("decision", "q", "bob", "SELECT 2"))
-            .unwrap();
+        log.append(AuditRecord::new(
+            RecordKind::Decision,
+            Decision::Allowed,
+            "q",
+            "bob",
+            "SELECT 2",
+        ))
+        .unwrap();
         let v = verify(dir.path()).unwrap();
         assert_eq!(v.records, 31);
         assert!(v.segments > 1, "{v:?}");

@@ -75,11 +75,11 @@ pub fn add_usage(
                 scenario: s,
                 ..Default::default()
             });
-        match (r.kind.as_str(), r.decision.as_str()) {
-            ("decision", "refused") => row.refused += 1,
-            ("completion", outcome) => {
+        match (r.kind, r.decision) {
+            (RecordKind::Decision, Decision::Refused) => row.refused += 1,
+            (RecordKind::Completion, outcome) => {
                 row.queries += 1;
-                if outcome == "refused" {
+                if outcome == Decision::Refused {
                     row.review_refused += 1;
                 }
                 row.rows_out += r.rows_out.unwrap_or(0);
