@@ -7,12 +7,15 @@
 //! statements on the trail again, never finished (attacker round 15 H2). The nesting limit
 //! (64) does not help; the recursion limit bounds depth, not retries.
 //!
-//! [`Budgeted`] is the generic dialect with a counter: every expression, infix operator and
-//! statement the parser starts, retries included, goes through one of its hooks, and past a
-//! budget proportional to the statement's tokens the hook fails with
-//! `RecursionLimitExceeded`, which `maybe_parse` passes up instead of trying another way (and
-//! where a try swallows it, every later hook fails at once too). So a parse takes time linear in
-//! the text; [`Budgeted::exhausted`] tells the refusal apart, whatever error the parser reports.
+//! [`Budgeted`] is the generic dialect with a counter: the parser asks its dialect something at
+//! every step that matters — an expression, an operator, a statement, a SELECT, a table factor,
+//! an alias, a type — retries included, and every question but the tokenizer's (one per
+//! character) is charged. Past a budget proportional to the statement's tokens the parse is
+//! unwound (with `resume_unwind`, which runs no panic hook and which no `maybe_parse` can
+//! swallow) and [`parse_bounded`] reports it. Counting only the four parse hooks was not enough:
+//! unclosed `((SELECT * FROM` chains retry as derived tables and nested joins without any of
+//! them (2^n, round 16 H1), and `ARRAY<ARRAY<…` retries a whole type per token, one hook call
+//! each (quadratic, round 16 H2).
 
 use std::any::TypeId;
 use std::cell::Cell;
@@ -22,8 +25,8 @@ use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect};
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 
 /// Parser steps allowed per token of the statement, and in any case. Legitimate statements take
-/// under one per token (measured: at most 0.6 on the TPC-H queries and the sqllogictest files).
-const STEPS_PER_TOKEN: u64 = 8;
+/// a few per token (measured: at most 4 on the TPC-H queries and the sqllogictest files).
+const STEPS_PER_TOKEN: u64 = 32;
 const MIN_STEPS: u64 = 4096;
 
 /// [`GenericDialect`] with a bound on the parser's steps.
@@ -31,7 +34,6 @@ const MIN_STEPS: u64 = 4096;
 pub(crate) struct Budgeted {
     inner: GenericDialect,
     left: Cell<u64>,
-    exhausted: Cell<bool>,
 }
 
 impl Budgeted {
@@ -44,39 +46,46 @@ impl Budgeted {
                     .saturating_mul(STEPS_PER_TOKEN)
                     .max(MIN_STEPS),
             ),
-            exhausted: Cell::new(false),
         }
     }
 
-    /// Whether the parse ran out of steps (its `RecursionLimitExceeded` is this, not depth).
-    pub(crate) fn exhausted(&self) -> bool {
-        self.exhausted.get()
-    }
-
-    fn step(&self) -> Result<(), ParserError> {
+    /// One step of the parser; past the budget the parse is unwound.
+    fn step(&self) {
         match self.left.get().checked_sub(1) {
-            Some(left) => {
-                self.left.set(left);
-                Ok(())
-            }
-            None => {
-                self.exhausted.set(true);
-                Err(ParserError::RecursionLimitExceeded)
-            }
+            Some(left) => self.left.set(left),
+            None => std::panic::resume_unwind(Box::new(Exhausted)),
         }
+    }
+}
+
+/// The unwinding payload of a parse that ran out of steps.
+#[derive(Debug)]
+pub(crate) struct Exhausted;
+
+/// Runs `parse` (which parses with the dialect it is given) within the budget of a statement of
+/// `tokens` tokens; `Err(Exhausted)` when it ran out of steps. Other panics go on unwinding.
+pub(crate) fn parse_bounded<T>(
+    tokens: usize,
+    parse: impl FnOnce(&Budgeted) -> T,
+) -> Result<T, Exhausted> {
+    let dialect = Budgeted::for_tokens(tokens);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse(&dialect))) {
+        Ok(out) => Ok(out),
+        Err(payload) if payload.is::<Exhausted>() => Err(Exhausted),
+        Err(payload) => std::panic::resume_unwind(payload),
     }
 }
 
 impl Dialect for Budgeted {
     /// The generic dialect's identity: the parser's dialect checks treat this as it.
     fn dialect(&self) -> TypeId {
+        // Asked wherever the parser branches by dialect (`dialect_of!`), in type parsing too.
+        self.step();
         TypeId::of::<GenericDialect>()
     }
 
     fn parse_prefix(&self, parser: &mut Parser) -> Option<Result<Expr, ParserError>> {
-        if let Err(e) = self.step() {
-            return Some(Err(e));
-        }
+        self.step();
         self.inner.parse_prefix(parser)
     }
 
@@ -86,27 +95,22 @@ impl Dialect for Budgeted {
         expr: &Expr,
         precedence: u8,
     ) -> Option<Result<Expr, ParserError>> {
-        if let Err(e) = self.step() {
-            return Some(Err(e));
-        }
+        self.step();
         self.inner.parse_infix(parser, expr, precedence)
     }
 
     fn get_next_precedence(&self, parser: &Parser) -> Option<Result<u8, ParserError>> {
-        if let Err(e) = self.step() {
-            return Some(Err(e));
-        }
+        self.step();
         self.inner.get_next_precedence(parser)
     }
 
     fn parse_statement(&self, parser: &mut Parser) -> Option<Result<Statement, ParserError>> {
-        if let Err(e) = self.step() {
-            return Some(Err(e));
-        }
+        self.step();
         self.inner.parse_statement(parser)
     }
 
-    // Everything else as the generic dialect (generated from its `impl Dialect`).
+    // Everything else as the generic dialect (generated from its `impl Dialect`), each a step but
+    // the tokenizer's questions about characters.
     fn is_delimited_identifier_start(&self, ch: char) -> bool {
         self.inner.is_delimited_identifier_start(ch)
     }
@@ -120,274 +124,342 @@ impl Dialect for Budgeted {
     }
 
     fn supports_unicode_string_literal(&self) -> bool {
+        self.step();
         self.inner.supports_unicode_string_literal()
     }
 
     fn supports_partition_by_after_order_by(&self) -> bool {
+        self.step();
         self.inner.supports_partition_by_after_order_by()
     }
 
     fn supports_array_join_syntax(&self) -> bool {
+        self.step();
         self.inner.supports_array_join_syntax()
     }
 
     fn supports_group_by_expr(&self) -> bool {
+        self.step();
         self.inner.supports_group_by_expr()
     }
 
     fn supports_group_by_with_modifier(&self) -> bool {
+        self.step();
         self.inner.supports_group_by_with_modifier()
     }
 
     fn supports_left_associative_joins_without_parens(&self) -> bool {
+        self.step();
         self.inner.supports_left_associative_joins_without_parens()
     }
 
     fn supports_connect_by(&self) -> bool {
+        self.step();
         self.inner.supports_connect_by()
     }
 
     fn supports_match_recognize(&self) -> bool {
+        self.step();
         self.inner.supports_match_recognize()
     }
 
     fn supports_pipe_operator(&self) -> bool {
+        self.step();
         self.inner.supports_pipe_operator()
     }
 
     fn supports_start_transaction_modifier(&self) -> bool {
+        self.step();
         self.inner.supports_start_transaction_modifier()
     }
 
     fn supports_window_function_null_treatment_arg(&self) -> bool {
+        self.step();
         self.inner.supports_window_function_null_treatment_arg()
     }
 
     fn supports_dictionary_syntax(&self) -> bool {
+        self.step();
         self.inner.supports_dictionary_syntax()
     }
 
     fn supports_window_clause_named_window_reference(&self) -> bool {
+        self.step();
         self.inner.supports_window_clause_named_window_reference()
     }
 
     fn supports_parenthesized_set_variables(&self) -> bool {
+        self.step();
         self.inner.supports_parenthesized_set_variables()
     }
 
     fn supports_select_wildcard_except(&self) -> bool {
+        self.step();
         self.inner.supports_select_wildcard_except()
     }
 
     fn support_map_literal_syntax(&self) -> bool {
+        self.step();
         self.inner.support_map_literal_syntax()
     }
 
     fn allow_extract_custom(&self) -> bool {
+        self.step();
         self.inner.allow_extract_custom()
     }
 
     fn allow_extract_single_quotes(&self) -> bool {
+        self.step();
         self.inner.allow_extract_single_quotes()
     }
 
     fn supports_extract_comma_syntax(&self) -> bool {
+        self.step();
         self.inner.supports_extract_comma_syntax()
     }
 
     fn supports_create_view_comment_syntax(&self) -> bool {
+        self.step();
         self.inner.supports_create_view_comment_syntax()
     }
 
     fn supports_parens_around_table_factor(&self) -> bool {
+        self.step();
         self.inner.supports_parens_around_table_factor()
     }
 
     fn supports_values_as_table_factor(&self) -> bool {
+        self.step();
         self.inner.supports_values_as_table_factor()
     }
 
     fn supports_create_index_with_clause(&self) -> bool {
+        self.step();
         self.inner.supports_create_index_with_clause()
     }
 
     fn supports_explain_with_utility_options(&self) -> bool {
+        self.step();
         self.inner.supports_explain_with_utility_options()
     }
 
     fn supports_limit_comma(&self) -> bool {
+        self.step();
         self.inner.supports_limit_comma()
     }
 
     fn supports_update_order_by(&self) -> bool {
+        self.step();
         self.inner.supports_update_order_by()
     }
 
     fn supports_from_first_select(&self) -> bool {
+        self.step();
         self.inner.supports_from_first_select()
     }
 
     fn supports_projection_trailing_commas(&self) -> bool {
+        self.step();
         self.inner.supports_projection_trailing_commas()
     }
 
     fn supports_asc_desc_in_column_definition(&self) -> bool {
+        self.step();
         self.inner.supports_asc_desc_in_column_definition()
     }
 
     fn supports_try_convert(&self) -> bool {
+        self.step();
         self.inner.supports_try_convert()
     }
 
     fn supports_bitwise_shift_operators(&self) -> bool {
+        self.step();
         self.inner.supports_bitwise_shift_operators()
     }
 
     fn supports_comment_on(&self) -> bool {
+        self.step();
         self.inner.supports_comment_on()
     }
 
     fn supports_load_extension(&self) -> bool {
+        self.step();
         self.inner.supports_load_extension()
     }
 
     fn supports_named_fn_args_with_assignment_operator(&self) -> bool {
+        self.step();
         self.inner.supports_named_fn_args_with_assignment_operator()
     }
 
     fn supports_struct_literal(&self) -> bool {
+        self.step();
         self.inner.supports_struct_literal()
     }
 
     fn supports_empty_projections(&self) -> bool {
+        self.step();
         self.inner.supports_empty_projections()
     }
 
     fn supports_nested_comments(&self) -> bool {
+        self.step();
         self.inner.supports_nested_comments()
     }
 
     fn supports_multiline_comment_hints(&self) -> bool {
+        self.step();
         self.inner.supports_multiline_comment_hints()
     }
 
     fn supports_user_host_grantee(&self) -> bool {
+        self.step();
         self.inner.supports_user_host_grantee()
     }
 
     fn supports_string_escape_constant(&self) -> bool {
+        self.step();
         self.inner.supports_string_escape_constant()
     }
 
     fn supports_array_typedef_with_brackets(&self) -> bool {
+        self.step();
         self.inner.supports_array_typedef_with_brackets()
     }
 
     fn supports_match_against(&self) -> bool {
+        self.step();
         self.inner.supports_match_against()
     }
 
     fn supports_set_names(&self) -> bool {
+        self.step();
         self.inner.supports_set_names()
     }
 
     fn supports_comma_separated_set_assignments(&self) -> bool {
+        self.step();
         self.inner.supports_comma_separated_set_assignments()
     }
 
     fn supports_filter_during_aggregation(&self) -> bool {
+        self.step();
         self.inner.supports_filter_during_aggregation()
     }
 
     fn supports_select_wildcard_exclude(&self) -> bool {
+        self.step();
         self.inner.supports_select_wildcard_exclude()
     }
 
     fn supports_data_type_signed_suffix(&self) -> bool {
+        self.step();
         self.inner.supports_data_type_signed_suffix()
     }
 
     fn supports_interval_options(&self) -> bool {
+        self.step();
         self.inner.supports_interval_options()
     }
 
     fn supports_quote_delimited_string(&self) -> bool {
+        self.step();
         self.inner.supports_quote_delimited_string()
     }
 
     fn supports_select_wildcard_replace(&self) -> bool {
+        self.step();
         self.inner.supports_select_wildcard_replace()
     }
 
     fn supports_select_wildcard_ilike(&self) -> bool {
+        self.step();
         self.inner.supports_select_wildcard_ilike()
     }
 
     fn supports_select_wildcard_rename(&self) -> bool {
+        self.step();
         self.inner.supports_select_wildcard_rename()
     }
 
     fn supports_optimize_table(&self) -> bool {
+        self.step();
         self.inner.supports_optimize_table()
     }
 
     fn supports_install(&self) -> bool {
+        self.step();
         self.inner.supports_install()
     }
 
     fn supports_detach(&self) -> bool {
+        self.step();
         self.inner.supports_detach()
     }
 
     fn supports_prewhere(&self) -> bool {
+        self.step();
         self.inner.supports_prewhere()
     }
 
     fn supports_with_fill(&self) -> bool {
+        self.step();
         self.inner.supports_with_fill()
     }
 
     fn supports_limit_by(&self) -> bool {
+        self.step();
         self.inner.supports_limit_by()
     }
 
     fn supports_interpolate(&self) -> bool {
+        self.step();
         self.inner.supports_interpolate()
     }
 
     fn supports_settings(&self) -> bool {
+        self.step();
         self.inner.supports_settings()
     }
 
     fn supports_select_format(&self) -> bool {
+        self.step();
         self.inner.supports_select_format()
     }
 
     fn supports_comment_optimizer_hint(&self) -> bool {
+        self.step();
         self.inner.supports_comment_optimizer_hint()
     }
 
     fn supports_constraint_keyword_without_name(&self) -> bool {
+        self.step();
         self.inner.supports_constraint_keyword_without_name()
     }
 
     fn supports_key_column_option(&self) -> bool {
+        self.step();
         self.inner.supports_key_column_option()
     }
 
     fn supports_comma_separated_trim(&self) -> bool {
+        self.step();
         self.inner.supports_comma_separated_trim()
     }
 
     fn supports_cte_without_as(&self) -> bool {
+        self.step();
         self.inner.supports_cte_without_as()
     }
 
     fn supports_select_item_multi_column_alias(&self) -> bool {
+        self.step();
         self.inner.supports_select_item_multi_column_alias()
     }
 
     fn supports_xml_expressions(&self) -> bool {
+        self.step();
         self.inner.supports_xml_expressions()
     }
 }
@@ -403,7 +475,6 @@ mod tests {
         let dialect = Budgeted {
             inner: GenericDialect {},
             left: Cell::new(u64::MAX),
-            exhausted: Cell::new(false),
         };
         Parser::new(&dialect)
             .try_with_sql(sql)
@@ -414,12 +485,16 @@ mod tests {
 
     fn exhausts(sql: &str) -> bool {
         let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize().unwrap();
-        let dialect = Budgeted::for_tokens(tokens.len());
-        let parsed = Parser::new(&dialect)
-            .with_recursion_limit(crate::statement::PARSER_RECURSION_LIMIT)
-            .try_with_sql(sql)
-            .and_then(|mut p| p.parse_statements());
-        dialect.exhausted() && parsed.is_err()
+        // On a stack sized to the text, as the gateway parses.
+        crate::statement::on_stack_for(sql, || {
+            parse_bounded(tokens.len(), |dialect| {
+                Parser::new(dialect)
+                    .with_recursion_limit(crate::statement::PARSER_RECURSION_LIMIT)
+                    .try_with_sql(sql)
+                    .and_then(|mut p| p.parse_statements())
+            })
+            .is_err()
+        })
     }
 
     #[test]
@@ -473,6 +548,18 @@ mod tests {
             let sql = format!("SELECT {} x) FROM t", open.repeat(n));
             assert!(exhausts(&sql), "{open} x {n}");
         }
+        // Round 16 H1: derived tables retried as nested joins, with no expression in them.
+        for (open, n) in [
+            ("((SELECT * FROM ", 31),
+            ("(((SELECT*FROM ", 21),
+            ("((((SELECT*FROM ", 16),
+        ] {
+            let sql = format!("SELECT * FROM {} x", open.repeat(n));
+            assert!(exhausts(&sql), "{open} x {n}");
+        }
+        // Round 16 H2: each `ARRAY` retried as the whole type chain after it (quadratic).
+        let sql = format!("SELECT {}INT", "ARRAY<".repeat(20_000));
+        assert!(exhausts(&sql), "ARRAY< x 20000");
         // Deep but well-formed nesting of the same constructs parses.
         let sql = format!(
             "SELECT {}x{} FROM t",

@@ -21,13 +21,15 @@ pub(crate) fn values_masked(sql: &str) -> Option<(String, Vec<String>)> {
     check_nesting(sql).ok()?;
     // And with a bound on its steps: nested alternatives (`CAST(` tried as a cast, then as a
     // function) make backtracking exponential well inside those bounds (round 15 H2).
-    let dialect = crate::parse_budget::Budgeted::for_tokens(tokens.len());
     let parses = || {
-        Parser::new(&dialect)
-            .with_recursion_limit(PARSER_RECURSION_LIMIT)
-            .try_with_sql(sql)
-            .and_then(|mut p| p.parse_statements())
-            .is_ok()
+        crate::parse_budget::parse_bounded(tokens.len(), |dialect| {
+            Parser::new(dialect)
+                .with_recursion_limit(PARSER_RECURSION_LIMIT)
+                .try_with_sql(sql)
+                .and_then(|mut p| p.parse_statements())
+                .is_ok()
+        })
+        .unwrap_or(false)
     };
     on_stack_for(sql, parses).then_some(())?;
     let mut out = String::with_capacity(sql.len());

@@ -79,29 +79,31 @@ fn parse_and_bound(sql: &str, limits: StatementLimits) -> Result<Statement, Gate
         .tokenize()
         .map(|t| t.len())
         .unwrap_or(sql.len());
-    let dialect = crate::parse_budget::Budgeted::for_tokens(tokens);
-    let mut statements = DFParserBuilder::new(sql)
-        .with_dialect(&dialect)
-        .with_recursion_limit(PARSER_RECURSION_LIMIT)
-        .build()
-        .and_then(|mut p| p.parse_statements())
-        .map_err(|e| match e {
-            // Whatever error the parser ends with: some of its tries swallow the budget's.
-            _ if dialect.exhausted() => GatewayError::TooLarge(
-                "the SQL parser would have to try too many ways to read it (nested CAST(, \
-                     POSITION(, SUBSTRING( or ARRAY[ that do not parse make it retry \
-                     everything inside them); check the statement's syntax"
-                    .into(),
-            ),
-            datafusion::error::DataFusionError::SQL(ref p, _)
-                if matches!(**p, ParserError::RecursionLimitExceeded) =>
-            {
-                GatewayError::TooLarge(format!(
-                    "it nests deeper than the SQL parser's limit of {PARSER_RECURSION_LIMIT} levels"
-                ))
-            }
-            other => GatewayError::Sql(other),
-        })?;
+    let parsed = crate::parse_budget::parse_bounded(tokens, |dialect| {
+        DFParserBuilder::new(sql)
+            .with_dialect(dialect)
+            .with_recursion_limit(PARSER_RECURSION_LIMIT)
+            .build()
+            .and_then(|mut p| p.parse_statements())
+    })
+    .map_err(|_| {
+        GatewayError::TooLarge(
+            "the SQL parser would have to try too many ways to read it (nested brackets, \
+             CAST(, POSITION(, ARRAY< and the like that do not parse make it retry everything \
+             inside them); check the statement's syntax"
+                .into(),
+        )
+    })?;
+    let mut statements = parsed.map_err(|e| match e {
+        datafusion::error::DataFusionError::SQL(ref p, _)
+            if matches!(**p, ParserError::RecursionLimitExceeded) =>
+        {
+            GatewayError::TooLarge(format!(
+                "it nests deeper than the SQL parser's limit of {PARSER_RECURSION_LIMIT} levels"
+            ))
+        }
+        other => GatewayError::Sql(other),
+    })?;
     if let Some(s) = statements.iter().find_map(|s| match s {
         Statement::Statement(s) => Some(s),
         Statement::Explain(e) => match e.statement.as_ref() {
@@ -295,6 +297,28 @@ pub(crate) mod tests {
         assert_eq!(values_masked(&unclosed), None);
         let why = refused(&unclosed);
         assert!(why.contains("too many ways"), "{why}");
+    }
+
+    #[test]
+    fn long_select_lists_are_refused() {
+        // Round 16 M1: planning a SELECT list takes time quadratic in its length.
+        let list = |n: usize| {
+            (0..n)
+                .map(|i| format!("{i}+1 AS c{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        parse_read_statement(
+            &format!("SELECT {}", list(4096)),
+            StatementLimits::default(),
+        )
+        .expect("4,096 items are accepted");
+        assert!(refused(&format!("SELECT {}", list(4097))).contains("4097 items"));
+        let union = format!(
+            "SELECT {0} UNION ALL SELECT {0} UNION ALL SELECT {0}",
+            list(3000)
+        );
+        assert!(refused(&union).contains("SELECT items in all"));
     }
 
     #[test]
