@@ -55,7 +55,12 @@ impl Gateway {
             );
         }
         out.push_str("\nquery as planned:\n");
-        match self.prepare(who, sql).await {
+        let prepared = match self.prepare(who, sql).await {
+            // What execution would refuse after DataFusion's optimizer, explain refuses too.
+            Ok(q) => q.check_optimized().await.map(|()| q),
+            Err(e) => Err(e),
+        };
+        match prepared {
             Ok(q) => match crate::unparse::plan_sql(q.plan()) {
                 Ok(sql) => {
                     let _ = writeln!(out, "  {sql}");

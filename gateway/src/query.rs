@@ -427,6 +427,18 @@ impl Query {
         Ok(bound)
     }
 
+    /// Optimizes the plan and checks it as execution will (on the query runtime), without
+    /// planning it physically or spending anything: what `explain` shows is what would run.
+    pub(crate) async fn check_optimized(&self) -> Result<(), GatewayError> {
+        let executor = self.executor()?;
+        let limit = executor.max_batch_bytes();
+        let (state, plan) = (self.state.clone(), self.plan.clone());
+        executor
+            .spawn(async move { optimized_and_checked(&state, &plan, limit).map(|_| ()) })
+            .await
+            .unwrap_or_else(|e| Err(crate::joined(e)))
+    }
+
     /// The physical plan (for serialization to executors; [`Query::execute`] plans its own).
     pub async fn physical_plan(
         &self,
@@ -437,15 +449,7 @@ impl Query {
         let limit = executor.max_batch_bytes();
         let (state, plan) = (self.state.clone(), self.plan.clone());
         let planned = executor.spawn(async move {
-            // Literals as written and bound (folding may hide them), and as folded.
-            crate::batch_width::check_literals(&plan, limit, state.config().batch_size())
-                .map_err(GatewayError::Execution)?;
-            // Checked again after DataFusion's optimizer: nothing it moved may get under a
-            // release or use an aggregate-only column.
-            let optimized = state.optimize(&plan).map_err(GatewayError::from_planning)?;
-            crate::enforce::aggregate_only::verify(&optimized)?;
-            crate::batch_width::check_literals(&optimized, limit, state.config().batch_size())
-                .map_err(GatewayError::Execution)?;
+            let optimized = optimized_and_checked(&state, &plan, limit)?;
             state
                 .query_planner()
                 .create_physical_plan(&optimized, state.as_ref())
@@ -672,4 +676,22 @@ fn parameter_schema(plan: &LogicalPlan) -> Result<SchemaRef, GatewayError> {
             })
             .collect::<Vec<_>>(),
     )))
+}
+
+/// `plan` through DataFusion's optimizer, with the checks that must hold before and after it.
+fn optimized_and_checked(
+    state: &SessionState,
+    plan: &LogicalPlan,
+    limit: usize,
+) -> Result<LogicalPlan, GatewayError> {
+    // Literals as written and bound (folding may hide them), and as folded.
+    crate::batch_width::check_literals(plan, limit, state.config().batch_size())
+        .map_err(GatewayError::Execution)?;
+    // Checked again after DataFusion's optimizer: nothing it moved may get under a release or
+    // use an aggregate-only column.
+    let optimized = state.optimize(plan).map_err(GatewayError::from_planning)?;
+    crate::enforce::aggregate_only::verify(&optimized)?;
+    crate::batch_width::check_literals(&optimized, limit, state.config().batch_size())
+        .map_err(GatewayError::Execution)?;
+    Ok(optimized)
 }
