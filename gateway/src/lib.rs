@@ -17,6 +17,7 @@ mod expansion;
 mod explain;
 mod guard;
 mod parse_budget;
+mod planning_deadline;
 mod query;
 mod query_memory;
 mod row_size;

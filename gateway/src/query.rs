@@ -689,7 +689,11 @@ fn optimized_and_checked(
         .map_err(GatewayError::Execution)?;
     // Checked again after DataFusion's optimizer: nothing it moved may get under a release or
     // use an aggregate-only column.
-    let optimized = state.optimize(plan).map_err(GatewayError::from_planning)?;
+    let optimized =
+        crate::planning_deadline::within(crate::planning_deadline::PLANNING_DEADLINE, || {
+            state.optimize(plan)
+        })
+        .map_err(GatewayError::from_planning)?;
     crate::enforce::aggregate_only::verify(&optimized)?;
     crate::batch_width::check_literals(&optimized, limit, state.config().batch_size())
         .map_err(GatewayError::Execution)?;

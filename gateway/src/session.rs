@@ -54,6 +54,7 @@ pub(crate) fn session_template(
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
+        .with_optimizer_rules(crate::planning_deadline::rules_with_deadline())
         .with_query_planner(Arc::new(enforce::min_group::LakegateQueryPlanner))
         .build();
     state.add_analyzer_rule(Arc::new(bounded_functions::BoundFunctions { limit }));
