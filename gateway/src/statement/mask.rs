@@ -22,7 +22,10 @@ pub(crate) fn values_masked(sql: &str) -> Option<(String, Vec<String>)> {
     // And with a bound on its steps: nested alternatives (`CAST(` tried as a cast, then as a
     // function) make backtracking exponential well inside those bounds (round 15 H2).
     let parses = || {
-        crate::parse_budget::parse_bounded(tokens.len(), |dialect| {
+        let Ok(counted) = crate::parse_budget::budget_tokens(&tokens) else {
+            return false;
+        };
+        crate::parse_budget::parse_bounded(counted, |dialect| {
             Parser::new(dialect)
                 .with_recursion_limit(PARSER_RECURSION_LIMIT)
                 .try_with_sql(sql)

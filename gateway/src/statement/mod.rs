@@ -75,10 +75,14 @@ pub(crate) const PARSER_RECURSION_LIMIT: usize = 256;
 
 fn parse_and_bound(sql: &str, limits: StatementLimits) -> Result<Statement, GatewayError> {
     check_nesting(sql)?;
-    let tokens = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&GenericDialect {}, sql)
-        .tokenize()
-        .map(|t| t.len())
-        .unwrap_or(sql.len());
+    let tokens =
+        match datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&GenericDialect {}, sql)
+            .tokenize()
+        {
+            Ok(t) => crate::parse_budget::budget_tokens(&t).map_err(GatewayError::TooLarge)?,
+            // The parser says what does not tokenize.
+            Err(_) => sql.len(),
+        };
     let parsed = crate::parse_budget::parse_bounded(tokens, |dialect| {
         DFParserBuilder::new(sql)
             .with_dialect(dialect)
@@ -319,6 +323,32 @@ pub(crate) mod tests {
             list(3000)
         );
         assert!(refused(&union).contains("SELECT items in all"));
+    }
+
+    #[test]
+    fn padding_and_many_windows_are_refused() {
+        // Round 17 H1: padding bought budget, and every peek skipped the whole run of spaces.
+        let padded = format!(
+            "SELECT * FROM {}x{}",
+            "((SELECT * FROM ".repeat(14),
+            " ".repeat(60_000)
+        );
+        assert!(refused(&padded).contains("spaces, line breaks or comments in a row"));
+        let indented = format!("SELECT{}1", " ".repeat(1_000));
+        parse_read_statement(&indented, StatementLimits::default()).expect("indentation");
+        // Round 17 H2: distinct windows plan in about cubic time.
+        let windows = |n: usize| {
+            (0..n)
+                .map(|i| format!("sum(a) OVER (ORDER BY a + {i}) AS w{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        parse_read_statement(
+            &format!("SELECT {} FROM t", windows(256)),
+            StatementLimits::default(),
+        )
+        .expect("256 windows");
+        assert!(refused(&format!("SELECT {} FROM t", windows(257))).contains("window functions"));
     }
 
     #[test]
