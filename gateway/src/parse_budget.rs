@@ -30,15 +30,27 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 const STEPS_PER_TOKEN: u64 = 32;
 const MIN_STEPS: u64 = 4096;
 
-/// [`GenericDialect`] with a bound on the parser's steps.
+/// The time a parse may take besides its steps, as a backstop: some of the parser's loops walk
+/// tokens without asking the dialect anything (type modifiers: `CAST(`×20 and a long tail of
+/// numbers re-walked the tail at every retry, quadratic within the step budget, 49 s for 64 KB,
+/// attacker round 18 H1). The clock is read at every step, so such a loop runs past the deadline
+/// by one walk of the text at most.
+fn time_allowed(bytes: usize) -> std::time::Duration {
+    // Far above what a real statement takes (a 1 MiB list parses in about a second, debug).
+    std::time::Duration::from_secs(2) + std::time::Duration::from_micros(5 * bytes as u64)
+}
+
+/// [`GenericDialect`] with a bound on the parser's steps and time.
 #[derive(Debug)]
 pub(crate) struct Budgeted {
     inner: GenericDialect,
     left: Cell<u64>,
+    deadline: Option<std::time::Instant>,
 }
 
 impl Budgeted {
-    /// A budget for a statement of `tokens` tokens (its text's length bounds them).
+    /// A budget for a statement of `tokens` tokens (its text's length bounds them), without a
+    /// deadline.
     pub(crate) fn for_tokens(tokens: usize) -> Self {
         Self {
             inner: GenericDialect {},
@@ -47,14 +59,18 @@ impl Budgeted {
                     .saturating_mul(STEPS_PER_TOKEN)
                     .max(MIN_STEPS),
             ),
+            deadline: None,
         }
     }
 
-    /// One step of the parser; past the budget the parse is unwound.
+    /// One step of the parser; past the budget or the deadline the parse is unwound.
     fn step(&self) {
         match self.left.get().checked_sub(1) {
             Some(left) => self.left.set(left),
             None => std::panic::resume_unwind(Box::new(Exhausted)),
+        }
+        if self.deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            std::panic::resume_unwind(Box::new(Exhausted));
         }
     }
 }
@@ -94,12 +110,15 @@ pub(crate) fn budget_tokens(
 pub(crate) struct Exhausted;
 
 /// Runs `parse` (which parses with the dialect it is given) within the budget of a statement of
-/// `tokens` tokens; `Err(Exhausted)` when it ran out of steps. Other panics go on unwinding.
+/// `tokens` tokens and `bytes` bytes; `Err(Exhausted)` when it ran out of steps or time. Other
+/// panics go on unwinding.
 pub(crate) fn parse_bounded<T>(
     tokens: usize,
+    bytes: usize,
     parse: impl FnOnce(&Budgeted) -> T,
 ) -> Result<T, Exhausted> {
-    let dialect = Budgeted::for_tokens(tokens);
+    let mut dialect = Budgeted::for_tokens(tokens);
+    dialect.deadline = Some(std::time::Instant::now() + time_allowed(bytes));
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse(&dialect))) {
         Ok(out) => Ok(out),
         Err(payload) if payload.is::<Exhausted>() => Err(Exhausted),
@@ -506,6 +525,7 @@ mod tests {
         let dialect = Budgeted {
             inner: GenericDialect {},
             left: Cell::new(u64::MAX),
+            deadline: None,
         };
         Parser::new(&dialect)
             .try_with_sql(sql)
@@ -518,7 +538,7 @@ mod tests {
         let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize().unwrap();
         // On a stack sized to the text, as the gateway parses.
         crate::statement::on_stack_for(sql, || {
-            parse_bounded(budget_tokens(&tokens).unwrap(), |dialect| {
+            parse_bounded(budget_tokens(&tokens).unwrap(), sql.len(), |dialect| {
                 Parser::new(dialect)
                     .with_recursion_limit(crate::statement::PARSER_RECURSION_LIMIT)
                     .try_with_sql(sql)
@@ -588,6 +608,10 @@ mod tests {
             let sql = format!("SELECT * FROM {} x", open.repeat(n));
             assert!(exhausts(&sql), "{open} x {n}");
         }
+        // Round 18 H1: type modifiers walked without a dialect question, at every retry; the
+        // deadline ends it (the steps alone would let it run for hours).
+        let sql = format!("SELECT {}x{}", "CAST(".repeat(20), " 1".repeat(200_000));
+        assert!(exhausts(&sql), "CAST( with a long tail");
         // Round 16 H2: each `ARRAY` retried as the whole type chain after it (quadratic).
         let sql = format!("SELECT {}INT", "ARRAY<".repeat(20_000));
         assert!(exhausts(&sql), "ARRAY< x 20000");

@@ -83,7 +83,7 @@ fn parse_and_bound(sql: &str, limits: StatementLimits) -> Result<Statement, Gate
             // The parser says what does not tokenize.
             Err(_) => sql.len(),
         };
-    let parsed = crate::parse_budget::parse_bounded(tokens, |dialect| {
+    let parsed = crate::parse_budget::parse_bounded(tokens, sql.len(), |dialect| {
         DFParserBuilder::new(sql)
             .with_dialect(dialect)
             .with_recursion_limit(PARSER_RECURSION_LIMIT)
