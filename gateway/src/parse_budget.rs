@@ -35,9 +35,16 @@ const MIN_STEPS: u64 = 4096;
 /// numbers re-walked the tail at every retry, quadratic within the step budget, 49 s for 64 KB,
 /// attacker round 18 H1). The clock is read at every step, so such a loop runs past the deadline
 /// by one walk of the text at most.
-fn time_allowed(bytes: usize) -> std::time::Duration {
+pub(crate) fn statement_time(bytes: usize) -> std::time::Duration {
     // Far above what a real statement takes (a 1 MiB list parses in about a second, debug).
     std::time::Duration::from_secs(2) + std::time::Duration::from_micros(5 * bytes as u64)
+}
+
+/// The time a statement on the audit trail may take to parse again (the export, and the
+/// regulator's `sql_literals` mask at every read): short, because a reader pays it for every
+/// record it reads, and one that overruns is shown as `****` (fail closed).
+pub(crate) fn trail_time(bytes: usize) -> std::time::Duration {
+    std::time::Duration::from_millis(200) + std::time::Duration::from_micros(bytes as u64)
 }
 
 /// [`GenericDialect`] with a bound on the parser's steps and time.
@@ -110,15 +117,15 @@ pub(crate) fn budget_tokens(
 pub(crate) struct Exhausted;
 
 /// Runs `parse` (which parses with the dialect it is given) within the budget of a statement of
-/// `tokens` tokens and `bytes` bytes; `Err(Exhausted)` when it ran out of steps or time. Other
-/// panics go on unwinding.
+/// `tokens` tokens and within `allowed` ([`statement_time`], [`trail_time`]); `Err(Exhausted)`
+/// when it ran out of steps or time. Other panics go on unwinding.
 pub(crate) fn parse_bounded<T>(
     tokens: usize,
-    bytes: usize,
+    allowed: std::time::Duration,
     parse: impl FnOnce(&Budgeted) -> T,
 ) -> Result<T, Exhausted> {
     let mut dialect = Budgeted::for_tokens(tokens);
-    dialect.deadline = Some(std::time::Instant::now() + time_allowed(bytes));
+    dialect.deadline = Some(std::time::Instant::now() + allowed);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse(&dialect))) {
         Ok(out) => Ok(out),
         Err(payload) if payload.is::<Exhausted>() => Err(Exhausted),
@@ -538,12 +545,16 @@ mod tests {
         let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize().unwrap();
         // On a stack sized to the text, as the gateway parses.
         crate::statement::on_stack_for(sql, || {
-            parse_bounded(budget_tokens(&tokens).unwrap(), sql.len(), |dialect| {
-                Parser::new(dialect)
-                    .with_recursion_limit(crate::statement::PARSER_RECURSION_LIMIT)
-                    .try_with_sql(sql)
-                    .and_then(|mut p| p.parse_statements())
-            })
+            parse_bounded(
+                budget_tokens(&tokens).unwrap(),
+                statement_time(sql.len()),
+                |dialect| {
+                    Parser::new(dialect)
+                        .with_recursion_limit(crate::statement::PARSER_RECURSION_LIMIT)
+                        .try_with_sql(sql)
+                        .and_then(|mut p| p.parse_statements())
+                },
+            )
             .is_err()
         })
     }

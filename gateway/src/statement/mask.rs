@@ -25,7 +25,8 @@ pub(crate) fn values_masked(sql: &str) -> Option<(String, Vec<String>)> {
         let Ok(counted) = crate::parse_budget::budget_tokens(&tokens) else {
             return false;
         };
-        crate::parse_budget::parse_bounded(counted, sql.len(), |dialect| {
+        let allowed = crate::parse_budget::trail_time(sql.len());
+        crate::parse_budget::parse_bounded(counted, allowed, |dialect| {
             Parser::new(dialect)
                 .with_recursion_limit(PARSER_RECURSION_LIMIT)
                 .try_with_sql(sql)

@@ -83,7 +83,8 @@ fn parse_and_bound(sql: &str, limits: StatementLimits) -> Result<Statement, Gate
             // The parser says what does not tokenize.
             Err(_) => sql.len(),
         };
-    let parsed = crate::parse_budget::parse_bounded(tokens, sql.len(), |dialect| {
+    let allowed = crate::parse_budget::statement_time(sql.len());
+    let parsed = crate::parse_budget::parse_bounded(tokens, allowed, |dialect| {
         DFParserBuilder::new(sql)
             .with_dialect(dialect)
             .with_recursion_limit(PARSER_RECURSION_LIMIT)
