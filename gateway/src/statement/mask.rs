@@ -35,7 +35,7 @@ pub(crate) fn values_masked(sql: &str) -> Option<(String, Vec<String>)> {
         })
         .unwrap_or(false)
     };
-    on_stack_for(sql, parses).then_some(())?;
+    verdict(sql, || on_stack_for(sql, parses)).then_some(())?;
     let mut out = String::with_capacity(sql.len());
     let mut values = Vec::new();
     let mut after_colon = false;
@@ -101,4 +101,50 @@ pub(crate) fn values_masked(sql: &str) -> Option<(String, Vec<String>)> {
         values.push(value);
     }
     Some((out, values))
+}
+
+/// Whether `sql` parses, remembered per text: the regulator's `sql_literals` mask asks again at
+/// every read of the trail, and a record made to take its whole parse allowance would cost
+/// every reader that allowance again (round 18: a read of a table holding such records took
+/// minutes). Keyed with a per-process random hash, so that texts cannot be made to collide; at
+/// most [`VERDICTS`] texts are remembered, then the memory starts over.
+fn verdict(sql: &str, parses: impl FnOnce() -> bool) -> bool {
+    use std::collections::HashMap;
+    use std::hash::BuildHasher;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<(
+        std::collections::hash_map::RandomState,
+        Mutex<HashMap<u64, bool>>,
+    )> = OnceLock::new();
+    let (keys, seen) = SEEN.get_or_init(Default::default);
+    let key = keys.hash_one(sql);
+    if let Some(known) = seen.lock().expect("verdicts lock").get(&key) {
+        return *known;
+    }
+    let parses = parses();
+    let mut seen = seen.lock().expect("verdicts lock");
+    if seen.len() >= VERDICTS {
+        seen.clear();
+    }
+    seen.insert(key, parses);
+    parses
+}
+
+/// How many texts [`verdict`] remembers.
+const VERDICTS: usize = 65_536;
+
+#[cfg(test)]
+mod tests {
+    use super::verdict;
+
+    #[test]
+    fn a_text_is_parsed_once_for_every_read() {
+        let text = "SELECT 'verdict test' FROM t";
+        assert!(verdict(text, || true));
+        assert!(verdict(text, || unreachable!("asked again")));
+        assert!(!verdict("SELEC 'verdict test'", || false));
+        assert!(!verdict("SELEC 'verdict test'", || unreachable!(
+            "asked again"
+        )));
+    }
 }
