@@ -52,13 +52,13 @@ pub(crate) fn trail_time(bytes: usize) -> std::time::Duration {
 pub(crate) struct Budgeted {
     inner: GenericDialect,
     left: Cell<u64>,
-    deadline: Option<std::time::Instant>,
+    deadline: std::time::Instant,
 }
 
 impl Budgeted {
-    /// A budget for a statement of `tokens` tokens (its text's length bounds them), without a
-    /// deadline.
-    pub(crate) fn for_tokens(tokens: usize) -> Self {
+    /// A budget for a statement of `tokens` tokens that are not whitespace, ending `allowed`
+    /// from now.
+    fn new(tokens: usize, allowed: std::time::Duration) -> Self {
         Self {
             inner: GenericDialect {},
             left: Cell::new(
@@ -66,7 +66,7 @@ impl Budgeted {
                     .saturating_mul(STEPS_PER_TOKEN)
                     .max(MIN_STEPS),
             ),
-            deadline: None,
+            deadline: std::time::Instant::now() + allowed,
         }
     }
 
@@ -76,7 +76,7 @@ impl Budgeted {
             Some(left) => self.left.set(left),
             None => std::panic::resume_unwind(Box::new(Exhausted)),
         }
-        if self.deadline.is_some_and(|d| std::time::Instant::now() > d) {
+        if std::time::Instant::now() > self.deadline {
             std::panic::resume_unwind(Box::new(Exhausted));
         }
     }
@@ -90,9 +90,7 @@ pub(crate) const MAX_WHITESPACE_RUN: usize = 1024;
 
 /// The tokens a parse of `tokens` may be charged for: the ones that are not whitespace (padding
 /// buys no budget); refused when a run of whitespace is longer than [`MAX_WHITESPACE_RUN`].
-pub(crate) fn budget_tokens(
-    tokens: &[datafusion::sql::sqlparser::tokenizer::Token],
-) -> Result<usize, String> {
+fn budget_tokens(tokens: &[datafusion::sql::sqlparser::tokenizer::Token]) -> Result<usize, String> {
     use datafusion::sql::sqlparser::tokenizer::Token;
     let (mut counted, mut run) = (0usize, 0usize);
     for t in tokens {
@@ -114,21 +112,26 @@ pub(crate) fn budget_tokens(
 
 /// The unwinding payload of a parse that ran out of steps.
 #[derive(Debug)]
-pub(crate) struct Exhausted;
+struct Exhausted;
 
-/// Runs `parse` (which parses with the dialect it is given) within the budget of a statement of
-/// `tokens` tokens and within `allowed` ([`statement_time`], [`trail_time`]); `Err(Exhausted)`
-/// when it ran out of steps or time. Other panics go on unwinding.
+/// Runs `parse` (which parses, with the dialect it is given, the text `tokens` came from) within
+/// a budget of steps for those tokens and within `allowed` ([`statement_time`],
+/// [`trail_time`]). Refused, with the reason, when the text has too long a run of whitespace or
+/// the parse ran out of steps or time. Other panics go on unwinding.
 pub(crate) fn parse_bounded<T>(
-    tokens: usize,
+    tokens: &[datafusion::sql::sqlparser::tokenizer::Token],
     allowed: std::time::Duration,
     parse: impl FnOnce(&Budgeted) -> T,
-) -> Result<T, Exhausted> {
-    let mut dialect = Budgeted::for_tokens(tokens);
-    dialect.deadline = Some(std::time::Instant::now() + allowed);
+) -> Result<T, String> {
+    let dialect = Budgeted::new(budget_tokens(tokens)?, allowed);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse(&dialect))) {
         Ok(out) => Ok(out),
-        Err(payload) if payload.is::<Exhausted>() => Err(Exhausted),
+        Err(payload) if payload.is::<Exhausted>() => Err(
+            "the SQL parser would have to try too many ways to read it (nested brackets, CAST(, \
+             POSITION(, ARRAY< and the like that do not parse make it retry everything inside \
+             them); check the statement's syntax"
+                .into(),
+        ),
         Err(payload) => std::panic::resume_unwind(payload),
     }
 }
@@ -532,7 +535,7 @@ mod tests {
         let dialect = Budgeted {
             inner: GenericDialect {},
             left: Cell::new(u64::MAX),
-            deadline: None,
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(3600),
         };
         Parser::new(&dialect)
             .try_with_sql(sql)
@@ -545,16 +548,12 @@ mod tests {
         let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize().unwrap();
         // On a stack sized to the text, as the gateway parses.
         crate::statement::on_stack_for(sql, || {
-            parse_bounded(
-                budget_tokens(&tokens).unwrap(),
-                statement_time(sql.len()),
-                |dialect| {
-                    Parser::new(dialect)
-                        .with_recursion_limit(crate::statement::PARSER_RECURSION_LIMIT)
-                        .try_with_sql(sql)
-                        .and_then(|mut p| p.parse_statements())
-                },
-            )
+            parse_bounded(&tokens, statement_time(sql.len()), |dialect| {
+                Parser::new(dialect)
+                    .with_recursion_limit(crate::statement::PARSER_RECURSION_LIMIT)
+                    .try_with_sql(sql)
+                    .and_then(|mut p| p.parse_statements())
+            })
             .is_err()
         })
     }

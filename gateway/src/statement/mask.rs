@@ -22,11 +22,8 @@ pub(crate) fn values_masked(sql: &str) -> Option<(String, Vec<String>)> {
     // And with a bound on its steps: nested alternatives (`CAST(` tried as a cast, then as a
     // function) make backtracking exponential well inside those bounds (round 15 H2).
     let parses = || {
-        let Ok(counted) = crate::parse_budget::budget_tokens(&tokens) else {
-            return false;
-        };
         let allowed = crate::parse_budget::trail_time(sql.len());
-        crate::parse_budget::parse_bounded(counted, allowed, |dialect| {
+        crate::parse_budget::parse_bounded(&tokens, allowed, |dialect| {
             Parser::new(dialect)
                 .with_recursion_limit(PARSER_RECURSION_LIMIT)
                 .try_with_sql(sql)

@@ -75,30 +75,19 @@ pub(crate) const PARSER_RECURSION_LIMIT: usize = 256;
 
 fn parse_and_bound(sql: &str, limits: StatementLimits) -> Result<Statement, GatewayError> {
     check_nesting(sql)?;
-    let tokens =
-        match datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&GenericDialect {}, sql)
-            .tokenize()
-        {
-            Ok(t) => crate::parse_budget::budget_tokens(&t).map_err(GatewayError::TooLarge)?,
-            // The parser says what does not tokenize.
-            Err(_) => sql.len(),
-        };
+    // What does not tokenize gets the smallest budget: the parser then says why.
+    let tokens = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .unwrap_or_default();
     let allowed = crate::parse_budget::statement_time(sql.len());
-    let parsed = crate::parse_budget::parse_bounded(tokens, allowed, |dialect| {
+    let parsed = crate::parse_budget::parse_bounded(&tokens, allowed, |dialect| {
         DFParserBuilder::new(sql)
             .with_dialect(dialect)
             .with_recursion_limit(PARSER_RECURSION_LIMIT)
             .build()
             .and_then(|mut p| p.parse_statements())
     })
-    .map_err(|_| {
-        GatewayError::TooLarge(
-            "the SQL parser would have to try too many ways to read it (nested brackets, \
-             CAST(, POSITION(, ARRAY< and the like that do not parse make it retry everything \
-             inside them); check the statement's syntax"
-                .into(),
-        )
-    })?;
+    .map_err(GatewayError::TooLarge)?;
     let mut statements = parsed.map_err(|e| match e {
         datafusion::error::DataFusionError::SQL(ref p, _)
             if matches!(**p, ParserError::RecursionLimitExceeded) =>
