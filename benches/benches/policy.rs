@@ -5,9 +5,10 @@
 //!   for rows, translation — or the scenario's memo, see the percentiles);
 //! - `decision+rewrite/3-tables`: the same grants, each turned into the secure table that
 //!   replaces the raw one in the plan (the rewrite), on snapshots taken beforehand;
-//! - `prepare/3-table-join`: everything the server does per statement before execution (parse,
-//!   a fresh Delta snapshot per table — a LIST of its log —, plan with the secure tables,
-//!   decisions, the aggregate-only check);
+//! - `prepare_audited/3-table-join`: everything the server does per statement before execution
+//!   (parse, a fresh Delta snapshot per table — a LIST of its log —, plan with the secure
+//!   tables, decisions, the aggregate-only check, the plan described for the decision record,
+//!   whose write runs beside);
 //! - `tpe/translate`: translating one row residual into a predicate.
 //!
 //! After criterion's report, p50/p99 of single calls are printed (the targets are
@@ -268,12 +269,14 @@ fn main() {
         })
     });
     c.bench_function(
-        "prepare/3-table-join (parse, snapshots, plan, decide, rewrite)",
+        "prepare_audited/3-table-join (parse, snapshots, plan, decide, rewrite, describe)",
         |b| {
             b.iter(|| {
                 n += 1;
                 let who = principal(n);
-                rt.block_on(async { black_box(g.prepare(&who, QUERY).await.unwrap()) })
+                rt.block_on(async {
+                    black_box(g.prepare_audited(&who, QUERY, None).await.unwrap())
+                })
             })
         },
     );
@@ -340,7 +343,7 @@ fn main() {
     let decision = time_each(first..second, |who| decide(&g, who));
     let rewrite = time_each(second..third, |who| decide_and_rewrite(&g, who, &snapshots));
     let prepare = time_each(third..third + calls, |who| {
-        rt.block_on(async { black_box(g.prepare(who, QUERY).await.unwrap()) });
+        rt.block_on(async { black_box(g.prepare_audited(who, QUERY, None).await.unwrap()) });
     });
     // The same users and scenarios again a second later: the grants are decided anew (a new
     // second), against the slices cut above.
@@ -372,6 +375,6 @@ fn main() {
     percentiles("reload (load, warm)", reloads);
     percentiles("decision, 3 tables", decision);
     percentiles("decision + rewrite, 3 tables", rewrite);
-    percentiles("prepare (parse .. rewrite)", prepare);
+    percentiles("prepare_audited (parse .. describe)", prepare);
     percentiles("decision + rewrite, slices cut", again);
 }

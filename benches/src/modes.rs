@@ -10,7 +10,7 @@ use arrow::array::RecordBatch;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
-use gateway::{Completion, Gateway, Principal};
+use gateway::{Gateway, Principal};
 use tonic::transport::Channel;
 
 use crate::tpch;
@@ -162,37 +162,22 @@ impl InProcess {
     }
 
     /// Decides, plans, runs and collects `sql`, with the audit records the server writes: the
-    /// decision before execution and the completion after (each fsynced). Nothing is encoded
-    /// for a wire here, so the completion counts the batches' Arrow memory and has no digest.
+    /// decision before execution and the completion after (each fsynced), through the same
+    /// output review. Nothing is encoded for a wire here, so the completion counts no bytes.
     pub async fn run(&self, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
         let query = self
             .gateway
             .prepare_audited(&self.who, sql, Some("lakegate-bench".into()))
             .await?;
-        let started = Instant::now();
-        let (stream, plan) = query.execute_with_plan().await?;
-        let result: Result<Vec<RecordBatch>, _> = stream.try_collect().await;
-        let (rows_scanned, cpu_ms) = gateway::scan_metrics(&plan);
-        let batches = result.as_deref().unwrap_or_default();
-        let completion = Completion {
-            outcome: if result.is_ok() {
-                gateway::Outcome::Completed
-            } else {
-                gateway::Outcome::Failed
-            },
-            reason: result.as_ref().err().map(ToString::to_string),
-            rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
-            bytes: batches
-                .iter()
-                .map(|b| b.get_array_memory_size() as u64)
-                .sum(),
-            digest: String::new(),
-            duration: started.elapsed(),
-            rows_scanned: Some(rows_scanned),
-            cpu_ms: Some(cpu_ms),
-        };
-        self.gateway.record_completion(&query, completion)?;
-        Ok(result?)
+        let token = gateway::QueryToken::new(self.gateway.clone(), query.clone(), Instant::now());
+        let (stream, plan) = query
+            .execute_with_plan()
+            .await
+            .inspect_err(|e| token.end(gateway::Outcome::Failed, e.client_text()))?;
+        token.executing(plan);
+        let batches: Vec<RecordBatch> = token.review(stream, None).try_collect().await?;
+        token.completed();
+        Ok(batches)
     }
 }
 

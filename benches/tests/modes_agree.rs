@@ -111,7 +111,7 @@ async fn physical_plan(
         user: tpch::USER.into(),
         scenario: Some(scenario.into()),
     };
-    g.prepare(&who, sql)
+    g.prepare_audited(&who, sql, None)
         .await
         .unwrap()
         .physical_plan()

@@ -4,18 +4,9 @@ use datafusion::error::DataFusionError;
 use gateway::GatewayError;
 use tonic::Status;
 
-/// The longest status message sent (the rest is cut, and the message says so).
-pub const MAX_STATUS_MESSAGE_BYTES: usize = 4 << 10;
-
-/// Chooses the status code by the error's kind; the text is the error's own message, without
-/// backtraces.
+/// Chooses the status code by the error's kind; the text is [`GatewayError::client_text`].
 pub fn to_status(e: GatewayError) -> Status {
-    let text = match &e {
-        GatewayError::Sql(d) | GatewayError::Execution(d) => d.strip_backtrace(),
-        other => other.to_string(),
-    };
-    // A status message travels in an HTTP/2 header: clients refuse large ones outright.
-    let text = gateway::error::bounded_text(&text, MAX_STATUS_MESSAGE_BYTES).into_owned();
+    let text = e.client_text();
     match e {
         // Not FAILED_PRECONDITION: ADBC drivers report that as UNKNOWN.
         GatewayError::NoScenario => Status::invalid_argument(text),
@@ -26,7 +17,10 @@ pub fn to_status(e: GatewayError) -> Status {
         GatewayError::Sql(_) | GatewayError::Parameters(_) | GatewayError::TooLarge(_) => {
             Status::invalid_argument(text)
         }
-        GatewayError::PolicyChanged(_) => Status::failed_precondition(text),
+        GatewayError::PolicyChanged(_) | GatewayError::GrantsChanged(_) => {
+            Status::failed_precondition(text)
+        }
+        GatewayError::Timeout(_) => Status::deadline_exceeded(text),
         GatewayError::Execution(d) => match d.find_root() {
             DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => {
                 Status::unavailable(text)

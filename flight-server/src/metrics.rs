@@ -12,7 +12,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use gateway::{Completion, Gateway, Query};
+use std::sync::Arc;
+
+use gateway::{Completion, Gateway, Query, QueryToken};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
@@ -154,17 +156,10 @@ impl Metrics {
     }
 }
 
-/// Writes `completion` to the audit trail and counts it.
-pub(crate) fn record_completion(
-    gateway: &Gateway,
-    query: &Query,
-    completion: Completion,
-) -> Result<(), gateway::GatewayError> {
-    let started = Instant::now();
-    let summary = completion.clone();
-    let written = gateway.record_completion(query, completion);
-    metrics().completed(&summary, started.elapsed());
-    written
+/// A query token that counts its completion in the metrics once its record is written.
+pub(crate) fn tracked(gateway: &Arc<Gateway>, query: &Query, started: Instant) -> QueryToken {
+    QueryToken::new(gateway.clone(), query.clone(), started)
+        .observed(Box::new(|c, write| metrics().completed(c, write)))
 }
 
 /// Serves `GET /metrics` on `listener` until the process ends.

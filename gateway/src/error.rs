@@ -38,6 +38,13 @@ pub enum GatewayError {
     /// Output review ended the result: a limit of the scenario or the deployment was exceeded.
     #[error("output review: {0}")]
     Review(String),
+    /// A running result's grants changed (a policy reload or the scenario's expiry) and it
+    /// was ended before its next batch.
+    #[error("{0}")]
+    GrantsChanged(String),
+    /// The query ran longer than the deployment allows and was cancelled.
+    #[error("query timeout: {0}")]
+    Timeout(String),
     /// A differentially private release would spend more ε than the (user, scenario) has left.
     #[error("privacy budget: {0}")]
     PrivacyBudget(String),
@@ -52,7 +59,21 @@ pub enum GatewayError {
     Policy(#[from] policy::PolicyError),
 }
 
+/// The most bytes of an error's text a client (or a completion record) gets: a status message
+/// travels in an HTTP/2 header, and clients refuse large ones outright.
+pub const MAX_CLIENT_TEXT_BYTES: usize = 4 << 10;
+
 impl GatewayError {
+    /// The text a client is told: the error's own message without backtraces, cut to
+    /// [`MAX_CLIENT_TEXT_BYTES`]. Completion records keep the same text.
+    pub fn client_text(&self) -> String {
+        let text = match self {
+            GatewayError::Sql(d) | GatewayError::Execution(d) => d.strip_backtrace(),
+            other => other.to_string(),
+        };
+        bounded_text(&text, MAX_CLIENT_TEXT_BYTES).into_owned()
+    }
+
     /// Classifies a DataFusion error raised while planning user SQL: lake and policy failures
     /// keep their kind, everything else is the user's SQL.
     pub(crate) fn from_planning(e: DataFusionError) -> Self {

@@ -41,6 +41,7 @@ use lake_config::Config;
 use policy::{CedarType, ColumnDescription, LakeDescription, PolicySet, TableDescription};
 
 pub use audit::lifecycle::verify_audit;
+pub use audit::QueryToken;
 pub use enforce::aggregate_only::Suppressed;
 pub use enforce::codec::SecureScanCodec;
 pub use enforce::dp_release::{DpReleaseExec, EPSILON_KEY, SCALE_KEY};
@@ -330,8 +331,9 @@ impl Gateway {
     }
 
     /// Parses, checks and plans one read statement for `who`. Placeholders (`?` or `$n`) stay
-    /// unbound until [`Query::bind`].
-    pub async fn prepare(&self, who: &Principal, sql: &str) -> Result<Query, GatewayError> {
+    /// unbound until [`Query::bind`]. Not public: every query a client can run is prepared
+    /// with its decision record ([`Gateway::prepare_audited`]).
+    pub(crate) async fn prepare(&self, who: &Principal, sql: &str) -> Result<Query, GatewayError> {
         let scenario = self.scenario_of(who)?;
         let (state, lake, gate) = self.session(&who.user, &scenario);
         // Parsing and planning take seconds for a 1 MiB statement: on the query runtime, never

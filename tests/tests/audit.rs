@@ -478,7 +478,7 @@ async fn a_decision_written_beside_planning_still_comes_before_any_batch() {
     let mut config = demo_config(dir.path(), None, None);
     // Every record after the first needs a new segment, and the second cannot be created.
     config.audit.segment_bytes = 1;
-    let gateway = gateway::Gateway::open(&config).await.unwrap();
+    let gateway = std::sync::Arc::new(gateway::Gateway::open(&config).await.unwrap());
     std::fs::create_dir_all(config.audit.dir.join("segment-000002.jsonl")).unwrap();
     let who = gateway::Principal {
         user: "banker".into(),
@@ -502,17 +502,10 @@ async fn a_decision_written_beside_planning_still_comes_before_any_batch() {
             "{err}"
         );
     }
-    let no_record = gateway::Completion {
-        outcome: gateway::Outcome::Failed,
-        reason: None,
-        rows: 0,
-        bytes: 0,
-        digest: String::new(),
-        duration: std::time::Duration::ZERO,
-        rows_scanned: None,
-        cpu_ms: None,
-    };
-    assert!(gateway.record_completion(&second, no_record).is_err());
+    // Its token ends without a completion record (there is no decision to follow).
+    let token = gateway::QueryToken::new(gateway.clone(), second, std::time::Instant::now());
+    token.end(gateway::Outcome::Failed, "no decision record");
+    drop(token);
     std::fs::remove_dir(config.audit.dir.join("segment-000002.jsonl")).unwrap();
     let trail = records(&config.audit.dir);
     assert_eq!(trail.len(), 1, "{trail:?}");
@@ -567,4 +560,88 @@ async fn large_plans_are_described_in_the_users_turn_and_not_written_back_whole(
     assert!(rewritten.contains("not written back as SQL"), "{rewritten}");
     let batches = fetch(&mut banker, info).await.unwrap();
     assert_eq!(lakegate_tests::first_i64(&batches), 200);
+}
+
+/// The query token's lifecycle, driven without a server: one completion record per execution,
+/// saying completed, refused by review (rows, bytes) or cancelled when nothing said otherwise.
+#[tokio::test]
+async fn a_query_token_writes_one_completion_record_with_how_the_execution_ended() {
+    use futures::TryStreamExt;
+    use gateway::QueryToken;
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path(), Some("3"), Some(10));
+    let gateway = std::sync::Arc::new(gateway::Gateway::open(&config).await.unwrap());
+    let who = gateway::Principal {
+        user: "banker".into(),
+        scenario: Some("bank-credit".into()),
+    };
+    let run = |sql: &'static str| {
+        let (gateway, who) = (gateway.clone(), who.clone());
+        async move {
+            let query = gateway.prepare_audited(&who, sql, None).await.unwrap();
+            let token = QueryToken::new(gateway.clone(), query.clone(), std::time::Instant::now());
+            let (stream, plan) = query.execute_with_plan().await.unwrap();
+            token.executing(plan);
+            let batches: Result<Vec<_>, _> = token.review(stream, None).try_collect().await;
+            (
+                token,
+                batches,
+                query.audit_context().unwrap().query_id.clone(),
+            )
+        }
+    };
+
+    // Completed: every batch reviewed, then said so.
+    let (token, batches, completed_id) = run("SELECT count(*) FROM market.penalties").await;
+    assert_eq!(rows(&batches.unwrap()), 1);
+    let spare = token.clone();
+    token.completed();
+    // Written when the last handle goes, not before.
+    assert!(records(&config.audit.dir)
+        .iter()
+        .all(|r| r.kind != "completion"));
+    drop(spare);
+
+    // Refused by review: more rows than the scenario's max_rows (3).
+    let (token, batches, refused_id) = run("SELECT credit_code FROM market.enterprises").await;
+    let err = batches.unwrap_err().to_string();
+    assert!(err.contains("max_rows (3)"), "{err}");
+    drop(token);
+
+    // Refused by review: more bytes than max_result_bytes (10) as they leave.
+    let (token, batches, bytes_id) = run("SELECT count(*) FROM market.penalties").await;
+    batches.unwrap();
+    let err = token.sent(b"0123456789", b"x").unwrap_err().to_string();
+    assert!(err.contains("max_result_bytes (10)"), "{err}");
+    drop(token);
+
+    // Cancelled: dropped with nothing said (the client went away).
+    let (token, _, cancelled_id) = run("SELECT count(*) FROM market.penalties").await;
+    drop(token);
+
+    let trail = records(&config.audit.dir);
+    let completion = |id: &str| {
+        let found: Vec<&AuditRecord> = trail
+            .iter()
+            .filter(|r| r.kind == "completion" && r.query_id == id)
+            .collect();
+        assert_eq!(found.len(), 1, "one completion record for {id}: {trail:#?}");
+        found[0].clone()
+    };
+    let done = completion(&completed_id);
+    assert_eq!(
+        (done.decision.as_str(), done.rows_out),
+        ("completed", Some(1))
+    );
+    let rows_refused = completion(&refused_id);
+    assert_eq!(rows_refused.decision, "refused");
+    assert!(rows_refused.reason.unwrap().contains("max_rows (3)"));
+    let bytes_refused = completion(&bytes_id);
+    assert_eq!(bytes_refused.decision, "refused");
+    assert!(bytes_refused
+        .reason
+        .unwrap()
+        .contains("max_result_bytes (10)"));
+    assert_eq!(completion(&cancelled_id).decision, "cancelled");
+    verify(&config.audit.dir).unwrap();
 }

@@ -39,7 +39,7 @@ async fn the_secure_scan_round_trips_through_its_codec() {
             user: user.into(),
             scenario: Some(scenario.into()),
         };
-        let query = gateway.prepare(&who, sql).await.unwrap();
+        let query = gateway.prepare_audited(&who, sql, None).await.unwrap();
         let plan = query.physical_plan().await.unwrap();
         let local = pretty(&collect(plan.clone(), query.task_context()).await.unwrap());
         assert!(!local.is_empty());
@@ -119,7 +119,7 @@ async fn the_secure_scan_splits_its_files_like_a_bare_scan() {
         scenario: Some("district-services".into()),
     };
     let query = gateway
-        .prepare(&who, "SELECT * FROM health.visits")
+        .prepare_audited(&who, "SELECT * FROM health.visits", None)
         .await
         .unwrap();
     let plan = query.physical_plan().await.unwrap();
@@ -173,7 +173,7 @@ async fn sort_merge_joins_can_be_chosen_and_answer_the_same() {
             e.sort_merge_joins = sort_merge;
         })
         .await;
-        let query = gateway.prepare(&who, sql).await.unwrap();
+        let query = gateway.prepare_audited(&who, sql, None).await.unwrap();
         let plan = query.physical_plan().await.unwrap();
         let shown = shown(&plan);
         // DataFusion plans sort-merge joins only with more than one target partition.
@@ -209,7 +209,7 @@ async fn parquet_pushdown_follows_the_configuration_and_travels_with_the_plan() 
     let mut answers: Vec<String> = Vec::new();
     for pushdown in [false, true] {
         let (gateway, _audit) = demo_gateway_with(|e| e.parquet_pushdown = pushdown).await;
-        let query = gateway.prepare(&who, sql).await.unwrap();
+        let query = gateway.prepare_audited(&who, sql, None).await.unwrap();
         let plan = query.physical_plan().await.unwrap();
         let shown = shown(&plan);
         assert!(
@@ -404,7 +404,7 @@ async fn dynamic_filters_prune_only_tables_served_as_stored() {
             all_enterprises,
         ),
     ] {
-        let query = gateway.prepare(&banker, sql).await.unwrap();
+        let query = gateway.prepare_audited(&banker, sql, None).await.unwrap();
         let plan = query.physical_plan().await.unwrap();
         let shown = shown(&plan);
         assert!(shown.contains("mode=CollectLeft"), "{shown}");

@@ -60,7 +60,7 @@ async fn render(gateway: &Gateway, text: &str) -> String {
         let report = gateway.explain(&who, &sql).await.expect("explain");
         // The first line names the policy-set hash, which changes with any policy edit.
         let report: String = report.lines().skip(1).map(|l| format!("{l}\n")).collect();
-        let result = match gateway.prepare(&who, &sql).await {
+        let result = match gateway.prepare_audited(&who, &sql, None).await {
             Ok(q) => match q.execute().await {
                 Ok(stream) => match stream.try_collect::<Vec<_>>().await {
                     Ok(batches) => pretty(&batches),

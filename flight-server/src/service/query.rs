@@ -9,7 +9,7 @@ impl LakegateService {
         caller: &Caller,
         planned: &Query,
     ) -> Result<Response<DoGetStream>, Status> {
-        let started = Instant::now();
+        let token = crate::metrics::tracked(&self.gateway, planned, Instant::now());
         // Deciding again may plan again, and the physical plan is made here: in the user's
         // planning turn, as at GetFlightInfo (a user's DoGets of plans that expand planned
         // one after another, not all at once while others wait).
@@ -26,14 +26,15 @@ impl LakegateService {
         // does, even when the client goes.
         let revalidated = match admitted {
             Ok((slot, turn)) => {
+                token.hold(gateway::executor::Hold::new(slot));
                 gateway::executor::holding(turn.clone(), self.gateway.revalidate(planned))
                     .await
-                    .map(|q| (q, slot, turn))
+                    .map(|q| (q, turn))
                     .map_err(to_status)
             }
             Err(refused) => Err(refused),
         };
-        let (query, slot, turn) = match revalidated {
+        let (query, turn) = match revalidated {
             Ok(q) => q,
             Err(status) => {
                 let outcome = if status.code() == tonic::Code::ResourceExhausted {
@@ -41,43 +42,27 @@ impl LakegateService {
                 } else {
                     gateway::Outcome::Failed
                 };
-                if let Some(ctx) = planned.audit_context() {
-                    let _ = ctx.recorded().await;
-                }
-                let _ = crate::metrics::record_completion(
-                    &self.gateway,
-                    planned,
-                    crate::review::completion(outcome, Some(status.message().to_string()), started),
-                );
+                token.end(outcome, status.message());
+                token.finish().await;
                 return Err(status);
             }
         };
-        let query = &query;
+        token.revalidated(query.clone());
         let executed = gateway::executor::holding(turn.clone(), query.execute_with_plan()).await;
         drop(turn);
         match executed {
-            Ok((stream, plan)) => Ok(Response::new(crate::review::reviewed_stream(
-                self.gateway.clone(),
-                query.clone(),
-                stream,
-                plan,
-                crate::review::Running {
-                    started,
-                    timeout: self.limits.timeout(),
-                    slot,
-                },
-            ))),
+            Ok((stream, plan)) => {
+                token.executing(plan);
+                Ok(Response::new(crate::review::reviewed_stream(
+                    token,
+                    stream,
+                    self.limits.timeout(),
+                )))
+            }
             Err(e) => {
                 let status = to_status(e);
-                let _ = crate::metrics::record_completion(
-                    &self.gateway,
-                    query,
-                    crate::review::completion(
-                        gateway::Outcome::Failed,
-                        Some(status.message().to_string()),
-                        started,
-                    ),
-                );
+                token.end(gateway::Outcome::Failed, status.message());
+                token.finish().await;
                 Err(status)
             }
         }

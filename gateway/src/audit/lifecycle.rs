@@ -4,7 +4,7 @@
 use crate::*;
 
 impl Gateway {
-    /// [`Gateway::prepare`], with the decision on the audit trail (fsynced) before the query can
+    /// Prepares `sql` for `who` (parse, check, plan), with the decision on the audit trail (fsynced) before the query can
     /// run: allowed with the tables, columns, versions and policies, or refused with the reason.
     /// A refusal is on disk when this returns; an allowed decision is written beside what
     /// follows, and [`Query::execute`] and [`Query::physical_plan`] wait for it. A failing audit
@@ -140,8 +140,9 @@ impl Gateway {
             .map_err(|e| GatewayError::Audit(e.to_string()))
     }
 
-    /// Records how an executed query ended (after its stream ended, failed or was dropped).
-    pub fn record_completion(
+    /// Records how an executed query ended (after its stream ended, failed or was dropped):
+    /// written by the query's [`audit::QueryToken`].
+    pub(crate) fn record_completion(
         &self,
         query: &Query,
         completion: query::Completion,

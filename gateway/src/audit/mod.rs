@@ -22,10 +22,12 @@ use sha2::{Digest, Sha256};
 pub mod budget;
 mod chain;
 pub mod lifecycle;
+mod review;
 pub mod table;
 mod usage;
 
 pub use chain::*;
+pub use review::{CompletionObserver, QueryToken, RECHECK};
 pub use usage::*;
 
 /// The `prev_hash` of the first record.
