@@ -42,6 +42,7 @@ use policy::{CedarType, ColumnDescription, LakeDescription, PolicySet, TableDesc
 
 pub use audit::lifecycle::verify_audit;
 pub use audit::QueryToken;
+pub use audit::{AuditContext, Completion, Outcome};
 pub use enforce::aggregate_only::Suppressed;
 pub use enforce::codec::SecureScanCodec;
 pub use enforce::dp_release::{DpReleaseExec, EPSILON_KEY, SCALE_KEY};
@@ -52,7 +53,7 @@ use enforce::session_gate::SessionGate;
 pub use error::GatewayError;
 pub use executor::Executor;
 pub use guard::GuardExec;
-pub use query::{scan_metrics, served_schema, AuditContext, Completion, Outcome, Query};
+pub use query::{scan_metrics, served_schema, Query};
 use session::{query_memory_limit, runtime_env, session_template};
 
 /// How many of the last grants a reloaded policy set decides before it serves (at about 0.5 ms

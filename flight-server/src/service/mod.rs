@@ -46,11 +46,14 @@ use crate::metadata::{
     described, foreign_keys_schema, primary_keys_schema, sql_info, xdbc_type_info,
 };
 use crate::session_options::{self as so, OptionValue, SessionOptionValue};
+use caller::{client, Caller};
 use listing::Listing;
 
+mod caller;
 mod listing;
 mod parameters;
 mod query;
+mod schema;
 mod session;
 
 /// The header that sets the scenario for one call (overrides the session option).
@@ -60,12 +63,6 @@ pub const SCENARIO_OPTION: &str = "scenario";
 
 pub(crate) type DoGetStream =
     Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
-
-/// Who is calling: the session token and the principal it acts as.
-struct Caller {
-    token: String,
-    principal: Principal,
-}
 
 /// The lakegate Flight SQL service.
 pub struct LakegateService {
@@ -94,56 +91,9 @@ impl LakegateService {
             xdbc: xdbc_type_info(),
         }
     }
-
-    /// Authenticates a call by its bearer token and works out its scenario.
-    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let metadata = request.metadata();
-        // Resolved by the gate already (the served path); resolved here otherwise.
-        let (token, session) = match request.extensions().get::<crate::gate::GatedSession>() {
-            Some(gated) => (gated.token.clone(), gated.session.clone()),
-            None => {
-                let token = bearer(metadata).ok_or_else(|| auth_status(AuthError::NoToken))?;
-                let session = self.sessions.resolve(&token).map_err(auth_status)?;
-                (token, session)
-            }
-        };
-        let header = metadata
-            .get(SCENARIO_HEADER)
-            .map(|v| {
-                v.to_str()
-                    .map(str::to_string)
-                    .map_err(|_| Status::invalid_argument("x-lakegate-scenario is not ASCII text"))
-            })
-            .transpose()?
-            .filter(|s| !s.is_empty());
-        if session.pinned && header.is_some() && header != session.scenario {
-            return Err(auth_status(AuthError::Pinned(
-                session.scenario.unwrap_or_default(),
-            )));
-        }
-        let scenario = header
-            .or(session.scenario)
-            .or_else(|| self.sessions.default_scenario(&session.user));
-        Ok(Caller {
-            token,
-            principal: Principal {
-                user: session.user,
-                scenario,
-            },
-        })
-    }
 }
 
-/// The client's address, for the audit trail.
-fn client<T>(request: &Request<T>) -> Option<String> {
-    crate::connections::peer(request).map(|a| a.to_string())
-}
-
-fn bearer(metadata: &MetadataMap) -> Option<String> {
-    let value = metadata.get("authorization")?.to_str().ok()?;
-    crate::auth::bearer_token(value).map(str::to_string)
-}
-
+/// A login failure as a status: a scenario the session is pinned to is a denial.
 pub(crate) fn auth_status(e: AuthError) -> Status {
     match e {
         AuthError::Pinned(_) => Status::permission_denied(e.to_string()),
@@ -191,60 +141,6 @@ fn one_batch(batch: RecordBatch) -> DoGetStream {
 fn action_result(body: Vec<u8>) -> Response<<LakegateService as FlightService>::DoActionStream> {
     let out = futures::stream::once(async move { Ok(arrow_flight::Result { body: body.into() }) });
     Response::new(Box::pin(out))
-}
-
-impl LakegateService {
-    async fn visible(&self, caller: &Caller) -> Result<Vec<gateway::VisibleTable>, Status> {
-        self.gateway
-            .visible_tables(&caller.principal)
-            .await
-            .map_err(to_status)
-    }
-
-    /// The schema a command's results have, without running it (Flight's GetSchema). A
-    /// statement is planned and decided as for GetFlightInfo.
-    pub(crate) async fn schema_of(
-        &self,
-        request: Request<FlightDescriptor>,
-    ) -> Result<arrow::datatypes::SchemaRef, Status> {
-        let caller = self.caller(&request)?;
-        let client = client(&request);
-        let not_a_command = |e: &dyn std::fmt::Display| {
-            Status::invalid_argument(format!(
-                "GetSchema takes a Flight SQL command descriptor: {e}"
-            ))
-        };
-        let any = Any::decode(&*request.get_ref().cmd).map_err(|e| not_a_command(&e))?;
-        let command = Command::try_from(any).map_err(|e| not_a_command(&e))?;
-        Ok(match command {
-            Command::CommandStatementQuery(q) => {
-                let planned = self.plan(&caller, &q.query, client).await?;
-                Arc::new(described(&planned.schema(), None))
-            }
-            Command::CommandPreparedStatementQuery(c) => {
-                let query = self
-                    .handles
-                    .prepared(&caller.principal, &c.prepared_statement_handle)?;
-                Arc::new(described(&query.schema(), None))
-            }
-            Command::CommandGetCatalogs(c) => c.into_builder().schema(),
-            Command::CommandGetDbSchemas(c) => c.into_builder().schema(),
-            Command::CommandGetTables(c) => c.into_builder().schema(),
-            Command::CommandGetTableTypes(c) => c.into_builder().schema(),
-            Command::CommandGetSqlInfo(c) => c.into_builder(&self.sql_info).schema(),
-            Command::CommandGetXdbcTypeInfo(c) => c.into_builder(&self.xdbc).schema(),
-            Command::CommandGetPrimaryKeys(_) => primary_keys_schema(),
-            Command::CommandGetExportedKeys(_)
-            | Command::CommandGetImportedKeys(_)
-            | Command::CommandGetCrossReference(_) => foreign_keys_schema(),
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "GetSchema does not describe {}: lakegate is read-only",
-                    other.type_url()
-                )))
-            }
-        })
-    }
 }
 
 #[tonic::async_trait]

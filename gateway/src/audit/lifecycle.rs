@@ -92,7 +92,7 @@ impl Gateway {
                 query_id: query_id.clone(),
             });
         }
-        query.set_audit(query::AuditContext {
+        query.set_audit(audit::AuditContext {
             query_id,
             decision: futures::FutureExt::shared(futures::FutureExt::boxed(decision)),
             max_rows: who
@@ -145,7 +145,7 @@ impl Gateway {
     pub(crate) fn record_completion(
         &self,
         query: &Query,
-        completion: query::Completion,
+        completion: audit::Completion,
     ) -> Result<(), GatewayError> {
         let Some(ctx) = query.audit_context() else {
             return Ok(());
@@ -165,11 +165,6 @@ impl Gateway {
             .append(record)
             .map(|_| ())
             .map_err(|e| GatewayError::Audit(e.to_string()))
-    }
-
-    /// ε `user` has spent under `scenario` on differentially private releases.
-    pub fn epsilon_spent(&self, user: &str, scenario: &str) -> policy::Epsilon {
-        self.ledger.spent(user, scenario)
     }
 
     /// The audit log.

@@ -21,12 +21,14 @@ use sha2::{Digest, Sha256};
 
 pub mod budget;
 mod chain;
+mod context;
 pub mod lifecycle;
 mod review;
 pub mod table;
 mod usage;
 
 pub use chain::*;
+pub use context::{AuditContext, Completion, Outcome};
 pub use review::{CompletionObserver, QueryToken, RECHECK};
 pub use usage::*;
 

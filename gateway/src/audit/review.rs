@@ -20,8 +20,9 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+use super::{Completion, Outcome};
 use crate::executor::Hold;
-use crate::query::{scan_metrics, Completion, Outcome, Query};
+use crate::query::{scan_metrics, Query};
 use crate::{Gateway, GatewayError};
 
 /// How often a running stream's grants are decided again when nothing else changed: decisions

@@ -135,200 +135,245 @@ pub(super) fn lake_entities(lake: &LakeDescription) -> Result<Vec<Entity>, Polic
     Ok(out)
 }
 
+/// The admin's policies as read: the Cedar set and what each policy's annotations say.
+struct ReadPolicies {
+    policies: cedar_policy::PolicySet,
+    /// Which source each policy came from (an index into `sources`).
+    origin: HashMap<PolicyId, usize>,
+    sources: Vec<Source>,
+    masks: HashMap<String, Mask>,
+    min_groups: HashMap<String, u64>,
+    privacy: HashMap<String, crate::Privacy>,
+}
+
+/// The schema generated from `lake` composed with the admin's `*.cedarschema` fragments, and
+/// its text (hashed into the set's hash by the caller).
+fn read_schema(
+    dir: &Path,
+    lake: &LakeDescription,
+    hasher: &mut Sha256,
+) -> Result<(Schema, String), PolicyError> {
+    let generated = generate_schema(lake);
+    let (gen_fragment, _) =
+        SchemaFragment::from_cedarschema_str(&generated).map_err(|e| PolicyError::Invalid {
+            location: "<generated lake schema>".into(),
+            message: format!(
+                "{}; a table or column name cannot be expressed in Cedar",
+                describe(&e)
+            ),
+        })?;
+    let mut fragments = vec![gen_fragment];
+    let mut schema_text = generated;
+    let schema_files = files_with_ext(dir, "cedarschema")?;
+    if schema_files.is_empty() {
+        return Err(PolicyError::Invalid {
+            location: dir.display().to_string(),
+            message: "no *.cedarschema file: declare at least Lake::User and Lake::Scenario".into(),
+        });
+    }
+    for path in schema_files {
+        let src = Source::read(path)?;
+        hasher.update(src.text.as_bytes());
+        let (fragment, _) =
+            SchemaFragment::from_cedarschema_str(&src.text).map_err(|e| src.error(&e, ""))?;
+        fragments.push(fragment);
+        schema_text.push_str(&format!("\n// From {}\n", src.path.display()));
+        schema_text.push_str(&src.text);
+    }
+    let schema = Schema::from_schema_fragments(fragments).map_err(|e| PolicyError::Invalid {
+        location: dir.display().to_string(),
+        message: format!("the composed schema is invalid: {}", describe(&e)),
+    })?;
+    Ok((schema, schema_text))
+}
+
+/// Every `*.cedar` file of `dir`: ids are the @id annotations, else file#n.
+fn read_policies(dir: &Path, hasher: &mut Sha256) -> Result<ReadPolicies, PolicyError> {
+    let mut read = ReadPolicies {
+        policies: cedar_policy::PolicySet::new(),
+        origin: HashMap::new(),
+        sources: Vec::new(),
+        masks: HashMap::new(),
+        min_groups: HashMap::new(),
+        privacy: HashMap::new(),
+    };
+    for path in files_with_ext(dir, "cedar")? {
+        let src = Source::read(path)?;
+        hasher.update(src.text.as_bytes());
+        let parsed = cedar_policy::PolicySet::from_str(&src.text).map_err(|e| src.error(&e, ""))?;
+        if let Some(t) = parsed.templates().next() {
+            return Err(PolicyError::Invalid {
+                location: src.locate(None),
+                message: format!(
+                    "template {} is not supported: write a policy without ?principal/?resource slots",
+                    t.id()
+                ),
+            });
+        }
+        let file_name = src
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        for (n, p) in parsed.policies().enumerate() {
+            let id = p
+                .annotation("id")
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{file_name}#{n}"));
+            let pid = PolicyId::new(&id);
+            if read.origin.contains_key(&pid) {
+                return Err(PolicyError::Invalid {
+                    location: src.locate(None),
+                    message: format!(
+                        "policy id `{id}` is used twice: give each policy its own @id"
+                    ),
+                });
+            }
+            read.annotations(p, &id, &src)?;
+            read.policies
+                .add(p.new_id(pid.clone()))
+                .map_err(|e| PolicyError::Invalid {
+                    location: src.locate(None),
+                    message: describe(&e),
+                })?;
+            read.origin.insert(pid, read.sources.len());
+        }
+        read.sources.push(src);
+    }
+    Ok(read)
+}
+
+impl ReadPolicies {
+    /// Reads policy `id`'s annotations (@mask, @epsilon, @bounds, @min_group), refusing those
+    /// that do not belong on it.
+    fn annotations(
+        &mut self,
+        p: &cedar_policy::Policy,
+        id: &str,
+        src: &Source,
+    ) -> Result<(), PolicyError> {
+        let invalid = |message: String| PolicyError::Invalid {
+            location: src.locate(None),
+            message: format!("policy `{id}`: {message}"),
+        };
+        if let Some(m) = p.annotation("mask") {
+            let mask = m
+                .parse::<Mask>()
+                .map_err(|e| invalid(format!("@mask(\"{m}\"): {e}")))?;
+            self.masks.insert(id.to_string(), mask);
+        }
+        let names = |action: &str| match p.action_constraint() {
+            cedar_policy::ActionConstraint::Eq(a) => a.id().unescaped() == action,
+            cedar_policy::ActionConstraint::In(a) => a.iter().any(|a| a.id().unescaped() == action),
+            cedar_policy::ActionConstraint::Any => false,
+        };
+        let permit = p.effect() == cedar_policy::Effect::Permit;
+        if names("read_masked") && permit && p.annotation("mask").is_none() {
+            return Err(PolicyError::Invalid {
+                location: src.locate(None),
+                message: format!(
+                    "policy `{id}` permits read_masked but names no mask: add e.g. @mask(\"hash\")"
+                ),
+            });
+        }
+        // Noise is asked of `aggregate` permits only; anything else is a mistake, and refusing
+        // it fails closed.
+        let epsilon = p.annotation("epsilon");
+        let bounds = p.annotation("bounds");
+        if epsilon.is_some() || bounds.is_some() {
+            if !names("aggregate") || !permit {
+                return Err(invalid(
+                    "@epsilon and @bounds belong on permits of the aggregate action".into(),
+                ));
+            }
+            let Some(e) = epsilon else {
+                return Err(invalid(
+                    "@bounds needs @epsilon: bounds clamp sums released with differential privacy"
+                        .into(),
+                ));
+            };
+            let epsilon = crate::Epsilon::parse(e)
+                .map_err(|why| invalid(format!("@epsilon(\"{e}\"): {why}")))?;
+            let bounds = bounds
+                .map(|b| {
+                    crate::Bounds::parse(b)
+                        .map_err(|why| invalid(format!("@bounds(\"{b}\"): {why}")))
+                })
+                .transpose()?;
+            self.privacy
+                .insert(id.to_string(), crate::Privacy { epsilon, bounds });
+        }
+        if let Some(k) = p.annotation("min_group") {
+            let k = k.parse::<u64>().ok().filter(|k| *k > 0).ok_or_else(|| {
+                invalid(format!(
+                    "@min_group(\"{k}\") must be a positive whole number, e.g. @min_group(\"10\")"
+                ))
+            })?;
+            self.min_groups.insert(id.to_string(), k);
+        }
+        Ok(())
+    }
+
+    /// Strict validation against `schema`; every error names its file and line.
+    fn validate(&self, dir: &Path, schema: &Schema) -> Result<(), PolicyError> {
+        let result =
+            Validator::new(schema.clone()).validate(&self.policies, ValidationMode::Strict);
+        if result.validation_passed() {
+            return Ok(());
+        }
+        let errors: Vec<PolicyError> = result
+            .validation_errors()
+            .map(|e| {
+                let prefix = format!("policy `{}`: ", e.policy_id());
+                match self.origin.get(e.policy_id()) {
+                    Some(&i) => self.sources[i].error(e, &prefix),
+                    None => PolicyError::Invalid {
+                        location: dir.display().to_string(),
+                        message: format!("{prefix}{}", describe(e)),
+                    },
+                }
+            })
+            .collect();
+        Err(if errors.len() == 1 {
+            errors.into_iter().next().expect("one error")
+        } else {
+            PolicyError::Many(errors)
+        })
+    }
+}
+
+/// The admin's `entities.json`, validated against `schema`, plus the lake's own entities.
+fn read_entities(
+    dir: &Path,
+    lake: &LakeDescription,
+    schema: &Schema,
+    hasher: &mut Sha256,
+) -> Result<(Source, Entities), PolicyError> {
+    let src = Source::read(dir.join(ENTITIES_FILE))?;
+    hasher.update(src.text.as_bytes());
+    let admin_entities =
+        Entities::from_json_str(&src.text, Some(schema)).map_err(|e| src.error(&e, ""))?;
+    let entities = admin_entities
+        .add_entities(lake_entities(lake)?, Some(schema))
+        .map_err(|e| PolicyError::Invalid {
+            location: src.locate(None),
+            message: format!(
+                "{}; entities.json must not declare the lake's own Department, Table or Column entities",
+                describe(&e)
+            ),
+        })?;
+    Ok((src, entities))
+}
+
 impl PolicySet {
     /// Loads `dir` (`*.cedarschema`, `*.cedar`, `entities.json`), composes its schema with the
     /// one generated from `lake`, and validates everything strictly.
     pub fn load(dir: &Path, lake: &LakeDescription) -> Result<Self, PolicyError> {
         let mut hasher = Sha256::new();
-
-        // Schema: generated fragment + the admin's fragments.
-        let generated = generate_schema(lake);
-        let (gen_fragment, _) =
-            SchemaFragment::from_cedarschema_str(&generated).map_err(|e| PolicyError::Invalid {
-                location: "<generated lake schema>".into(),
-                message: format!(
-                    "{}; a table or column name cannot be expressed in Cedar",
-                    describe(&e)
-                ),
-            })?;
-        let mut fragments = vec![gen_fragment];
-        let mut schema_text = generated;
-        let schema_files = files_with_ext(dir, "cedarschema")?;
-        if schema_files.is_empty() {
-            return Err(PolicyError::Invalid {
-                location: dir.display().to_string(),
-                message: "no *.cedarschema file: declare at least Lake::User and Lake::Scenario"
-                    .into(),
-            });
-        }
-        for path in schema_files {
-            let src = Source::read(path)?;
-            hasher.update(src.text.as_bytes());
-            let (fragment, _) =
-                SchemaFragment::from_cedarschema_str(&src.text).map_err(|e| src.error(&e, ""))?;
-            fragments.push(fragment);
-            schema_text.push_str(&format!("\n// From {}\n", src.path.display()));
-            schema_text.push_str(&src.text);
-        }
-        let schema =
-            Schema::from_schema_fragments(fragments).map_err(|e| PolicyError::Invalid {
-                location: dir.display().to_string(),
-                message: format!("the composed schema is invalid: {}", describe(&e)),
-            })?;
-
-        // Policies: ids are the @id annotations, else file#n.
-        let mut policies = cedar_policy::PolicySet::new();
-        let mut origin: HashMap<PolicyId, usize> = HashMap::new();
-        let mut masks = HashMap::new();
-        let mut min_groups = HashMap::new();
-        let mut privacy = HashMap::new();
-        let mut sources = Vec::new();
-        for path in files_with_ext(dir, "cedar")? {
-            let src = Source::read(path)?;
-            hasher.update(src.text.as_bytes());
-            let parsed =
-                cedar_policy::PolicySet::from_str(&src.text).map_err(|e| src.error(&e, ""))?;
-            if let Some(t) = parsed.templates().next() {
-                return Err(PolicyError::Invalid {
-                    location: src.locate(None),
-                    message: format!(
-                        "template {} is not supported: write a policy without ?principal/?resource slots",
-                        t.id()
-                    ),
-                });
-            }
-            let file_name = src
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            for (n, p) in parsed.policies().enumerate() {
-                let id = p
-                    .annotation("id")
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("{file_name}#{n}"));
-                let pid = PolicyId::new(&id);
-                if origin.contains_key(&pid) {
-                    return Err(PolicyError::Invalid {
-                        location: src.locate(None),
-                        message: format!(
-                            "policy id `{id}` is used twice: give each policy its own @id"
-                        ),
-                    });
-                }
-                if let Some(m) = p.annotation("mask") {
-                    let mask = m.parse::<Mask>().map_err(|e| PolicyError::Invalid {
-                        location: src.locate(None),
-                        message: format!("policy `{id}`: @mask(\"{m}\"): {e}"),
-                    })?;
-                    masks.insert(id.clone(), mask);
-                }
-                let names = |action: &str| match p.action_constraint() {
-                    cedar_policy::ActionConstraint::Eq(a) => a.id().unescaped() == action,
-                    cedar_policy::ActionConstraint::In(a) => {
-                        a.iter().any(|a| a.id().unescaped() == action)
-                    }
-                    cedar_policy::ActionConstraint::Any => false,
-                };
-                if names("read_masked")
-                    && p.effect() == cedar_policy::Effect::Permit
-                    && p.annotation("mask").is_none()
-                {
-                    return Err(PolicyError::Invalid {
-                        location: src.locate(None),
-                        message: format!(
-                            "policy `{id}` permits read_masked but names no mask: add e.g. @mask(\"hash\")"
-                        ),
-                    });
-                }
-                // Noise is asked of `aggregate` permits only; anything else is a mistake, and
-                // refusing it fails closed.
-                let epsilon = p.annotation("epsilon");
-                let bounds = p.annotation("bounds");
-                if epsilon.is_some() || bounds.is_some() {
-                    let invalid = |message: String| PolicyError::Invalid {
-                        location: src.locate(None),
-                        message: format!("policy `{id}`: {message}"),
-                    };
-                    if !names("aggregate") || p.effect() != cedar_policy::Effect::Permit {
-                        return Err(invalid(
-                            "@epsilon and @bounds belong on permits of the aggregate action".into(),
-                        ));
-                    }
-                    let Some(e) = epsilon else {
-                        return Err(invalid(
-                            "@bounds needs @epsilon: bounds clamp sums released with differential privacy".into(),
-                        ));
-                    };
-                    let epsilon = crate::Epsilon::parse(e)
-                        .map_err(|why| invalid(format!("@epsilon(\"{e}\"): {why}")))?;
-                    let bounds = bounds
-                        .map(|b| {
-                            crate::Bounds::parse(b)
-                                .map_err(|why| invalid(format!("@bounds(\"{b}\"): {why}")))
-                        })
-                        .transpose()?;
-                    privacy.insert(id.clone(), crate::Privacy { epsilon, bounds });
-                }
-                if let Some(k) = p.annotation("min_group") {
-                    let k = k.parse::<u64>().ok().filter(|k| *k > 0).ok_or_else(|| {
-                        PolicyError::Invalid {
-                            location: src.locate(None),
-                            message: format!(
-                                "policy `{id}`: @min_group(\"{k}\") must be a positive whole number, e.g. @min_group(\"10\")"
-                            ),
-                        }
-                    })?;
-                    min_groups.insert(id.clone(), k);
-                }
-                policies
-                    .add(p.new_id(pid.clone()))
-                    .map_err(|e| PolicyError::Invalid {
-                        location: src.locate(None),
-                        message: describe(&e),
-                    })?;
-                origin.insert(pid, sources.len());
-            }
-            sources.push(src);
-        }
-
-        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
-        if !result.validation_passed() {
-            let errors: Vec<PolicyError> = result
-                .validation_errors()
-                .map(|e| {
-                    let prefix = format!("policy `{}`: ", e.policy_id());
-                    match origin.get(e.policy_id()) {
-                        Some(&i) => sources[i].error(e, &prefix),
-                        None => PolicyError::Invalid {
-                            location: dir.display().to_string(),
-                            message: format!("{prefix}{}", describe(e)),
-                        },
-                    }
-                })
-                .collect();
-            return Err(if errors.len() == 1 {
-                errors.into_iter().next().expect("one error")
-            } else {
-                PolicyError::Many(errors)
-            });
-        }
-
-        // Entities: the admin's, validated against the schema, plus the lake's own.
-        let entities_src = Source::read(dir.join(ENTITIES_FILE))?;
-        hasher.update(entities_src.text.as_bytes());
-        let admin_entities = Entities::from_json_str(&entities_src.text, Some(&schema))
-            .map_err(|e| entities_src.error(&e, ""))?;
-        let lake_entities = lake_entities(lake)?;
-        let entities = admin_entities
-            .add_entities(lake_entities, Some(&schema))
-            .map_err(|e| PolicyError::Invalid {
-                location: entities_src.locate(None),
-                message: format!(
-                    "{}; entities.json must not declare the lake's own Department, Table or Column entities",
-                    describe(&e)
-                ),
-            })?;
+        let (schema, schema_text) = read_schema(dir, lake, &mut hasher)?;
+        let read = read_policies(dir, &mut hasher)?;
+        read.validate(dir, &schema)?;
+        let (entities_src, entities) = read_entities(dir, lake, &schema, &mut hasher)?;
         hasher.update(schema_text.as_bytes());
         let partial_entities =
             PartialEntities::from_concrete(entities.clone(), &schema).map_err(|e| {
@@ -338,7 +383,7 @@ impl PolicySet {
                 }
             })?;
 
-        let reach = Reaches::new(&policies);
+        let reach = Reaches::new(&read.policies);
         let actions = PerAction::new(|a| {
             let uid = slice::action_uid(a);
             let ancestors = entities.ancestors(&uid).map(|i| i.cloned().collect());
@@ -346,11 +391,11 @@ impl PolicySet {
         });
 
         let warnings = lint::warnings(&lint::Loaded {
-            policies: &policies,
-            origin: &origin,
-            sources: &sources,
+            policies: &read.policies,
+            origin: &read.origin,
+            sources: &read.sources,
             entities: &entities_src,
-            masks: &masks,
+            masks: &read.masks,
             lake,
             schema: &schema,
             partial_entities: &partial_entities,
@@ -364,12 +409,12 @@ impl PolicySet {
             warnings,
             schema,
             schema_text,
-            policies,
+            policies: read.policies,
             entities,
             partial_entities,
-            masks,
-            min_groups,
-            privacy,
+            masks: read.masks,
+            min_groups: read.min_groups,
+            privacy: read.privacy,
             hash: hex::encode(hasher.finalize()),
             authorizer: Authorizer::new(),
             grants: lru_cache(GRANT_CACHE_ENTRIES),

@@ -43,6 +43,7 @@ use crate::GatewayError;
 
 mod checker;
 mod dp;
+mod nodes;
 mod release;
 
 use checker::*;
