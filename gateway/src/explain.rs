@@ -108,26 +108,19 @@ fn describe_table(
             .get(column)
             .cloned()
             .unwrap_or_default();
-        let what = match treatment {
-            ColumnTreatment::Raw => {
-                view.push(quote(column));
-                "raw".to_string()
+        match &treatment {
+            ColumnTreatment::Raw | ColumnTreatment::AggregateOnly { .. } => {
+                view.push(quote(column))
             }
-            ColumnTreatment::Masked(m) => {
-                view.push(format!(
-                    "mask('{m}', {}) AS {}",
-                    quote(column),
-                    quote(column)
-                ));
-                treatment.to_string()
-            }
-            ColumnTreatment::AggregateOnly { .. } => {
-                view.push(quote(column));
-                treatment.to_string()
-            }
-            ColumnTreatment::Hidden => "hidden".to_string(),
-        };
-        let _ = writeln!(out, "  {column:<24} {what}{}", by(&policies));
+            ColumnTreatment::Masked(m) => view.push(format!(
+                "mask('{m}', {}) AS {}",
+                quote(column),
+                quote(column)
+            )),
+            ColumnTreatment::Hidden => {}
+        }
+        // The treatment's one wording, as on the audit trail.
+        let _ = writeln!(out, "  {column:<24} {treatment}{}", by(&policies));
     }
     let rows = match &grant.rows {
         RowPredicate::All => "all".to_string(),
