@@ -157,6 +157,11 @@ thread_local! {
     /// Bytes built in the current operator's turn on this thread; `None` outside a running
     /// query (planning folds constants with the same functions, and is bounded per call).
     static BUILT: Cell<Option<usize>> = const { Cell::new(None) };
+    /// Steps of quadratic functions (`levenshtein`) taken in the current turn: each call is
+    /// bounded, and so are all of one operator's calls over a batch, which run one after the
+    /// other without yielding (eight calls each under the bound held a thread 44 s, attacker
+    /// round 19 H2).
+    static WORK: Cell<u128> = const { Cell::new(0) };
 }
 
 /// One operator's turn: from a guard's poll of the operator below until it returns. When it
@@ -167,6 +172,7 @@ pub(crate) struct Turn {
 
 impl Turn {
     pub(crate) fn begin() -> Self {
+        WORK.with(|w| w.set(0));
         Self {
             outer: BUILT.with(|b| b.replace(Some(0))),
         }
@@ -178,7 +184,30 @@ impl Drop for Turn {
         // Restored on unwind too: a counter left on would count planning's constant folding.
         let outer = self.outer.map(|_| 0);
         BUILT.with(|b| b.set(outer));
+        WORK.with(|w| w.set(0));
     }
+}
+
+/// Counts `steps` of work done by `what` in the current turn (outside a turn: this call
+/// alone), refused once the total passes `most`.
+pub(crate) fn add_work(what: &str, steps: u128, most: u128) -> Result<()> {
+    let in_turn = BUILT.with(|b| b.get().is_some());
+    let total = if in_turn {
+        WORK.with(|w| {
+            let now = w.get().saturating_add(steps);
+            w.set(now);
+            now
+        })
+    } else {
+        steps
+    };
+    if total > most {
+        return Err(DataFusionError::ResourcesExhausted(format!(
+            "too costly: {what} would take {total} steps over one batch (with the other such \
+             calls of the operator), more than {most}; use it on shorter values or fewer times"
+        )));
+    }
+    Ok(())
 }
 
 /// Counts `bytes` built by `what` in the current turn, refused once the turn's total passes
@@ -207,6 +236,22 @@ pub(crate) fn add(what: &str, bytes: usize, limit: usize) -> Result<()> {
 mod tests {
     use super::*;
     use datafusion::prelude::SessionContext;
+
+    #[test]
+    fn quadratic_work_is_bounded_per_turn_not_only_per_call() {
+        // Outside a turn (planning), each call alone.
+        add_work("f()", 60, 100).unwrap();
+        add_work("f()", 60, 100).unwrap();
+        {
+            let _turn = Turn::begin();
+            add_work("f()", 60, 100).unwrap();
+            let err = add_work("f()", 60, 100).unwrap_err().to_string();
+            assert!(err.contains("120 steps over one batch"), "{err}");
+        }
+        // A new turn starts afresh.
+        let _turn = Turn::begin();
+        add_work("f()", 60, 100).unwrap();
+    }
 
     async fn optimized(sql: &str) -> LogicalPlan {
         SessionContext::new()

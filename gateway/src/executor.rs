@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 /// Stack of every execution thread: expression evaluation recurses as deep as the statement
 /// (bounded by `[execution] max_expression_depth`), as on the server's own threads.
-const THREAD_STACK: usize = 16 << 20;
+const THREAD_STACK: usize = 64 << 20;
 
 tokio::task_local! {
     /// What the calling task holds while work it spawns runs ([`holding`]).

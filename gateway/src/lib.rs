@@ -17,6 +17,7 @@ mod expansion;
 mod explain;
 mod guard;
 mod parse_budget;
+mod plan_depth;
 mod planning_deadline;
 mod query;
 mod query_memory;
@@ -379,6 +380,7 @@ impl Gateway {
                     .await)
             }
         };
+        plan_depth::check(&plan)?;
         statement::verify_read_plan(&plan)?;
         let suppressed = enforce::aggregate_only::Suppressed::default();
         let (plan, suppressed) = executor

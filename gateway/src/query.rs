@@ -595,5 +595,6 @@ fn optimized_and_checked(
     crate::enforce::aggregate_only::verify(&optimized)?;
     crate::batch_width::check_literals(&optimized, limit, state.config().batch_size())
         .map_err(GatewayError::Execution)?;
+    crate::bounded_functions::patterns::check(&optimized).map_err(GatewayError::Execution)?;
     Ok(optimized)
 }

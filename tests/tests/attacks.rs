@@ -503,6 +503,65 @@ async fn deep_and_long_statements_are_refused_never_fatal() {
             .unwrap();
         assert_eq!(column_strings(&one, 0), ["47"], "after {shape}");
     }
+    // Round 19 H0: CTEs are inlined where they are named, so a chain of 175 (5 KB) planned
+    // 350 levels deep and overflowed a planning thread's stack (the server aborted). A chain of
+    // 100 plans; longer ones are refused by the plan's depth.
+    let ctes = |n: usize| {
+        let chain: Vec<String> = (1..n)
+            .map(|i| format!("c{i} AS (SELECT * FROM c{})", i - 1))
+            .collect();
+        format!(
+            "WITH c0 AS (SELECT * FROM hr.employees), {} SELECT count(*) FROM c{}",
+            chain.join(", "),
+            n - 1
+        )
+    };
+    let answered = query(&mut c, &ctes(100)).await.unwrap();
+    assert_eq!(column_strings(&answered, 0), ["47"]);
+    for n in [175, 250] {
+        let e = query(&mut c, &ctes(n)).await.unwrap_err();
+        assert!(e.contains("levels deep"), "{n} CTEs: {e}");
+        let one = query(&mut c, "SELECT count(*) FROM hr.employees")
+            .await
+            .unwrap();
+        assert_eq!(column_strings(&one, 0), ["47"], "after {n} CTEs");
+    }
+    // Round 19 H1/H2: work that runs again for every batch in calls that do not yield, each
+    // call under its bound, was not bounded for the statement: 200 regular expressions of
+    // nearly 10 MiB each (compiled for every batch) held the runtime 46 s, eight levenshtein
+    // calls 44 s. Both are refused at once now.
+    let patterns: Vec<String> = (0..200)
+        .map(|i| format!("regexp_like(name, '\\w{{200}}z{i}')"))
+        .collect();
+    let levenshteins: Vec<String> = (0..8)
+        .map(|i| format!("levenshtein(repeat(name, 150), repeat(district, 120) || '{i}')"))
+        .collect();
+    for (shape, text) in [
+        (
+            "patterns",
+            format!(
+                "SELECT count(*) FROM hr.employees WHERE {}",
+                patterns.join(" OR ")
+            ),
+        ),
+        (
+            "levenshtein",
+            format!("SELECT sum({}) FROM hr.employees", levenshteins.join(" + ")),
+        ),
+    ] {
+        let e = query(&mut c, &text).await.unwrap_err();
+        assert!(
+            e.contains("too costly"),
+            "{shape}: {}",
+            &e[..e.len().min(300)]
+        );
+    }
+    // One such call passes; the eight were refused together.
+    let one = format!("SELECT sum({}) FROM hr.employees", levenshteins[0]);
+    query(&mut c, &one).await.unwrap();
+    let fine = "SELECT count(*) FROM hr.employees WHERE name ~ '^[A-Z]' AND \
+                regexp_like(district, '^(North|South)$') AND levenshtein(name, 'x') >= 0";
+    query(&mut c, fine).await.unwrap();
     // Longer than max_sql_bytes: refused before parsing.
     let huge = format!("SELECT '{}'", "x".repeat(2 << 20));
     let err = query(&mut c, &huge).await.unwrap_err();

@@ -53,13 +53,7 @@ impl ScalarUDFImpl for Bounded {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         // Work one call does without returning to the runtime: bounded before it starts.
         if let Some(work) = quadratic_work(self.name(), &args.args, args.number_rows) {
-            if work > MAX_WORK {
-                return Err(DataFusionError::ResourcesExhausted(format!(
-                    "too costly: {}() would take {work} steps in one call, more than {MAX_WORK}; \
-                     use it on shorter values",
-                    self.name()
-                )));
-            }
+            crate::batch_width::add_work(&format!("{}()", self.name()), work, MAX_WORK)?;
         }
         let rows = args.number_rows;
         let name = self.name().to_string();

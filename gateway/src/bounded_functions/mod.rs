@@ -35,6 +35,7 @@ use crate::guard::too_large;
 
 mod bounded;
 mod checked;
+pub(crate) mod patterns;
 mod sizes;
 #[cfg(test)]
 mod tests;

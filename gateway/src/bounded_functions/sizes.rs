@@ -82,10 +82,11 @@ pub(super) fn estimate(name: &str, args: &[ColumnarValue], rows: usize) -> (Vec<
     (exact, true)
 }
 
-/// The most steps one call of a function whose work grows with the product of its arguments'
-/// sizes may take: about a second of one core, so that a call cannot hold an execution thread
-/// (which it does not give back while it runs) for long.
-pub(super) const MAX_WORK: u128 = 1 << 30;
+/// The most steps the calls of functions whose work grows with the product of their arguments'
+/// sizes may take over one batch of one operator: a fraction of a second of one core in a
+/// release build, so that they cannot hold an execution thread (which they do not give back
+/// while they run) for long. 2^30 steps per call took 5.7 s in a debug build (round 19).
+pub(super) const MAX_WORK: u128 = 1 << 28;
 
 /// Steps of the functions whose work is the product of two arguments' sizes, over all rows.
 pub(super) fn quadratic_work(name: &str, args: &[ColumnarValue], rows: usize) -> Option<u128> {
