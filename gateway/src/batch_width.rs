@@ -162,6 +162,33 @@ thread_local! {
     /// other without yielding (eight calls each under the bound held a thread 44 s, attacker
     /// round 19 H2).
     static WORK: Cell<u128> = const { Cell::new(0) };
+    /// Whether a statement is being optimized on this thread: the optimizer folds constant
+    /// calls, whose work is counted for the statement as a turn's is for a batch.
+    static PLANNING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The optimization of one statement: the quadratic work of the calls it folds is bounded
+/// together ([`add_work`]), as a turn's is.
+pub(crate) struct Planning {
+    outer: (bool, u128),
+}
+
+impl Planning {
+    pub(crate) fn begin() -> Self {
+        Self {
+            outer: (
+                PLANNING.with(|p| p.replace(true)),
+                WORK.with(|w| w.replace(0)),
+            ),
+        }
+    }
+}
+
+impl Drop for Planning {
+    fn drop(&mut self) {
+        PLANNING.with(|p| p.set(self.outer.0));
+        WORK.with(|w| w.set(self.outer.1));
+    }
 }
 
 /// One operator's turn: from a guard's poll of the operator below until it returns. When it
@@ -191,7 +218,7 @@ impl Drop for Turn {
 /// Counts `steps` of work done by `what` in the current turn (outside a turn: this call
 /// alone), refused once the total passes `most`.
 pub(crate) fn add_work(what: &str, steps: u128, most: u128) -> Result<()> {
-    let in_turn = BUILT.with(|b| b.get().is_some());
+    let in_turn = BUILT.with(|b| b.get().is_some()) || PLANNING.with(|p| p.get());
     let total = if in_turn {
         WORK.with(|w| {
             let now = w.get().saturating_add(steps);
@@ -251,6 +278,11 @@ mod tests {
         // A new turn starts afresh.
         let _turn = Turn::begin();
         add_work("f()", 60, 100).unwrap();
+        drop(_turn);
+        // So does each statement's planning (constant calls folded).
+        let _planning = Planning::begin();
+        add_work("f()", 60, 100).unwrap();
+        assert!(add_work("f()", 60, 100).is_err());
     }
 
     async fn optimized(sql: &str) -> LogicalPlan {

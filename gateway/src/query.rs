@@ -585,10 +585,14 @@ fn optimized_and_checked(
     // Literals as written and bound (folding may hide them), and as folded.
     crate::batch_width::check_literals(plan, limit, state.config().batch_size())
         .map_err(GatewayError::Execution)?;
+    // Patterns as written too: the optimizer compiles constant ones while it folds them (200
+    // folded `regexp_like('abc', '\w{200}...')` took 12 s of planning).
+    crate::bounded_functions::patterns::check(plan).map_err(GatewayError::Execution)?;
     // Checked again after DataFusion's optimizer: nothing it moved may get under a release or
     // use an aggregate-only column.
     let optimized =
         crate::planning_deadline::within(crate::planning_deadline::PLANNING_DEADLINE, || {
+            let _folding = crate::batch_width::Planning::begin();
             state.optimize(plan)
         })
         .map_err(GatewayError::from_planning)?;

@@ -19,8 +19,9 @@ const SIZES: [usize; 3] = [16 << 10, 256 << 10, 1 << 20];
 /// The most program bytes a statement's regular expressions may compile to, together.
 pub const PATTERN_BUDGET: usize = 4 << 20;
 
-/// Refuses `plan` (optimized: constant patterns are literals) when a regular expression in it
-/// compiles to more than 1 MiB, or all of them to more than [`PATTERN_BUDGET`].
+/// Refuses `plan` when a regular expression in it compiles to more than 1 MiB, or all of them
+/// to more than [`PATTERN_BUDGET`]. Checked as written (before the optimizer folds constant
+/// calls, compiling their patterns) and as optimized (folded patterns are literals).
 pub(crate) fn check(plan: &LogicalPlan) -> Result<(), DataFusionError> {
     let mut spent = 0usize;
     let mut refusal = None;
