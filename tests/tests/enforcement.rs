@@ -156,7 +156,6 @@ async fn hidden_columns_do_not_exist() {
             "employer_code",
             "month",
             "base_salary",
-            "amount",
             "status"
         ]
     );
