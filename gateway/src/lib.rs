@@ -476,7 +476,10 @@ pub async fn describe_lake(lake: &Lake) -> Result<LakeDescription, GatewayError>
             columns,
         });
     }
-    Ok(LakeDescription { tables })
+    Ok(LakeDescription {
+        tables,
+        products: vec![],
+    })
 }
 
 /// The Cedar type a column has in its table's row type, where Cedar can express it.

@@ -46,6 +46,15 @@ pub struct Config {
     pub execution: ExecutionConfig,
     /// `[auth.jwt]`: bearer JWTs accepted beside passwords.
     pub jwt: Option<JwtConfig>,
+    /// `[products]`: the data products folder (`policy-model.md` §7), if any.
+    pub products: Option<ProductsConfig>,
+}
+
+/// `[products]`: where the data products' files are.
+#[derive(Debug, Clone)]
+pub struct ProductsConfig {
+    /// `dir`: one `<name>.toml` per product ([`products::read_products`]).
+    pub dir: PathBuf,
 }
 
 /// `[auth.jwt]`: tokens a service's identity provider signs. A token is accepted as a bearer
@@ -324,6 +333,7 @@ pub const MIN_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
 mod load;
+pub mod products;
 
 #[cfg(test)]
 mod tests;

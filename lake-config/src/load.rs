@@ -19,6 +19,13 @@ struct RawConfig {
     execution: RawExecution,
     #[serde(default)]
     auth: RawAuth,
+    products: Option<RawProducts>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProducts {
+    dir: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -483,6 +490,9 @@ impl Config {
             audit,
             execution,
             jwt,
+            products: raw.products.map(|p| ProductsConfig {
+                dir: base.join(p.dir),
+            }),
         })
     }
 }

@@ -70,6 +70,14 @@ fn relative_root_resolves_against_the_file_folder() {
     assert_eq!(c.lake.root.as_str(), "file:///etc/lakegate/lake/");
     assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
     assert!(c.lake.s3.is_none());
+    assert!(c.products.is_none());
+    let c =
+        parse("[lake]\nroot = \"lake\"\n[policy]\ndir = \"p\"\n[products]\ndir = \"products\"\n")
+            .unwrap();
+    assert_eq!(
+        c.products.unwrap().dir,
+        std::path::Path::new("/etc/lakegate/products")
+    );
 }
 
 #[test]

@@ -7,6 +7,9 @@ use std::fmt::Write;
 pub struct LakeDescription {
     /// Every table, in any order.
     pub tables: Vec<TableDescription>,
+    /// The names of the data products (`policy-model.md` §7): each is a `Lake::Product`
+    /// entity, a principal of the data actions and the resource of `invoke`.
+    pub products: Vec<String>,
 }
 
 /// One table: `schema.table`, its subject key and columns.
@@ -103,7 +106,9 @@ pub fn generate_schema(lake: &LakeDescription) -> String {
         "  entity Table in [Department] { department: Department, subject_key?: String };\n",
     );
     s.push_str("  entity Column in [Table] { table: Table, name: String, data_type: String };\n");
+    s.push_str("  entity Product;\n");
     s.push_str("  type Context = { scenario: Scenario, now: datetime };\n");
+    // A product plans its query as its own principal (definer rights, §7).
     for (action, resource) in [
         ("query", "Table"),
         ("read_column", "Column"),
@@ -112,16 +117,19 @@ pub fn generate_schema(lake: &LakeDescription) -> String {
     ] {
         let _ = writeln!(
             s,
-            "  action {action} appliesTo {{ principal: [User], resource: [{resource}], context: Context }};"
+            "  action {action} appliesTo {{ principal: [User, Product], resource: [{resource}], context: Context }};"
         );
     }
     if !row_types.is_empty() {
         let _ = writeln!(
             s,
-            "  action read_row appliesTo {{ principal: [User], resource: [{}], context: Context }};",
+            "  action read_row appliesTo {{ principal: [User, Product], resource: [{}], context: Context }};",
             row_types.join(", ")
         );
     }
+    s.push_str(
+        "  action invoke appliesTo { principal: [User], resource: [Product], context: Context };\n",
+    );
     s.push_str("}\n");
 
     // One namespace per schema, each declared once.
@@ -191,6 +199,7 @@ mod tests {
                     col("blob", None),
                 ],
             }],
+            products: vec![],
         }
     }
 

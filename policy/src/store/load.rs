@@ -132,6 +132,12 @@ pub(super) fn lake_entities(lake: &LakeDescription) -> Result<Vec<Entity>, Polic
             out.push(Entity::new(uid, attrs, HashSet::from([table.clone()])).map_err(|e| bad(&e))?);
         }
     }
+    for p in &lake.products {
+        out.push(Entity::new_no_attrs(
+            entity_uid("Lake::Product", p)?,
+            HashSet::new(),
+        ));
+    }
     Ok(out)
 }
 

@@ -23,6 +23,7 @@ fn hr_lake() -> LakeDescription {
     };
     LakeDescription {
         tables: vec![table("hr", "employees"), table("hr", "payroll")],
+        products: vec![],
     }
 }
 

@@ -67,6 +67,7 @@ fn lake() -> LakeDescription {
                 col("dt", Some(CedarType::Datetime)),
             ],
         }],
+        products: vec![],
     }
 }
 
