@@ -236,11 +236,26 @@ impl Gateway {
         }
     }
 
-    /// Checks that `scenario` is declared in the policy entities.
-    pub fn check_scenario(&self, scenario: &str) -> Result<(), GatewayError> {
+    /// Checks that `scenario` is declared in the policy entities (for people explaining
+    /// decisions; clients get [`Gateway::check_scenario_for`]).
+    pub(crate) fn check_scenario(&self, scenario: &str) -> Result<(), GatewayError> {
         match self.policies().scenario(scenario) {
             Some(_) => Ok(()),
             None => Err(GatewayError::UnknownScenario(scenario.to_string())),
+        }
+    }
+
+    /// Checks that `scenario` is one `user` may work under now: declared in the policy
+    /// entities and granting the user some table. Another organisation's scenario, or one whose
+    /// time is up, is refused exactly as an id that does not exist (one could confirm others'
+    /// scenario ids, attacker round 19 I1).
+    pub fn check_scenario_for(&self, user: &str, scenario: &str) -> Result<(), GatewayError> {
+        let policies = self.policies();
+        let usable = policies.scenario(scenario).is_some()
+            && policies.grants_anything(user, scenario, SystemTime::now())?;
+        match usable {
+            true => Ok(()),
+            false => Err(GatewayError::UnknownScenario(scenario.to_string())),
         }
     }
 
@@ -403,7 +418,7 @@ impl Gateway {
         let Some(scenario) = &who.scenario else {
             return Ok(Vec::new());
         };
-        self.check_scenario(scenario)?;
+        self.check_scenario_for(&who.user, scenario)?;
         self.lake.refresh().await?;
         let gate = SessionGate::new(
             self.policies(),
@@ -427,7 +442,7 @@ impl Gateway {
 
     fn scenario_of(&self, who: &Principal) -> Result<String, GatewayError> {
         let scenario = who.scenario.as_deref().ok_or(GatewayError::NoScenario)?;
-        self.check_scenario(scenario)?;
+        self.check_scenario_for(&who.user, scenario)?;
         Ok(scenario.to_string())
     }
 }

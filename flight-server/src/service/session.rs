@@ -25,7 +25,9 @@ impl LakegateService {
                 None => None,
                 Some(OptionValue::StringValue(s)) if s.is_empty() => None,
                 Some(OptionValue::StringValue(s)) => {
-                    self.gateway.check_scenario(&s).map_err(to_status)?;
+                    self.gateway
+                        .check_scenario_for(&caller.principal.user, &s)
+                        .map_err(to_status)?;
                     Some(s)
                 }
                 Some(_) => return Err(Status::invalid_argument(

@@ -34,6 +34,23 @@ impl PolicySet {
     /// policies that can apply to the (user, scenario) are evaluated (a slice); a column or row
     /// decision of policies that read neither the principal nor the time is memoized per
     /// (scenario, resource) and serves every user whose slice holds the same policies.
+    /// Whether `user` may query any table of the lake under `scenario` at `now`: a scenario
+    /// that grants the user nothing (another organisation's, or one whose time is up) is, to
+    /// that user, no scenario at all.
+    pub fn grants_anything(
+        &self,
+        user: &str,
+        scenario: &str,
+        now: SystemTime,
+    ) -> Result<bool, PolicyError> {
+        for table in self.tables.keys() {
+            if self.grant(user, scenario, table, now)?.allowed {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     pub fn grant(
         &self,
         user: &str,
