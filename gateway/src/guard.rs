@@ -243,6 +243,7 @@ impl ExecutionPlan for GuardExec {
             held,
             widest,
             copied,
+            stashed: None,
         }))
     }
 }
@@ -257,6 +258,48 @@ struct GuardStream {
     widest: Option<(String, usize)>,
     /// The window operator above, and how many of its functions may copy a column.
     copied: Option<(String, usize)>,
+    /// A checked batch waiting for the task's next turn (its budget was spent).
+    stashed: Option<RecordBatch>,
+}
+
+impl GuardStream {
+    /// The checks on a batch the operator below produced, before it goes up.
+    fn checked(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+        let bytes = batch.get_array_memory_size();
+        if bytes > self.max_batch_bytes {
+            return Err(too_large(&self.operator, bytes, self.max_batch_bytes));
+        }
+        if let Some((above, copies)) = &self.copied {
+            let total = bytes.saturating_mul(*copies);
+            if total > self.max_batch_bytes {
+                return Err(DataFusionError::ResourcesExhausted(format!(
+                    "result too large: {above} has {copies} window functions that \
+                         may each copy a column of a {} MiB batch, past [execution] \
+                         max_batch_bytes ({} MiB); use fewer such window functions or \
+                         narrower values",
+                    bytes >> 20,
+                    self.max_batch_bytes >> 20
+                )));
+            }
+        }
+        if let Some((above, most)) = &self.widest {
+            let widest = crate::row_size::widest_row(&batch);
+            if widest > *most as u64 {
+                return Err(DataFusionError::ResourcesExhausted(format!(
+                    "result too large: a row of {widest} bytes reaches {above}, \
+                         which may repeat it for every row of a batch, past \
+                         [execution] max_batch_bytes ({} MiB); rows there may be at \
+                         most {most} bytes",
+                    self.max_batch_bytes >> 20
+                )));
+            }
+        }
+        if let Some(held) = &mut self.held {
+            // Buffers shared between its columns counted once.
+            held.try_grow(get_record_batch_memory_size(&batch))?;
+        }
+        Ok(batch)
+    }
 }
 
 impl Stream for GuardStream {
@@ -266,65 +309,37 @@ impl Stream for GuardStream {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Self::Item>> {
-        // Pending once the task's budget is spent: the task returns to the runtime, which can
-        // then run others on this thread, or drop (cancel) this one.
-        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
-        // What the operator below computes in this poll is summed; the operator above then
-        // counts afresh for the batch it is given.
-        let turn = crate::batch_width::Turn::begin();
-        let next = self.input.poll_next_unpin(cx);
-        drop(turn);
-        if next.is_ready() {
-            coop.made_progress();
-        }
-        match next {
-            Poll::Ready(Some(Ok(batch))) => {
-                let bytes = batch.get_array_memory_size();
-                if bytes > self.max_batch_bytes {
-                    return Poll::Ready(Some(Err(too_large(
-                        &self.operator,
-                        bytes,
-                        self.max_batch_bytes,
-                    ))));
+        let batch = match self.stashed.take() {
+            Some(batch) => batch,
+            None => {
+                // What the operator below computes in this poll is summed; the operator above
+                // then counts afresh for the batch it is given.
+                let turn = crate::batch_width::Turn::begin();
+                let next = self.input.poll_next_unpin(cx);
+                drop(turn);
+                match next {
+                    Poll::Ready(Some(Ok(batch))) => match self.checked(batch) {
+                        Ok(batch) => batch,
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    },
+                    other => return other,
                 }
-                if let Some((above, copies)) = &self.copied {
-                    let total = bytes.saturating_mul(*copies);
-                    if total > self.max_batch_bytes {
-                        return Poll::Ready(Some(Err(DataFusionError::ResourcesExhausted(
-                            format!(
-                                "result too large: {above} has {copies} window functions that \
-                                 may each copy a column of a {} MiB batch, past [execution] \
-                                 max_batch_bytes ({} MiB); use fewer such window functions or \
-                                 narrower values",
-                                bytes >> 20,
-                                self.max_batch_bytes >> 20
-                            ),
-                        ))));
-                    }
-                }
-                if let Some((above, most)) = &self.widest {
-                    let widest = crate::row_size::widest_row(&batch);
-                    if widest > *most as u64 {
-                        return Poll::Ready(Some(Err(DataFusionError::ResourcesExhausted(
-                            format!(
-                                "result too large: a row of {widest} bytes reaches {above}, \
-                                 which may repeat it for every row of a batch, past \
-                                 [execution] max_batch_bytes ({} MiB); rows there may be at \
-                                 most {most} bytes",
-                                self.max_batch_bytes >> 20
-                            ),
-                        ))));
-                    }
-                }
-                if let Some(held) = &mut self.held {
-                    // Buffers shared between its columns counted once.
-                    if let Err(e) = held.try_grow(get_record_batch_memory_size(&batch)) {
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                }
+            }
+        };
+        // Each batch passed up spends the task's budget; once it is spent the task returns to
+        // the runtime, which can run others on this thread or drop (cancel) this one, and the
+        // batch waits here. Spent on the way up, not before polling below: checked before,
+        // a plan with more guards on one path than the budget (a 130-way join) never reached
+        // its leaves and spun until cancelled.
+        match tokio::task::coop::poll_proceed(cx) {
+            Poll::Ready(coop) => {
+                coop.made_progress();
                 Poll::Ready(Some(Ok(batch)))
             }
-            other => other,
+            Poll::Pending => {
+                self.stashed = Some(batch);
+                Poll::Pending
+            }
         }
     }
 }
