@@ -359,3 +359,43 @@ pub(crate) fn too_large(what: &str, bytes: usize, limit: usize) -> DataFusionErr
         limit >> 20
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::prelude::SessionContext;
+
+    #[tokio::test]
+    async fn more_guards_on_one_path_than_a_tasks_budget_still_run() {
+        // Round 19: guards spent the task's budget (128) before polling below, so 129 on one
+        // path never reached the source and the task spun until it was dropped.
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let batches: Vec<RecordBatch> = (0..50)
+            .map(|i| {
+                RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![i]))])
+                    .unwrap()
+            })
+            .collect();
+        let mut plan: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[batches], schema, None).unwrap();
+        for _ in 0..300 {
+            plan = Arc::new(GuardExec::new(plan, 1 << 20));
+        }
+        let ctx = SessionContext::new().task_ctx();
+        // In a task of its own, as queries run: the budget applies there.
+        let rows = tokio::spawn(async move {
+            let stream = plan.execute(0, ctx).unwrap();
+            let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await?;
+            Ok::<_, DataFusionError>(batches.iter().map(|b| b.num_rows()).sum::<usize>())
+        });
+        let rows = tokio::time::timeout(std::time::Duration::from_secs(60), rows)
+            .await
+            .expect("the guarded plan ran")
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows, 50);
+    }
+}

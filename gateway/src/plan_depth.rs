@@ -5,7 +5,8 @@
 //! expressions are inlined where they are named: a chain of 175 CTEs, each selecting from the one
 //! before (5 KB of SQL), planned 350 levels deep and overflowed a planning thread's stack, which
 //! aborts the server (attacker round 19 H0). The plan is measured without recursion over its
-//! inputs (subqueries recurse on a stack that grows), and refused past [`MAX_PLAN_DEPTH`].
+//! inputs (subqueries recurse on a stack that grows), and refused past [`MAX_PLAN_DEPTH`] or
+//! [`MAX_JOINS`].
 
 use std::sync::Arc;
 
@@ -19,38 +20,64 @@ use crate::GatewayError;
 /// it; the measured overflow (debug build, 16 MiB planning stacks) was past 320.
 pub const MAX_PLAN_DEPTH: usize = 256;
 
-/// Refuses `plan` when it is deeper than [`MAX_PLAN_DEPTH`].
+/// The most joins a planned statement may make, subqueries included: the optimizer's time
+/// grows steeply with them (a 200-way self-join ran into the 10 s deadline after 12 s, 250-way
+/// after 25-32 s; 120-way planned and ran in 2.2 s, debug build).
+pub const MAX_JOINS: usize = 128;
+
+/// Refuses `plan` when it is deeper than [`MAX_PLAN_DEPTH`] or joins more than [`MAX_JOINS`]
+/// times.
 pub(crate) fn check(plan: &LogicalPlan) -> Result<(), GatewayError> {
-    let depth = depth(plan, 0, MAX_PLAN_DEPTH);
-    if depth > MAX_PLAN_DEPTH {
+    let mut measure = Measure::default();
+    measure.walk(plan, 0);
+    if measure.deepest > MAX_PLAN_DEPTH {
         return Err(GatewayError::TooLarge(format!(
             "it plans more than {MAX_PLAN_DEPTH} levels deep (common table expressions are \
              inlined where they are named, so a chain of them nests as deep as it is long); \
              write fewer levels"
         )));
     }
+    if measure.joins > MAX_JOINS {
+        return Err(GatewayError::TooLarge(format!(
+            "it joins more than {MAX_JOINS} times (common table expressions counted where \
+             they are named); join fewer tables in one statement"
+        )));
+    }
     Ok(())
 }
 
-/// The depth of `plan` below `base`, stopping once it passes `limit`.
-fn depth(plan: &LogicalPlan, base: usize, limit: usize) -> usize {
-    let mut deepest = base;
-    let mut stack = vec![(plan, base + 1)];
-    while let Some((node, d)) = stack.pop() {
-        deepest = deepest.max(d);
-        if deepest > limit {
-            return deepest;
-        }
-        for sub in subqueries(node) {
-            let below = stacker::maybe_grow(64 * 1024, 1024 * 1024, || depth(&sub, d, limit));
-            deepest = deepest.max(below);
-            if deepest > limit {
-                return deepest;
-            }
-        }
-        stack.extend(node.inputs().into_iter().map(|i| (i, d + 1)));
+/// The deepest path of a plan and its joins, counted until either passes its limit.
+#[derive(Default)]
+struct Measure {
+    deepest: usize,
+    joins: usize,
+}
+
+impl Measure {
+    fn done(&self) -> bool {
+        self.deepest > MAX_PLAN_DEPTH || self.joins > MAX_JOINS
     }
-    deepest
+
+    /// Walks `plan`, whose root is `base` levels down, without recursion over its inputs.
+    fn walk(&mut self, plan: &LogicalPlan, base: usize) {
+        let mut stack = vec![(plan, base + 1)];
+        while let Some((node, d)) = stack.pop() {
+            self.deepest = self.deepest.max(d);
+            if matches!(node, LogicalPlan::Join(_)) {
+                self.joins += 1;
+            }
+            if self.done() {
+                return;
+            }
+            for sub in subqueries(node) {
+                stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.walk(&sub, d));
+                if self.done() {
+                    return;
+                }
+            }
+            stack.extend(node.inputs().into_iter().map(|i| (i, d + 1)));
+        }
+    }
 }
 
 /// The plans of the subqueries in `node`'s expressions.
@@ -107,9 +134,23 @@ mod tests {
         for _ in 0..20 {
             sql = format!("SELECT ({sql}) AS x");
         }
-        let depth = depth(&plan(&sql).await, 0, usize::MAX);
+        let mut measure = Measure::default();
+        measure.walk(&plan(&sql).await, 0);
         // One projection per level: without the subqueries it would be 2.
-        assert!(depth > 20, "{depth}");
+        assert!(measure.deepest > 20, "{}", measure.deepest);
+    }
+
+    #[tokio::test]
+    async fn joins_are_counted_across_the_statement() {
+        let joins = |n: usize| {
+            let on: Vec<String> = (1..=n)
+                .map(|i| format!("JOIN (SELECT 1 AS x) t{i} ON t{i}.x = t0.x"))
+                .collect();
+            format!("SELECT count(*) FROM (SELECT 1 AS x) t0 {}", on.join(" "))
+        };
+        assert!(check(&plan(&joins(100)).await).is_ok());
+        let err = check(&plan(&joins(129)).await).unwrap_err().to_string();
+        assert!(err.contains("joins more than 128 times"), "{err}");
     }
 
     #[tokio::test]
