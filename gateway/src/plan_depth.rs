@@ -25,6 +25,13 @@ pub const MAX_PLAN_DEPTH: usize = 256;
 /// after 25-32 s; 120-way planned and ran in 2.2 s, debug build).
 pub const MAX_JOINS: usize = 128;
 
+/// The most a plan's depth (plus 16) times its deepest expression's depth squared may be:
+/// physical planning's time grows about so (a 500-term `+` chain under 80 GROUP BY levels,
+/// 12.7 KB, planned 33 s outside the optimizer's deadline; two users stalled everyone 66 s,
+/// attacker round 20 H2). At the bound, 80 such levels over a 170-term chain plan in about
+/// 3 s (debug build); a plan a few levels deep keeps expressions about 650 deep.
+pub const MAX_DEPTH_WORK: u64 = 8 * 1000 * 1000;
+
 /// Refuses `plan` when it is deeper than [`MAX_PLAN_DEPTH`] or joins more than [`MAX_JOINS`]
 /// times.
 pub(crate) fn check(plan: &LogicalPlan) -> Result<(), GatewayError> {
@@ -35,6 +42,14 @@ pub(crate) fn check(plan: &LogicalPlan) -> Result<(), GatewayError> {
             "it plans more than {MAX_PLAN_DEPTH} levels deep (common table expressions are \
              inlined where they are named, so a chain of them nests as deep as it is long); \
              write fewer levels"
+        )));
+    }
+    let work = (measure.deepest_expr as u64).pow(2) * (measure.deepest as u64 + 16);
+    if work > MAX_DEPTH_WORK {
+        return Err(GatewayError::TooLarge(format!(
+            "an expression {} levels deep in a plan {} levels deep would take too long to plan; \
+             write shallower expressions (fewer chained operators) or fewer levels",
+            measure.deepest_expr, measure.deepest
         )));
     }
     if measure.joins > MAX_JOINS {
@@ -51,6 +66,8 @@ pub(crate) fn check(plan: &LogicalPlan) -> Result<(), GatewayError> {
 struct Measure {
     deepest: usize,
     joins: usize,
+    /// The deepest expression of any node.
+    deepest_expr: usize,
 }
 
 impl Measure {
@@ -66,6 +83,10 @@ impl Measure {
             if matches!(node, LogicalPlan::Join(_)) {
                 self.joins += 1;
             }
+            let _ = node.apply_expressions(|e| {
+                self.deepest_expr = self.deepest_expr.max(expr_depth(e));
+                Ok(TreeNodeRecursion::Continue)
+            });
             if self.done() {
                 return;
             }
@@ -78,6 +99,20 @@ impl Measure {
             stack.extend(node.inputs().into_iter().map(|i| (i, d + 1)));
         }
     }
+}
+
+/// How deep `e` nests, walked without recursion.
+fn expr_depth(e: &Expr) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(e, 1usize)];
+    while let Some((e, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        let _ = e.apply_children(|c| {
+            stack.push((c, d + 1));
+            Ok(TreeNodeRecursion::Continue)
+        });
+    }
+    deepest
 }
 
 /// The plans of the subqueries in `node`'s expressions.
@@ -151,6 +186,43 @@ mod tests {
         assert!(check(&plan(&joins(100)).await).is_ok());
         let err = check(&plan(&joins(129)).await).unwrap_err().to_string();
         assert!(err.contains("joins more than 128 times"), "{err}");
+    }
+
+    #[test]
+    fn deep_expressions_in_deep_plans_are_refused() {
+        // Planned as the server plans: on a thread with a large stack.
+        std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(|| {
+                tokio::runtime::Runtime::new()
+                    .unwrap()
+                    .block_on(deep_expressions_in_deep_plans())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    async fn deep_expressions_in_deep_plans() {
+        let sum = |m: usize| vec!["length(x)"; m].join(" + ");
+        let chain = |n: usize, m: usize| {
+            let levels: Vec<String> = (1..=n)
+                .map(|i| format!("c{i} AS (SELECT x FROM c{} GROUP BY x)", i - 1))
+                .collect();
+            let with = std::iter::once(format!(
+                "c0 AS (SELECT x FROM (VALUES ('a')) t(x) WHERE {} > 0)",
+                sum(m)
+            ))
+            .chain(levels)
+            .collect::<Vec<_>>()
+            .join(", ");
+            format!("WITH {with} SELECT count(*) FROM c{n}")
+        };
+        let err = check(&plan(&chain(80, 500)).await).unwrap_err().to_string();
+        assert!(err.contains("would take too long to plan"), "{err}");
+        check(&plan(&chain(80, 100)).await).unwrap();
+        // Alone, an expression may be deep.
+        check(&plan(&format!("SELECT {} > 0 FROM (VALUES ('a')) t(x)", sum(600))).await).unwrap();
     }
 
     #[tokio::test]
