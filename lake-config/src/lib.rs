@@ -260,6 +260,10 @@ pub struct ExecutionConfig {
     pub query_memory_limit_bytes: Option<u64>,
     /// `spill_dir`: where spill files go (default: the system's temporary folder).
     pub spill_dir: Option<PathBuf>,
+    /// `max_spill_bytes`: the most all queries together may spill (default 4 GiB); a query
+    /// that would spill more fails. Keep it below the spill folder's free space: a full disk
+    /// stops the audit trail, and with it every query.
+    pub max_spill_bytes: u64,
     /// `sort_merge_joins`: plan equi-joins as sort-merge joins, which spill, instead of hash
     /// joins, whose build side must fit the pool. Slower; for pools smaller than a join's build
     /// side. Default: false.
@@ -300,6 +304,7 @@ impl Default for ExecutionConfig {
             memory_limit_bytes: None,
             query_memory_limit_bytes: None,
             spill_dir: None,
+            max_spill_bytes: DEFAULT_MAX_SPILL_BYTES,
             sort_merge_joins: false,
             parquet_pushdown: false,
             max_sql_bytes: DEFAULT_MAX_SQL_BYTES,
@@ -325,6 +330,8 @@ pub const DEFAULT_MAX_CONCURRENT_QUERIES: usize = 64;
 pub const DEFAULT_MAX_CONCURRENT_QUERIES_PER_USER: usize = 8;
 /// The default `execution.max_batch_bytes`.
 pub const DEFAULT_MAX_BATCH_BYTES: u64 = 128 << 20;
+/// The default of `execution.max_spill_bytes` (4 GiB).
+pub const DEFAULT_MAX_SPILL_BYTES: u64 = 4 << 30;
 
 /// The smallest `execution.memory_limit_bytes` accepted (64 MiB).
 pub const MIN_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;

@@ -51,6 +51,7 @@ struct RawExecution {
     memory_limit_bytes: Option<u64>,
     query_memory_limit_bytes: Option<u64>,
     spill_dir: Option<String>,
+    max_spill_bytes: Option<u64>,
     #[serde(default)]
     sort_merge_joins: bool,
     #[serde(default)]
@@ -351,6 +352,10 @@ impl Config {
             memory_limit_bytes: raw.execution.memory_limit_bytes,
             query_memory_limit_bytes: raw.execution.query_memory_limit_bytes,
             spill_dir: raw.execution.spill_dir.as_deref().map(|d| base.join(d)),
+            max_spill_bytes: raw
+                .execution
+                .max_spill_bytes
+                .unwrap_or(DEFAULT_MAX_SPILL_BYTES),
             sort_merge_joins: raw.execution.sort_merge_joins,
             parquet_pushdown: raw.execution.parquet_pushdown,
             max_sql_bytes: raw.execution.max_sql_bytes.unwrap_or(DEFAULT_MAX_SQL_BYTES),

@@ -173,10 +173,15 @@ fn execution_limits_parse_and_a_tiny_pool_is_refused() {
     let c = parse(
         "[lake]\nroot = \"lake\"\n[policy]\ndir = \"p\"\n\
          [execution]\nmemory_limit_bytes = 4294967296\nspill_dir = \"spill\"\nsort_merge_joins = true\n\
-         parquet_pushdown = true\n",
+         parquet_pushdown = true\nmax_spill_bytes = 1073741824\n",
     )
     .unwrap();
     assert_eq!(c.execution.memory_limit_bytes, Some(4 << 30));
+    assert_eq!(c.execution.max_spill_bytes, 1 << 30);
+    assert_eq!(
+        ExecutionConfig::default().max_spill_bytes,
+        DEFAULT_MAX_SPILL_BYTES
+    );
     assert!(c.execution.sort_merge_joins);
     assert!(c.execution.parquet_pushdown);
     assert_eq!(

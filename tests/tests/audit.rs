@@ -645,3 +645,40 @@ async fn a_query_token_writes_one_completion_record_with_how_the_execution_ended
     assert_eq!(completion(&cancelled_id).decision, "cancelled");
     verify(&config.audit.dir).unwrap();
 }
+
+/// A refused statement is kept cut to 16 KiB with its length and digest: refusals cost the
+/// client nothing, and whole 1 MB statements wrote 17-26 MB/s to the trail (round 20 M1).
+#[tokio::test]
+async fn refused_statements_are_kept_cut_and_statements_that_run_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path(), None, None);
+    let gateway = gateway::Gateway::open(&config).await.unwrap();
+    let who = gateway::Principal {
+        user: "banker".into(),
+        scenario: Some("bank-credit".into()),
+    };
+    let refused = format!("SELEC '{}'", "x".repeat(100_000));
+    gateway
+        .prepare_audited(&who, &refused, None)
+        .await
+        .unwrap_err();
+    let long = format!(
+        "SELECT count(*) FROM market.enterprises WHERE district <> '{}'",
+        "y".repeat(40_000)
+    );
+    let ran = gateway.prepare_audited(&who, &long, None).await.unwrap();
+    ran.audit_context().unwrap().recorded().await.unwrap();
+    let trail = records(&config.audit.dir);
+    let kept = &trail[trail.len() - 2].sql;
+    assert!(kept.len() < 17 << 10, "{}", kept.len());
+    assert!(
+        kept.contains(&format!(
+            "refused; {} bytes in all, SHA-256 ",
+            refused.len()
+        )),
+        "{}",
+        &kept[kept.len() - 200..]
+    );
+    assert_eq!(trail[trail.len() - 1].sql, long);
+    verify(&config.audit.dir).unwrap();
+}

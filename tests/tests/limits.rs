@@ -623,7 +623,7 @@ async fn statements_planning_would_multiply_are_refused_and_long_errors_are_cut(
     );
     let reason = lakegate_tests::audit_records(&config.audit.dir)
         .into_iter()
-        .filter(|r| r.kind == "decision" && r.sql == long)
+        .filter(|r| r.kind == "decision" && r.sql == gateway::audit::refused_statement(&long))
         .find_map(|r| r.reason)
         .expect("the refusal is on the trail");
     assert!(

@@ -53,6 +53,7 @@ impl Gateway {
             Ok(q) => q,
             Err(e) => {
                 record.decision = audit::Decision::Refused;
+                record.sql = audit::refused_statement(sql);
                 record.reason = Some(e.to_string());
                 self.audit
                     .append(record)
