@@ -71,6 +71,11 @@ impl GatewayError {
             GatewayError::Sql(d) | GatewayError::Execution(d) => d.strip_backtrace(),
             other => other.to_string(),
         };
+        // DataFusion names its own setting; the deployment sets lakegate's.
+        let text = text.replace(
+            "`datafusion.runtime.max_temp_directory_size`",
+            "`[execution] max_spill_bytes`",
+        );
         bounded_text(&text, MAX_CLIENT_TEXT_BYTES).into_owned()
     }
 

@@ -164,9 +164,14 @@ mod tests {
             .unwrap()
             .collect()
             .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("spilling process has exceeded"), "{err}");
+            .unwrap_err();
+        // The client is told lakegate's setting, not DataFusion's.
+        let err = GatewayError::Execution(err).client_text();
+        assert!(
+            err.contains("spilling process has exceeded")
+                && err.contains("[execution] max_spill_bytes"),
+            "{err}"
+        );
     }
 
     #[test]
