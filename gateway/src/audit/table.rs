@@ -391,6 +391,11 @@ mod tests {
         // and walked on the caller's stack it overflowed it (the server aborts).
         let sql = format!("SELECT {}", vec!["1"; 200_000].join("+"));
         let out = without_statement_values(&sql, "statement too large: 1+1");
-        assert_eq!(out, "statement too large: 1+1");
+        // Parsed within the trail's deadline, or past it on a loaded machine (then the reason
+        // is withheld, failing closed); either way no crash.
+        assert!(
+            out == "statement too large: 1+1" || out.contains("did not parse"),
+            "{out}"
+        );
     }
 }
