@@ -113,9 +113,9 @@ fn expr_depth(e: &Expr) -> usize {
     while let Some((e, d, above)) = stack.pop() {
         deepest = deepest.max(d);
         let op = junction(e);
-        if op.is_some() && op != above {
+        if let Some(run) = op.filter(|o| Some(*o) != above) {
             // At the top of a run only: its terms count once.
-            deepest = deepest.max(d - 1 + terms(e, op.expect("a run")));
+            deepest = deepest.max(d - 1 + terms(e, run));
         }
         let _ = e.apply_children(|c| {
             stack.push((c, d + 1, op));
