@@ -153,6 +153,11 @@ impl Gateway {
         };
         let mut record = ctx.decision_record()?.as_ref().clone();
         record.kind = audit::RecordKind::Completion;
+        record.sql = audit::repeated_statement(&record.sql);
+        record.rewritten_sql = record
+            .rewritten_sql
+            .as_deref()
+            .map(audit::repeated_statement);
         record.decision = completion.outcome.into();
         record.reason = completion.reason;
         record.rows_out = Some(completion.rows);

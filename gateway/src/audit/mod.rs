@@ -65,6 +65,17 @@ pub const MAX_REFUSED_SQL_BYTES: usize = 16 << 10;
 /// `sql` as a refusal's record keeps it: whole up to [`MAX_REFUSED_SQL_BYTES`], else cut, with
 /// its length and SHA-256 so that a copy of the statement can be matched to it.
 pub fn refused_statement(sql: &str) -> String {
+    cut_statement(sql, "refused")
+}
+
+/// `sql` as a completion record repeats it: its decision record (the same `query_id`) keeps it
+/// whole, and a prepared 1 MB statement executed again and again would write it again each
+/// time (attacker round 21 H2).
+pub fn repeated_statement(sql: &str) -> String {
+    cut_statement(sql, "whole in its decision record")
+}
+
+fn cut_statement(sql: &str, why: &str) -> String {
     if sql.len() <= MAX_REFUSED_SQL_BYTES {
         return sql.to_string();
     }
@@ -73,7 +84,7 @@ pub fn refused_statement(sql: &str) -> String {
         cut -= 1;
     }
     format!(
-        "{}… (refused; {} bytes in all, SHA-256 {})",
+        "{}… ({why}; {} bytes in all, SHA-256 {})",
         &sql[..cut],
         sql.len(),
         hex::encode(Sha256::digest(sql.as_bytes()))
