@@ -56,13 +56,14 @@ pub enum AuditError {
     },
 }
 
-/// The most of a refused statement's text a record keeps. A refusal costs the client nothing
-/// (a statement that does not parse is refused in milliseconds), but each record is fsynced
-/// and kept for good: 1 MB statements refused one after another wrote 17-26 MB/s to the trail
-/// (attacker round 20 M1). What ran is kept whole.
-pub const MAX_REFUSED_SQL_BYTES: usize = 16 << 10;
+/// The most of a statement's text a refusal's record, or a completion record, keeps. A refusal
+/// costs the client nothing (a statement that does not parse is refused in milliseconds), but
+/// each record is fsynced and kept for good: 1 MB statements refused one after another wrote
+/// 17-26 MB/s to the trail (attacker round 20 M1). A decision record that allows a statement
+/// keeps it whole.
+pub const MAX_CUT_SQL_BYTES: usize = 16 << 10;
 
-/// `sql` as a refusal's record keeps it: whole up to [`MAX_REFUSED_SQL_BYTES`], else cut, with
+/// `sql` as a refusal's record keeps it: whole up to [`MAX_CUT_SQL_BYTES`], else cut, with
 /// its length and SHA-256 so that a copy of the statement can be matched to it.
 pub fn refused_statement(sql: &str) -> String {
     cut_statement(sql, "refused")
@@ -76,10 +77,10 @@ pub fn repeated_statement(sql: &str) -> String {
 }
 
 fn cut_statement(sql: &str, why: &str) -> String {
-    if sql.len() <= MAX_REFUSED_SQL_BYTES {
+    if sql.len() <= MAX_CUT_SQL_BYTES {
         return sql.to_string();
     }
-    let mut cut = MAX_REFUSED_SQL_BYTES;
+    let mut cut = MAX_CUT_SQL_BYTES;
     while !sql.is_char_boundary(cut) {
         cut -= 1;
     }
