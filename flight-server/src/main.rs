@@ -56,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Data products (`[products] dir`): list them, or check that each loads.
+    Product {
+        #[command(subcommand)]
+        command: ProductCommand,
+    },
     /// Show the decisions for one query: per table and column the treatment and the determining
     /// policies, the row predicate, the secure views and the query as planned.
     Explain {
@@ -103,6 +108,23 @@ enum AuditCommand {
 }
 
 #[derive(Subcommand)]
+enum ProductCommand {
+    /// List the data products with their parameters, output and approving scenarios.
+    List {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Load every product as the server does (each planned with its own grants under every
+    /// scenario that approves it); a product that does not load is named with the reason.
+    Check {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum PolicyCommand {
     /// Parse and validate the policy folder against the schema composed with the lake's tables.
     Check {
@@ -139,7 +161,14 @@ fn load(config: &std::path::Path) -> anyhow::Result<Config> {
 
 async fn load_policies(config: &Config) -> anyhow::Result<policy::PolicySet> {
     let lake = catalog::Lake::open(&config.lake).await?;
-    let description = gateway::describe_lake(&lake).await?;
+    let mut description = gateway::describe_lake(&lake).await?;
+    // The data products are entities too (`Lake::Product`).
+    if let Some(products) = &config.products {
+        description.products = lake_config::products::read_products(&products.dir)?
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+    }
     Ok(policy::PolicySet::load(&config.policy.dir, &description)?)
 }
 
@@ -220,6 +249,54 @@ async fn run() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Product { command } => {
+            let (ProductCommand::List { config } | ProductCommand::Check { config }) = &command;
+            let mut config = load(config)?;
+            // Listing and checking plan but run nothing: no audit trail, so they work beside a
+            // server that holds the folder.
+            let scratch =
+                std::env::temp_dir().join(format!("lakegate-products-{}", uuid::Uuid::new_v4()));
+            config.audit.dir = scratch.clone();
+            let opened = gateway::Gateway::open(&config).await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            let products = opened?.product_summaries();
+            match command {
+                ProductCommand::Check { .. } => {
+                    let approved = products.iter().filter(|p| !p.scenarios.is_empty()).count();
+                    println!(
+                        "ok: {approved} data product(s) plan with their own grants under every scenario that approves them"
+                    );
+                    for p in products.iter().filter(|p| p.scenarios.is_empty()) {
+                        println!(
+                            "warning: no scenario approves {} (Scenario.products): no one can call it",
+                            p.name
+                        );
+                    }
+                }
+                ProductCommand::List { .. } => {
+                    for p in &products {
+                        println!("{}({})", p.name, p.parameters);
+                        if !p.description.is_empty() {
+                            println!("  {}", p.description);
+                        }
+                        if !p.output.is_empty() {
+                            println!(
+                                "  returns: {} (at most {} rows per call)",
+                                p.output, p.max_rows
+                            );
+                            println!("  version: {}", p.version);
+                        }
+                        let by = if p.scenarios.is_empty() {
+                            "no scenario".to_string()
+                        } else {
+                            p.scenarios.join(", ")
+                        };
+                        println!("  approved by: {by}");
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Explain {
             config,
             user,
@@ -324,6 +401,30 @@ async fn run() -> anyhow::Result<()> {
                 total.rows_scanned,
                 total.cpu_ms
             );
+            // Data products are billed per completed call.
+            let mut per_product: std::collections::BTreeMap<&str, u64> = Default::default();
+            for r in &rows {
+                for (product, calls) in &r.product_calls {
+                    *per_product.entry(product).or_default() += calls;
+                }
+            }
+            if !per_product.is_empty() {
+                println!(
+                    "\n{:<10} {:<12} {:<24} {:<24} {:>8}",
+                    "day", "user", "scenario", "data product", "calls"
+                );
+                for r in &rows {
+                    for (product, calls) in &r.product_calls {
+                        println!(
+                            "{:<10} {:<12} {:<24} {:<24} {:>8}",
+                            r.day, r.user, r.scenario, product, calls
+                        );
+                    }
+                }
+                for (product, calls) in per_product {
+                    println!("{:<48} {:<24} {:>8}", "total", product, calls);
+                }
+            }
             Ok(())
         }
         Command::HashPassword => {

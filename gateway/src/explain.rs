@@ -18,7 +18,7 @@ impl Gateway {
     pub async fn explain(&self, who: &Principal, sql: &str) -> Result<String, GatewayError> {
         let scenario = who.scenario.as_deref().ok_or(GatewayError::NoScenario)?;
         self.check_scenario(scenario)?;
-        let statement = statement::parse_read_statement(sql, self.limits)?;
+        let statement = statement::parse_read_statement(sql, self.sessions.limits)?;
         let (tables, _ctes) =
             resolve_table_references(&statement, true).map_err(GatewayError::Sql)?;
         let policies = self.policies();
@@ -55,7 +55,7 @@ impl Gateway {
             );
         }
         out.push_str("\nquery as planned:\n");
-        let prepared = match self.prepare(who, sql).await {
+        let prepared = match self.prepare(who, sql, "explain").await {
             // What execution would refuse after DataFusion's optimizer, explain refuses too.
             Ok(q) => q.check_optimized().await.map(|()| q),
             Err(e) => Err(e),

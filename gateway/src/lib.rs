@@ -19,6 +19,7 @@ mod guard;
 mod parse_budget;
 mod plan_depth;
 mod planning_deadline;
+mod products;
 mod query;
 mod query_memory;
 mod row_size;
@@ -54,6 +55,7 @@ use enforce::session_gate::SessionGate;
 pub use error::GatewayError;
 pub use executor::Executor;
 pub use guard::GuardExec;
+pub use products::{ProductCallExec, ProductSummary};
 pub use query::{scan_metrics, served_schema, Query};
 use session::{query_memory_limit, runtime_env, session_template};
 
@@ -93,16 +95,12 @@ pub struct Gateway {
     /// The serving policy set; shared with queries that read it again when they run.
     policies: Arc<RwLock<Arc<PolicySet>>>,
     policy_dir: PathBuf,
-    /// What the policy folder looked like when the current set was loaded.
+    /// `[products] dir`, if the deployment has data products.
+    product_dir: Option<PathBuf>,
+    /// What the policy and product folders looked like when the current sets were loaded.
     policy_fingerprint: std::sync::Mutex<Vec<(PathBuf, u64, SystemTime)>>,
-    mask_key: Option<Arc<[u8]>>,
-    /// What every query's session starts from: configuration, runtime, DataFusion's functions
-    /// and rules. Built once and cloned per query (building one registers every built-in
-    /// function: a fifth of planning a query), never given a catalog.
-    template: datafusion::execution::SessionState,
-    /// `[execution] query_memory_limit_bytes`, resolved: one query's cap in the shared pool.
-    query_memory: usize,
-    limits: statement::StatementLimits,
+    /// What statements are planned with (lake, policies, products, session template, limits).
+    sessions: Arc<session::Sessions>,
     /// ε spent per (user, scenario), replayed from the audit trail.
     ledger: Arc<audit::budget::PrivacyLedger>,
 }
@@ -124,29 +122,23 @@ impl Gateway {
                 .await?
                 .with_parquet_pushdown(config.execution.parquet_pushdown),
         );
-        let description = describe_lake(&lake).await?;
+        let product_dir = config.products.as_ref().map(|p| p.dir.clone());
+        let product_files = products::read_files(product_dir.as_deref())?;
+        let mut description = describe_lake(&lake).await?;
+        description.products = product_files.iter().map(|p| p.name.clone()).collect();
         let policies = PolicySet::load(&config.policy.dir, &description)?;
-        tracing::info!(
-            tables = description.tables.len(),
-            policies = policies.policy_count(),
-            policy_hash = policies.hash(),
-            "gateway ready"
-        );
         let audit = audit::AuditLog::open(&config.audit.dir, config.audit.segment_bytes)
+            .map(|log| log.with_min_free(config.audit.min_free_bytes))
             .map_err(|e| GatewayError::Audit(e.to_string()))?;
         let ledger = audit::budget::PrivacyLedger::replay(&config.audit.dir)
             .map_err(|e| GatewayError::Audit(e.to_string()))?;
-        let gateway = Self {
-            ledger: Arc::new(ledger),
-            lake,
-            audit: Arc::new(audit),
-            last_anchor: tokio::sync::Mutex::new(0),
-            last_exported: tokio::sync::Mutex::new(0),
-            usage_totals: tokio::sync::Mutex::new((0, audit::UsageTotals::new())),
-            max_result_bytes: config.audit.max_result_bytes,
-            policies: Arc::new(RwLock::new(Arc::new(policies))),
-            policy_fingerprint: std::sync::Mutex::new(fingerprint(&config.policy.dir)),
-            policy_dir: config.policy.dir.clone(),
+        let policies = Arc::new(RwLock::new(Arc::new(policies)));
+        let audit = Arc::new(audit);
+        let sessions = Arc::new(session::Sessions {
+            audit: audit.clone(),
+            lake: lake.clone(),
+            policies: policies.clone(),
+            products: Arc::default(),
             mask_key: config
                 .policy
                 .mask_key
@@ -169,7 +161,36 @@ impl Gateway {
                 max_sql_bytes: config.execution.max_sql_bytes,
                 max_depth: config.execution.max_expression_depth,
             },
+            calls: Arc::new(
+                audit::calls::CallLedger::replay(&config.audit.dir)
+                    .map_err(|e| GatewayError::Audit(e.to_string()))?,
+            ),
+        });
+        let loaded = products::ProductSet::load(product_files, &sessions).await?;
+        let serving = sessions.policies();
+        tracing::info!(
+            tables = description.tables.len(),
+            policies = serving.policy_count(),
+            products = loaded.len(),
+            policy_hash = serving.hash(),
+            "gateway ready"
+        );
+        *sessions.products.write().expect("product lock poisoned") = Arc::new(loaded);
+        let gateway = Self {
+            ledger: Arc::new(ledger),
+            lake,
+            audit,
+            last_anchor: tokio::sync::Mutex::new(0),
+            last_exported: tokio::sync::Mutex::new(0),
+            usage_totals: tokio::sync::Mutex::new((0, audit::UsageTotals::new())),
+            max_result_bytes: config.audit.max_result_bytes,
+            policies,
+            policy_fingerprint: std::sync::Mutex::new(Vec::new()),
+            policy_dir: config.policy.dir.clone(),
+            product_dir,
+            sessions,
         };
+        *gateway.policy_fingerprint.lock().expect("fingerprint lock") = gateway.fingerprint_now();
         gateway.load_export_state().await?;
         Ok(gateway)
     }
@@ -184,34 +205,26 @@ impl Gateway {
         self.policies.read().expect("policy lock poisoned").clone()
     }
 
-    /// Loads the policy folder again (and the lake's tables, for the generated schema). A set
-    /// that fails validation is refused and the last good set keeps serving.
+    /// Loads the policy folder and the data products again (and the lake's tables, for the
+    /// generated schema). A policy set that fails validation, or a product that does not plan
+    /// under it, refuses both, and the last good sets keep serving.
     pub async fn reload_policies(&self) -> Result<(), GatewayError> {
-        let seen = fingerprint(&self.policy_dir);
-        *self.policy_fingerprint.lock().expect("fingerprint lock") = seen;
-        self.lake.refresh().await?;
-        let description = describe_lake(&self.lake).await?;
-        let (dir, serving) = (self.policy_dir.clone(), self.policies());
-        // Parsing, validating and warming are CPU work: off the runtime's workers. The old set
-        // keeps serving while the new one decides what was asked lately, so the first queries
-        // after a policy change find their decisions made.
-        let loaded = tokio::task::spawn_blocking(move || {
-            PolicySet::load(&dir, &description).map(|set| {
-                let warmed = set.warm(&serving.recent_grants(WARM_GRANTS), SystemTime::now());
-                (set, warmed)
-            })
-        })
-        .await
-        .map_err(|e| GatewayError::Config(format!("policy reload stopped: {e}")))?;
-        match loaded {
-            Ok((set, warmed)) => {
+        *self.policy_fingerprint.lock().expect("fingerprint lock") = self.fingerprint_now();
+        match self.load_sets().await {
+            Ok((set, products, warmed)) => {
                 tracing::info!(
                     policies = set.policy_count(),
+                    products = products.len(),
                     policy_hash = set.hash(),
                     warmed,
                     "policy set reloaded"
                 );
-                *self.policies.write().expect("policy lock poisoned") = Arc::new(set);
+                *self
+                    .sessions
+                    .products
+                    .write()
+                    .expect("product lock poisoned") = Arc::new(products);
+                *self.policies.write().expect("policy lock poisoned") = set;
                 Ok(())
             }
             Err(e) => {
@@ -219,15 +232,51 @@ impl Gateway {
                     policy_hash = self.policies().hash(),
                     "policy set refused, the last good set keeps serving: {e}"
                 );
-                Err(e.into())
+                Err(e)
             }
         }
     }
 
-    /// Reloads when a file of the policy folder changed since the last load. Returns whether it
-    /// tried.
+    /// The policy set and products as the folders hold them now, with how many recent grants
+    /// the new set decided before it serves.
+    async fn load_sets(
+        &self,
+    ) -> Result<(Arc<PolicySet>, products::ProductSet, usize), GatewayError> {
+        self.lake.refresh().await?;
+        let files = products::read_files(self.product_dir.as_deref())?;
+        let mut description = describe_lake(&self.lake).await?;
+        description.products = files.iter().map(|p| p.name.clone()).collect();
+        let (dir, serving) = (self.policy_dir.clone(), self.policies());
+        // Parsing, validating and warming are CPU work: off the runtime's workers. The old set
+        // keeps serving while the new one decides what was asked lately, so the first queries
+        // after a policy change find their decisions made.
+        let (set, warmed) = tokio::task::spawn_blocking(move || {
+            PolicySet::load(&dir, &description).map(|set| {
+                let warmed = set.warm(&serving.recent_grants(WARM_GRANTS), SystemTime::now());
+                (set, warmed)
+            })
+        })
+        .await
+        .map_err(|e| GatewayError::Config(format!("policy reload stopped: {e}")))??;
+        let set = Arc::new(set);
+        let products =
+            products::ProductSet::load(files, &self.sessions.with_policies(set.clone())).await?;
+        Ok((set, products, warmed))
+    }
+
+    /// Names, sizes and modification times of the policy and product folders' files.
+    fn fingerprint_now(&self) -> Vec<(PathBuf, u64, SystemTime)> {
+        let mut seen = fingerprint(&self.policy_dir);
+        if let Some(dir) = &self.product_dir {
+            seen.extend(fingerprint(dir));
+        }
+        seen
+    }
+
+    /// Reloads when a file of the policy or product folder changed since the last load.
+    /// Returns whether it tried.
     pub async fn reload_if_changed(&self) -> Option<Result<(), GatewayError>> {
-        let now = fingerprint(&self.policy_dir);
+        let now = self.fingerprint_now();
         let changed = *self.policy_fingerprint.lock().expect("fingerprint lock") != now;
         if changed {
             Some(self.reload_policies().await)
@@ -347,69 +396,33 @@ impl Gateway {
         }
     }
 
-    /// Parses, checks and plans one read statement for `who`. Placeholders (`?` or `$n`) stay
-    /// unbound until [`Query::bind`]. Not public: every query a client can run is prepared
+    /// Parses, checks and plans one read statement for `who` (the data product calls it makes
+    /// are recorded under `query_id`). Placeholders (`?` or `$n`) stay unbound until
+    /// [`Query::bind`]. Not public: every query a client can run is prepared
     /// with its decision record ([`Gateway::prepare_audited`]).
-    pub(crate) async fn prepare(&self, who: &Principal, sql: &str) -> Result<Query, GatewayError> {
+    pub(crate) async fn prepare(
+        &self,
+        who: &Principal,
+        sql: &str,
+        query_id: &str,
+    ) -> Result<Query, GatewayError> {
         let scenario = self.scenario_of(who)?;
-        let (state, lake, gate) = self.session(&who.user, &scenario);
-        // Parsing and planning take seconds for a 1 MiB statement: on the query runtime, never
-        // on the threads that serve clients (twelve concurrent 1 MiB statements held another
-        // user's login and query for 25 s, attacker round 7).
-        let executor = state
-            .config()
-            .get_extension::<Executor>()
-            .ok_or_else(|| GatewayError::Config("the session has no query runtime".into()))?;
-        let (text, limits) = (sql.to_string(), self.limits);
-        // Parsing, `SELECT *`'s rewrite and naming the tables all walk the whole statement.
-        let (statement, state, named) = executor
-            .spawn(async move {
-                let mut statement = statement::parse_read_statement(&text, limits)?;
-                enforce::wildcard::exclude_from_statement(&mut statement, &gate);
-                let named = state
-                    .resolve_table_references(&statement)
-                    .map_err(GatewayError::from_planning)?;
-                Ok::<_, GatewayError>((statement, state, named))
-            })
+        let calls = products::Calls::for_user(&self.sessions, &who.user, &scenario, query_id);
+        let planned = match self
+            .sessions
+            .plan_read(
+                policy::Principal::User(who.user.clone()),
+                &scenario,
+                sql,
+                Some(calls),
+            )
             .await
-            .map_err(joined)??;
-        // Fresh snapshots of every named lake table at once; planning then takes them in turn.
-        let catalog = &state.config_options().catalog;
-        lake.prefetch(named.into_iter().filter_map(|r| {
-            let r = r.resolve(&catalog.default_catalog, &catalog.default_schema);
-            (*r.catalog == *LAKE_CATALOG).then(|| TableRef::new(&*r.schema, &*r.table))
-        }))
-        .await;
-        let planned = executor
-            .spawn(async move {
-                let plan = state.statement_to_plan(statement).await;
-                (state, plan)
-            })
-            .await
-            .map_err(joined)?;
-        let (state, plan) = match planned {
-            (state, Ok(plan)) => (state, plan),
-            (_, Err(e)) => {
-                return Err(self
-                    .suggest_table(who, GatewayError::from_planning(e))
-                    .await)
-            }
+        {
+            Ok(p) => p,
+            Err(e) => return Err(self.suggest_table(who, e).await),
         };
-        plan_depth::check(&plan)?;
-        statement::verify_read_plan(&plan)?;
-        let suppressed = enforce::aggregate_only::Suppressed::default();
-        let (plan, suppressed) = executor
-            .spawn(async move {
-                (
-                    enforce::aggregate_only::enforce(plan, &suppressed),
-                    suppressed,
-                )
-            })
-            .await
-            .map_err(joined)?;
-        let plan = plan?;
-        let mut query = Query::new(Arc::new(state), plan)?;
-        query.set_suppressed(suppressed);
+        let mut query = Query::new(Arc::new(planned.state), planned.plan)?;
+        query.set_suppressed(planned.suppressed);
         Ok(query)
     }
 
@@ -422,10 +435,10 @@ impl Gateway {
         self.lake.refresh().await?;
         let gate = SessionGate::new(
             self.policies(),
-            &who.user,
+            policy::Principal::User(who.user.clone()),
             scenario,
             SystemTime::now(),
-            self.mask_key.clone(),
+            self.sessions.mask_key.clone(),
             Arc::new(self.lake.storage_options().clone()),
         );
         let mut out = Vec::new();

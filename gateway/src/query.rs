@@ -69,6 +69,8 @@ pub struct QueryDescription {
     pub policy_ids: Vec<String>,
     /// The plan as SQL, when the unparser can print it.
     pub rewritten_sql: Option<String>,
+    /// The data products it calls, each `name@version(arguments)`.
+    pub products: Vec<String>,
 }
 
 impl std::fmt::Debug for Query {
@@ -177,6 +179,9 @@ impl Query {
         use datafusion::common::tree_node::TreeNodeRecursion;
         let mut d = QueryDescription::default();
         let _ = self.plan.apply_with_subqueries(|p| {
+            if let Some(call) = crate::products::ProductCall::of(p) {
+                d.products.push(call.describe());
+            }
             if let LogicalPlan::TableScan(scan) = p {
                 if let Ok(provider) = source_as_provider(&scan.source) {
                     let any: &dyn std::any::Any = provider.as_ref();
@@ -577,7 +582,7 @@ fn parameter_schema(plan: &LogicalPlan) -> Result<SchemaRef, GatewayError> {
 }
 
 /// `plan` through DataFusion's optimizer, with the checks that must hold before and after it.
-fn optimized_and_checked(
+pub(crate) fn optimized_and_checked(
     state: &SessionState,
     plan: &LogicalPlan,
     limit: usize,

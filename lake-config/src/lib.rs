@@ -245,7 +245,14 @@ pub struct AuditConfig {
     /// `anchor_interval_secs`: how often the end of the chain is anchored to the lake's object
     /// store (default 60; also on every segment rotation and on shutdown).
     pub anchor_interval_secs: u64,
+    /// `min_free_bytes`: while the audit folder's disk has less free, newly allowed queries
+    /// are refused (records of running ones are still written down to half of it); 0 turns the
+    /// check off. Default [`DEFAULT_AUDIT_MIN_FREE_BYTES`].
+    pub min_free_bytes: u64,
 }
+
+/// `[audit] min_free_bytes` when not set: 256 MiB.
+pub const DEFAULT_AUDIT_MIN_FREE_BYTES: u64 = 256 << 20;
 
 /// `[execution]`: the resources one server's queries may use.
 #[derive(Debug, Clone)]

@@ -131,6 +131,7 @@ struct RawAudit {
     segment_bytes: Option<u64>,
     max_result_bytes: Option<u64>,
     anchor_interval_secs: Option<u64>,
+    min_free_bytes: Option<u64>,
 }
 
 impl Config {
@@ -329,6 +330,10 @@ impl Config {
             segment_bytes,
             max_result_bytes: raw.audit.max_result_bytes,
             anchor_interval_secs: raw.audit.anchor_interval_secs.unwrap_or(60).max(1),
+            min_free_bytes: raw
+                .audit
+                .min_free_bytes
+                .unwrap_or(DEFAULT_AUDIT_MIN_FREE_BYTES),
         };
         if let Some(limit) = raw.execution.memory_limit_bytes {
             if limit < MIN_MEMORY_LIMIT {

@@ -4,6 +4,42 @@ use std::collections::BTreeMap;
 
 use crate::{Mask, Predicate, Privacy};
 
+/// Whom a decision is for: a user, or a data product planning its own query with its own
+/// rights (definer rights, `policy-model.md` §7).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Principal {
+    /// `Lake::User::"<name>"`.
+    User(String),
+    /// `Lake::Product::"<name>"`.
+    Product(String),
+}
+
+impl Principal {
+    /// The Cedar entity type.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Principal::User(_) => "Lake::User",
+            Principal::Product(_) => "Lake::Product",
+        }
+    }
+
+    /// The entity id.
+    pub fn id(&self) -> &str {
+        match self {
+            Principal::User(id) | Principal::Product(id) => id,
+        }
+    }
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Principal::User(u) => write!(f, "user {u}"),
+            Principal::Product(p) => write!(f, "product {p}"),
+        }
+    }
+}
+
 /// How one column is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ColumnTreatment {

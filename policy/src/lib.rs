@@ -18,7 +18,7 @@ mod privacy;
 mod store;
 
 pub use error::PolicyError;
-pub use grant::{ColumnTreatment, Grant, RowPredicate};
+pub use grant::{ColumnTreatment, Grant, Principal, RowPredicate};
 pub use lake_schema::{
     generate_schema, CedarType, ColumnDescription, LakeDescription, TableDescription,
 };

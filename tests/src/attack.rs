@@ -179,6 +179,100 @@ permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"aggregat
     build_with(dir, &PRIVATE_GROUPS, &policies, &schema, entities).await
 }
 
+/// The canary lake with data products (`policy-model.md` §7) in `products/`, which read
+/// `hr.employees` with their own rights (every row and column, raw), approved by the scenario:
+///
+/// - `employee_check(id int)`: the person's id and whether their diagnosis is Hypertension
+///   (max_rows 1);
+/// - `diagnosis_count(diagnosis string)`: how many people have the diagnosis (max_rows 1);
+/// - `all_ids(min int)`: every id above `min` (max_rows 5: a call past it is refused);
+/// - `salary_band(id int)`: approved only by the scenario `payroll`, which alice may also
+///   work under.
+pub async fn build_with_products(dir: &Path) -> PathBuf {
+    let schema = SCHEMA.replace(
+        "tables: Set<Table> }",
+        "tables: Set<Table>, products?: Set<Product>, max_calls_per_day?: Long }",
+    );
+    let policies = format!("{POLICIES}{PRODUCT_POLICIES}");
+    let mut entities = entities();
+    let product =
+        |name: &str| serde_json::json!({"__entity": {"type": "Lake::Product", "id": name}});
+    entities[3]["attrs"]["products"] = serde_json::json!([
+        product("employee_check"),
+        product("diagnosis_count"),
+        product("all_ids")
+    ]);
+    let mut payroll = entities[3].clone();
+    payroll["uid"]["id"] = "payroll".into();
+    payroll["attrs"]["products"] = serde_json::json!([product("salary_band")]);
+    entities.as_array_mut().unwrap().push(payroll);
+    let config = build_with(dir, &NORTH_GROUPS, &policies, &schema, entities).await;
+    let products = dir.join("products");
+    std::fs::create_dir_all(&products).unwrap();
+    for (name, text) in PRODUCTS {
+        std::fs::write(products.join(format!("{name}.toml")), text).unwrap();
+    }
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[products]\ndir = \"products\"\n");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// Products read with their own rights; scenarios approve who may call which.
+pub const PRODUCT_POLICIES: &str = r#"
+@id("products-read")
+permit (principal is Lake::Product,
+        action in [Lake::Action::"query", Lake::Action::"read_column", Lake::Action::"read_row"],
+        resource);
+
+@id("scenario-products")
+permit (principal, action == Lake::Action::"invoke", resource)
+when { context.scenario has products && resource in context.scenario.products
+       && principal in context.scenario.operator && context.now < context.scenario.expires };
+"#;
+
+/// The products of [`build_with_products`], as (name, file).
+pub const PRODUCTS: [(&str, &str); 4] = [
+    (
+        "employee_check",
+        r#"description = "Is the employee's diagnosis Hypertension?"
+sql = "SELECT id, diagnosis = 'Hypertension' AS hypertensive FROM hr.employees WHERE id = $id"
+[params]
+id = "int"
+[review]
+max_rows = 1
+"#,
+    ),
+    (
+        "diagnosis_count",
+        r#"description = "How many employees have the diagnosis"
+sql = "SELECT count(*) AS people FROM hr.employees WHERE diagnosis = $diagnosis"
+[params]
+diagnosis = "string"
+[review]
+max_rows = 1
+"#,
+    ),
+    (
+        "all_ids",
+        r#"description = "Every id above min"
+sql = "SELECT id FROM hr.employees WHERE id > $min ORDER BY id"
+[params]
+min = "int"
+[review]
+max_rows = 5
+"#,
+    ),
+    (
+        "salary_band",
+        r#"description = "The employee's salary band"
+sql = "SELECT id, salary / 10000 AS band FROM hr.employees WHERE id = $id"
+[params]
+id = "int"
+"#,
+    ),
+];
+
 async fn build_with(
     dir: &Path,
     groups: &[(&str, usize)],

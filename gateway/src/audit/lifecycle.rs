@@ -16,7 +16,7 @@ impl Gateway {
         client: Option<String>,
     ) -> Result<Query, GatewayError> {
         let query_id = uuid::Uuid::new_v4().to_string();
-        let result = self.prepare(who, sql).await.map(|mut q| {
+        let result = self.prepare(who, sql, &query_id).await.map(|mut q| {
             let grants = q.grants();
             q.set_origin(query::Origin {
                 who: who.clone(),
@@ -77,6 +77,7 @@ impl Gateway {
             record.rewritten_sql = info.rewritten_sql;
             record.policy_ids = info.policy_ids;
             record.tables = info.tables;
+            record.products = info.products;
             audit
                 .append(record.clone())
                 .map(|_| Arc::new(record))

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub mod budget;
+pub mod calls;
 mod chain;
 mod context;
 pub mod lifecycle;
@@ -45,6 +46,20 @@ pub enum AuditError {
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// The audit folder's disk is nearly full.
+    #[error(
+        "the audit trail's disk ({}) has {free} bytes free, less than [audit] min_free_bytes = \
+         {min_free}: new queries are refused until space is freed or the trail is moved",
+        path.display()
+    )]
+    Full {
+        /// The audit folder.
+        path: PathBuf,
+        /// Bytes free when the record was refused.
+        free: u64,
+        /// `[audit] min_free_bytes`.
+        min_free: u64,
     },
     /// The trail does not verify.
     #[error("audit trail broken at {location}: {problem}")]
@@ -122,6 +137,9 @@ pub enum RecordKind {
     Privacy,
     /// The trail repaired at start (a torn last line set aside).
     Recovery,
+    /// A data product call released its output (one per call, before the output goes on):
+    /// what `max_calls_per_day` and per-call billing count.
+    Call,
 }
 
 /// What was decided, or how a stream ended.
@@ -175,6 +193,7 @@ str_forms!(RecordKind {
     Completion => "completion",
     Privacy => "privacy",
     Recovery => "recovery",
+    Call => "call",
 });
 
 str_forms!(Decision {
@@ -247,6 +266,10 @@ pub struct AuditRecord {
     /// older records hash as they did).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epsilon: Option<String>,
+    /// The data products called, each `name@version(arguments)` (decision records; absent
+    /// elsewhere, so older records hash as they did).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub products: Vec<String>,
     /// The previous record's hash.
     pub prev_hash: String,
     /// This record's hash.
@@ -285,6 +308,7 @@ impl AuditRecord {
             cpu_ms: None,
             suppressed_groups: None,
             epsilon: None,
+            products: Vec::new(),
             prev_hash: String::new(),
             hash: String::new(),
         }
@@ -357,6 +381,44 @@ mod tests {
         let v = verify(dir.path()).unwrap();
         assert_eq!(v.records, 31);
         assert!(v.segments > 1, "{v:?}");
+    }
+
+    #[test]
+    fn a_nearly_full_disk_refuses_new_work_and_keeps_room_for_running_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = rustix::fs::statvfs(dir.path()).unwrap();
+        let free = st.f_bavail * st.f_frsize;
+        // More than is free, but half of it less: the test's disk looks nearly full.
+        let log = AuditLog::open(dir.path(), 1 << 20)
+            .unwrap()
+            .with_min_free(free + (free / 2).min(1 << 30));
+        let record = |kind, decision| AuditRecord::new(kind, decision, "q", "alice", "SELECT 1");
+        let err = log
+            .append(record(RecordKind::Decision, Decision::Allowed))
+            .unwrap_err();
+        assert!(matches!(err, AuditError::Full { .. }), "{err}");
+        assert!(err.to_string().contains("[audit] min_free_bytes"), "{err}");
+        // What running work and refusals write still goes in, and the chain stays whole.
+        log.append(record(RecordKind::Completion, Decision::Completed))
+            .unwrap();
+        log.append(record(RecordKind::Decision, Decision::Refused))
+            .unwrap();
+        assert_eq!(verify(dir.path()).unwrap().records, 2);
+        // Below half of it, nothing is written.
+        let log = {
+            drop(log);
+            AuditLog::open(dir.path(), 1 << 20)
+                .unwrap()
+                .with_min_free(free.saturating_mul(4))
+        };
+        assert!(log
+            .append(record(RecordKind::Completion, Decision::Completed))
+            .is_err());
+        // 0 turns the check off.
+        let log = log.with_min_free(0);
+        log.append(record(RecordKind::Decision, Decision::Allowed))
+            .unwrap();
+        assert_eq!(verify(dir.path()).unwrap().records, 3);
     }
 
     #[test]

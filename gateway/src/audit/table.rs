@@ -257,7 +257,7 @@ impl crate::Gateway {
                 write_table(
                     table("queries")?,
                     options.clone(),
-                    queries_batch(&records, self.mask_key.as_deref())?,
+                    queries_batch(&records, self.sessions.mask_key.as_deref())?,
                     SaveMode::Append,
                 )
                 .await?;

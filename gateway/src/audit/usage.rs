@@ -27,6 +27,9 @@ pub struct UsageRow {
     pub rows_scanned: u64,
     /// Compute time of the plans' operators, milliseconds.
     pub cpu_ms: u64,
+    /// Data product calls that released their output (`call` records), by product: what a
+    /// bill per call counts.
+    pub product_calls: std::collections::BTreeMap<String, u64>,
 }
 
 /// Usage rows by (day, user, scenario).
@@ -87,6 +90,13 @@ pub fn add_usage(
                 row.wall_ms += r.duration_ms.unwrap_or(0);
                 row.rows_scanned += r.rows_scanned.unwrap_or(0);
                 row.cpu_ms += r.cpu_ms.unwrap_or(0);
+            }
+            (RecordKind::Call, _) => {
+                for call in &r.products {
+                    // `name@version(args)`: billed per product, whatever its version.
+                    let name = call.split('@').next().unwrap_or(call);
+                    *row.product_calls.entry(name.to_string()).or_default() += 1;
+                }
             }
             _ => {}
         }

@@ -450,7 +450,7 @@ impl ExtensionPlanner for ReleasePlanner {
     }
 }
 
-/// DataFusion's query planner with the release's extension planner.
+/// DataFusion's query planner with the releases' and the data product calls' extension planners.
 #[derive(Debug, Default)]
 pub(crate) struct LakegateQueryPlanner;
 
@@ -461,8 +461,11 @@ impl datafusion::execution::context::QueryPlanner for LakegateQueryPlanner {
         logical_plan: &LogicalPlan,
         session_state: &dyn datafusion::catalog::Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(ReleasePlanner)])
-            .create_physical_plan(logical_plan, session_state)
-            .await
+        DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(ReleasePlanner),
+            Arc::new(crate::products::CallPlanner),
+        ])
+        .create_physical_plan(logical_plan, session_state)
+        .await
     }
 }

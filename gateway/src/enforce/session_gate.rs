@@ -12,11 +12,12 @@ use policy::{Grant, PolicySet};
 
 use crate::{GatewayError, SecureTable};
 
-/// Grants for one (user, scenario) at one instant, decided once per table per request.
+/// Grants for one (principal, scenario) at one instant, decided once per table per request.
+/// The principal is the user, or a data product planning its own query (definer rights).
 #[derive(Debug)]
 pub(crate) struct SessionGate {
     policies: Arc<PolicySet>,
-    user: String,
+    who: policy::Principal,
     scenario: String,
     now: SystemTime,
     mask_key: Option<Arc<[u8]>>,
@@ -27,7 +28,7 @@ pub(crate) struct SessionGate {
 impl SessionGate {
     pub(crate) fn new(
         policies: Arc<PolicySet>,
-        user: &str,
+        who: policy::Principal,
         scenario: &str,
         now: SystemTime,
         mask_key: Option<Arc<[u8]>>,
@@ -35,7 +36,7 @@ impl SessionGate {
     ) -> Self {
         Self {
             policies,
-            user: user.to_string(),
+            who,
             scenario: scenario.to_string(),
             now,
             mask_key,
@@ -50,7 +51,7 @@ impl SessionGate {
         }
         let g = self
             .policies
-            .grant(&self.user, &self.scenario, &t.to_string(), self.now)?;
+            .grant_for(&self.who, &self.scenario, &t.to_string(), self.now)?;
         self.grants
             .lock()
             .expect("grant cache poisoned")
@@ -83,7 +84,7 @@ impl TableGate for SessionGate {
             Ok(g) => g.allowed,
             Err(e) => {
                 // Fail closed: a table we cannot decide on does not exist for the session.
-                tracing::warn!(user = %self.user, scenario = %self.scenario, %table, "cannot decide: {e}");
+                tracing::warn!(principal = %self.who, scenario = %self.scenario, %table, "cannot decide: {e}");
                 false
             }
         }

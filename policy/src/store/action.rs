@@ -15,16 +15,19 @@ pub(super) enum Action {
     Aggregate,
     /// Which rows may be read (partially evaluated with the row unknown).
     ReadRow,
+    /// May a data product be called (`Lake::Product` resources, `policy-model.md` §7).
+    Invoke,
 }
 
 impl Action {
     /// Every action, in the order [`PerAction`] keeps them.
-    pub(super) const ALL: [Action; 5] = [
+    pub(super) const ALL: [Action; 6] = [
         Action::Query,
         Action::ReadColumn,
         Action::ReadMasked,
         Action::Aggregate,
         Action::ReadRow,
+        Action::Invoke,
     ];
 
     /// The action's id in the schema (`Lake::Action::"…"`).
@@ -35,13 +38,14 @@ impl Action {
             Action::ReadMasked => "read_masked",
             Action::Aggregate => "aggregate",
             Action::ReadRow => "read_row",
+            Action::Invoke => "invoke",
         }
     }
 }
 
 /// One value for each [`Action`].
 #[derive(Debug, Clone)]
-pub(super) struct PerAction<T>([T; 5]);
+pub(super) struct PerAction<T>([T; 6]);
 
 impl<T> PerAction<T> {
     /// The value of each action, made by `f`.
@@ -86,7 +90,8 @@ mod tests {
                 "read_column",
                 "read_masked",
                 "aggregate",
-                "read_row"
+                "read_row",
+                "invoke"
             ]
         );
         let failed: Result<PerAction<u8>, &str> = PerAction::try_new(|a| {

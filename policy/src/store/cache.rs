@@ -121,15 +121,16 @@ impl PolicySet {
     pub(super) fn slice(
         &self,
         principal: &EntityUid,
-        user: &str,
+        who: &crate::Principal,
         scenario: &str,
     ) -> Result<std::sync::Arc<Slice>, PolicyError> {
-        let key = (user.to_string(), scenario.to_string());
+        let key = (who.clone(), scenario.to_string());
         if let Some(s) = self.slices.lock().expect("slice cache poisoned").get(&key) {
             return Ok(s.clone());
         }
         let who = Requester {
             user: principal,
+            type_name: who.type_name(),
             ancestors: self
                 .entities
                 .ancestors(principal)

@@ -22,18 +22,6 @@ pub(super) fn decimal_epsilon(text: &str) -> Option<crate::Epsilon> {
 }
 
 impl PolicySet {
-    /// The grant for `user` reading `table` (`schema.table`) under `scenario` at `now`
-    /// (`policy-model.md` §5): table scope from `query`; per column `read_column` (raw), else
-    /// `read_masked` (the most restrictive `@mask` of the determining permits), else `aggregate`
-    /// (the largest `@min_group`, 10 if absent), else hidden; rows from `read_row` evaluated with
-    /// the row unknown.
-    ///
-    /// Decisions are made at whole seconds (`context.now`) and cached per (user, scenario, table,
-    /// second) for the life of this set, so a repeated request costs a map lookup (the grant is
-    /// shared with the cache, not copied). Only the
-    /// policies that can apply to the (user, scenario) are evaluated (a slice); a column or row
-    /// decision of policies that read neither the principal nor the time is memoized per
-    /// (scenario, resource) and serves every user whose slice holds the same policies.
     /// Whether `user` may query any table of the lake under `scenario` at `now`: a scenario
     /// that grants the user nothing (another organisation's, or one whose time is up) is, to
     /// that user, no scenario at all.
@@ -51,9 +39,38 @@ impl PolicySet {
         Ok(false)
     }
 
+    /// The grant for `user` reading `table` (`schema.table`) under `scenario` at `now`
+    /// (`policy-model.md` §5): table scope from `query`; per column `read_column` (raw), else
+    /// `read_masked` (the most restrictive `@mask` of the determining permits), else `aggregate`
+    /// (the largest `@min_group`, 10 if absent), else hidden; rows from `read_row` evaluated with
+    /// the row unknown.
+    ///
+    /// Decisions are made at whole seconds (`context.now`) and cached per (user, scenario, table,
+    /// second) for the life of this set, so a repeated request costs a map lookup (the grant is
+    /// shared with the cache, not copied). Only the
+    /// policies that can apply to the (user, scenario) are evaluated (a slice); a column or row
+    /// decision of policies that read neither the principal nor the time is memoized per
+    /// (scenario, resource) and serves every user whose slice holds the same policies.
     pub fn grant(
         &self,
         user: &str,
+        scenario: &str,
+        table: &str,
+        now: SystemTime,
+    ) -> Result<std::sync::Arc<Grant>, PolicyError> {
+        self.grant_for(
+            &crate::Principal::User(user.to_string()),
+            scenario,
+            table,
+            now,
+        )
+    }
+
+    /// [`Self::grant`] for any principal: a data product plans its query with its own grants
+    /// (definer rights), under the caller's scenario and time.
+    pub fn grant_for(
+        &self,
+        principal: &crate::Principal,
         scenario: &str,
         table: &str,
         now: SystemTime,
@@ -62,7 +79,7 @@ impl PolicySet {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let key = (user.to_string(), scenario.to_string(), table.to_string());
+        let key = (principal.clone(), scenario.to_string(), table.to_string());
         {
             let mut cache = self.grants.lock().expect("grant cache poisoned");
             if let Some((at, g)) = cache.get(&key) {
@@ -72,7 +89,7 @@ impl PolicySet {
             }
         }
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(second);
-        let grant = std::sync::Arc::new(self.decide_grant(user, scenario, table, now)?);
+        let grant = std::sync::Arc::new(self.decide_grant(principal, scenario, table, now)?);
         let evicted = self
             .grants
             .lock()
@@ -86,7 +103,7 @@ impl PolicySet {
     /// The (user, scenario, table) of the grants used most recently (decided or answered from
     /// the cache), newest first, at most `limit`: what [`Self::warm`] on the next policy set
     /// decides before it serves.
-    pub fn recent_grants(&self, limit: usize) -> Vec<(String, String, String)> {
+    pub fn recent_grants(&self, limit: usize) -> Vec<(crate::Principal, String, String)> {
         let cache = self.grants.lock().expect("grant cache poisoned");
         // Most recently used first.
         cache.iter().take(limit).map(|(k, _)| k.clone()).collect()
@@ -95,10 +112,10 @@ impl PolicySet {
     /// Decides the grants of `requests` (user, scenario, table) at `now`, so that the slices and
     /// memos they fill answer the first queries after a reload; a request that errors is left
     /// to its query to report. Returns how many were decided.
-    pub fn warm(&self, requests: &[(String, String, String)], now: SystemTime) -> usize {
+    pub fn warm(&self, requests: &[(crate::Principal, String, String)], now: SystemTime) -> usize {
         let mut decided = 0;
-        for (user, scenario, table) in requests {
-            if self.grant(user, scenario, table, now).is_ok() {
+        for (principal, scenario, table) in requests {
+            if self.grant_for(principal, scenario, table, now).is_ok() {
                 decided += 1;
             }
         }
@@ -107,7 +124,7 @@ impl PolicySet {
 
     pub(super) fn decide_grant(
         &self,
-        user: &str,
+        who: &crate::Principal,
         scenario: &str,
         table: &str,
         now: SystemTime,
@@ -120,9 +137,43 @@ impl PolicySet {
         if !known {
             return Ok(Grant::denied(vec![]));
         }
-        let principal = entity_uid("Lake::User", user)?;
-        let slice = self.slice(&principal, user, scenario)?;
+        let principal = entity_uid(who.type_name(), who.id())?;
+        let slice = self.slice(&principal, who, scenario)?;
         self.decide_grant_with(&slice, desc, &principal, scenario, now)
+    }
+
+    /// Whether `user` may call the data product `product` under `scenario` at `now` (`invoke`
+    /// on `Lake::Product::"<product>"`), with the determining policies. An unknown scenario or
+    /// product: no.
+    pub fn may_invoke(
+        &self,
+        user: &str,
+        scenario: &str,
+        product: &str,
+        now: SystemTime,
+    ) -> Result<(bool, Vec<String>), PolicyError> {
+        let known = |ty: &str, id: &str| {
+            entity_uid(ty, id).is_ok_and(|uid| self.entities.get(&uid).is_some())
+        };
+        if !known("Lake::Scenario", scenario) || !known("Lake::Product", product) {
+            return Ok((false, vec![]));
+        }
+        let second = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(second);
+        let who = crate::Principal::User(user.to_string());
+        let principal = entity_uid(who.type_name(), who.id())?;
+        let slice = self.slice(&principal, &who, scenario)?;
+        let context = self.context(scenario, now)?;
+        let ask = Ask {
+            slice: &slice,
+            principal: &principal,
+            scenario,
+            context: &context,
+        };
+        self.decide(&ask, Action::Invoke, entity_uid("Lake::Product", product)?)
     }
 
     /// The grant for `desc`, decided against `slice` (the whole set gives the same grant).
@@ -265,8 +316,9 @@ impl PolicySet {
             }
         }
         // Not validated against the schema here: [`Self::context`] validated the context, and
-        // the principal (a `Lake::User`) and resources (a `Lake::Table` for `query`, a
-        // `Lake::Column` for the column actions) are of the types the lake schema gives them.
+        // the principal (a `Lake::User` or `Lake::Product`) and resources (a `Lake::Table` for
+        // `query`, a `Lake::Column` for the column actions, a `Lake::Product` for `invoke`) are
+        // of the types the lake schema gives them.
         let request = Request::new(
             ask.principal.clone(),
             self.actions[action].0.clone(),

@@ -37,8 +37,8 @@ pub use load::DEFAULT_MIN_GROUP;
 use load::*;
 use slice::{Reaches, Requester};
 
-/// (user, scenario, table).
-type GrantKey = (String, String, String);
+/// (principal, scenario, table).
+type GrantKey = (crate::Principal, String, String);
 
 /// (action index, indices into `PolicySet::reach`): names an [`ActionSet`].
 type ActionSetKey = (Action, Vec<u32>);
@@ -69,7 +69,7 @@ pub struct PolicySet {
     /// `Lake::Column`, parsed once.
     column_type: EntityTypeName,
     /// Slices by (user, scenario): they do not depend on time.
-    slices: std::sync::Mutex<Lru<(String, String), std::sync::Arc<Slice>>>,
+    slices: std::sync::Mutex<Lru<(crate::Principal, String), std::sync::Arc<Slice>>>,
     /// Per-action policy sets by (action, indices into `reach`): slices share them.
     action_sets: std::sync::Mutex<Lru<ActionSetKey, std::sync::Arc<ActionSet>>>,
     /// Request contexts by scenario, with the time they were built for.
@@ -104,6 +104,9 @@ pub struct ScenarioInfo {
     /// Its `epsilon_budget` attribute (a Cedar decimal): the ε each user may spend under it on
     /// differentially private releases. None: such releases are refused.
     pub epsilon_budget: Option<crate::Epsilon>,
+    /// Its `max_calls_per_day` attribute: data product calls each user may make under it per
+    /// day (a batch call counts one per subject). None: no limit.
+    pub max_calls_per_day: Option<u64>,
 }
 
 impl PolicySet {
@@ -127,6 +130,26 @@ impl PolicySet {
         self.policies.policies().count()
     }
 
+    /// The scenarios whose `products` attribute approves the data product `product`, by id.
+    pub fn scenarios_approving(&self, product: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .entities
+            .iter()
+            .filter(|e| e.uid().type_name().to_string() == "Lake::Scenario")
+            .filter(|e| match e.attr("products") {
+                Some(Ok(cedar_policy::EvalResult::Set(set))) => set.iter().any(|v| {
+                    matches!(v, cedar_policy::EvalResult::EntityUid(uid)
+                        if uid.type_name().to_string() == "Lake::Product"
+                            && uid.id().unescaped() == product)
+                }),
+                _ => false,
+            })
+            .map(|e| e.uid().id().unescaped().to_string())
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The scenario `id`, if the entities declare it.
     pub fn scenario(&self, id: &str) -> Option<ScenarioInfo> {
         let uid = entity_uid("Lake::Scenario", id).ok()?;
@@ -143,11 +166,16 @@ impl PolicySet {
             Some(Ok(cedar_policy::EvalResult::ExtensionValue(v))) => decimal_epsilon(&v),
             _ => None,
         };
+        let max_calls_per_day = match entity.attr("max_calls_per_day") {
+            Some(Ok(cedar_policy::EvalResult::Long(n))) => Some(n.max(0) as u64),
+            _ => None,
+        };
         Some(ScenarioInfo {
             id: id.to_string(),
             purpose,
             max_rows,
             epsilon_budget,
+            max_calls_per_day,
         })
     }
 }

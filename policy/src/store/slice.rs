@@ -23,8 +23,6 @@ use cedar_policy::{pst, EntityId, EntityTypeName, EntityUid, Policy};
 
 use super::action::Action;
 
-/// The Cedar type of every principal the gateway asks about.
-const USER_TYPE: &str = "Lake::User";
 /// The Cedar type of scenarios.
 const SCENARIO_TYPE: &str = "Lake::Scenario";
 
@@ -95,17 +93,19 @@ enum PrincipalReach {
     Any,
     Eq(EntityUid),
     In(EntityUid),
-    /// `is T`, `is T in E`: a type the gateway never asks about makes the policy unreachable.
+    /// `is T`, `is T in E`: reaches only principals of type T.
     Is {
-        is_user: bool,
+        type_name: String,
         within: Option<EntityUid>,
     },
 }
 
-/// What a slice is cut for: the user, the user's ancestors, the scenario.
+/// What a slice is cut for: the principal, its ancestors, the scenario.
 pub(super) struct Requester<'a> {
-    /// `Lake::User::"<id>"`.
+    /// `Lake::User::"<id>"` or `Lake::Product::"<id>"`.
     pub user: &'a EntityUid,
+    /// Its entity type's name (`Lake::User`, `Lake::Product`).
+    pub type_name: &'a str,
     /// The user's ancestors in the entity store; `None` if the store does not hold the user
     /// (then no principal scope is trusted to exclude anything).
     pub ancestors: Option<HashSet<EntityUid>>,
@@ -138,18 +138,12 @@ impl Reach {
                 entity(e).map_or(PrincipalReach::Any, PrincipalReach::In)
             }
             pst::PrincipalConstraint::Is(t) => PrincipalReach::Is {
-                is_user: t.to_string() == USER_TYPE,
+                type_name: t.to_string(),
                 within: None,
             },
-            pst::PrincipalConstraint::IsIn(t, e) => match entity(e) {
-                Some(within) => PrincipalReach::Is {
-                    is_user: t.to_string() == USER_TYPE,
-                    within: Some(within),
-                },
-                None => PrincipalReach::Is {
-                    is_user: t.to_string() == USER_TYPE,
-                    within: None,
-                },
+            pst::PrincipalConstraint::IsIn(t, e) => PrincipalReach::Is {
+                type_name: t.to_string(),
+                within: entity(e),
             },
         };
         let scenario = match body.clauses().first() {
@@ -186,8 +180,8 @@ impl Reach {
             PrincipalReach::Any => true,
             PrincipalReach::Eq(e) => e == who.user,
             PrincipalReach::In(e) => is_or_in(e),
-            PrincipalReach::Is { is_user, within } => {
-                *is_user && within.as_ref().is_none_or(is_or_in)
+            PrincipalReach::Is { type_name, within } => {
+                type_name == who.type_name && within.as_ref().is_none_or(is_or_in)
             }
         }
     }

@@ -470,7 +470,9 @@ fn slices_decide_exactly_as_the_whole_set() {
     // An unknown user is not memoized for others: ghost's column set is alice's (the slice
     // cannot settle `principal in Lake::Role::"hr_analyst"` for him), his answers are not hers.
     let ghost = entity_uid("Lake::User", "ghost").unwrap();
-    let slice = set.slice(&ghost, "ghost", "hr-stats").unwrap();
+    let slice = set
+        .slice(&ghost, &crate::Principal::User("ghost".into()), "hr-stats")
+        .unwrap();
     let context = set.context("hr-stats", times[0]).unwrap();
     let ask = Ask {
         slice: &slice,
@@ -487,7 +489,13 @@ fn slices_decide_exactly_as_the_whole_set() {
         for user in ["alice", "bob", "mallory", "o'brien \"q\"", "ghost"] {
             let principal = entity_uid("Lake::User", user).unwrap();
             for scenario in ["hr-stats", "old"] {
-                let slice = set.slice(&principal, user, scenario).unwrap();
+                let slice = set
+                    .slice(
+                        &principal,
+                        &crate::Principal::User(user.to_string()),
+                        scenario,
+                    )
+                    .unwrap();
                 for desc in set.tables.values() {
                     let sliced = set
                         .decide_grant_with(&slice, desc, &principal, scenario, now)
@@ -510,7 +518,9 @@ fn slices_decide_exactly_as_the_whole_set() {
         v.sort();
         v
     };
-    let slice = set.slice(&alice, "alice", "hr-stats").unwrap();
+    let slice = set
+        .slice(&alice, &crate::Principal::User("alice".into()), "hr-stats")
+        .unwrap();
     assert_eq!(ids(&slice.sets[Action::Query]), ["scope-any"]);
     assert_eq!(ids(&slice.sets[Action::ReadColumn]), ["cols-hr-stats"]);
     assert_eq!(
@@ -523,7 +533,9 @@ fn slices_decide_exactly_as_the_whole_set() {
         ["rows-forbid-any", "rows-hr-stats"]
     );
     let mallory = entity_uid("Lake::User", "mallory").unwrap();
-    let slice = set.slice(&mallory, "mallory", "old").unwrap();
+    let slice = set
+        .slice(&mallory, &crate::Principal::User("mallory".into()), "old")
+        .unwrap();
     assert_eq!(ids(&slice.sets[Action::Query]), ["scope-any"]);
     assert_eq!(
         ids(&slice.sets[Action::ReadColumn]),
@@ -532,7 +544,9 @@ fn slices_decide_exactly_as_the_whole_set() {
     assert!(ids(&slice.sets[Action::Aggregate]).is_empty());
     // A user the store does not hold: no principal scope is trusted to exclude.
     let ghost = entity_uid("Lake::User", "ghost").unwrap();
-    let slice = set.slice(&ghost, "ghost", "old").unwrap();
+    let slice = set
+        .slice(&ghost, &crate::Principal::User("ghost".into()), "old")
+        .unwrap();
     assert_eq!(
         ids(&slice.sets[Action::ReadRow]),
         ["rows-forbid-any", "rows-old"]
@@ -542,8 +556,12 @@ fn slices_decide_exactly_as_the_whole_set() {
     // Slices with the same policies share their sets; a set whose policies read neither the
     // principal nor the time memoizes its decisions for the other users.
     let bob = entity_uid("Lake::User", "bob").unwrap();
-    let a = set.slice(&alice, "alice", "hr-stats").unwrap();
-    let b = set.slice(&bob, "bob", "hr-stats").unwrap();
+    let a = set
+        .slice(&alice, &crate::Principal::User("alice".into()), "hr-stats")
+        .unwrap();
+    let b = set
+        .slice(&bob, &crate::Principal::User("bob".into()), "hr-stats")
+        .unwrap();
     assert!(a.exact && b.exact);
     for action in Action::ALL {
         if action == Action::Aggregate {
@@ -634,7 +652,13 @@ fn a_reloaded_set_warms_the_last_grants_with_its_own_policies() {
         .unwrap();
     old.grant("alice", "hr-stats", "hr.payroll", second(1_900_000_001))
         .unwrap();
-    let key = |u: &str, t: &str| (u.to_string(), "hr-stats".to_string(), t.to_string());
+    let key = |u: &str, t: &str| {
+        (
+            crate::Principal::User(u.to_string()),
+            "hr-stats".to_string(),
+            t.to_string(),
+        )
+    };
     // Most recently used first, at most `limit`.
     assert_eq!(
         old.recent_grants(2),
@@ -774,4 +798,101 @@ when {{ resource.name == \"name\" }};
     // The contract's example has nothing to warn about.
     let clean = PolicySet::load(folder(POLICIES).path(), &hr_lake()).unwrap();
     assert!(clean.warnings().is_empty(), "{:?}", clean.warnings());
+}
+
+/// A data product is a principal with grants of its own (definer rights), and users invoke it
+/// under a scenario that approves it (`policy-model.md` §7).
+#[test]
+fn products_decide_with_their_own_grants_and_scenarios_approve_their_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = ADMIN_SCHEMA.replace(
+        "max_rows?: Long };",
+        "max_rows?: Long, products?: Set<Product>, max_calls_per_day?: Long };",
+    );
+    std::fs::write(dir.path().join("schema.cedarschema"), schema).unwrap();
+    let policies = format!(
+        "{POLICIES}{}",
+        r#"
+@id("headcount-reads")
+permit (principal == Lake::Product::"headcount",
+        action in [Lake::Action::"query", Lake::Action::"read_column", Lake::Action::"read_row"],
+        resource);
+
+@id("users-only")
+permit (principal is Lake::User, action == Lake::Action::"read_column", resource)
+when { resource == Lake::Column::"hr.employees.id_card" };
+
+@id("scenario-products")
+permit (principal, action == Lake::Action::"invoke", resource)
+when { context.scenario has products && resource in context.scenario.products
+       && principal in context.scenario.operator && context.now < context.scenario.expires };
+"#
+    );
+    std::fs::write(dir.path().join("policies.cedar"), policies).unwrap();
+    let entities = ENTITIES.replace(
+        r#""attrs": {"purpose": "workforce statistics","#,
+        r#""attrs": {"purpose": "workforce statistics", "max_calls_per_day": 100,
+                     "products": [{"__entity": {"type": "Lake::Product", "id": "headcount"}}],"#,
+    );
+    std::fs::write(dir.path().join("entities.json"), entities).unwrap();
+    let mut lake = hr_lake();
+    lake.products = vec!["headcount".into(), "unapproved".into()];
+    let set = PolicySet::load(dir.path(), &lake).unwrap();
+    let now = SystemTime::now();
+
+    let product = crate::Principal::Product("headcount".into());
+    let g = set
+        .grant_for(&product, "hr-stats", "hr.employees", now)
+        .unwrap();
+    assert!(g.allowed);
+    // Its own grants: every column raw (the users' mask and k rule are not its), every row.
+    assert_eq!(g.column("diagnosis"), &ColumnTreatment::Raw);
+    assert_eq!(g.rows, RowPredicate::All);
+    // A `principal is Lake::User` permit does not reach a product, and the other way round.
+    assert_eq!(g.column_policies["id_card"], ["headcount-reads"]);
+    let alice = set.grant("alice", "hr-stats", "hr.employees", now).unwrap();
+    assert_eq!(alice.column("id_card"), &ColumnTreatment::Raw);
+    assert_eq!(alice.column_policies["id_card"], ["users-only"]);
+    assert_eq!(
+        alice.column("diagnosis").to_string(),
+        "aggregate-only, groups of at least 10 subjects"
+    );
+    // A product no permit names gets nothing.
+    let other = crate::Principal::Product("unapproved".into());
+    assert!(
+        !set.grant_for(&other, "hr-stats", "hr.employees", now)
+            .unwrap()
+            .allowed
+    );
+
+    // Calls: approved by the scenario, for its operator, while it runs.
+    assert_eq!(
+        set.may_invoke("alice", "hr-stats", "headcount", now)
+            .unwrap(),
+        (true, vec!["scenario-products".to_string()])
+    );
+    assert!(
+        !set.may_invoke("mallory", "hr-stats", "headcount", now)
+            .unwrap()
+            .0
+    );
+    assert!(
+        !set.may_invoke("alice", "hr-stats", "unapproved", now)
+            .unwrap()
+            .0
+    );
+    assert!(!set.may_invoke("alice", "old", "headcount", now).unwrap().0);
+    assert!(
+        !set.may_invoke("alice", "hr-stats", "nothing", now)
+            .unwrap()
+            .0
+    );
+    assert!(!set.may_invoke("alice", "nope", "headcount", now).unwrap().0);
+    assert_eq!(
+        set.scenario("hr-stats").unwrap().max_calls_per_day,
+        Some(100)
+    );
+    assert_eq!(set.scenarios_approving("headcount"), ["hr-stats"]);
+    assert!(set.scenarios_approving("unapproved").is_empty());
+    assert_eq!(set.scenario("old").unwrap().max_calls_per_day, None);
 }

@@ -82,7 +82,12 @@ impl Checker {
                 self.released_below(plan);
                 Ok(Taint::new())
             }
+            // A data product's output is released by the product's own plan, checked when the
+            // call is planned with the product as principal.
             LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Ok(Taint::new()),
+            LogicalPlan::Extension(_) if crate::products::ProductCall::of(plan).is_some() => {
+                Ok(Taint::new())
+            }
             // Fail closed on anything this checker does not know.
             other => refuse_any(
                 any_input(),

@@ -1,0 +1,151 @@
+//! `lakegate.products`: the data products a session may call (name, description, parameters,
+//! output columns, rows per call, version), as a table of the session's catalog beside the
+//! lake's schemas. A product the session may not invoke is not listed, as it does not exist
+//! for the session.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
+use datafusion::error::{DataFusionError, Result};
+
+use super::call::{signature, CallEnv};
+use super::ProductSet;
+
+/// The schema of the listing, beside the lake's department schemas.
+pub(crate) const LISTING_SCHEMA: &str = "lakegate";
+/// The listing's table.
+pub(crate) const LISTING_TABLE: &str = "products";
+
+/// A user session's catalog: the lake's schemas, and [`LISTING_SCHEMA`].
+#[derive(Debug)]
+pub(crate) struct SessionCatalog {
+    lake: Arc<dyn CatalogProvider>,
+    listing: Arc<ListingSchema>,
+}
+
+impl SessionCatalog {
+    /// `lake` with the products listing of the caller `env`.
+    pub(crate) fn new(
+        lake: Arc<dyn CatalogProvider>,
+        env: Arc<CallEnv>,
+        products: Arc<ProductSet>,
+    ) -> Self {
+        Self {
+            lake,
+            listing: Arc::new(ListingSchema { env, products }),
+        }
+    }
+}
+
+impl CatalogProvider for SessionCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        let mut names = self.lake.schema_names();
+        names.push(LISTING_SCHEMA.to_string());
+        names
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == LISTING_SCHEMA {
+            return Some(self.listing.clone());
+        }
+        self.lake.schema(name)
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> Result<Option<Arc<dyn SchemaProvider>>> {
+        self.lake.register_schema(name, schema)
+    }
+}
+
+/// `lakegate`: the one table `products`, made when it is read.
+#[derive(Debug)]
+pub(crate) struct ListingSchema {
+    env: Arc<CallEnv>,
+    products: Arc<ProductSet>,
+}
+
+#[async_trait]
+impl SchemaProvider for ListingSchema {
+    fn table_names(&self) -> Vec<String> {
+        vec![LISTING_TABLE.to_string()]
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if name != LISTING_TABLE {
+            return Ok(None);
+        }
+        let batch = self.listing()?;
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        Ok(Some(Arc::new(table)))
+    }
+
+    fn register_table(
+        &self,
+        name: String,
+        _table: Arc<dyn TableProvider>,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        Err(DataFusionError::Plan(format!(
+            "lakegate is read-only: cannot create {LISTING_SCHEMA}.{name}"
+        )))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        name == LISTING_TABLE
+    }
+}
+
+/// The listing's columns.
+pub(crate) fn listing_schema() -> SchemaRef {
+    let text = |n: &str| Field::new(n, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        text("name"),
+        text("description"),
+        text("parameters"),
+        text("output"),
+        Field::new("max_rows", DataType::Int64, false),
+        text("version"),
+    ]))
+}
+
+impl ListingSchema {
+    /// One row per product the caller may invoke now, by name.
+    fn listing(&self) -> Result<RecordBatch> {
+        let env = &self.env;
+        let policies = env.sessions.policies();
+        let now = SystemTime::now();
+        let mut rows = Vec::new();
+        for p in self.products.iter() {
+            match policies.may_invoke(&env.user, &env.scenario, p.name(), now) {
+                Ok((true, _)) => rows.push(p.clone()),
+                Ok((false, _)) => {}
+                // Fail closed: not listed, as it could not be called.
+                Err(e) => tracing::warn!(product = p.name(), "cannot decide invoke: {e}"),
+            }
+        }
+        let strings = |f: &dyn Fn(&super::Product) -> String| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|p| f(p))))
+        };
+        RecordBatch::try_new(
+            listing_schema(),
+            vec![
+                strings(&|p| p.name().to_string()),
+                strings(&|p| p.file.description.clone()),
+                strings(&signature),
+                strings(&|p| p.output_text()),
+                Arc::new(Int64Array::from_iter_values(
+                    rows.iter()
+                        .map(|p| p.file.max_rows.min(i64::MAX as u64) as i64),
+                )),
+                strings(&|p| p.file.version.clone()),
+            ],
+        )
+        .map_err(DataFusionError::from)
+    }
+}

@@ -1,0 +1,286 @@
+//! Data products (`policy-model.md` §7): approved queries that run with their own rights
+//! (definer rights) and return only their output, called from SQL as
+//! `SELECT * FROM <name>(arg, ...)`.
+//!
+//! - `mod.rs`: the loaded set ([`ProductSet`]): every product planned, at load, with the product
+//!   as principal under each scenario that approves it; one that does not plan refuses the set.
+//! - `call.rs`: the call in a user's plan: a relation planner ([`Calls`]) that turns
+//!   `name(args)` into a [`ProductCall`] leaf, only for a product the session may `invoke`
+//!   (any other name fails as an unknown function does).
+//! - `listing.rs`: `lakegate.products`, the products the session may call.
+//! - `exec.rs`: planning a call with the product as principal, through the same planning,
+//!   secure scans and checks as any query, and running it behind a leaf
+//!   ([`ProductCallExec`]) that hides the inner plan and holds its output to `max_rows`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::common::{DFSchema, DFSchemaRef};
+use lake_config::products::{ParamType, ProductFile};
+
+use crate::session::Sessions;
+use crate::GatewayError;
+
+mod call;
+mod exec;
+mod listing;
+
+pub(crate) use call::{Calls, ProductCall};
+pub(crate) use exec::CallPlanner;
+pub use exec::ProductCallExec;
+pub(crate) use listing::SessionCatalog;
+
+/// One loaded product.
+#[derive(Debug)]
+pub(crate) struct Product {
+    pub(crate) file: ProductFile,
+    /// Each parameter's Arrow type, in call order.
+    pub(crate) types: Vec<DataType>,
+    /// Its output, qualified by its name, as planned at load.
+    pub(crate) output: DFSchemaRef,
+}
+
+impl Product {
+    /// The product's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.file.name
+    }
+
+    /// `column type, ...` with the types as clients receive them.
+    pub(crate) fn output_text(&self) -> String {
+        crate::served_schema(self.output.as_arrow())
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The products a gateway serves, by name. Immutable; a reload builds a new one.
+#[derive(Debug, Default)]
+pub(crate) struct ProductSet {
+    products: BTreeMap<String, Arc<Product>>,
+    /// Files no scenario approves: read, not planned, callable by no one.
+    unapproved: Vec<String>,
+}
+
+/// One data product as `lakegate product list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductSummary {
+    /// Its name.
+    pub name: String,
+    /// What it answers.
+    pub description: String,
+    /// `name type, ...`.
+    pub parameters: String,
+    /// `column type, ...`.
+    pub output: String,
+    /// Rows one call may return.
+    pub max_rows: u64,
+    /// SHA-256 of its file.
+    pub version: String,
+    /// The scenarios whose `products` approve it (empty: no one can call it).
+    pub scenarios: Vec<String>,
+}
+
+impl crate::Gateway {
+    /// The data products of `[products] dir`, each with the scenarios that approve it, by name.
+    pub fn product_summaries(&self) -> Vec<ProductSummary> {
+        let set = self.sessions.products();
+        let policies = self.policies();
+        let mut out: Vec<ProductSummary> = set
+            .iter()
+            .map(|p| ProductSummary {
+                name: p.name().to_string(),
+                description: p.file.description.clone(),
+                parameters: call::signature(p),
+                output: p.output_text(),
+                max_rows: p.file.max_rows,
+                version: p.file.version.clone(),
+                scenarios: policies.scenarios_approving(p.name()),
+            })
+            .collect();
+        out.extend(set.unapproved.iter().map(|name| ProductSummary {
+            name: name.clone(),
+            description: String::new(),
+            parameters: String::new(),
+            output: String::new(),
+            max_rows: 0,
+            version: String::new(),
+            scenarios: Vec::new(),
+        }));
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// The product files of `[products] dir` (none without one).
+pub(crate) fn read_files(dir: Option<&Path>) -> Result<Vec<ProductFile>, GatewayError> {
+    match dir {
+        None => Ok(Vec::new()),
+        Some(dir) => lake_config::products::read_products(dir)
+            .map_err(|e| GatewayError::Config(format!("data products: {e}"))),
+    }
+}
+
+/// The Arrow type a parameter of `ty` is bound as.
+pub(crate) fn arrow_type(ty: ParamType) -> DataType {
+    match ty {
+        ParamType::String => DataType::Utf8,
+        ParamType::Int => DataType::Int64,
+        ParamType::Decimal => DataType::Decimal128(38, 10),
+        ParamType::Date => DataType::Date32,
+        ParamType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        ParamType::Bool => DataType::Boolean,
+    }
+}
+
+impl ProductSet {
+    /// How many products it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.products.len()
+    }
+
+    /// Every product, by name.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Product>> {
+        self.products.values()
+    }
+
+    /// The product `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<Product>> {
+        self.products.get(name)
+    }
+
+    /// Checks and loads `files`: each product's name is not a function's, its parameters are
+    /// exactly the `$name`s its SQL uses, and its SQL plans with the product as principal
+    /// under every scenario whose `products` approve it (same output under each). The first
+    /// product that fails is the error, naming its file.
+    pub(crate) async fn load(
+        files: Vec<ProductFile>,
+        sessions: &Sessions,
+    ) -> Result<ProductSet, GatewayError> {
+        let policies = sessions.policies();
+        let mut products = BTreeMap::new();
+        let mut unapproved = Vec::new();
+        for file in files {
+            let refuse = |why: String| {
+                GatewayError::Config(format!(
+                    "data product {} ({}): {why}",
+                    file.name,
+                    file.path.display()
+                ))
+            };
+            if is_function(&sessions.template, &file.name) {
+                return Err(refuse(format!(
+                    "`{}` is the name of a built-in function; rename the file",
+                    file.name
+                )));
+            }
+            let scenarios = policies.scenarios_approving(&file.name);
+            if scenarios.is_empty() {
+                tracing::warn!(
+                    product = %file.name,
+                    "no scenario approves the data product (Scenario.products): no one can call it"
+                );
+                unapproved.push(file.name.clone());
+                continue;
+            }
+            let mut output: Option<Schema> = None;
+            for scenario in &scenarios {
+                let planned = sessions
+                    .plan_read(
+                        policy::Principal::Product(file.name.clone()),
+                        scenario,
+                        &file.sql,
+                        None,
+                    )
+                    .await
+                    .map_err(|e| {
+                        refuse(format!(
+                            "does not plan under its own grants in scenario {scenario}: {}",
+                            e.client_text()
+                        ))
+                    })?;
+                check_params(&file, &planned.plan).map_err(&refuse)?;
+                let schema = output_schema(planned.plan.schema().inner());
+                match &output {
+                    Some(first) if *first != schema => {
+                        return Err(refuse(format!(
+                            "its output differs between scenarios {} and {scenario}; give it \
+                             the same grants in every scenario that approves it",
+                            scenarios[0]
+                        )))
+                    }
+                    _ => output = Some(schema),
+                }
+            }
+            let output = output.expect("one scenario at least");
+            let output = DFSchema::try_from_qualified_schema(file.name.as_str(), &output)
+                .map_err(|e| refuse(e.strip_backtrace()))?;
+            let types = file.params.iter().map(|p| arrow_type(p.ty)).collect();
+            products.insert(
+                file.name.clone(),
+                Arc::new(Product {
+                    file,
+                    types,
+                    output: Arc::new(output),
+                }),
+            );
+        }
+        Ok(ProductSet {
+            products,
+            unapproved,
+        })
+    }
+}
+
+/// A product's output as a call serves it: its columns, each nullable.
+pub(crate) fn output_schema(planned: &Schema) -> Schema {
+    Schema::new(
+        planned
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Whether `name` is a function of the session template (a product of that name could not be
+/// told apart from it, §7).
+fn is_function(template: &datafusion::execution::SessionState, name: &str) -> bool {
+    template.table_functions().contains_key(name)
+        || template.scalar_functions().contains_key(name)
+        || template.aggregate_functions().contains_key(name)
+        || template.window_functions().contains_key(name)
+}
+
+/// The SQL's placeholders are exactly the declared parameters, by name (`$person_id`).
+fn check_params(
+    file: &ProductFile,
+    plan: &datafusion::logical_expr::LogicalPlan,
+) -> Result<(), String> {
+    let used = plan
+        .get_parameter_fields()
+        .map_err(|e| e.strip_backtrace())?;
+    for name in used.keys() {
+        let bare = name.strip_prefix('$').unwrap_or(name);
+        if !file.params.iter().any(|p| p.name == bare) {
+            return Err(format!(
+                "its SQL uses {name}, which [params] does not declare (declare it, or write \
+                 named parameters as $name)"
+            ));
+        }
+    }
+    for p in &file.params {
+        if !used.contains_key(&format!("${}", p.name)) {
+            return Err(format!(
+                "[params] declares {}, which its SQL does not use as ${}",
+                p.name, p.name
+            ));
+        }
+    }
+    Ok(())
+}

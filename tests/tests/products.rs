@@ -1,0 +1,530 @@
+//! Data products (`policy-model.md` §7) over Flight SQL with the Rust client, on the canary lake
+//! with products (`lakegate_tests::attack::build_with_products`): definer rights, calls with
+//! literals and parameters, composition, refusals, EXPLAIN, the audit trail, revocation and
+//! load-time refusals. Every byte the caller receives is searched for `CANARY`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use tonic::transport::Channel;
+
+use lakegate_tests::attack::{self, ALICE_PASSWORD, CANARY, SCENARIO};
+use lakegate_tests::{
+    audit_records, column_strings, fetch, pretty, query, rows, set_scenario, TestServer,
+};
+
+type Client = FlightSqlServiceClient<Channel>;
+
+async fn alice(server: &TestServer, scenario: &str) -> Client {
+    let mut c = server.login("alice", ALICE_PASSWORD).await;
+    let r = set_scenario(&mut c, scenario).await.unwrap();
+    assert!(r.errors.is_empty(), "{r:?}");
+    c
+}
+
+async fn lake() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = attack::build_with_products(dir.path()).await;
+    (dir, config)
+}
+
+/// Everything a client sees of `sql`: FlightInfo, schemas, rows, or the error.
+async fn seen(c: &mut Client, sql: &str) -> String {
+    let info = match c.execute(sql.to_string(), None).await {
+        Ok(info) => info,
+        Err(e) => return format!("ERROR {e}"),
+    };
+    let mut shown = info.clone();
+    shown.flight_descriptor = None;
+    let mut text = format!("{shown:?}\n");
+    match fetch(c, info).await {
+        Ok(batches) => {
+            if let Some(b) = batches.first() {
+                text.push_str(&format!("{:?}\n", b.schema()));
+            }
+            text.push_str(&pretty(&batches));
+        }
+        Err(e) => text.push_str(&format!("ERROR {e}")),
+    }
+    assert!(!text.contains(CANARY), "{sql} leaked a canary:\n{text}");
+    text
+}
+
+/// Edits the attributes of the scenario [`SCENARIO`] in the lake under `dir`.
+fn edit_scenario(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let file = dir.join("policies").join("entities.json");
+    let mut entities: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let scenario = entities
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["uid"]["id"] == SCENARIO)
+        .unwrap();
+    edit(&mut scenario["attrs"]);
+    std::fs::write(&file, serde_json::to_string_pretty(&entities).unwrap()).unwrap();
+}
+
+/// Edits the `products` of the scenario [`SCENARIO`] in the lake under `dir`.
+fn edit_scenario_products(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<serde_json::Value>)) {
+    edit_scenario(dir, |attrs| edit(attrs["products"].as_array_mut().unwrap()));
+}
+
+#[tokio::test]
+async fn calls_past_the_daily_quota_are_refused_and_completed_calls_are_billed() {
+    let (dir, config) = lake().await;
+    edit_scenario(dir.path(), |attrs| attrs["max_calls_per_day"] = 3.into());
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server, SCENARIO).await;
+    for id in [1, 2] {
+        let got = query(&mut c, &format!("SELECT * FROM employee_check({id})"))
+            .await
+            .unwrap();
+        assert_eq!(rows(&got), 1);
+    }
+    // Neither EXPLAIN nor a call refused by max_rows counts.
+    let plan = query(&mut c, "EXPLAIN SELECT * FROM employee_check(9)").await;
+    assert!(plan.is_ok(), "{plan:?}");
+    let e = query(&mut c, "SELECT * FROM all_ids(0)").await.unwrap_err();
+    assert!(e.contains("max_rows"), "{e}");
+    let got = query(&mut c, "SELECT people FROM diagnosis_count('Diabetes')")
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&got, 0), ["15"]);
+    // Refused when the call is about to release (at DoGet for a statement).
+    let e = seen(&mut c, "SELECT * FROM employee_check(3)").await;
+    assert!(
+        e.contains("ERROR") && e.contains("max_calls_per_day = 3"),
+        "{e}"
+    );
+    // Queries that call no product go on.
+    let n = query(&mut c, "SELECT count(*) FROM hr.employees")
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&n, 0), ["47"]);
+    drop(c);
+    drop(server);
+    // The quota outlives a restart: the trail is the meter.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server, SCENARIO).await;
+    let e = seen(&mut c, "SELECT * FROM employee_check(4)").await;
+    assert!(e.contains("max_calls_per_day = 3"), "{e}");
+    drop(c);
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let usage = gateway::audit::usage(&dir.path().join("audit"), Some(SCENARIO), None).unwrap();
+    let calls = |p: &str| -> u64 { usage.iter().filter_map(|r| r.product_calls.get(p)).sum() };
+    assert_eq!(calls("employee_check"), 2);
+    assert_eq!(calls("diagnosis_count"), 1);
+}
+
+#[tokio::test]
+async fn a_product_answers_with_its_own_rights_and_shows_only_its_output() {
+    let (dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server, SCENARIO).await;
+
+    // Employee 1 is in the first North group (Hypertension); alice may not read diagnoses raw.
+    let one = query(&mut c, "SELECT * FROM employee_check(1)")
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&one, 0), ["1"]);
+    assert_eq!(column_strings(&one, 1), ["true"]);
+    let refused = seen(&mut c, "SELECT diagnosis FROM hr.employees WHERE id = 1").await;
+    assert!(refused.starts_with("ERROR"), "{refused}");
+    // Employee 50 is a South row, hidden from alice; the product reads every row.
+    let hidden = query(&mut c, "SELECT count(*) FROM hr.employees WHERE id = 50")
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&hidden, 0), ["0"]);
+    let south = query(&mut c, "SELECT hypertensive FROM employee_check(50)")
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&south, 0), ["false"]);
+    // A count below alice's k of 10 comes from the product as it was approved.
+    let rare = query(
+        &mut c,
+        "SELECT people FROM diagnosis_count('CANARY-DX-RARE')",
+    )
+    .await
+    .unwrap();
+    assert_eq!(column_strings(&rare, 0), ["3"]);
+
+    // The output composes with the caller's SQL: filter, join with a table alice may read,
+    // aggregate, alias.
+    let joined = query(
+        &mut c,
+        "SELECT e.name, p.hypertensive FROM hr.employees e \
+         JOIN employee_check(2) p ON e.id = p.id WHERE p.hypertensive",
+    )
+    .await
+    .unwrap();
+    assert_eq!(column_strings(&joined, 0), ["Employee 2"]);
+    let counted = query(
+        &mut c,
+        "SELECT count(*) FROM (SELECT * FROM employee_check(3) UNION ALL \
+         SELECT * FROM employee_check(40)) x WHERE x.hypertensive",
+    )
+    .await
+    .unwrap();
+    assert_eq!(column_strings(&counted, 0), ["1"]);
+
+    // Parameters of a prepared statement, as ADBC and JDBC send them.
+    let mut stmt = c
+        .prepare("SELECT hypertensive FROM employee_check($1)".into(), None)
+        .await
+        .unwrap();
+    let fields = stmt.parameter_schema().unwrap().fields().clone();
+    assert_eq!(fields.len(), 1);
+    assert_eq!(fields[0].data_type(), &DataType::Int64);
+    for (id, expected) in [(1i64, "true"), (36, "false")] {
+        let params = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("0", DataType::Int64, true)])),
+            vec![Arc::new(Int64Array::from(vec![id]))],
+        )
+        .unwrap();
+        stmt.set_parameters(params).unwrap();
+        let got = fetch(&mut c, stmt.execute().await.unwrap()).await.unwrap();
+        assert_eq!(column_strings(&got, 0), [expected], "id {id}");
+    }
+    let mut by_name = c
+        .prepare("SELECT people FROM diagnosis_count(?)".into(), None)
+        .await
+        .unwrap();
+    let params = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("0", DataType::Utf8, true)])),
+        vec![Arc::new(StringArray::from(vec!["Diabetes"]))],
+    )
+    .unwrap();
+    by_name.set_parameters(params).unwrap();
+    let got = fetch(&mut c, by_name.execute().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&got, 0), ["15"]);
+
+    // EXPLAIN shows the call, never the product's plan, tables or columns.
+    for sql in [
+        "EXPLAIN SELECT * FROM employee_check(1)",
+        "EXPLAIN FORMAT TREE SELECT * FROM employee_check(1)",
+        "EXPLAIN SELECT p.* FROM org.departments d JOIN employee_check(1) p ON d.id = p.id",
+    ] {
+        let text = seen(&mut c, sql).await;
+        assert!(text.contains("ProductCall"), "{sql}: {text}");
+        for inner in ["employees", "diagnosis", "Hypertension", "salary"] {
+            assert!(!text.contains(inner), "{sql} shows `{inner}`:\n{text}");
+        }
+    }
+    let alone = seen(&mut c, "EXPLAIN SELECT * FROM employee_check(1)").await;
+    assert!(!alone.contains("SecureScan"), "{alone}");
+
+    // The products the session may call, and nothing of their insides.
+    let listed = query(
+        &mut c,
+        "SELECT name, parameters, output, max_rows FROM lakegate.products ORDER BY name",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        column_strings(&listed, 0),
+        ["all_ids", "diagnosis_count", "employee_check"]
+    );
+    assert_eq!(column_strings(&listed, 1)[2], "id int");
+    assert_eq!(
+        column_strings(&listed, 2)[2],
+        "id Int64, hypertensive Boolean"
+    );
+    assert_eq!(column_strings(&listed, 3), ["5", "1", "1"]);
+    let all = seen(&mut c, "SELECT * FROM lakegate.products").await;
+    for inner in ["hr.employees", "diagnosis =", "salary", "SELECT"] {
+        assert!(!all.contains(inner), "the listing shows `{inner}`:\n{all}");
+    }
+    let mut payroll = alice(&server, "payroll").await;
+    let theirs = query(&mut payroll, "SELECT name FROM lakegate.products")
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&theirs, 0), ["salary_band"]);
+
+    // The decision record names the product, its version and its arguments.
+    drop(c);
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let records = audit_records(&dir.path().join("audit"));
+    let calls: Vec<&String> = records
+        .iter()
+        .filter(|r| r.kind == "decision")
+        .flat_map(|r| &r.products)
+        .collect();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("employee_check@") && c.ends_with("(Int64(1))")),
+        "{calls:?}"
+    );
+    // One `call` record per released call, with its output's digest, linked to its statement.
+    let released: Vec<&gateway::audit::AuditRecord> =
+        records.iter().filter(|r| r.kind == "call").collect();
+    let first = released
+        .iter()
+        .find(|r| r.sql.starts_with("employee_check@") && r.sql.ends_with("(1)"))
+        .expect("a call record of employee_check(1)");
+    assert_eq!(first.rows_out, Some(1));
+    assert_eq!(first.result_digest.as_ref().map(|d| d.len()), Some(64));
+    assert_eq!(first.policy_ids, ["scenario-products"]);
+    assert!(records
+        .iter()
+        .any(|r| r.kind == "decision" && r.query_id == first.query_id));
+    // EXPLAIN runs nothing and releases nothing: every call record is of a query that ran.
+    assert!(released.len() >= 8, "{}", released.len());
+}
+
+#[tokio::test]
+async fn calls_are_refused_clearly_and_release_nothing_past_the_product_limit() {
+    let (_dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server, SCENARIO).await;
+
+    let err = |text: String| {
+        assert!(text.starts_with("ERROR"), "{text}");
+        text
+    };
+    let e = err(seen(&mut c, "SELECT * FROM employee_check()").await);
+    assert!(
+        e.contains("employee_check takes 1 argument(s) (id int), not 0"),
+        "{e}"
+    );
+    // Refused, not converted: text for an int, a fraction for an int, a number for a string.
+    for (sql, why) in [
+        (
+            "SELECT * FROM employee_check('one')",
+            "argument 1 (id) must be a int, not Utf8",
+        ),
+        (
+            "SELECT * FROM employee_check('1')",
+            "argument 1 (id) must be a int, not Utf8",
+        ),
+        (
+            "SELECT * FROM employee_check(1.7)",
+            "argument 1 (id) must be a int, not Float64",
+        ),
+        (
+            "SELECT * FROM diagnosis_count(1)",
+            "argument 1 (diagnosis) must be a string, not Int64",
+        ),
+    ] {
+        let e = err(seen(&mut c, sql).await);
+        assert!(e.contains(why), "{sql}: {e}");
+    }
+    let e = err(seen(
+        &mut c,
+        "SELECT * FROM employee_check((SELECT max(id) FROM hr.employees))",
+    )
+    .await);
+    assert!(e.contains("must be a literal or a parameter"), "{e}");
+    let e = err(seen(&mut c, "SELECT * FROM employee_check(id)").await);
+    assert!(!e.contains("hypertensive"), "{e}");
+
+    // A call in the recursive part of a query runs afresh each round (attacker round 22 M4:
+    // the second round panicked inside the product's plan).
+    let rounds = query(
+        &mut c,
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT r.n + 1 FROM r \
+         JOIN employee_check(1) p ON p.hypertensive WHERE r.n < 3) SELECT n FROM r ORDER BY n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(column_strings(&rounds, 0), ["1", "2", "3"]);
+
+    // A parameter is a value, never SQL.
+    let injected = seen(
+        &mut c,
+        "SELECT people FROM diagnosis_count('x'' OR ''1''=''1')",
+    )
+    .await;
+    assert!(injected.contains("| 0 "), "{injected}");
+
+    // More rows than the product's max_rows: refused, and not one row released.
+    let info = c
+        .execute("SELECT * FROM all_ids(0)".into(), None)
+        .await
+        .unwrap();
+    let e = fetch(&mut c, info).await.unwrap_err();
+    assert!(e.contains("max_rows = 5"), "{e}");
+    let five = query(&mut c, "SELECT * FROM all_ids(67)").await.unwrap();
+    assert_eq!(rows(&five), 5);
+
+    // A product the session may not invoke is an unknown function, word for word.
+    let guessed = err(seen(&mut c, "SELECT * FROM salary_band(1)").await);
+    let unknown = err(seen(&mut c, "SELECT * FROM salary_bond(1)").await);
+    assert_eq!(
+        guessed.replace("salary_band", "X"),
+        unknown.replace("salary_bond", "X")
+    );
+    // Under the scenario that approves it, it answers.
+    let mut payroll = alice(&server, "payroll").await;
+    let band = query(&mut payroll, "SELECT band FROM salary_band(1)")
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&band, 0), ["3"]);
+    let e = err(seen(&mut payroll, "SELECT * FROM employee_check(1)").await);
+    assert!(e.contains("employee_check"), "{e}");
+}
+
+#[tokio::test]
+async fn a_withdrawn_approval_stops_prepared_calls() {
+    let (dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server, SCENARIO).await;
+    let mut stmt = c
+        .prepare("SELECT * FROM employee_check(1)".into(), None)
+        .await
+        .unwrap();
+    let ticket = c
+        .execute("SELECT * FROM employee_check(2)".into(), None)
+        .await
+        .unwrap();
+    let got = fetch(&mut c, stmt.execute().await.unwrap()).await.unwrap();
+    assert_eq!(rows(&got), 1);
+
+    // An edited product does not run under a statement prepared before the edit.
+    let mut counting = c
+        .prepare(
+            "SELECT people FROM diagnosis_count('Diabetes')".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let file = dir.path().join("products").join("diagnosis_count.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("How many", "How many (edited)")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let e = loop {
+        let r = match counting.execute().await {
+            Err(e) => Err(e.to_string()),
+            Ok(info) => fetch(&mut c, info).await,
+        };
+        match r {
+            Err(e) => break e,
+            Ok(_) => assert!(Instant::now() < deadline, "the edit did not apply"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        e.contains("changed since the statement was prepared"),
+        "{e}"
+    );
+    let fresh = query(&mut c, "SELECT people FROM diagnosis_count('Diabetes')")
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&fresh, 0), ["15"]);
+
+    // The admin takes employee_check out of the scenario.
+    edit_scenario_products(dir.path(), |products| {
+        products.retain(|p| p["__entity"]["id"] != "employee_check")
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = seen(&mut c, "SELECT * FROM employee_check(3)").await;
+        if r.starts_with("ERROR") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the change did not apply: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let e = match stmt.execute().await {
+        Err(e) => e.to_string(),
+        Ok(info) => fetch(&mut c, info).await.unwrap_err(),
+    };
+    assert!(e.contains("employee_check"), "{e}");
+    let e = fetch(&mut c, ticket).await.unwrap_err();
+    assert!(e.contains("employee_check"), "{e}");
+}
+
+#[tokio::test]
+async fn bad_product_files_are_refused_at_load_with_file_and_reason() {
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "ghost_column",
+            "description = \"x\"\nsql = \"SELECT nope FROM hr.employees WHERE id = $id\"\n[params]\nid = \"int\"\n",
+            "does not plan under its own grants",
+        ),
+        (
+            "undeclared",
+            "description = \"x\"\nsql = \"SELECT id FROM hr.employees WHERE id = $id\"\n",
+            "which [params] does not declare",
+        ),
+        (
+            "unused",
+            "description = \"x\"\nsql = \"SELECT id FROM hr.employees\"\n[params]\nid = \"int\"\n",
+            "does not use as $id",
+        ),
+        (
+            "writes",
+            "description = \"x\"\nsql = \"DELETE FROM hr.employees\"\n",
+            "does not plan under its own grants",
+        ),
+        (
+            "abs",
+            "description = \"x\"\nsql = \"SELECT 1 AS one\"\n",
+            "built-in function",
+        ),
+    ];
+    for (name, text, why) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let config = attack::build_with_products(dir.path()).await;
+        std::fs::write(
+            dir.path().join("products").join(format!("{name}.toml")),
+            text,
+        )
+        .unwrap();
+        // The scenario approves it, so it is planned at load.
+        edit_scenario_products(dir.path(), |products| {
+            products.push(serde_json::json!({"__entity": {"type": "Lake::Product", "id": name}}))
+        });
+        let config = lake_config::Config::load(&config).unwrap();
+        let err = gateway::Gateway::open(&config)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("{name}.toml")) && err.contains(why),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_operator_lists_products_with_their_approving_scenarios() {
+    let (dir, config) = lake().await;
+    std::fs::write(
+        dir.path().join("products").join("draft.toml"),
+        "description = \"not approved yet\"\nsql = \"SELECT 1 AS one\"\n",
+    )
+    .unwrap();
+    let mut config = lake_config::Config::load(&config).unwrap();
+    config.audit.dir = dir.path().join("scratch-audit");
+    let gateway = gateway::Gateway::open(&config).await.unwrap();
+    let listed = gateway.product_summaries();
+    let names: Vec<&str> = listed.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "all_ids",
+            "diagnosis_count",
+            "draft",
+            "employee_check",
+            "salary_band"
+        ]
+    );
+    let check = &listed[3];
+    assert_eq!(check.parameters, "id int");
+    assert_eq!(check.output, "id Int64, hypertensive Boolean");
+    assert_eq!(check.max_rows, 1);
+    assert_eq!(check.version.len(), 64);
+    assert_eq!(check.scenarios, [SCENARIO]);
+    assert_eq!(listed[4].scenarios, ["payroll"]);
+    assert!(listed[2].scenarios.is_empty());
+}
