@@ -31,7 +31,7 @@ pub fn to_status(e: GatewayError) -> Status {
         GatewayError::Catalog(_) | GatewayError::Audit(_) | GatewayError::Config(_) => {
             Status::unavailable(text)
         }
-        GatewayError::Review(_) | GatewayError::PrivacyBudget(_) => {
+        GatewayError::Review(_) | GatewayError::PrivacyBudget(_) | GatewayError::RateLimited(_) => {
             Status::resource_exhausted(text)
         }
         GatewayError::Policy(_) => Status::internal(text),

@@ -122,6 +122,23 @@ enum ProductCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Call a product as a user under a scenario, recorded and metered on the audit trail as
+    /// a client's call is (so not beside a server that holds the audit folder).
+    Call {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The user who calls.
+        #[arg(long)]
+        user: String,
+        /// The scenario the user works under.
+        #[arg(long)]
+        scenario: String,
+        /// The product.
+        name: String,
+        /// Its arguments, in the order of its [params].
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -170,6 +187,52 @@ async fn load_policies(config: &Config) -> anyhow::Result<policy::PolicySet> {
             .collect();
     }
     Ok(policy::PolicySet::load(&config.policy.dir, &description)?)
+}
+
+/// `lakegate product list` (`check` false) or `check`.
+async fn products_report(config: &std::path::Path, check: bool) -> anyhow::Result<()> {
+    let mut config = load(config)?;
+    // Listing and checking plan but run nothing: no audit trail, so they work beside a
+    // server that holds the folder.
+    let scratch = std::env::temp_dir().join(format!("lakegate-products-{}", uuid::Uuid::new_v4()));
+    config.audit.dir = scratch.clone();
+    let opened = gateway::Gateway::open(&config).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let products = opened?.product_summaries();
+    if check {
+        let approved = products.iter().filter(|p| !p.scenarios.is_empty()).count();
+        println!(
+            "ok: {approved} data product(s) plan with their own grants under every scenario \
+             that approves them"
+        );
+        for p in products.iter().filter(|p| p.scenarios.is_empty()) {
+            println!(
+                "warning: no scenario approves {} (Scenario.products): no one can call it",
+                p.name
+            );
+        }
+        return Ok(());
+    }
+    for p in &products {
+        println!("{}({})", p.name, p.parameters);
+        if !p.description.is_empty() {
+            println!("  {}", p.description);
+        }
+        if !p.output.is_empty() {
+            println!(
+                "  returns: {} (at most {} rows per call)",
+                p.output, p.max_rows
+            );
+            println!("  version: {}", p.version);
+        }
+        let by = if p.scenarios.is_empty() {
+            "no scenario".to_string()
+        } else {
+            p.scenarios.join(", ")
+        };
+        println!("  approved by: {by}");
+    }
+    Ok(())
 }
 
 /// mimalloc: see [`flight_server::allocator`].
@@ -249,54 +312,29 @@ async fn run() -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Command::Product { command } => {
-            let (ProductCommand::List { config } | ProductCommand::Check { config }) = &command;
-            let mut config = load(config)?;
-            // Listing and checking plan but run nothing: no audit trail, so they work beside a
-            // server that holds the folder.
-            let scratch =
-                std::env::temp_dir().join(format!("lakegate-products-{}", uuid::Uuid::new_v4()));
-            config.audit.dir = scratch.clone();
-            let opened = gateway::Gateway::open(&config).await;
-            let _ = std::fs::remove_dir_all(&scratch);
-            let products = opened?.product_summaries();
-            match command {
-                ProductCommand::Check { .. } => {
-                    let approved = products.iter().filter(|p| !p.scenarios.is_empty()).count();
-                    println!(
-                        "ok: {approved} data product(s) plan with their own grants under every scenario that approves them"
-                    );
-                    for p in products.iter().filter(|p| p.scenarios.is_empty()) {
-                        println!(
-                            "warning: no scenario approves {} (Scenario.products): no one can call it",
-                            p.name
-                        );
-                    }
-                }
-                ProductCommand::List { .. } => {
-                    for p in &products {
-                        println!("{}({})", p.name, p.parameters);
-                        if !p.description.is_empty() {
-                            println!("  {}", p.description);
-                        }
-                        if !p.output.is_empty() {
-                            println!(
-                                "  returns: {} (at most {} rows per call)",
-                                p.output, p.max_rows
-                            );
-                            println!("  version: {}", p.version);
-                        }
-                        let by = if p.scenarios.is_empty() {
-                            "no scenario".to_string()
-                        } else {
-                            p.scenarios.join(", ")
-                        };
-                        println!("  approved by: {by}");
-                    }
-                }
+        Command::Product { command } => match command {
+            ProductCommand::Call {
+                config,
+                user,
+                scenario,
+                name,
+                args,
+            } => {
+                let config = load(&config)?;
+                let gateway = std::sync::Arc::new(gateway::Gateway::open(&config).await?);
+                let who = gateway::Principal {
+                    user,
+                    scenario: Some(scenario),
+                };
+                let called = gateway.call_product(&who, &name, args).await;
+                gateway.anchor_audit(true).await?;
+                let batches = called?;
+                println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+                Ok(())
             }
-            Ok(())
-        }
+            ProductCommand::List { config } => products_report(&config, false).await,
+            ProductCommand::Check { config } => products_report(&config, true).await,
+        },
         Command::Explain {
             config,
             user,

@@ -48,6 +48,11 @@ pub enum GatewayError {
     /// A differentially private release would spend more ε than the (user, scenario) has left.
     #[error("privacy budget: {0}")]
     PrivacyBudget(String),
+
+    /// A per-user rate of accepted statement text was passed (`[audit]
+    /// max_sql_bytes_per_user_minute`).
+    #[error("rate limit: {0}")]
+    RateLimited(String),
     /// The server's own configuration cannot be put to work.
     #[error("configuration: {0}")]
     Config(String),

@@ -103,6 +103,8 @@ pub struct Gateway {
     sessions: Arc<session::Sessions>,
     /// ε spent per (user, scenario), replayed from the audit trail.
     ledger: Arc<audit::budget::PrivacyLedger>,
+    /// Statement text per user per minute (`[audit] max_sql_bytes_per_user_minute`).
+    statement_budget: audit::statement_budget::StatementBudget,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -177,6 +179,9 @@ impl Gateway {
         );
         *sessions.products.write().expect("product lock poisoned") = Arc::new(loaded);
         let gateway = Self {
+            statement_budget: audit::statement_budget::StatementBudget::new(
+                config.audit.max_sql_bytes_per_user_minute,
+            ),
             ledger: Arc::new(ledger),
             lake,
             audit,

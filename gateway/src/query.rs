@@ -299,6 +299,15 @@ impl Query {
         let mut cast_values = Vec::with_capacity(values.len());
         for (v, f) in values.into_iter().zip(self.parameters.fields()) {
             let t = f.data_type();
+            if let Some(kind) = f.metadata().get(crate::products::PARAM_KIND_KEY) {
+                if !crate::products::accepts_kind(kind, &v.data_type()) {
+                    return Err(GatewayError::Parameters(format!(
+                        "parameter {}: a data product argument of kind {kind} cannot be {}",
+                        f.name(),
+                        v.data_type()
+                    )));
+                }
+            }
             if *t == DataType::Null || v.data_type() == *t {
                 cast_values.push(v);
             } else {
@@ -573,9 +582,12 @@ fn parameter_schema(plan: &LogicalPlan) -> Result<SchemaRef, GatewayError> {
             .into_iter()
             .map(|(_, name, field)| {
                 let t = field
+                    .as_ref()
                     .map(|f| f.data_type().clone())
                     .unwrap_or(DataType::Null);
-                Field::new(name, t, true)
+                // Kept: a data product argument's kind (binding is strict for it).
+                let metadata = field.map(|f| f.metadata().clone()).unwrap_or_default();
+                Field::new(name, t, true).with_metadata(metadata)
             })
             .collect::<Vec<_>>(),
     )))

@@ -249,7 +249,16 @@ pub struct AuditConfig {
     /// are refused (records of running ones are still written down to half of it); 0 turns the
     /// check off. Default [`DEFAULT_AUDIT_MIN_FREE_BYTES`].
     pub min_free_bytes: u64,
+    /// `max_sql_bytes_per_user_minute`: statement text one user may send for planning per
+    /// minute (a token bucket: a minute's worth at once, then at that rate); past it statements
+    /// are refused (RESOURCE_EXHAUSTED) until it refills. 0 turns it off. Default
+    /// [`DEFAULT_SQL_BYTES_PER_USER_MINUTE`].
+    pub max_sql_bytes_per_user_minute: u64,
 }
+
+/// `[audit] max_sql_bytes_per_user_minute` when not set: 128 MiB, a hundred and twenty-eight
+/// statements of the largest default size, or about 2 MiB/s per user into the trail.
+pub const DEFAULT_SQL_BYTES_PER_USER_MINUTE: u64 = 128 << 20;
 
 /// `[audit] min_free_bytes` when not set: 256 MiB.
 pub const DEFAULT_AUDIT_MIN_FREE_BYTES: u64 = 256 << 20;

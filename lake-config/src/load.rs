@@ -132,6 +132,7 @@ struct RawAudit {
     max_result_bytes: Option<u64>,
     anchor_interval_secs: Option<u64>,
     min_free_bytes: Option<u64>,
+    max_sql_bytes_per_user_minute: Option<u64>,
 }
 
 impl Config {
@@ -334,6 +335,10 @@ impl Config {
                 .audit
                 .min_free_bytes
                 .unwrap_or(DEFAULT_AUDIT_MIN_FREE_BYTES),
+            max_sql_bytes_per_user_minute: raw
+                .audit
+                .max_sql_bytes_per_user_minute
+                .unwrap_or(DEFAULT_SQL_BYTES_PER_USER_MINUTE),
         };
         if let Some(limit) = raw.execution.memory_limit_bytes {
             if limit < MIN_MEMORY_LIMIT {

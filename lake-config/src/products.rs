@@ -83,7 +83,8 @@ impl ParamType {
         }
     }
 
-    fn parse(word: &str) -> Option<Self> {
+    /// The type a product file's word names.
+    pub fn parse(word: &str) -> Option<Self> {
         [
             ParamType::String,
             ParamType::Int,

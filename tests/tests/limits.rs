@@ -634,3 +634,40 @@ async fn statements_planning_would_multiply_are_refused_and_long_errors_are_cut(
     // The server still serves.
     assert_eq!(first_i64(&query(&mut banker, SHORT).await.unwrap()), 200);
 }
+
+#[tokio::test]
+async fn statement_text_per_user_is_bounded_per_minute_and_the_trail_with_it() {
+    // Room for two 8 KB statements a minute; the audit disk must not have to hold more.
+    let config = demo_config(|c| c.audit.max_sql_bytes_per_user_minute = 20_000);
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    let mut officer = as_user(&server, "officer", "district-services").await;
+    let padded = |n: usize| {
+        format!(
+            "SELECT count(*) FROM market.enterprises /* {} */",
+            "x".repeat(n)
+        )
+    };
+    for _ in 0..2 {
+        query(&mut banker, &padded(8_000)).await.unwrap();
+    }
+    let err = query(&mut banker, &padded(8_000)).await.unwrap_err();
+    assert!(
+        err.contains("max_sql_bytes_per_user_minute = 20000")
+            && err.contains("resource has been exhausted"),
+        "{err}"
+    );
+    // Short statements go on (the bucket refills at 333 bytes a second), and other users have
+    // their own budget.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(first_i64(&query(&mut banker, SHORT).await.unwrap()) > 0);
+    let theirs = padded(8_000).replace("market.enterprises", "health.visits");
+    query(&mut officer, &theirs).await.unwrap();
+    // The refusal is on the trail, its statement cut.
+    let refused: Vec<AuditRecord> = audit_records(&config.audit.dir)
+        .into_iter()
+        .filter(|r| r.kind == "decision" && r.decision == "refused" && r.user == "banker")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert!(refused[0].reason.as_deref().unwrap().contains("rate limit"));
+}

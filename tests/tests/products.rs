@@ -74,9 +74,9 @@ fn edit_scenario_products(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<serd
 }
 
 #[tokio::test]
-async fn calls_past_the_daily_quota_are_refused_and_completed_calls_are_billed() {
+async fn calls_past_the_daily_quota_are_refused_before_they_run_and_every_run_is_billed() {
     let (dir, config) = lake().await;
-    edit_scenario(dir.path(), |attrs| attrs["max_calls_per_day"] = 3.into());
+    edit_scenario(dir.path(), |attrs| attrs["max_calls_per_day"] = 4.into());
     let server = TestServer::start(&config).await;
     let mut c = alice(&server, SCENARIO).await;
     for id in [1, 2] {
@@ -85,7 +85,8 @@ async fn calls_past_the_daily_quota_are_refused_and_completed_calls_are_billed()
             .unwrap();
         assert_eq!(rows(&got), 1);
     }
-    // Neither EXPLAIN nor a call refused by max_rows counts.
+    // EXPLAIN runs nothing and costs nothing; a call that ran and was refused by max_rows
+    // costs one (its failure tells as much as an answer).
     let plan = query(&mut c, "EXPLAIN SELECT * FROM employee_check(9)").await;
     assert!(plan.is_ok(), "{plan:?}");
     let e = query(&mut c, "SELECT * FROM all_ids(0)").await.unwrap_err();
@@ -94,12 +95,15 @@ async fn calls_past_the_daily_quota_are_refused_and_completed_calls_are_billed()
         .await
         .unwrap();
     assert_eq!(column_strings(&got, 0), ["15"]);
-    // Refused when the call is about to release (at DoGet for a statement).
+    // Past the quota a call is refused before anything of it runs (at DoGet for a
+    // statement), whatever it would have done: the same refusal for a call that would fail.
     let e = seen(&mut c, "SELECT * FROM employee_check(3)").await;
     assert!(
-        e.contains("ERROR") && e.contains("max_calls_per_day = 3"),
+        e.contains("ERROR") && e.contains("max_calls_per_day = 4"),
         "{e}"
     );
+    let e = seen(&mut c, "SELECT * FROM all_ids(0)").await;
+    assert!(e.contains("max_calls_per_day = 4"), "{e}");
     // Queries that call no product go on.
     let n = query(&mut c, "SELECT count(*) FROM hr.employees")
         .await
@@ -112,14 +116,19 @@ async fn calls_past_the_daily_quota_are_refused_and_completed_calls_are_billed()
     let server = TestServer::start(&config).await;
     let mut c = alice(&server, SCENARIO).await;
     let e = seen(&mut c, "SELECT * FROM employee_check(4)").await;
-    assert!(e.contains("max_calls_per_day = 3"), "{e}");
+    assert!(e.contains("max_calls_per_day = 4"), "{e}");
     drop(c);
     drop(server);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let trail = audit_records(&dir.path().join("audit"));
+    let runs: Vec<_> = trail.iter().filter(|r| r.kind == "call").collect();
+    assert_eq!(runs.len(), 4, "{runs:#?}");
+    assert_eq!(runs.iter().filter(|r| r.decision == "failed").count(), 1);
     let usage = gateway::audit::usage(&dir.path().join("audit"), Some(SCENARIO), None).unwrap();
     let calls = |p: &str| -> u64 { usage.iter().filter_map(|r| r.product_calls.get(p)).sum() };
     assert_eq!(calls("employee_check"), 2);
     assert_eq!(calls("diagnosis_count"), 1);
+    assert_eq!(calls("all_ids"), 1);
 }
 
 #[tokio::test]
@@ -327,6 +336,26 @@ async fn calls_are_refused_clearly_and_release_nothing_past_the_product_limit() 
     let e = err(seen(&mut c, "SELECT * FROM employee_check(id)").await);
     assert!(!e.contains("hypertensive"), "{e}");
 
+    // Bound parameters are as strict: 2.9 for an int is refused, not run as 2.
+    let mut stmt = c
+        .prepare("SELECT * FROM employee_check(?)".into(), None)
+        .await
+        .unwrap();
+    let params = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("0", DataType::Float64, true)])),
+        vec![Arc::new(arrow::array::Float64Array::from(vec![2.9]))],
+    )
+    .unwrap();
+    stmt.set_parameters(params).unwrap();
+    let e = match stmt.execute().await {
+        Err(e) => e.to_string(),
+        Ok(info) => fetch(&mut c, info).await.unwrap_err(),
+    };
+    assert!(
+        e.contains("data product argument of kind int cannot be Float64"),
+        "{e}"
+    );
+
     // A call in the recursive part of a query runs afresh each round (attacker round 22 M4:
     // the second round panicked inside the product's plan).
     let rounds = query(
@@ -527,4 +556,44 @@ async fn the_operator_lists_products_with_their_approving_scenarios() {
     assert_eq!(check.scenarios, [SCENARIO]);
     assert_eq!(listed[4].scenarios, ["payroll"]);
     assert!(listed[2].scenarios.is_empty());
+}
+
+#[tokio::test]
+async fn an_operator_calls_a_product_from_the_command_line_path_on_the_record() {
+    let (dir, config) = lake().await;
+    let config = lake_config::Config::load(&config).unwrap();
+    let gateway = Arc::new(gateway::Gateway::open(&config).await.unwrap());
+    let who = gateway::Principal {
+        user: "alice".into(),
+        scenario: Some(SCENARIO.into()),
+    };
+    let got = gateway
+        .call_product(&who, "employee_check", vec!["1".into()])
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&got, 1), ["true"]);
+    let e = gateway
+        .call_product(&who, "salary_band", vec!["1".into()])
+        .await
+        .unwrap_err()
+        .client_text();
+    assert!(e.contains("salary_band") && e.contains("not found"), "{e}");
+    let e = gateway
+        .call_product(&who, "employee_check", vec!["one".into()])
+        .await
+        .unwrap_err()
+        .client_text();
+    assert!(e.contains("parameter"), "{e}");
+    drop(gateway);
+    let records = audit_records(&dir.path().join("audit"));
+    let kinds: Vec<String> = records.iter().map(|r| r.kind.to_string()).collect();
+    assert!(
+        kinds
+            .windows(3)
+            .any(|w| w == ["decision", "call", "completion"]),
+        "{kinds:?}"
+    );
+    let call = records.iter().find(|r| r.kind == "call").unwrap();
+    assert_eq!(call.client, None);
+    assert_eq!(call.rows_out, Some(1));
 }

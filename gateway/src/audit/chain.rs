@@ -202,6 +202,12 @@ impl AuditLog {
             self.min_free / 2
         };
         if free.saturating_sub(len) < reserve {
+            tracing::error!(
+                dir = %self.dir.display(),
+                free,
+                min_free = self.min_free,
+                "the audit disk is nearly full: records refused"
+            );
             return Err(AuditError::Full {
                 path: self.dir.clone(),
                 free,

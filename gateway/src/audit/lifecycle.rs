@@ -16,7 +16,15 @@ impl Gateway {
         client: Option<String>,
     ) -> Result<Query, GatewayError> {
         let query_id = uuid::Uuid::new_v4().to_string();
-        let result = self.prepare(who, sql, &query_id).await.map(|mut q| {
+        // Text first: planning a long statement costs, and an allowed one's text is kept whole.
+        let within =
+            self.statement_budget
+                .take(&who.user, sql.len() as u64, std::time::Instant::now());
+        let planned = match within {
+            Ok(()) => self.prepare(who, sql, &query_id).await,
+            Err(why) => Err(GatewayError::RateLimited(why)),
+        };
+        let result = planned.map(|mut q| {
             let grants = q.grants();
             q.set_origin(query::Origin {
                 who: who.clone(),

@@ -25,6 +25,7 @@ mod chain;
 mod context;
 pub mod lifecycle;
 mod review;
+pub mod statement_budget;
 pub mod table;
 mod usage;
 
@@ -48,10 +49,10 @@ pub enum AuditError {
         source: std::io::Error,
     },
     /// The audit folder's disk is nearly full.
+    /// (Clients see neither the folder nor the free bytes: the server log has them.)
     #[error(
-        "the audit trail's disk ({}) has {free} bytes free, less than [audit] min_free_bytes = \
-         {min_free}: new queries are refused until space is freed or the trail is moved",
-        path.display()
+        "the audit trail's disk has less free space than [audit] min_free_bytes = {min_free}: \
+         new queries are refused until space is freed or the trail is moved"
     )]
     Full {
         /// The audit folder.

@@ -178,13 +178,11 @@ fn argument(product: &Product, i: usize, expr: Expr) -> Result<Expr> {
     let name = product.name();
     match expr {
         Expr::Placeholder(mut p) => {
-            if p.field.is_none() {
-                p.field = Some(Arc::new(datafusion::arrow::datatypes::Field::new(
-                    "",
-                    ty.clone(),
-                    true,
-                )));
-            }
+            // Typed by the parameter, and marked with its kind: binding refuses a value of
+            // another kind instead of converting it (`2.9` for an int ran as 2, round 23 L1).
+            let marked = datafusion::arrow::datatypes::Field::new("", ty.clone(), true)
+                .with_metadata([(PARAM_KIND_KEY.to_string(), param.ty.to_string())].into());
+            p.field = Some(Arc::new(marked));
             Ok(Expr::Placeholder(p))
         }
         other => match literal_value(&other) {
@@ -206,6 +204,15 @@ fn argument(product: &Product, i: usize, expr: Expr) -> Result<Expr> {
             ),
         },
     }
+}
+
+/// The placeholder field metadata naming the data product parameter kind it stands for.
+pub(crate) const PARAM_KIND_KEY: &str = "lakegate.product_param";
+
+/// Whether a value of type `t` may stand for a parameter of the kind `word` names (a field's
+/// [`PARAM_KIND_KEY`]); an unknown word accepts nothing.
+pub(crate) fn accepts_kind(word: &str, t: &datafusion::arrow::datatypes::DataType) -> bool {
+    lake_config::products::ParamType::parse(word).is_some_and(|ty| accepts(ty, t))
 }
 
 /// Whether a literal of type `t` may stand for a parameter of type `ty`: of its kind (text for
@@ -255,15 +262,23 @@ pub(crate) fn cast_argument(
     ty: &datafusion::arrow::datatypes::DataType,
     value: ScalarValue,
 ) -> Result<ScalarValue> {
+    use datafusion::arrow::datatypes::DataType::{LargeUtf8, Utf8, Utf8View};
     if value.data_type() == *ty {
         return Ok(value);
     }
+    let kind = value.data_type();
     value.cast_to(ty).or_else(|_| {
+        if matches!(kind, Utf8 | LargeUtf8 | Utf8View) {
+            return plan_err!(
+                "data product {product}: argument {} ({param}) is not a valid {}",
+                i + 1,
+                type_word(ty)
+            );
+        }
         plan_err!(
-            "data product {product}: argument {} ({param}) must be a {}, not {}",
+            "data product {product}: argument {} ({param}) must be a {}, not {kind}",
             i + 1,
-            type_word(ty),
-            value.data_type()
+            type_word(ty)
         )
     })
 }

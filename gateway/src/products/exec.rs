@@ -176,9 +176,9 @@ async fn plan_call(call: &ProductCall) -> Result<ProductCallExec> {
                 args.join(", ")
             ),
             name,
-            version: product.file.version.clone(),
             max_rows: product.file.max_rows,
             policy_ids,
+            runs: Default::default(),
         }),
         inner,
         schema,
@@ -206,12 +206,13 @@ fn values_in_order(product: &super::Product, values: &HashMap<String, ScalarValu
 struct Release {
     env: Arc<super::call::CallEnv>,
     name: String,
-    version: String,
     /// `name@version(args)`.
     description: String,
     max_rows: u64,
     /// The `invoke` permits that approved the call.
     policy_ids: Vec<String>,
+    /// Runs of this call node so far (a recursive query runs it once a round).
+    runs: std::sync::atomic::AtomicU64,
 }
 
 /// A data product call: a leaf that runs the product's own plan (made with the product's
@@ -266,10 +267,8 @@ impl DisplayAs for ProductCallExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "ProductCallExec: {} (version {}), at most {} rows",
-            self.release.name,
-            &self.release.version[..12],
-            self.release.max_rows
+            "ProductCallExec: {}, at most {} rows",
+            self.release.name, self.release.max_rows
         )
     }
 }
@@ -335,14 +334,36 @@ impl ExecutionPlan for ProductCallExec {
                 "ProductCallExec has one partition, not {partition}"
             )));
         }
-        // The product's own session: its memory pool share and configuration.
+        // Decided and counted before anything of the product runs: a call past the quota, or
+        // no longer approved, runs nothing, so its refusal says nothing of the inner rows
+        // (attacker round 23 H1: past the quota, "failed" vs "refused" was a free bit).
         let release = self.release.clone();
-        let stream = self
+        let admitted = release.admit()?;
+        let run = self
             .inner
             .execute(0, self.context.clone())
-            .map_err(|e| withheld(&release.name, "running", &e))?;
+            .map_err(|e| withheld(&release.name, "running", &e));
         let schema = self.schema.clone();
-        let whole = async move { collect_whole(stream, &release, &schema).await };
+        let whole = async move {
+            let outcome = match run {
+                Ok(stream) => collect_whole(stream, &release, &schema).await,
+                Err(e) => Err(e),
+            };
+            let record = release.clone();
+            let digest = match &outcome {
+                Ok(batches) => Some(digest(&schema, batches)?),
+                Err(_) => None,
+            };
+            let rows = outcome
+                .as_ref()
+                .map(|b| b.iter().map(|b| b.num_rows() as u64).sum())
+                .ok();
+            let reason = outcome.as_ref().err().map(|e| e.to_string());
+            tokio::task::spawn_blocking(move || record.record(admitted, rows, digest, reason))
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))??;
+            outcome
+        };
         let batches = futures::stream::once(whole)
             .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
             .try_flatten();
@@ -365,9 +386,7 @@ impl ExecutionPlan for ProductCallExec {
     }
 }
 
-/// Every batch of one call, or an error: a call past `max_rows` or past the scenario's
-/// `max_calls_per_day` releases nothing. A call that releases is counted and recorded (a
-/// `call` record with its output's digest, fsynced) before its output goes on.
+/// Every batch of one call, or an error: a call past `max_rows` releases nothing.
 async fn collect_whole(
     mut stream: SendableRecordBatchStream,
     release: &Arc<Release>,
@@ -393,11 +412,6 @@ async fn collect_whole(
             batch.columns().to_vec(),
         )?);
     }
-    let digest = digest(schema, &out)?;
-    let release = release.clone();
-    tokio::task::spawn_blocking(move || record_call(&release, rows, digest))
-        .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))??;
     Ok(out)
 }
 
@@ -415,41 +429,81 @@ fn digest(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String> {
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
-/// Counts the call against the scenario's `max_calls_per_day` and writes its `call` record;
-/// refused past the quota (not counted) or when the record cannot be written.
-fn record_call(release: &Release, rows: u64, digest: String) -> Result<()> {
-    let env = &release.env;
-    let policies = env.sessions.policies();
-    let limit = policies
-        .scenario(&env.scenario)
-        .and_then(|s| s.max_calls_per_day);
-    let now = SystemTime::now();
-    env.sessions
-        .calls
-        .take(&env.user, &env.scenario, 1, limit, now)
-        .map_err(DataFusionError::ResourcesExhausted)?;
-    let mut record = crate::audit::AuditRecord::new(
-        crate::audit::RecordKind::Call,
-        crate::audit::Decision::Allowed,
-        &env.query_id,
-        &env.user,
-        &release.description,
-    );
-    record.scenario = Some(env.scenario.clone());
-    record.policy_set = policies.hash().to_string();
-    record.policy_ids = release.policy_ids.clone();
-    record.products = vec![release.description.clone()];
-    record.rows_out = Some(rows);
-    record.result_digest = Some(digest);
-    if let Err(e) = env.sessions.audit.append(record) {
-        // Not released, so not counted.
+/// Calls one call node may make in one execution (a recursive query runs it once a round):
+/// each is a fsynced record (attacker round 23 L5: 20,000 calls from one statement).
+const MAX_RUNS_PER_CALL: u64 = 1_000;
+
+impl Release {
+    /// Admits one run of the call now: still approved under the policies in force, within
+    /// its statement's runs, and one taken from the user's `max_calls_per_day`. Returns the
+    /// policy set it was decided under.
+    fn admit(&self) -> Result<Arc<policy::PolicySet>> {
+        let env = &self.env;
+        let policies = env.sessions.policies();
+        let now = SystemTime::now();
+        let (allowed, _) = policies
+            .may_invoke(&env.user, &env.scenario, &self.name, now)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if !allowed {
+            return Err(DataFusionError::Plan(format!(
+                "data product {} may no longer be called in this session",
+                self.name
+            )));
+        }
+        let runs = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if runs > MAX_RUNS_PER_CALL {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "one call of data product {} in a statement may run at most \
+                 {MAX_RUNS_PER_CALL} times (a recursive query runs it once a round)",
+                self.name
+            )));
+        }
+        let limit = policies
+            .scenario(&env.scenario)
+            .and_then(|s| s.max_calls_per_day);
         env.sessions
             .calls
-            .give_back(&env.user, &env.scenario, 1, now);
-        return Err(DataFusionError::Execution(format!(
-            "data product {} cannot be recorded on the audit trail: {e}",
-            release.name
-        )));
+            .take(&env.user, &env.scenario, 1, limit, now)
+            .map_err(DataFusionError::ResourcesExhausted)?;
+        Ok(policies)
     }
-    Ok(())
+
+    /// Writes the `call` record of one run (counted by [`Release::admit`]): released with its
+    /// rows and digest, or failed with the (withheld) reason. A call that ran counts whether
+    /// or not it released: its failure tells the caller as much as its output.
+    fn record(
+        &self,
+        policies: Arc<policy::PolicySet>,
+        rows: Option<u64>,
+        digest: Option<String>,
+        reason: Option<String>,
+    ) -> Result<()> {
+        let env = &self.env;
+        let released = digest.is_some();
+        let mut record = crate::audit::AuditRecord::new(
+            crate::audit::RecordKind::Call,
+            if released {
+                crate::audit::Decision::Allowed
+            } else {
+                crate::audit::Decision::Failed
+            },
+            &env.query_id,
+            &env.user,
+            &self.description,
+        );
+        record.scenario = Some(env.scenario.clone());
+        record.policy_set = policies.hash().to_string();
+        record.policy_ids = self.policy_ids.clone();
+        record.products = vec![self.description.clone()];
+        record.rows_out = rows;
+        record.result_digest = digest;
+        record.reason = reason;
+        env.sessions.audit.append(record).map_err(|e| {
+            DataFusionError::Execution(format!(
+                "data product {} cannot be recorded on the audit trail: {e}",
+                self.name
+            ))
+        })?;
+        Ok(())
+    }
 }

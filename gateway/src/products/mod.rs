@@ -27,7 +27,7 @@ mod call;
 mod exec;
 mod listing;
 
-pub(crate) use call::{Calls, ProductCall};
+pub(crate) use call::{accepts_kind, Calls, ProductCall, PARAM_KIND_KEY};
 pub(crate) use exec::CallPlanner;
 pub use exec::ProductCallExec;
 pub(crate) use listing::SessionCatalog;
@@ -205,7 +205,22 @@ impl ProductSet {
                         ))
                     })?;
                 check_params(&file, &planned.plan).map_err(&refuse)?;
-                let schema = output_schema(planned.plan.schema().inner());
+                // Bound with typed NULLs, so that an output column that is a parameter has
+                // its type (unbound, it has none, and every call would fail).
+                let nulls: std::collections::HashMap<String, datafusion::common::ScalarValue> =
+                    file.params
+                        .iter()
+                        .map(|p| {
+                            datafusion::common::ScalarValue::try_from(&arrow_type(p.ty))
+                                .map(|v| (p.name.clone(), v))
+                        })
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| refuse(e.strip_backtrace()))?;
+                let bound = planned
+                    .plan
+                    .with_param_values(datafusion::common::ParamValues::from(nulls))
+                    .map_err(|e| refuse(e.strip_backtrace()))?;
+                let schema = output_schema(bound.schema().inner());
                 match &output {
                     Some(first) if *first != schema => {
                         return Err(refuse(format!(
@@ -283,4 +298,74 @@ fn check_params(
         }
     }
     Ok(())
+}
+
+impl crate::Gateway {
+    /// Calls the data product `name` as `who` with `args` (text, cast to each parameter's
+    /// type), as a client's `SELECT * FROM name(?, ...)` would: decided, recorded (decision,
+    /// `call` and completion records), metered and reviewed. For `lakegate product call`.
+    pub async fn call_product(
+        self: &Arc<Self>,
+        who: &crate::Principal,
+        name: &str,
+        args: Vec<String>,
+    ) -> Result<Vec<datafusion::arrow::record_batch::RecordBatch>, GatewayError> {
+        use futures::StreamExt;
+        if !lake_config::products::valid_name(name) {
+            return Err(GatewayError::Config(format!(
+                "`{name}` cannot name a data product"
+            )));
+        }
+        let marks: Vec<String> = (1..=args.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("SELECT * FROM {name}({})", marks.join(", "));
+        let query = self
+            .prepare_audited(who, &sql, Some("lakegate product call".into()))
+            .await?;
+        // Text read as each parameter's type, as a client's typed value would arrive.
+        let types = self
+            .sessions
+            .products()
+            .get(name)
+            .map(|p| p.types.clone())
+            .unwrap_or_default();
+        let mut values = Vec::with_capacity(args.len());
+        for (i, a) in args.into_iter().enumerate() {
+            let text = datafusion::common::ScalarValue::Utf8(Some(a));
+            values.push(match types.get(i) {
+                Some(t) => call::cast_argument(name, i, &format!("${}", i + 1), t, text)
+                    .map_err(|e| GatewayError::Parameters(e.strip_backtrace()))?,
+                None => text,
+            });
+        }
+        let query = query.bind(values)?;
+        let token = crate::QueryToken::new(self.clone(), query.clone(), std::time::Instant::now());
+        let stream = match query.execute_with_plan().await {
+            Ok((stream, plan)) => {
+                token.executing(plan);
+                stream
+            }
+            Err(e) => {
+                token.end(crate::Outcome::Failed, e.client_text());
+                token.finish().await;
+                return Err(e);
+            }
+        };
+        let mut reviewed = token.review(stream, None);
+        let mut out = Vec::new();
+        while let Some(batch) = reviewed.next().await {
+            match batch {
+                Ok(b) => out.push(b),
+                Err(e) => {
+                    drop(reviewed);
+                    token.finish().await;
+                    return Err(e);
+                }
+            }
+        }
+        drop(reviewed);
+        let done = token.clone();
+        token.completed();
+        done.finish().await;
+        Ok(out)
+    }
 }
