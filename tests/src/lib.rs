@@ -197,6 +197,31 @@ pub async fn fetch(
     Ok(out)
 }
 
+/// Everything a client sees of a query, as text: FlightInfo, schemas, rows, or the error.
+pub async fn seen(c: &mut FlightSqlServiceClient<Channel>, sql: &str) -> String {
+    let info = match c.execute(sql.to_string(), None).await {
+        Ok(info) => info,
+        Err(e) => return format!("ERROR {e}"),
+    };
+    // The descriptor echoes the client's own SQL (which may name a canary); all else is searched.
+    let mut shown = info.clone();
+    shown.flight_descriptor = None;
+    let mut text = format!("{shown:?}\n");
+    if let Ok(schema) = arrow::datatypes::Schema::try_from(info.clone()) {
+        text.push_str(&format!("{schema:?}\n"));
+    }
+    match fetch(c, info).await {
+        Ok(batches) => {
+            if let Some(b) = batches.first() {
+                text.push_str(&format!("{:?}\n", b.schema()));
+            }
+            text.push_str(&pretty(&batches));
+        }
+        Err(e) => text.push_str(&format!("ERROR {e}")),
+    }
+    text
+}
+
 /// Runs `sql` and returns the batches, or the error text.
 pub async fn query(
     client: &mut FlightSqlServiceClient<Channel>,

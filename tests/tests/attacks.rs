@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::Schema;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use tonic::transport::Channel;
 
 use lakegate_tests::attack::{self, ALICE_PASSWORD, CANARY, SCENARIO};
-use lakegate_tests::{column_strings, fetch, pretty, query, rows, set_scenario, TestServer};
+use lakegate_tests::{column_strings, fetch, pretty, query, rows, seen, set_scenario, TestServer};
 
 type Client = FlightSqlServiceClient<Channel>;
 
@@ -26,31 +25,6 @@ async fn lake() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let config = attack::build(dir.path()).await;
     (dir, config)
-}
-
-/// Everything a client sees of a query, as text: FlightInfo, schemas, rows, or the error.
-async fn seen(c: &mut Client, sql: &str) -> String {
-    let info = match c.execute(sql.to_string(), None).await {
-        Ok(info) => info,
-        Err(e) => return format!("ERROR {e}"),
-    };
-    // The descriptor echoes the client's own SQL (which may name a canary); all else is searched.
-    let mut shown = info.clone();
-    shown.flight_descriptor = None;
-    let mut text = format!("{shown:?}\n");
-    if let Ok(schema) = Schema::try_from(info.clone()) {
-        text.push_str(&format!("{schema:?}\n"));
-    }
-    match fetch(c, info).await {
-        Ok(batches) => {
-            if let Some(b) = batches.first() {
-                text.push_str(&format!("{:?}\n", b.schema()));
-            }
-            text.push_str(&pretty(&batches));
-        }
-        Err(e) => text.push_str(&format!("ERROR {e}")),
-    }
-    text
 }
 
 fn no_canary(sql: &str, text: &str) {

@@ -12,9 +12,7 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use tonic::transport::Channel;
 
 use lakegate_tests::attack::{self, ALICE_PASSWORD, CANARY, SCENARIO};
-use lakegate_tests::{
-    audit_records, column_strings, fetch, pretty, query, rows, set_scenario, TestServer,
-};
+use lakegate_tests::{audit_records, column_strings, fetch, query, rows, set_scenario, TestServer};
 
 type Client = FlightSqlServiceClient<Channel>;
 
@@ -31,24 +29,10 @@ async fn lake() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, config)
 }
 
-/// Everything a client sees of `sql`: FlightInfo, schemas, rows, or the error.
+/// Everything a client sees of `sql` (FlightInfo, schemas, rows, or the error), searched for
+/// canaries.
 async fn seen(c: &mut Client, sql: &str) -> String {
-    let info = match c.execute(sql.to_string(), None).await {
-        Ok(info) => info,
-        Err(e) => return format!("ERROR {e}"),
-    };
-    let mut shown = info.clone();
-    shown.flight_descriptor = None;
-    let mut text = format!("{shown:?}\n");
-    match fetch(c, info).await {
-        Ok(batches) => {
-            if let Some(b) = batches.first() {
-                text.push_str(&format!("{:?}\n", b.schema()));
-            }
-            text.push_str(&pretty(&batches));
-        }
-        Err(e) => text.push_str(&format!("ERROR {e}")),
-    }
+    let text = lakegate_tests::seen(c, sql).await;
     assert!(!text.contains(CANARY), "{sql} leaked a canary:\n{text}");
     text
 }
@@ -417,6 +401,13 @@ async fn a_withdrawn_approval_stops_prepared_calls() {
         .unwrap();
     let got = fetch(&mut c, stmt.execute().await.unwrap()).await.unwrap();
     assert_eq!(rows(&got), 1);
+    let mut listing = c
+        .prepare(
+            "SELECT name FROM lakegate.products ORDER BY name".into(),
+            None,
+        )
+        .await
+        .unwrap();
 
     // An edited product does not run under a statement prepared before the edit.
     let mut counting = c
@@ -470,6 +461,11 @@ async fn a_withdrawn_approval_stops_prepared_calls() {
     assert!(e.contains("employee_check"), "{e}");
     let e = fetch(&mut c, ticket).await.unwrap_err();
     assert!(e.contains("employee_check"), "{e}");
+    // A listing prepared before lists what may be called when it runs.
+    let listed = fetch(&mut c, listing.execute().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&listed, 0), ["all_ids", "diagnosis_count"]);
 }
 
 #[tokio::test]

@@ -82,7 +82,7 @@ impl Calls {
         &self,
         lake: Arc<dyn datafusion::catalog::CatalogProvider>,
     ) -> super::SessionCatalog {
-        super::SessionCatalog::new(lake, self.env.clone(), self.products.clone())
+        super::SessionCatalog::new(lake, self.env.clone())
     }
 
     /// The product `name`, if the caller may invoke it now.

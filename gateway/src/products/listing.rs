@@ -13,7 +13,6 @@ use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvid
 use datafusion::error::{DataFusionError, Result};
 
 use super::call::{signature, CallEnv};
-use super::ProductSet;
 
 /// The schema of the listing, beside the lake's department schemas.
 pub(crate) const LISTING_SCHEMA: &str = "lakegate";
@@ -29,14 +28,10 @@ pub(crate) struct SessionCatalog {
 
 impl SessionCatalog {
     /// `lake` with the products listing of the caller `env`.
-    pub(crate) fn new(
-        lake: Arc<dyn CatalogProvider>,
-        env: Arc<CallEnv>,
-        products: Arc<ProductSet>,
-    ) -> Self {
+    pub(crate) fn new(lake: Arc<dyn CatalogProvider>, env: Arc<CallEnv>) -> Self {
         Self {
             lake,
-            listing: Arc::new(ListingSchema { env, products }),
+            listing: Arc::new(ListingSchema { env }),
         }
     }
 }
@@ -68,7 +63,6 @@ impl CatalogProvider for SessionCatalog {
 #[derive(Debug)]
 pub(crate) struct ListingSchema {
     env: Arc<CallEnv>,
-    products: Arc<ProductSet>,
 }
 
 #[async_trait]
@@ -81,9 +75,9 @@ impl SchemaProvider for ListingSchema {
         if name != LISTING_TABLE {
             return Ok(None);
         }
-        let batch = self.listing()?;
-        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
-        Ok(Some(Arc::new(table)))
+        Ok(Some(Arc::new(ProductsTable {
+            env: self.env.clone(),
+        })))
     }
 
     fn register_table(
@@ -113,39 +107,69 @@ pub(crate) fn listing_schema() -> SchemaRef {
     ]))
 }
 
-impl ListingSchema {
-    /// One row per product the caller may invoke now, by name.
-    fn listing(&self) -> Result<RecordBatch> {
-        let env = &self.env;
-        let policies = env.sessions.policies();
-        let now = SystemTime::now();
-        let mut rows = Vec::new();
-        for p in self.products.iter() {
-            match policies.may_invoke(&env.user, &env.scenario, p.name(), now) {
-                Ok((true, _)) => rows.push(p.clone()),
-                Ok((false, _)) => {}
-                // Fail closed: not listed, as it could not be called.
-                Err(e) => tracing::warn!(product = p.name(), "cannot decide invoke: {e}"),
-            }
-        }
-        let strings = |f: &dyn Fn(&super::Product) -> String| -> ArrayRef {
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|p| f(p))))
-        };
-        RecordBatch::try_new(
-            listing_schema(),
-            vec![
-                strings(&|p| p.name().to_string()),
-                strings(&|p| p.file.description.clone()),
-                strings(&signature),
-                strings(&|p| p.output_text()),
-                Arc::new(Int64Array::from_iter_values(
-                    rows.iter()
-                        .map(|p| p.file.max_rows.min(i64::MAX as u64) as i64),
-                )),
-                // Not the version: the SHA-256 of the file would confirm a guess of its SQL
-                // (attacker round 23 L2).
-            ],
-        )
-        .map_err(DataFusionError::from)
+/// `lakegate.products`, listed when it is scanned (each execution plans its scan again), so a
+/// prepared statement lists what the session may call when it runs, under the policies and
+/// products in force then (attacker round 23 L3: a withdrawn product stayed listed).
+#[derive(Debug)]
+struct ProductsTable {
+    env: Arc<CallEnv>,
+}
+
+#[async_trait]
+impl TableProvider for ProductsTable {
+    fn schema(&self) -> SchemaRef {
+        listing_schema()
     }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::logical_expr::Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let batch = listing(&self.env)?;
+        MemTable::try_new(batch.schema(), vec![vec![batch]])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+/// One row per product the caller may invoke now, by name.
+fn listing(env: &CallEnv) -> Result<RecordBatch> {
+    let policies = env.sessions.policies();
+    let products = env.sessions.products();
+    let now = SystemTime::now();
+    let mut rows = Vec::new();
+    for p in products.iter() {
+        match policies.may_invoke(&env.user, &env.scenario, p.name(), now) {
+            Ok((true, _)) => rows.push(p.clone()),
+            Ok((false, _)) => {}
+            // Fail closed: not listed, as it could not be called.
+            Err(e) => tracing::warn!(product = p.name(), "cannot decide invoke: {e}"),
+        }
+    }
+    let strings = |f: &dyn Fn(&super::Product) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|p| f(p))))
+    };
+    RecordBatch::try_new(
+        listing_schema(),
+        vec![
+            strings(&|p| p.name().to_string()),
+            strings(&|p| p.file.description.clone()),
+            strings(&signature),
+            strings(&|p| p.output_text()),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter()
+                    .map(|p| p.file.max_rows.min(i64::MAX as u64) as i64),
+            )),
+            // Not the version: the SHA-256 of the file would confirm a guess of its SQL
+            // (attacker round 23 L2).
+        ],
+    )
+    .map_err(DataFusionError::from)
 }
