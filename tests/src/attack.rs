@@ -187,7 +187,8 @@ permit (principal in Lake::Role::"hr_analyst", action == Lake::Action::"aggregat
 /// - `diagnosis_count(diagnosis string)`: how many people have the diagnosis (max_rows 1);
 /// - `all_ids(min int)`: every id above `min` (max_rows 5: a call past it is refused);
 /// - `salary_band(id int)`: approved only by the scenario `payroll`, which alice may also
-///   work under.
+///   work under;
+/// - the scenario `verification` approves `employee_check` and no table.
 pub async fn build_with_products(dir: &Path) -> PathBuf {
     let schema = SCHEMA.replace(
         "tables: Set<Table> }",
@@ -205,7 +206,13 @@ pub async fn build_with_products(dir: &Path) -> PathBuf {
     let mut payroll = entities[3].clone();
     payroll["uid"]["id"] = "payroll".into();
     payroll["attrs"]["products"] = serde_json::json!([product("salary_band")]);
+    // A verification service's scenario: one product, no table.
+    let mut verification = entities[3].clone();
+    verification["uid"]["id"] = "verification".into();
+    verification["attrs"]["tables"] = serde_json::json!([]);
+    verification["attrs"]["products"] = serde_json::json!([product("employee_check")]);
     entities.as_array_mut().unwrap().push(payroll);
+    entities.as_array_mut().unwrap().push(verification);
     let config = build_with(dir, &NORTH_GROUPS, &policies, &schema, entities).await;
     let products = dir.join("products");
     std::fs::create_dir_all(&products).unwrap();

@@ -384,6 +384,15 @@ async fn calls_are_refused_clearly_and_release_nothing_past_the_product_limit() 
     assert_eq!(column_strings(&band, 0), ["3"]);
     let e = err(seen(&mut payroll, "SELECT * FROM employee_check(1)").await);
     assert!(e.contains("employee_check"), "{e}");
+    // A scenario that approves a product and no table is a scenario: the product answers,
+    // and no table exists in it.
+    let mut verify = alice(&server, "verification").await;
+    let one = query(&mut verify, "SELECT hypertensive FROM employee_check(1)")
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&one, 0), ["true"]);
+    let e = err(seen(&mut verify, "SELECT count(*) FROM hr.employees").await);
+    assert!(e.contains("not found"), "{e}");
 }
 
 #[tokio::test]
@@ -549,7 +558,7 @@ async fn the_operator_lists_products_with_their_approving_scenarios() {
     assert_eq!(check.output, "id Int64, hypertensive Boolean");
     assert_eq!(check.max_rows, 1);
     assert_eq!(check.version.len(), 64);
-    assert_eq!(check.scenarios, [SCENARIO]);
+    assert_eq!(check.scenarios, [SCENARIO, "verification"]);
     assert_eq!(listed[4].scenarios, ["payroll"]);
     assert!(listed[2].scenarios.is_empty());
 }

@@ -22,9 +22,10 @@ pub(super) fn decimal_epsilon(text: &str) -> Option<crate::Epsilon> {
 }
 
 impl PolicySet {
-    /// Whether `user` may query any table of the lake under `scenario` at `now`: a scenario
-    /// that grants the user nothing (another organisation's, or one whose time is up) is, to
-    /// that user, no scenario at all.
+    /// Whether `user` may query any table of the lake, or call any data product, under
+    /// `scenario` at `now`: a scenario that grants the user nothing (another organisation's,
+    /// or one whose time is up) is, to that user, no scenario at all. A scenario that only
+    /// approves products (verification services) grants something.
     pub fn grants_anything(
         &self,
         user: &str,
@@ -33,6 +34,11 @@ impl PolicySet {
     ) -> Result<bool, PolicyError> {
         for table in self.tables.keys() {
             if self.grant(user, scenario, table, now)?.allowed {
+                return Ok(true);
+            }
+        }
+        for product in &self.products {
+            if self.may_invoke(user, scenario, product, now)?.0 {
                 return Ok(true);
             }
         }

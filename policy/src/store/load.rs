@@ -433,6 +433,7 @@ impl PolicySet {
             now: std::sync::Mutex::new(None),
             memo_budget: Budget::default(),
             tables: lake.tables.iter().map(|t| (t.id(), t.clone())).collect(),
+            products: lake.products.clone(),
         })
     }
 }

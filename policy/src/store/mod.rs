@@ -79,6 +79,8 @@ pub struct PolicySet {
     /// Memo entries held by this set's [`ActionSet`]s.
     memo_budget: Budget,
     tables: BTreeMap<String, TableDescription>,
+    /// The data products' names (`Lake::Product` entities).
+    products: Vec<String>,
     /// What validated but looks wrong (`lint`): names of nothing, masks of the wrong type.
     warnings: Vec<String>,
 }
