@@ -36,11 +36,15 @@ pub async fn write_table(
     {
         table.load().await.map_err(|e| failed(&url, e))?;
     }
-    table
-        .write(vec![batch])
-        .with_save_mode(mode)
-        .await
-        .map_err(|e| failed(&url, e))
+    let write = table.write(vec![batch]).with_save_mode(mode);
+    // An append may bring columns a newer lakegate added (the audit export's): the table
+    // gains them, older rows read NULL there.
+    let write = if mode == SaveMode::Append {
+        write.with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
+    } else {
+        write
+    };
+    write.await.map_err(|e| failed(&url, e))
 }
 
 /// Replaces the table at `url` by `batch` and names its subject key in the table property

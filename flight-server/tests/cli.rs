@@ -33,7 +33,7 @@ fn demo_build_then_policy_check_and_schema() {
     let c = config.to_str().unwrap();
     let (ok, out, err) = lakegate(&["policy", "check", "--config", c]);
     assert!(ok, "{out}{err}");
-    assert!(out.starts_with("ok: 21 policies validate"), "{out}");
+    assert!(out.starts_with("ok: 30 policies validate"), "{out}");
     assert!(!out.contains("warning"), "{out}");
 
     // A misspelt column validates, and is warned about with its file and line.

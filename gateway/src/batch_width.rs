@@ -30,9 +30,15 @@ use crate::bounded_functions::scalar_bytes;
 /// `limit` per row, an operator whose repeated literals together are, or a VALUES list past
 /// `limit` in all.
 pub(crate) fn check_literals(plan: &LogicalPlan, limit: usize, batch_size: usize) -> Result<()> {
-    let rows = batch_size.max(1);
-    let most = (limit / rows) as u128;
+    let feeders = unnest_feeders(plan);
     plan.apply_with_subqueries(|p| {
+        // An operator that runs once on one row repeats nothing: a data product call's
+        // arguments, and the one-row projection whose every column an UNNEST takes apart
+        // (a batch call's list, `unnest($ids)`). Its literals are bounded by a batch.
+        let once = crate::products::ProductCall::of(p).is_some()
+            || feeders.contains(&(p as *const LogicalPlan));
+        let rows = if once { 1 } else { batch_size.max(1) };
+        let most = (limit / rows) as u128;
         let mut largest = 0u128;
         let mut total = 0u128;
         let mut values = 0u128;
@@ -77,6 +83,32 @@ pub(crate) fn check_literals(plan: &LogicalPlan, limit: usize, batch_size: usize
         Ok(TreeNodeRecursion::Continue)
     })
     .map(|_| ())
+}
+
+/// The projections of `plan` that compute one row (over a one-row empty relation) of which an
+/// UNNEST directly above takes every column apart: none of their values is repeated.
+fn unnest_feeders(plan: &LogicalPlan) -> Vec<*const LogicalPlan> {
+    let mut out = Vec::new();
+    let _ = plan.apply_with_subqueries(|p| {
+        if let LogicalPlan::Unnest(u) = p {
+            if let LogicalPlan::Projection(projection) = u.input.as_ref() {
+                let one_row = matches!(
+                    projection.input.as_ref(),
+                    LogicalPlan::EmptyRelation(e) if e.produce_one_row
+                );
+                let all_unnested = projection
+                    .schema
+                    .columns()
+                    .iter()
+                    .all(|c| u.exec_columns.contains(c));
+                if one_row && all_unnested {
+                    out.push(u.input.as_ref() as *const LogicalPlan);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
 }
 
 fn refused(what: String) -> DataFusionError {
@@ -372,6 +404,30 @@ mod tests {
         ] {
             check_literals(&optimized(&sql).await, 16 << 20, 8192)
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_list_an_unnest_takes_apart_whole_is_not_repeated() {
+        // A batch call's list: one row, every column unnested.
+        let list = (0..1000)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        for sql in [
+            format!("SELECT unnest([{list}]) AS id"),
+            format!("SELECT k.id FROM (SELECT unnest([{list}]) AS id, unnest([{list}]) AS n) k"),
+        ] {
+            check_literals(&optimized(&sql).await, 16 << 20, 8192)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        // The list beside its elements is repeated for each of them; over many rows, for each.
+        for sql in [
+            format!("SELECT unnest([{list}]) AS id, [{list}] AS all_ids"),
+            format!("SELECT unnest([{list}]) AS id FROM generate_series(1, 10)"),
+        ] {
+            let err = check_literals(&optimized(&sql).await, 16 << 20, 8192).unwrap_err();
+            assert!(err.to_string().contains("literal"), "{sql}: {err}");
         }
     }
 

@@ -30,9 +30,27 @@ impl Gateway {
             who.user,
             &policies.hash()[..16]
         );
+        let products = self.sessions.products();
         for t in tables {
             let (schema, table) = match (t.schema(), t.catalog()) {
                 (Some(s), None | Some("lake")) => (s.to_string(), t.table().to_string()),
+                (None, None) if products.get(t.table()).is_some() => {
+                    let may = policies.may_invoke(&who.user, scenario, t.table(), now)?;
+                    let _ = match may {
+                        (true, ids) => writeln!(
+                            out,
+                            "\ndata product {}: may be called{}",
+                            t.table(),
+                            by(&ids)
+                        ),
+                        (false, _) => writeln!(
+                            out,
+                            "\ndata product {}: DENIED — no policy permits invoke under this scenario",
+                            t.table()
+                        ),
+                    };
+                    continue;
+                }
                 _ => {
                     let _ = writeln!(out, "\ntable {t}: not a lake table (lake.<schema>.<table>)");
                     continue;

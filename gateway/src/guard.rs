@@ -64,10 +64,12 @@ pub(crate) fn guard(
     max_batch_bytes: usize,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
+        let repeated = repeated_columns(node.as_ref());
         let above = Above {
             name: node.name().to_string(),
             keeps: keeps_input_unaccounted(node.as_ref()),
-            repeats: repeats_rows(node.as_ref()),
+            repeats: repeats_rows(node.as_ref()) && repeated.as_ref().is_none_or(|c| !c.is_empty()),
+            repeated,
             copies: window_copies(node.as_ref()),
         };
         let node = if above.keeps || above.repeats {
@@ -135,6 +137,25 @@ fn repeats_rows(plan: &dyn ExecutionPlan) -> bool {
         || plan.is::<BoundedWindowAggExec>()
 }
 
+/// The input columns an operator that repeats rows repeats, when not all of them: UNNEST
+/// repeats the columns it does not take apart, and none of a list it takes apart (a batch
+/// call's list of 10,000 ids becomes 10,000 rows of one id each).
+fn repeated_columns(plan: &dyn ExecutionPlan) -> Option<Vec<usize>> {
+    let unnest = plan.downcast_ref::<UnnestExec>()?;
+    let width = unnest.input().schema().fields().len();
+    Some(
+        (0..width)
+            .filter(|i| {
+                !unnest
+                    .list_column_indices()
+                    .iter()
+                    .any(|l| l.index_in_input_schema == *i)
+                    && !unnest.struct_column_indices().contains(i)
+            })
+            .collect(),
+    )
+}
+
 /// The operator a guard passes its batches to, when that matters.
 #[derive(Debug, Clone)]
 struct Above {
@@ -143,6 +164,8 @@ struct Above {
     keeps: bool,
     /// It may repeat a row for a whole batch: no row may be wider than a batch's share.
     repeats: bool,
+    /// The columns it repeats, when not all ([`repeated_columns`]).
+    repeated: Option<Vec<usize>>,
     /// Window functions above that may each copy a column of the batch: the batch times this
     /// must fit `max_batch_bytes`.
     copies: usize,
@@ -228,7 +251,11 @@ impl ExecutionPlan for GuardExec {
         // A row repeated for a whole batch must fit the batch: the literal limit.
         let widest = self.above.as_ref().filter(|a| a.repeats).map(|a| {
             let rows = context.session_config().batch_size().max(1);
-            (a.name.clone(), self.max_batch_bytes / rows)
+            (
+                a.name.clone(),
+                self.max_batch_bytes / rows,
+                a.repeated.clone(),
+            )
         });
         let copied = self
             .above
@@ -254,8 +281,9 @@ struct GuardStream {
     operator: String,
     /// Grows by every batch passed up to an operator that keeps them.
     held: Option<MemoryReservation>,
-    /// The operator above that repeats rows, and the widest row it may be given.
-    widest: Option<(String, usize)>,
+    /// The operator above that repeats rows, the widest row it may be given, and the columns
+    /// that row is made of (all when `None`).
+    widest: Option<(String, usize, Option<Vec<usize>>)>,
     /// The window operator above, and how many of its functions may copy a column.
     copied: Option<(String, usize)>,
     /// A checked batch waiting for the task's next turn (its budget was spent).
@@ -282,8 +310,11 @@ impl GuardStream {
                 )));
             }
         }
-        if let Some((above, most)) = &self.widest {
-            let widest = crate::row_size::widest_row(&batch);
+        if let Some((above, most, columns)) = &self.widest {
+            let widest = match columns {
+                Some(c) => crate::row_size::widest_row(&batch.project(c)?),
+                None => crate::row_size::widest_row(&batch),
+            };
             if widest > *most as u64 {
                 return Err(DataFusionError::ResourcesExhausted(format!(
                     "result too large: a row of {widest} bytes reaches {above}, \
@@ -367,6 +398,39 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::memory::MemorySourceConfig;
     use datafusion::prelude::SessionContext;
+
+    #[tokio::test]
+    async fn unnest_bounds_the_columns_it_repeats_not_the_list_it_takes_apart() {
+        // One row: a list of 1,000 ints (8 KB) and a text of 1,000 bytes. 1 MiB over 8,192
+        // rows allows rows of 128 bytes where a row is repeated.
+        let ctx = SessionContext::new();
+        ctx.sql("CREATE TABLE t AS SELECT range(1000) AS v, repeat('w', 1000) AS w")
+            .await
+            .unwrap();
+        let run = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                let plan = ctx
+                    .sql(sql)
+                    .await
+                    .unwrap()
+                    .create_physical_plan()
+                    .await
+                    .unwrap();
+                let plan = guard(plan, 1 << 20).unwrap();
+                datafusion::physical_plan::collect(plan, ctx.task_ctx()).await
+            }
+        };
+        let rows: usize = run("SELECT unnest(v) AS x FROM t")
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows, 1000);
+        let err = run("SELECT unnest(v) AS x, w FROM t").await.unwrap_err();
+        assert!(err.to_string().contains("reaches UnnestExec"), "{err}");
+    }
 
     #[tokio::test]
     async fn more_guards_on_one_path_than_a_tasks_budget_still_run() {

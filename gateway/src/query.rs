@@ -301,8 +301,13 @@ impl Query {
             let t = f.data_type();
             if let Some(kind) = f.metadata().get(crate::products::PARAM_KIND_KEY) {
                 if !crate::products::accepts_kind(kind, &v.data_type()) {
+                    let argument = f
+                        .metadata()
+                        .get(crate::products::PARAM_NAME_KEY)
+                        .cloned()
+                        .unwrap_or_else(|| "a data product argument".into());
                     return Err(GatewayError::Parameters(format!(
-                        "parameter {}: a data product argument of kind {kind} cannot be {}",
+                        "parameter {}: {argument} must be a {kind}, not {}",
                         f.name(),
                         v.data_type()
                     )));

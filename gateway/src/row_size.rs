@@ -35,6 +35,30 @@ fn row_sizes(a: &dyn Array) -> Vec<u64> {
             let l = a.as_list::<i64>();
             nested(l.offsets(), &row_sizes(l.values().as_ref()))
         }
+        // Views may overlap: each row is what its view stands for, summed in one pass.
+        DataType::ListView(_) => {
+            let l = a.as_list_view::<i32>();
+            let child = prefix(&row_sizes(l.values().as_ref()));
+            (0..l.len())
+                .map(|i| window(&child, l.value_offset(i) as usize, l.value_size(i) as usize))
+                .collect()
+        }
+        DataType::LargeListView(_) => {
+            let l = a.as_list_view::<i64>();
+            let child = prefix(&row_sizes(l.values().as_ref()));
+            (0..l.len())
+                .map(|i| window(&child, l.value_offset(i) as usize, l.value_size(i) as usize))
+                .collect()
+        }
+        // Each key is the value it stands for (a dictionary repeats values without copying).
+        DataType::Dictionary(_, _) => {
+            let d = a.as_any_dictionary();
+            let values = row_sizes(d.values().as_ref());
+            d.normalized_keys()
+                .into_iter()
+                .map(|k| values.get(k).copied().unwrap_or(0))
+                .collect()
+        }
         DataType::Map(_, _) => {
             let m = a.as_map();
             let entries: &dyn Array = m.entries();
@@ -81,6 +105,29 @@ fn views(views: &[u128]) -> Vec<u64> {
     views.iter().map(|v| (*v as u32) as u64 + 16).collect()
 }
 
+/// Running sums: `out[i]` is the sum of `sizes[..i]`.
+fn prefix(sizes: &[u64]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(sizes.len() + 1);
+    let mut sum = 0u64;
+    out.push(0);
+    for s in sizes {
+        sum = sum.saturating_add(*s);
+        out.push(sum);
+    }
+    out
+}
+
+/// The sum of `size` sizes from `start`, from running sums (0 when out of range).
+fn window(prefix: &[u64], start: usize, size: usize) -> u64 {
+    match (
+        prefix.get(start),
+        start.checked_add(size).and_then(|e| prefix.get(e)),
+    ) {
+        (Some(a), Some(b)) => b.saturating_sub(*a),
+        _ => 0,
+    }
+}
+
 fn nested<O: OffsetSizeTrait>(offsets: &OffsetBuffer<O>, child: &[u64]) -> Vec<u64> {
     offsets
         .windows(2)
@@ -114,5 +161,39 @@ mod tests {
         assert_eq!(widest_row(&batch), 4009);
         // A slice sees only its own rows.
         assert_eq!(widest_row(&batch.slice(1, 2)), 1008);
+    }
+
+    #[test]
+    fn encodings_count_what_they_stand_for_not_what_they_send() {
+        use datafusion::arrow::array::{DictionaryArray, ListViewArray};
+        use datafusion::arrow::buffer::ScalarBuffer;
+        use datafusion::arrow::datatypes::{Field, Int32Type};
+        // 1,000 keys of one 1,000-byte value: a million bytes, in a few kilobytes.
+        let value = "x".repeat(1000);
+        let dict: DictionaryArray<Int32Type> = std::iter::repeat_n(value.as_str(), 1000).collect();
+        let list = ListArray::new(
+            Arc::new(Field::new_list_field(dict.data_type().clone(), true)),
+            OffsetBuffer::from_lengths([1000]),
+            Arc::new(dict),
+            None,
+        );
+        let batch = RecordBatch::try_from_iter([("l", Arc::new(list) as ArrayRef)]).unwrap();
+        assert_eq!(widest_row(&batch), 1_000_000);
+        // 1,000 list views over the same 1,000 ints, in one row.
+        let views = ListViewArray::new(
+            Arc::new(Field::new_list_field(DataType::Int64, true)),
+            ScalarBuffer::from(vec![0i32; 1000]),
+            ScalarBuffer::from(vec![1000i32; 1000]),
+            Arc::new(Int64Array::from(vec![1; 1000])),
+            None,
+        );
+        let outer = ListArray::new(
+            Arc::new(Field::new_list_field(views.data_type().clone(), true)),
+            OffsetBuffer::from_lengths([1000]),
+            Arc::new(views),
+            None,
+        );
+        let batch = RecordBatch::try_from_iter([("l", Arc::new(outer) as ArrayRef)]).unwrap();
+        assert_eq!(widest_row(&batch), 8_000_000);
     }
 }

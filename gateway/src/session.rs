@@ -106,6 +106,20 @@ impl Sessions {
         sql: &str,
         calls: Option<crate::products::Calls>,
     ) -> Result<Planned, GatewayError> {
+        self.plan_read_typed(who, scenario, sql, calls, Vec::new())
+            .await
+    }
+
+    /// [`Sessions::plan_read`] with the named placeholders `typed` given their types before
+    /// planning (a data product's list parameters: `unnest($ids)` plans only on a typed list).
+    pub(crate) async fn plan_read_typed(
+        &self,
+        who: policy::Principal,
+        scenario: &str,
+        sql: &str,
+        calls: Option<crate::products::Calls>,
+        typed: Vec<(String, String)>,
+    ) -> Result<Planned, GatewayError> {
         let (state, lake, gate) = self.session(who, scenario, calls);
         // Parsing and planning take seconds for a 1 MiB statement: on the query runtime, never
         // on the threads that serve clients (twelve concurrent 1 MiB statements held another
@@ -119,6 +133,7 @@ impl Sessions {
         let (statement, state, named) = executor
             .spawn(async move {
                 let mut statement = statement::parse_read_statement(&text, limits)?;
+                crate::products::type_placeholders(&mut statement, &typed)?;
                 enforce::wildcard::exclude_from_statement(&mut statement, &gate);
                 let named = state
                     .resolve_table_references(&statement)

@@ -7,12 +7,19 @@
 //! else is the trait's defaults, as in `DefaultDialect`.
 
 use std::collections::HashSet;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use datafusion::error::Result;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::sqlparser::ast;
 use datafusion::sql::sqlparser::keywords::ALL_KEYWORDS;
+use datafusion::sql::unparser::ast::{
+    QueryBuilder, RelationBuilder, SelectBuilder, TableRelationBuilder,
+};
 use datafusion::sql::unparser::dialect::Dialect;
+use datafusion::sql::unparser::extension_unparser::{
+    UnparseWithinStatementResult, UserDefinedLogicalNodeUnparser,
+};
 use datafusion::sql::unparser::Unparser;
 
 /// `DefaultDialect` with a quote rule that costs a set lookup.
@@ -64,7 +71,49 @@ pub(crate) fn plan_sql(plan: &LogicalPlan) -> Result<String> {
         ));
     }
     let shown = crate::enforce::aggregate_only::display_form(plan)?;
-    Ok(Unparser::new(&LakeDialect).plan_to_sql(&shown)?.to_string())
+    Ok(Unparser::new(&LakeDialect)
+        .with_extension_unparsers(vec![Arc::new(CallUnparser)])
+        .plan_to_sql(&shown)?
+        .to_string())
+}
+
+/// Writes a data product call as the caller wrote it, `name(args)` in FROM: never the
+/// product's own SQL.
+struct CallUnparser;
+
+impl UserDefinedLogicalNodeUnparser for CallUnparser {
+    fn unparse(
+        &self,
+        node: &dyn datafusion::logical_expr::UserDefinedLogicalNode,
+        unparser: &Unparser,
+        _query: &mut Option<&mut QueryBuilder>,
+        _select: &mut Option<&mut SelectBuilder>,
+        relation: &mut Option<&mut RelationBuilder>,
+    ) -> Result<UnparseWithinStatementResult> {
+        let any: &dyn std::any::Any = node.as_any();
+        let (Some(call), Some(relation)) =
+            (any.downcast_ref::<crate::products::ProductCall>(), relation)
+        else {
+            return Ok(UnparseWithinStatementResult::Unmodified);
+        };
+        let args = call
+            .args
+            .iter()
+            .map(|a| {
+                unparser
+                    .expr_to_sql(a)
+                    .map(|e| ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut table = TableRelationBuilder::default();
+        table
+            .name(ast::ObjectName::from(vec![ast::Ident::new(
+                call.product.name(),
+            )]))
+            .args(Some(args));
+        relation.table(table);
+        Ok(UnparseWithinStatementResult::Modified)
+    }
 }
 
 /// The plan's nodes and expression nodes (subqueries included), counted up to `most`, and the

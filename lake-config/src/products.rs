@@ -11,6 +11,20 @@
 //! [review]
 //! max_rows = 1                # rows per call (default 100)
 //! ```
+//!
+//! A **batch** product takes a list (`"list<string>"`, ...) and answers about each of its
+//! values in one call; `[review] batch_key` names the list parameter whose values the output
+//! repeats in the column of the same name, and `max_rows` counts per value:
+//!
+//! ```toml
+//! sql = "SELECT k.person_id, ... FROM (SELECT unnest($person_id) AS person_id) k LEFT JOIN ..."
+//! [params]
+//! person_id = "list<string>"
+//! [review]
+//! max_rows = 1                # rows per value of the list
+//! max_batch = 100000          # values per call (default 100,000)
+//! batch_key = "person_id"
+//! ```
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +35,9 @@ use crate::ConfigError;
 
 /// Rows a call may return when the product's file names no `[review] max_rows`.
 pub const DEFAULT_MAX_ROWS: u64 = 100;
+
+/// Values a list argument may hold when the product's file names no `[review] max_batch`.
+pub const DEFAULT_MAX_BATCH: u64 = 100_000;
 
 /// The longest product name accepted.
 pub const MAX_NAME_CHARS: usize = 64;
@@ -36,8 +53,13 @@ pub struct ProductFile {
     pub sql: String,
     /// Its parameters in the order a call passes them.
     pub params: Vec<Param>,
-    /// `[review] max_rows`: rows one call may return.
+    /// `[review] max_rows`: rows one call may return (per value of a batch call's list).
     pub max_rows: u64,
+    /// `[review] max_batch`: values a list argument may hold.
+    pub max_batch: u64,
+    /// `[review] batch_key`: the list parameter a batch product answers about, by value;
+    /// its output has a column of the same name. Set exactly when a parameter is a list.
+    pub batch_key: Option<String>,
     /// SHA-256 of the file's bytes, hex: the version a call is recorded with.
     pub version: String,
     /// Where it was read from.
@@ -49,8 +71,34 @@ pub struct ProductFile {
 pub struct Param {
     /// Its name, as `$name` in the SQL.
     pub name: String,
-    /// Its type.
+    /// Its type (of each value, for a list).
     pub ty: ParamType,
+    /// A list of values of `ty` (`"list<string>"`): a batch call.
+    pub list: bool,
+}
+
+impl Param {
+    /// The word the product file writes for its type: `string`, `list<string>`.
+    pub fn type_word(&self) -> String {
+        type_word(self.ty, self.list)
+    }
+}
+
+/// The product file's word for a type: `string`, or `list<string>` for a list of them.
+pub fn type_word(ty: ParamType, list: bool) -> String {
+    if list {
+        format!("list<{ty}>")
+    } else {
+        ty.to_string()
+    }
+}
+
+/// The type a product file's word names, and whether it is a list of it.
+pub fn parse_type_word(word: &str) -> Option<(ParamType, bool)> {
+    match word.strip_prefix("list<").and_then(|w| w.strip_suffix('>')) {
+        Some(inner) => ParamType::parse(inner.trim()).map(|t| (t, true)),
+        None => ParamType::parse(word).map(|t| (t, false)),
+    }
 }
 
 /// The types a product's parameter may have.
@@ -119,6 +167,8 @@ struct RawProduct {
 #[serde(deny_unknown_fields)]
 struct RawReview {
     max_rows: Option<u64>,
+    max_batch: Option<u64>,
+    batch_key: Option<String>,
 }
 
 /// Whether `name` may name a product (and a parameter): `[a-z][a-z0-9_]*`, at most
@@ -193,17 +243,57 @@ pub fn read_product(path: &Path) -> Result<ProductFile, ConfigError> {
                 "use lower-case letters, digits and _, starting with a letter",
             ));
         }
-        let ty = value.as_str().and_then(ParamType::parse).ok_or_else(|| {
+        let (ty, list) = value.as_str().and_then(parse_type_word).ok_or_else(|| {
             invalid(
                 &format!("params.{key}"),
                 format!("`{value}` is not a parameter type"),
-                "write one of \"string\", \"int\", \"decimal\", \"date\", \"timestamp\", \"bool\"",
+                "write one of \"string\", \"int\", \"decimal\", \"date\", \"timestamp\", \"bool\", or a list of one (\"list<string>\")",
             )
         })?;
         params.push(Param {
             name: key.clone(),
             ty,
+            list,
         });
+    }
+    let max_batch = raw.review.max_batch.unwrap_or(DEFAULT_MAX_BATCH);
+    if max_batch == 0 {
+        return Err(invalid(
+            "review.max_batch",
+            "is 0".into(),
+            "a batch call must be allowed at least one value",
+        ));
+    }
+    let lists: Vec<&str> = params
+        .iter()
+        .filter(|p| p.list)
+        .map(|p| p.name.as_str())
+        .collect();
+    match (&raw.review.batch_key, lists.is_empty()) {
+        (None, false) => return Err(invalid(
+            "review.batch_key",
+            format!(
+                "is missing, and {} is a list: a batch product must say which list its \
+                     output rows answer about",
+                lists.join(", ")
+            ),
+            "name the list parameter whose values the output repeats in a column of the same name",
+        )),
+        (Some(key), true) => {
+            return Err(invalid(
+                "review.batch_key",
+                format!("is `{key}`, but no parameter is a list"),
+                "remove it, or declare the parameter as a list (\"list<string>\")",
+            ))
+        }
+        (Some(key), false) if !lists.contains(&key.as_str()) => {
+            return Err(invalid(
+                "review.batch_key",
+                format!("`{key}` is not a list parameter"),
+                "name one of the list parameters",
+            ))
+        }
+        _ => {}
     }
     let max_rows = raw.review.max_rows.unwrap_or(DEFAULT_MAX_ROWS);
     if max_rows == 0 {
@@ -219,6 +309,8 @@ pub fn read_product(path: &Path) -> Result<ProductFile, ConfigError> {
         sql: raw.sql,
         params,
         max_rows,
+        max_batch,
+        batch_key: raw.review.batch_key,
         version: hex::encode(Sha256::digest(&bytes)),
         path: path.to_path_buf(),
     })
@@ -293,6 +385,31 @@ max_rows = 1
                 "sql = \"SELECT 1\"\n",
                 "missing field `description`",
             ),
+            (
+                "p.toml",
+                "description = \"x\"\nsql = \"SELECT 1\"\n[params]\nids = \"list<string>\"\n",
+                "review.batch_key",
+            ),
+            (
+                "p.toml",
+                "description = \"x\"\nsql = \"SELECT 1\"\n[params]\nid = \"string\"\n[review]\nbatch_key = \"id\"\n",
+                "no parameter is a list",
+            ),
+            (
+                "p.toml",
+                "description = \"x\"\nsql = \"SELECT 1\"\n[params]\nids = \"list<string>\"\nid = \"int\"\n[review]\nbatch_key = \"id\"\n",
+                "`id` is not a list parameter",
+            ),
+            (
+                "p.toml",
+                "description = \"x\"\nsql = \"SELECT 1\"\n[params]\nids = \"list<list<int>>\"\n[review]\nbatch_key = \"ids\"\n",
+                "params.ids",
+            ),
+            (
+                "p.toml",
+                "description = \"x\"\nsql = \"SELECT 1\"\n[params]\nids = \"list<int>\"\n[review]\nbatch_key = \"ids\"\nmax_batch = 0\n",
+                "review.max_batch",
+            ),
         ];
         for (name, text, expected) in cases {
             let path = write(dir.path(), name, text);
@@ -302,6 +419,26 @@ max_rows = 1
                 "{name}: {err}"
             );
             std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_batch_product_declares_its_list_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "verify.toml",
+            "description = \"x\"\nsql = \"SELECT 1\"\n[params]\nid = \"list<string>\"\nname = \"list< string >\"\n[review]\nbatch_key = \"id\"\nmax_rows = 1\n",
+        );
+        let p = read_product(&path).unwrap();
+        let words: Vec<String> = p.params.iter().map(Param::type_word).collect();
+        assert_eq!(words, ["list<string>", "list<string>"]);
+        assert_eq!(p.batch_key.as_deref(), Some("id"));
+        assert_eq!(p.max_batch, DEFAULT_MAX_BATCH);
+        assert_eq!(parse_type_word("list<date>"), Some((ParamType::Date, true)));
+        assert_eq!(parse_type_word("int"), Some((ParamType::Int, false)));
+        for bad in ["list<>", "list<uuid>", "list<int", "array<int>"] {
+            assert_eq!(parse_type_word(bad), None, "{bad}");
         }
     }
 

@@ -210,13 +210,17 @@ pub async fn build_with_products(dir: &Path) -> PathBuf {
     let mut verification = entities[3].clone();
     verification["uid"]["id"] = "verification".into();
     verification["attrs"]["tables"] = serde_json::json!([]);
-    verification["attrs"]["products"] = serde_json::json!([product("employee_check")]);
+    verification["attrs"]["products"] = serde_json::json!([
+        product("employee_check"),
+        product("employee_check_batch"),
+        product("leaky_batch")
+    ]);
     entities.as_array_mut().unwrap().push(payroll);
     entities.as_array_mut().unwrap().push(verification);
     let config = build_with(dir, &NORTH_GROUPS, &policies, &schema, entities).await;
     let products = dir.join("products");
     std::fs::create_dir_all(&products).unwrap();
-    for (name, text) in PRODUCTS {
+    for (name, text) in PRODUCTS.into_iter().chain(BATCH_PRODUCTS) {
         std::fs::write(products.join(format!("{name}.toml")), text).unwrap();
     }
     let mut text = std::fs::read_to_string(&config).unwrap();
@@ -276,6 +280,37 @@ max_rows = 5
 sql = "SELECT id, salary / 10000 AS band FROM hr.employees WHERE id = $id"
 [params]
 id = "int"
+"#,
+    ),
+];
+
+/// Batch products of [`build_with_products`] (approved by the scenario `verification`): one
+/// answering about each id sent, and one that answers about ids 1 to 3 whatever was sent.
+pub const BATCH_PRODUCTS: [(&str, &str); 2] = [
+    (
+        "employee_check_batch",
+        r#"description = "For each id: is the employee's diagnosis Hypertension?"
+sql = """
+SELECT k.id, e.diagnosis = 'Hypertension' AS hypertensive
+FROM (SELECT unnest($id) AS id) k LEFT JOIN hr.employees e ON e.id = k.id
+"""
+[params]
+id = "list<int>"
+[review]
+max_rows = 1
+max_batch = 20000
+batch_key = "id"
+"#,
+    ),
+    (
+        "leaky_batch",
+        r#"description = "Answers about ids 1 to 3, whatever it is asked"
+sql = "SELECT id, name FROM hr.employees WHERE id <= 3 AND cardinality($id) > 0"
+[params]
+id = "list<int>"
+[review]
+max_rows = 1
+batch_key = "id"
 "#,
     ),
 ];

@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use gateway::audit::{segments, verify, AuditRecord};
-use lakegate_tests::{as_user, fetch, private_demo, query, rows, shared_demo, TestServer};
+use lakegate_tests::{
+    as_user, column_strings, fetch, private_demo, query, rows, shared_demo, TestServer,
+};
 
 fn records(dir: &Path) -> Vec<AuditRecord> {
     lakegate_tests::audit_records(dir)
@@ -326,6 +328,35 @@ async fn the_regulator_reads_the_trail_through_lakegate_with_parameters_masked()
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     };
     assert_eq!(exported, expected);
+    // Data product calls, per product and billed calls, without their arguments.
+    let mut platform = as_user(&server, "platform", "identity-verification").await;
+    query(
+        &mut platform,
+        "SELECT * FROM identity_check(['110101190001019999', '110101190001018888'], \
+         ['SECRET-NAME-A', 'SECRET-NAME-B'])",
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let calls = loop {
+        let got = query(
+            &mut regulator,
+            "SELECT products, CAST(sum(calls) AS BIGINT) AS calls, min(sql) AS sql \
+             FROM lakegate_audit.queries WHERE kind = 'call' GROUP BY products",
+        )
+        .await
+        .unwrap();
+        if rows(&got) > 0 || std::time::Instant::now() > deadline {
+            break got;
+        }
+        // Closing a segment: more records.
+        let _ = query(&mut platform, "SELECT 1").await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    let text = lakegate_tests::pretty(&calls);
+    assert_eq!(column_strings(&calls, 0), ["identity_check"], "{text}");
+    assert_eq!(column_strings(&calls, 1), ["2"], "{text}");
+    assert!(!text.contains("SECRET") && !text.contains("9999"), "{text}");
     // Other operators do not see the trail at all.
     let err = query(&mut banker, "SELECT count(*) FROM lakegate_audit.queries")
         .await

@@ -670,7 +670,9 @@ async fn the_catalog_reads_subject_keys_and_overrides() {
     assert_eq!(
         lake.schema_names(),
         [
+            "civil",
             "health",
+            "housing",
             "lakegate_audit",
             "market",
             "social_security",

@@ -39,6 +39,11 @@ async fn seen(c: &mut Client, sql: &str) -> String {
 
 /// Edits the attributes of the scenario [`SCENARIO`] in the lake under `dir`.
 fn edit_scenario(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    edit_scenario_named(dir, SCENARIO, edit)
+}
+
+/// Edits the attributes of the scenario `id` in the lake under `dir`.
+fn edit_scenario_named(dir: &std::path::Path, id: &str, edit: impl FnOnce(&mut serde_json::Value)) {
     let file = dir.join("policies").join("entities.json");
     let mut entities: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
@@ -46,7 +51,7 @@ fn edit_scenario(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value
         .as_array_mut()
         .unwrap()
         .iter_mut()
-        .find(|e| e["uid"]["id"] == SCENARIO)
+        .find(|e| e["uid"]["id"] == id)
         .unwrap();
     edit(&mut scenario["attrs"]);
     std::fs::write(&file, serde_json::to_string_pretty(&entities).unwrap()).unwrap();
@@ -336,7 +341,7 @@ async fn calls_are_refused_clearly_and_release_nothing_past_the_product_limit() 
         Ok(info) => fetch(&mut c, info).await.unwrap_err(),
     };
     assert!(
-        e.contains("data product argument of kind int cannot be Float64"),
+        e.contains("data product employee_check: argument 1 (id) must be a int, not Float64"),
         "{e}"
     );
 
@@ -550,6 +555,8 @@ async fn the_operator_lists_products_with_their_approving_scenarios() {
             "diagnosis_count",
             "draft",
             "employee_check",
+            "employee_check_batch",
+            "leaky_batch",
             "salary_band"
         ]
     );
@@ -559,7 +566,8 @@ async fn the_operator_lists_products_with_their_approving_scenarios() {
     assert_eq!(check.max_rows, 1);
     assert_eq!(check.version.len(), 64);
     assert_eq!(check.scenarios, [SCENARIO, "verification"]);
-    assert_eq!(listed[4].scenarios, ["payroll"]);
+    assert_eq!(listed[4].parameters, "id list<int>");
+    assert_eq!(listed[6].scenarios, ["payroll"]);
     assert!(listed[2].scenarios.is_empty());
 }
 
@@ -601,4 +609,214 @@ async fn an_operator_calls_a_product_from_the_command_line_path_on_the_record() 
     let call = records.iter().find(|r| r.kind == "call").unwrap();
     assert_eq!(call.client, None);
     assert_eq!(call.rows_out, Some(1));
+}
+
+/// A list of ids as one parameter value (a batch call's argument).
+fn id_list(ids: impl IntoIterator<Item = Option<i64>>) -> RecordBatch {
+    let list =
+        arrow::array::ListArray::from_iter_primitive::<arrow::datatypes::Int64Type, _, _>([Some(
+            ids.into_iter().collect::<Vec<_>>(),
+        )]);
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "0",
+            arrow::array::Array::data_type(&list).clone(),
+            true,
+        )])),
+        vec![Arc::new(list)],
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_call_answers_about_each_value_sent_and_nothing_else() {
+    let (dir, config) = lake().await;
+    edit_scenario_named(dir.path(), "verification", |attrs| {
+        attrs["max_calls_per_day"] = 10_010.into();
+    });
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server, "verification").await;
+
+    // 10,000 ids in one prepared call, as ADBC binds a list: one row per id, with its id.
+    // Ids 1-20 are Hypertension, 21-72 other diagnoses (48-72 South), the rest no one.
+    let mut stmt = c
+        .prepare("SELECT * FROM employee_check_batch(?)".into(), None)
+        .await
+        .unwrap();
+    let fields = stmt.parameter_schema().unwrap().fields().clone();
+    assert!(
+        matches!(fields[0].data_type(), DataType::List(f) if *f.data_type() == DataType::Int64),
+        "{fields:?}"
+    );
+    stmt.set_parameters(id_list((1..=10_000).map(Some)))
+        .unwrap();
+    let got = fetch(&mut c, stmt.execute().await.unwrap()).await.unwrap();
+    assert_eq!(rows(&got), 10_000);
+    let ids = column_strings(&got, 0);
+    let answers = column_strings(&got, 1);
+    let by_id: std::collections::HashMap<i64, String> = ids
+        .iter()
+        .zip(answers)
+        .map(|(i, a)| (i.parse().unwrap(), a))
+        .collect();
+    assert_eq!(by_id.len(), 10_000);
+    for (id, expected) in [(1, "true"), (20, "true"), (21, "false"), (50, "false")] {
+        assert_eq!(by_id[&id], expected, "id {id}");
+    }
+    assert_eq!(by_id[&73], "NULL", "no employee 73: no answer");
+
+    // Literal lists; a bad list is refused naming the product and the parameter.
+    let two = query(&mut c, "SELECT * FROM employee_check_batch([1, 50])")
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&two, 1), ["true", "false"]);
+    for (args, says) in [
+        ("['1']", "argument 1 (id) must be a list<int>"),
+        ("1", "argument 1 (id) must be a list<int>"),
+        ("[1, 2.5]", "argument 1 (id) must be a literal"),
+        ("[]", "holds 0 values"),
+        ("[1, NULL]", "NULL values"),
+    ] {
+        // Refused when the statement is planned, or its call when it runs: nothing runs.
+        let e = seen(
+            &mut c,
+            &format!("SELECT * FROM employee_check_batch({args})"),
+        )
+        .await;
+        assert!(
+            e.contains("ERROR") && e.contains("employee_check_batch") && e.contains(says),
+            "{args}: {e}"
+        );
+    }
+    stmt.set_parameters(id_list([Some(1), None])).unwrap();
+    let e = fetch(&mut c, stmt.execute().await.unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("NULL values"), "{e}");
+    let too_many = id_list((1..=20_001).map(Some));
+    stmt.set_parameters(too_many).unwrap();
+    let e = fetch(&mut c, stmt.execute().await.unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1 to 20000 ([review] max_batch)"), "{e}");
+
+    // A batch product that answers about ids it was not sent releases nothing.
+    let leaked = seen(&mut c, "SELECT * FROM leaky_batch([1, 2])").await;
+    assert!(
+        leaked.contains("ERROR") && leaked.contains("did not ask about"),
+        "{leaked}"
+    );
+    assert!(!leaked.contains("Employee 3"), "{leaked}");
+    let asked = query(&mut c, "SELECT id FROM leaky_batch([3, 2, 1])")
+        .await
+        .unwrap();
+    assert_eq!(rows(&asked), 3);
+
+    // Counted per value: 10,000 + 2 + 2 + 3 made; 3 more pass the quota of 10,010 and are
+    // refused before they run, naming it; 1 more is still within it.
+    let e = seen(&mut c, "SELECT * FROM employee_check_batch([1, 2, 3, 4])").await;
+    assert!(e.contains("max_calls_per_day = 10010"), "{e}");
+    query(&mut c, "SELECT * FROM employee_check_batch([7, 8, 9])")
+        .await
+        .unwrap();
+    let e = seen(&mut c, "SELECT * FROM employee_check(1)").await;
+    assert!(e.contains("max_calls_per_day = 10010"), "{e}");
+    drop(c);
+    drop(server);
+
+    // The trail counts what was billed; usage bills per value.
+    let records = audit_records(&dir.path().join("audit"));
+    let billed: u64 = records
+        .iter()
+        .filter(|r| r.kind == gateway::audit::RecordKind::Call)
+        .map(|r| r.calls.unwrap_or(1))
+        .sum();
+    assert_eq!(billed, 10_000 + 2 + 2 + 3 + 3);
+    let big = records
+        .iter()
+        .find(|r| r.kind == gateway::audit::RecordKind::Call && r.calls == Some(10_000))
+        .expect("the batch's call record");
+    assert!(big.sql.starts_with("employee_check_batch@"), "{}", big.sql);
+    assert!(big.sql.contains("9999, 10000]"), "{}", &big.sql[..200]);
+    assert_eq!(big.rows_out, Some(10_000));
+}
+
+#[tokio::test]
+async fn a_revocation_that_breaks_a_product_takes_effect_and_the_product_stops() {
+    // Round 24: the reload planned every product under the new policies and refused the whole
+    // set when one no longer planned, so a revocation that also took a product's table kept
+    // the revoked access serving. Now the policies apply and that product is left out.
+    let (dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server, SCENARIO).await;
+    query(&mut c, "SELECT count(*) FROM org.departments")
+        .await
+        .unwrap();
+    query(&mut c, "SELECT * FROM employee_check(1)")
+        .await
+        .unwrap();
+    // An edit that does not plan keeps the product's last good version serving (seen once
+    // a valid edit beside it is served).
+    let products = dir.path().join("products");
+    let broken = std::fs::read_to_string(products.join("employee_check.toml")).unwrap();
+    std::fs::write(
+        products.join("employee_check.toml"),
+        broken.replace("diagnosis =", "no_such_column ="),
+    )
+    .unwrap();
+    let counting = std::fs::read_to_string(products.join("diagnosis_count.toml")).unwrap();
+    std::fs::write(
+        products.join("diagnosis_count.toml"),
+        counting.replace("How many", "Edited: how many"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lakegate_tests::pretty(
+        &query(&mut c, "SELECT description FROM lakegate.products")
+            .await
+            .unwrap(),
+    )
+    .contains("Edited")
+    {
+        assert!(Instant::now() < deadline, "the valid edit was not served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kept = query(&mut c, "SELECT * FROM employee_check(1)")
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&kept, 1), ["true"]);
+    let file = dir.path().join("policies").join("policies.cedar");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "{text}\n@id(\"revoked\")\nforbid (principal, action == Lake::Action::\"query\", \
+             resource == Lake::Table::\"hr.employees\");\n"
+        ),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let e = loop {
+        match query(&mut c, "SELECT count(*) FROM hr.employees").await {
+            Err(e) => break e,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Ok(_) => panic!("the revocation did not take effect"),
+        }
+    };
+    assert!(e.contains("not found"), "{e}");
+    // Every product here reads hr.employees: none can be called, as if unknown.
+    let e = seen(&mut c, "SELECT * FROM employee_check(1)").await;
+    assert!(e.contains("not found"), "{e}");
+    let listed = query(&mut c, "SELECT name FROM lakegate.products")
+        .await
+        .unwrap();
+    assert_eq!(rows(&listed), 0);
+    // What the revocation did not touch still serves.
+    query(&mut c, "SELECT count(*) FROM org.departments")
+        .await
+        .unwrap();
 }

@@ -1,5 +1,5 @@
 //! The demo's rows: deterministic, seed-shaped tables (visits, contributions, enterprises,
-//! penalties, building energy) from a small PRNG.
+//! penalties, building energy; residents, medical insurance, buildings) from a small PRNG.
 
 use super::*;
 
@@ -431,6 +431,106 @@ pub(super) fn building_energy(
                 building
                     .iter()
                     .map(|b| owners[(*b as usize) % owners.len()].code.clone()),
+            ),
+        )
+        .batch()
+}
+
+/// The birth date (days since 1970-01-01) an identity number carries (its characters 7-14).
+pub(super) fn birth_date(id: &str) -> i32 {
+    let n = |a: usize, b: usize| id[a..b].parse::<u32>().expect("digits");
+    days(n(6, 10) as i32, n(10, 12), n(12, 14))
+}
+
+/// The resident register (civil affairs): one row per person.
+pub(super) fn residents(persons: &[Person]) -> anyhow::Result<RecordBatch> {
+    Columns::new()
+        .add("person_id", strings(persons.iter().map(|p| &p.id)))
+        .add("name", strings(persons.iter().map(|p| &p.name)))
+        .add("district", strings(persons.iter().map(|p| p.district)))
+        .add(
+            "birth_date",
+            dates(
+                persons
+                    .iter()
+                    .map(|p| birth_date(&p.id))
+                    .collect::<Vec<_>>(),
+            ),
+        )
+        .add(
+            "gender",
+            strings(persons.iter().map(|p| {
+                // The 17th character: odd for men.
+                if p.id.as_bytes()[16] % 2 == 1 {
+                    "M"
+                } else {
+                    "F"
+                }
+            })),
+        )
+        .batch()
+}
+
+/// Basic medical insurance enrolment (healthcare security): most people, once each.
+pub(super) fn insurance(rng: &mut Rng, persons: &[Person]) -> anyhow::Result<RecordBatch> {
+    let mut rows: Vec<(&Person, &str, &str, i32)> = Vec::new();
+    for p in persons {
+        if rng.below(100) < 85 {
+            let scheme = rng.pick(&["employee", "resident"]);
+            let status = if rng.below(10) == 0 {
+                "suspended"
+            } else {
+                "active"
+            };
+            let since = days(2000, 1, 1) + rng.below(25 * 365) as i32;
+            rows.push((p, scheme, status, since));
+        }
+    }
+    Columns::new()
+        .add("person_id", strings(rows.iter().map(|r| &r.0.id)))
+        .add("district", strings(rows.iter().map(|r| r.0.district)))
+        .add("scheme", strings(rows.iter().map(|r| r.1)))
+        .add("status", strings(rows.iter().map(|r| r.2)))
+        .add(
+            "enrolled_on",
+            dates(rows.iter().map(|r| r.3).collect::<Vec<_>>()),
+        )
+        .batch()
+}
+
+/// The building register (housing): the buildings of `building_energy` (`count` of them).
+pub(super) fn buildings(rng: &mut Rng, count: usize) -> anyhow::Result<RecordBatch> {
+    Columns::new()
+        .add(
+            "building_id",
+            strings((0..count).map(|b| format!("B{b:06}"))),
+        )
+        .add(
+            "district",
+            strings((0..count).map(|b| DISTRICTS[b % DISTRICTS.len()].0)),
+        )
+        .add(
+            "floor_area_m2",
+            longs(
+                (0..count)
+                    .map(|_| 5_000 + rng.below(45_000) as i64)
+                    .collect::<Vec<_>>(),
+            ),
+        )
+        .add(
+            "use",
+            strings(
+                (0..count)
+                    .map(|_| rng.pick(&["office", "residential", "commercial", "industrial"]))
+                    .collect::<Vec<_>>(),
+            ),
+        )
+        .add(
+            "built_year",
+            longs(
+                (0..count)
+                    .map(|_| 1980 + rng.below(44) as i64)
+                    .collect::<Vec<_>>(),
             ),
         )
         .batch()

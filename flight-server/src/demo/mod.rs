@@ -43,7 +43,7 @@ pub struct DemoUser {
 }
 
 /// The demo users.
-pub const USERS: [DemoUser; 5] = [
+pub const USERS: [DemoUser; 7] = [
     DemoUser {
         name: "insurer",
         password: "insurer-demo",
@@ -73,6 +73,18 @@ pub const USERS: [DemoUser; 5] = [
         password: "statistician-demo",
         scenario: "health-statistics",
         role: "public-health statistician; diagnoses with differential privacy",
+    },
+    DemoUser {
+        name: "caseworker",
+        password: "caseworker-demo",
+        scenario: "benefit-eligibility",
+        role: "social-assistance caseworker; data products only",
+    },
+    DemoUser {
+        name: "platform",
+        password: "platform-demo",
+        scenario: "identity-verification",
+        role: "home-services platform; data products only (also care-matching)",
     },
 ];
 
@@ -127,6 +139,7 @@ impl DemoLake {
         }
         write_tables(&lake, self.rows).await?;
         write_policies(&dir.join("policies"))?;
+        write_products(&dir.join("products"))?;
         std::fs::create_dir_all(dir.join("audit"))?;
         write_config(&config)?;
         std::fs::write(dir.join(MARKER), format!("rows = {}\n", self.rows))?;
@@ -244,6 +257,20 @@ async fn write_tables(lake: &Path, rows: usize) -> anyhow::Result<()> {
             building_energy(&mut rng, &firms, rows / 2)?,
             "building_id",
         ),
+        // Added with the data products; drawn after the tables above, which stay as they were.
+        ("civil", "residents", residents(&persons)?, "person_id"),
+        (
+            "health",
+            "insurance",
+            insurance(&mut rng, &persons)?,
+            "person_id",
+        ),
+        (
+            "housing",
+            "buildings",
+            buildings(&mut rng, (rows / 2 / 24).max(20))?,
+            "building_id",
+        ),
     ];
     // lakegate's own tables, empty until the first audit segment closes, so that policies can
     // name them from the start.
@@ -310,17 +337,93 @@ fn entities() -> serde_json::Value {
     );
     health_statistics["attrs"]["epsilon_budget"] =
         json!({"__extn": {"fn": "decimal", "arg": "10.0"}});
+    let product = |id: &str| e("Lake::Product", id);
+    // Scenarios approve data products (§7), some with a daily quota of calls per user.
+    let approving = |mut s: serde_json::Value, products: &[&str], quota: Option<u64>| {
+        s["attrs"]["products"] = products.iter().map(|p| product(p)).collect();
+        if let Some(q) = quota {
+            s["attrs"]["max_calls_per_day"] = q.into();
+        }
+        s
+    };
+    let insurance = approving(
+        scenario(
+            "insurance-underwriting",
+            "health insurance underwriting: medical history statistics",
+            "taiping_insurance",
+            &["health.visits", "social_security.contributions"],
+            "2030-12-31T23:59:59Z",
+        ),
+        &["risk_grade"],
+        None,
+    );
+    let bank = approving(
+        scenario(
+            "bank-credit",
+            "small-business credit assessment",
+            "city_commercial_bank",
+            &[
+                "market.enterprises",
+                "market.penalties",
+                "social_security.contributions",
+            ],
+            "2030-12-31T23:59:59Z",
+        ),
+        &[
+            "enterprise_profile",
+            "supplier_rating",
+            "building_carbon_grade",
+        ],
+        None,
+    );
+    let eligibility = approving(
+        scenario(
+            "benefit-eligibility",
+            "social assistance: contribution lapse and medical insurance checks",
+            "social_assistance_office",
+            &[],
+            "2030-12-31T23:59:59Z",
+        ),
+        &["lapse_check", "medical_insurance_status"],
+        Some(1_000),
+    );
+    let verification = approving(
+        scenario(
+            "identity-verification",
+            "home-services platform: identity verification of workers",
+            "home_services_platform",
+            &[],
+            "2030-12-31T23:59:59Z",
+        ),
+        &["identity_check"],
+        Some(300_000),
+    );
+    let care = approving(
+        scenario(
+            "care-matching",
+            "home-services platform: matching older residents with care services",
+            "home_services_platform",
+            &[],
+            "2030-12-31T23:59:59Z",
+        ),
+        &["care_tags"],
+        Some(5),
+    );
     json!([
         org("taiping_insurance"),
         org("city_commercial_bank"),
         org("haidian_district_office"),
         org("data_bureau"),
         org("public_health_institute"),
+        org("social_assistance_office"),
+        org("home_services_platform"),
         role("underwriter"),
         role("credit_analyst"),
         role("district_officer"),
         role("regulator"),
         role("statistician"),
+        role("caseworker"),
+        role("platform_operator"),
         user("insurer", "Haidian", "underwriter", "taiping_insurance"),
         user(
             "banker",
@@ -341,24 +444,20 @@ fn entities() -> serde_json::Value {
             "statistician",
             "public_health_institute"
         ),
-        scenario(
-            "insurance-underwriting",
-            "health insurance underwriting: medical history statistics",
-            "taiping_insurance",
-            &["health.visits", "social_security.contributions"],
-            "2030-12-31T23:59:59Z"
+        user(
+            "caseworker",
+            "Haidian",
+            "caseworker",
+            "social_assistance_office"
         ),
-        scenario(
-            "bank-credit",
-            "small-business credit assessment",
-            "city_commercial_bank",
-            &[
-                "market.enterprises",
-                "market.penalties",
-                "social_security.contributions"
-            ],
-            "2030-12-31T23:59:59Z"
+        user(
+            "platform",
+            "Chaoyang",
+            "platform_operator",
+            "home_services_platform"
         ),
+        insurance,
+        bank,
         scenario(
             "district-services",
             "district public services planning",
@@ -386,6 +485,9 @@ fn entities() -> serde_json::Value {
             "2030-12-31T23:59:59Z"
         ),
         health_statistics,
+        eligibility,
+        verification,
+        care,
         // An approved scenario whose time is up: it exists, and grants nothing.
         scenario(
             "expired-pilot",
@@ -395,6 +497,50 @@ fn entities() -> serde_json::Value {
             "2024-12-31T23:59:59Z"
         ),
     ])
+}
+
+/// The demo's data products (`policy-model.md` §7), one per seed case, as (name, file).
+const PRODUCTS: [(&str, &str); 8] = [
+    (
+        "lapse_check",
+        include_str!("../../demo/products/lapse_check.toml"),
+    ),
+    (
+        "medical_insurance_status",
+        include_str!("../../demo/products/medical_insurance_status.toml"),
+    ),
+    (
+        "identity_check",
+        include_str!("../../demo/products/identity_check.toml"),
+    ),
+    (
+        "risk_grade",
+        include_str!("../../demo/products/risk_grade.toml"),
+    ),
+    (
+        "care_tags",
+        include_str!("../../demo/products/care_tags.toml"),
+    ),
+    (
+        "building_carbon_grade",
+        include_str!("../../demo/products/building_carbon_grade.toml"),
+    ),
+    (
+        "supplier_rating",
+        include_str!("../../demo/products/supplier_rating.toml"),
+    ),
+    (
+        "enterprise_profile",
+        include_str!("../../demo/products/enterprise_profile.toml"),
+    ),
+];
+
+fn write_products(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, text) in PRODUCTS {
+        std::fs::write(dir.join(format!("{name}.toml")), text)?;
+    }
+    Ok(())
 }
 
 fn write_policies(dir: &Path) -> anyhow::Result<()> {
@@ -416,6 +562,7 @@ fn write_config(path: &Path) -> anyhow::Result<()> {
          [server]\nlisten = \"127.0.0.1:50051\"\n\n\
          [lake]\nroot = \"lake\"\n\n\
          [policy]\ndir = \"policies\"\nmask_key = \"{mask_key}\"\n\n\
+         [products]\ndir = \"products\"\n\n\
          [audit]\ndir = \"audit\"\n\
          # Small segments, so that closed segments reach lakegate_audit.queries soon.\n\
          segment_bytes = 65536\n",

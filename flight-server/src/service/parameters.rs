@@ -43,7 +43,11 @@ impl LakegateService {
                 Status::invalid_argument(format!("cannot read the parameters: {e}"))
             })?;
             rows += batch.num_rows();
-            bytes += batch.get_array_memory_size();
+            // What the values stand for, not what they take on the wire: a dictionary or a
+            // list view repeats values without sending them again (round 24 H1).
+            bytes += batch
+                .get_array_memory_size()
+                .max(gateway::logical_row_bytes(&batch) as usize);
             if rows > 1 {
                 return Err(Status::invalid_argument(
                     "parameters: a query takes exactly one row of parameter values, more were sent",

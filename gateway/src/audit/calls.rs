@@ -1,10 +1,11 @@
 //! Data product calls per (user, scenario, UTC day): the meter of `max_calls_per_day`
 //! (`policy-model.md` §7), kept on the audit trail so that it survives restarts.
 //!
-//! A call counts when it releases its output (before the output goes on, with its `call`
-//! record), under one lock with the check, so concurrent calls cannot both take the last one.
-//! A call refused (by the quota, `max_rows`, an error) or never run (EXPLAIN, a ticket never
-//! redeemed) does not count. On start the counts are the day's `call` records.
+//! A call counts when it is admitted to run (before anything of the product runs; its `call`
+//! record follows, released or failed: a failure tells the caller as much as an output),
+//! under one lock with the check, so concurrent calls cannot both take the last one. A batch
+//! call counts once per value of its list. A call refused by the quota, or never run (EXPLAIN,
+//! a ticket never redeemed), does not count. On start the counts are the day's `call` records.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -52,7 +53,8 @@ impl CallLedger {
                     let (Some(s), Some(day)) = (r.scenario, r.time.get(..10)) else {
                         continue;
                     };
-                    *counts.entry((r.user, s, day.to_string())).or_default() += 1;
+                    *counts.entry((r.user, s, day.to_string())).or_default() +=
+                        r.calls.unwrap_or(1);
                 }
             }
         }
@@ -143,6 +145,12 @@ mod tests {
             ),
             record(RecordKind::Call, Decision::Allowed, &["p@1(1)"]),
             record(RecordKind::Call, Decision::Allowed, &["q@2(2)"]),
+            {
+                // A batch call of 40 values counts 40.
+                let mut r = record(RecordKind::Call, Decision::Allowed, &["b@3([1, 2])"]);
+                r.calls = Some(40);
+                r
+            },
             record(
                 RecordKind::Completion,
                 Decision::Completed,
@@ -152,6 +160,6 @@ mod tests {
             log.append(r).unwrap();
         }
         let replayed = CallLedger::replay(dir.path()).unwrap();
-        assert_eq!(replayed.count("alice", "s", SystemTime::now()), 2);
+        assert_eq!(replayed.count("alice", "s", SystemTime::now()), 42);
     }
 }

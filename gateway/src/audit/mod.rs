@@ -271,6 +271,10 @@ pub struct AuditRecord {
     /// elsewhere, so older records hash as they did).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub products: Vec<String>,
+    /// The calls a batch call counts, one per value of its list (`call` records of batch
+    /// calls; absent: one call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<u64>,
     /// The previous record's hash.
     pub prev_hash: String,
     /// This record's hash.
@@ -310,6 +314,7 @@ impl AuditRecord {
             suppressed_groups: None,
             epsilon: None,
             products: Vec::new(),
+            calls: None,
             prev_hash: String::new(),
             hash: String::new(),
         }

@@ -49,6 +49,9 @@ pub fn queries_schema() -> SchemaRef {
         int64("suppressed_groups"),
         utf8("prev_hash"),
         utf8("hash"),
+        // Added later, so last (older tables gain them on their next append).
+        utf8("products"),
+        int64("calls"),
     ]))
 }
 
@@ -139,6 +142,25 @@ fn exported_digest(key: Option<&[u8]>, seq: u64, digest: Option<&str>) -> Option
     Some(hex::encode(mac.finalize().into_bytes()))
 }
 
+/// The data products a record names, by name only (`a,b`): its `name@version(arguments)`
+/// entries carry the arguments, which are the caller's values (the `sql` column has them, under
+/// its mask).
+fn product_names(r: &AuditRecord) -> Option<String> {
+    let mut names: Vec<&str> = Vec::new();
+    for call in &r.products {
+        let name = call.split('@').next().unwrap_or_default();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    (!names.is_empty()).then(|| names.join(","))
+}
+
+/// The calls a `call` record counts (a batch call's values, else one); none for other records.
+fn calls_of(r: &AuditRecord) -> Option<u64> {
+    (r.kind == crate::audit::RecordKind::Call).then(|| r.calls.unwrap_or(1))
+}
+
 /// Audit records as a batch of `lakegate_audit.queries`; `key` keys the result digests (none
 /// shown without it).
 pub fn queries_batch(
@@ -162,6 +184,7 @@ pub fn queries_batch(
                 .map(|why| without_statement_values(&r.sql, why))
         })
         .collect();
+    let products: Vec<Option<String>> = records.iter().map(product_names).collect();
     let columns = vec![
         longs(records.iter().map(|r| Some(r.seq))),
         strings(records.iter().map(|r| Some(r.time.as_str()))),
@@ -186,6 +209,8 @@ pub fn queries_batch(
         longs(records.iter().map(|r| r.suppressed_groups)),
         strings(records.iter().map(|r| Some(r.prev_hash.as_str()))),
         strings(records.iter().map(|r| Some(r.hash.as_str()))),
+        strings(products.iter().map(|p| p.as_deref())),
+        longs(records.iter().map(calls_of)),
     ];
     RecordBatch::try_new(queries_schema(), columns)
         .map_err(|e| GatewayError::Audit(format!("audit table batch: {e}")))
@@ -305,7 +330,47 @@ impl crate::Gateway {
 
 #[cfg(test)]
 mod tests {
-    use super::{exported_digest, without_statement_values};
+    use super::{exported_digest, queries_batch, without_statement_values};
+    use crate::audit::{AuditRecord, Decision, RecordKind};
+
+    #[test]
+    fn call_records_export_product_names_and_calls_without_arguments() {
+        let mut decision = AuditRecord::new(RecordKind::Decision, Decision::Allowed, "q", "u", "s");
+        decision.products = vec![
+            "check@0123456789ab(110101-SECRET)".into(),
+            "check@0123456789ab(2)".into(),
+            "grade@ba9876543210(3)".into(),
+        ];
+        let mut batch = AuditRecord::new(RecordKind::Call, Decision::Allowed, "q", "u", "s");
+        batch.products = vec!["check_batch@0123456789ab([1, 2])".into()];
+        batch.calls = Some(2);
+        let mut one = AuditRecord::new(RecordKind::Call, Decision::Failed, "q", "u", "s");
+        one.products = vec!["check@0123456789ab(2)".into()];
+        let plain = AuditRecord::new(RecordKind::Completion, Decision::Completed, "q", "u", "s");
+        let out = queries_batch(&[decision, batch, one, plain], None).unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&[out
+            .project(&[23, 24])
+            .unwrap()])
+        .unwrap()
+        .to_string();
+        assert!(!text.contains("SECRET"), "{text}");
+        let lines: Vec<String> = text
+            .lines()
+            .skip(3)
+            .filter(|l| l.starts_with('|'))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "| check,grade | |",
+                "| check_batch | 2 |",
+                "| check | 1 |",
+                "| | |"
+            ],
+            "{text}"
+        );
+    }
 
     #[test]
     fn equal_results_do_not_export_equal_digests() {

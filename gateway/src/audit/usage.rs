@@ -95,7 +95,7 @@ pub fn add_usage(
                 for call in &r.products {
                     // `name@version(args)`: billed per product, whatever its version.
                     let name = call.split('@').next().unwrap_or(call);
-                    *row.product_calls.entry(name.to_string()).or_default() += 1;
+                    *row.product_calls.entry(name.to_string()).or_default() += r.calls.unwrap_or(1);
                 }
             }
             _ => {}

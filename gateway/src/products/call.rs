@@ -166,7 +166,7 @@ pub(crate) fn signature(product: &Product) -> String {
         .file
         .params
         .iter()
-        .map(|p| format!("{} {}", p.name, p.ty))
+        .map(|p| format!("{} {}", p.name, p.type_word()))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -181,16 +181,25 @@ fn argument(product: &Product, i: usize, expr: Expr) -> Result<Expr> {
             // Typed by the parameter, and marked with its kind: binding refuses a value of
             // another kind instead of converting it (`2.9` for an int ran as 2, round 23 L1).
             let marked = datafusion::arrow::datatypes::Field::new("", ty.clone(), true)
-                .with_metadata([(PARAM_KIND_KEY.to_string(), param.ty.to_string())].into());
+                .with_metadata(
+                    [
+                        (PARAM_KIND_KEY.to_string(), param.type_word()),
+                        (
+                            PARAM_NAME_KEY.to_string(),
+                            format!("data product {name}: argument {} ({})", i + 1, param.name),
+                        ),
+                    ]
+                    .into(),
+                );
             p.field = Some(Arc::new(marked));
             Ok(Expr::Placeholder(p))
         }
         other => match literal_value(&other) {
-            Some(v) if !accepts(param.ty, &v.data_type()) => plan_err!(
+            Some(v) if !accepts_param(param, &v.data_type()) => plan_err!(
                 "data product {name}: argument {} ({}) must be a {}, not {}",
                 i + 1,
                 param.name,
-                param.ty,
+                param.type_word(),
                 v.data_type()
             ),
             Some(v) => Ok(Expr::Literal(
@@ -209,10 +218,40 @@ fn argument(product: &Product, i: usize, expr: Expr) -> Result<Expr> {
 /// The placeholder field metadata naming the data product parameter kind it stands for.
 pub(crate) const PARAM_KIND_KEY: &str = "lakegate.product_param";
 
+/// The placeholder field metadata naming the product and parameter, for binding's errors.
+pub(crate) const PARAM_NAME_KEY: &str = "lakegate.product_argument";
+
 /// Whether a value of type `t` may stand for a parameter of the kind `word` names (a field's
 /// [`PARAM_KIND_KEY`]); an unknown word accepts nothing.
 pub(crate) fn accepts_kind(word: &str, t: &datafusion::arrow::datatypes::DataType) -> bool {
-    lake_config::products::ParamType::parse(word).is_some_and(|ty| accepts(ty, t))
+    lake_config::products::parse_type_word(word).is_some_and(|(ty, list)| accepts_as(ty, list, t))
+}
+
+/// Whether a value of type `t` may stand for `param`.
+fn accepts_param(
+    param: &lake_config::products::Param,
+    t: &datafusion::arrow::datatypes::DataType,
+) -> bool {
+    accepts_as(param.ty, param.list, t)
+}
+
+/// [`accepts`] for a parameter of `ty`, or a list of them: a list of values it accepts.
+fn accepts_as(
+    ty: lake_config::products::ParamType,
+    list: bool,
+    t: &datafusion::arrow::datatypes::DataType,
+) -> bool {
+    use datafusion::arrow::datatypes::DataType::*;
+    if !list {
+        return accepts(ty, t);
+    }
+    match t {
+        List(f) | LargeList(f) | FixedSizeList(f, _) | ListView(f) | LargeListView(f) => {
+            // An empty literal list's values have no type yet.
+            *f.data_type() == Null || accepts(ty, f.data_type())
+        }
+        _ => false,
+    }
 }
 
 /// Whether a literal of type `t` may stand for a parameter of type `ty`: of its kind (text for
@@ -244,10 +283,47 @@ pub(crate) fn bare(mut expr: &Expr) -> &Expr {
     expr
 }
 
-/// The value of a literal, a negated literal, or a cast of one.
+/// The value of a literal, a negated literal, a cast of one, or a list of them (`['a', 'b']`,
+/// `make_array('a', 'b')`).
 pub(crate) fn literal_value(expr: &Expr) -> Option<ScalarValue> {
     match bare(expr) {
         Expr::Literal(v, _) => Some(v.clone()),
+        Expr::ScalarFunction(f) if f.name() == "make_array" => {
+            let values: Vec<ScalarValue> =
+                f.args.iter().map(literal_value).collect::<Option<_>>()?;
+            if values.is_empty() {
+                return Some(ScalarValue::List(ScalarValue::new_list_nullable(
+                    &[],
+                    &datafusion::arrow::datatypes::DataType::Null,
+                )));
+            }
+            // Values of one type only: converting `[1, 2.9]` to a list of ints would run 2.9
+            // as 2 (attacker round 23 L1).
+            let ty = values
+                .iter()
+                .find(|v| !v.is_null())
+                .map_or(datafusion::arrow::datatypes::DataType::Null, |v| {
+                    v.data_type()
+                });
+            if values.iter().any(|v| !v.is_null() && v.data_type() != ty) {
+                return None;
+            }
+            // NULLs typed as the values beside them (refused when the call is bound).
+            let values = values
+                .into_iter()
+                .map(|v| {
+                    if v.is_null() {
+                        ScalarValue::try_from(&ty)
+                    } else {
+                        Ok(v)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()
+                .ok()?;
+            Some(ScalarValue::List(ScalarValue::new_list_nullable(
+                &values, &ty,
+            )))
+        }
         Expr::Negative(inner) => literal_value(inner)?.arithmetic_negate().ok(),
         Expr::Cast(c) => literal_value(&c.expr)?.cast_to(c.field.data_type()).ok(),
         _ => None,
@@ -293,12 +369,13 @@ fn type_word(ty: &datafusion::arrow::datatypes::DataType) -> &'static str {
         Date32 => "date",
         Timestamp(..) => "timestamp",
         Boolean => "bool",
+        List(_) => "list",
         _ => "value of its type",
     }
 }
 
 /// The logical call: a leaf whose expressions are the arguments.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ProductCall {
     pub(crate) product: Arc<Product>,
     pub(crate) args: Vec<Expr>,
@@ -333,6 +410,18 @@ impl ProductCall {
             &self.product.file.version[..12],
             args.join(", ")
         )
+    }
+}
+
+/// The call as the caller wrote it: its Debug form reaches clients (`EXPLAIN FORMAT PGJSON`
+/// prints plan nodes with it), so it names the product and the arguments, never the product's
+/// SQL, file or limits (attacker round 24 M1).
+impl fmt::Debug for ProductCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProductCall")
+            .field("name", &self.product.name())
+            .field("args", &self.args)
+            .finish()
     }
 }
 

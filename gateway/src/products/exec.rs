@@ -119,14 +119,10 @@ async fn plan_call(call: &ProductCall) -> Result<ProductCallExec> {
         values.insert(param.name.clone(), v);
     }
     let args: Vec<String> = values_in_order(&product, &values);
+    let batch = super::batch::bound_batch(&product.file, product.output.as_arrow(), &values)?;
     let planned = env
         .sessions
-        .plan_read(
-            policy::Principal::Product(name.clone()),
-            &env.scenario,
-            &product.file.sql,
-            None,
-        )
+        .plan_product(&product.file, &env.scenario)
         .await
         .map_err(|e| withheld(&name, "planning", &e))?;
     let plan = planned
@@ -177,6 +173,7 @@ async fn plan_call(call: &ProductCall) -> Result<ProductCallExec> {
             ),
             name,
             max_rows: product.file.max_rows,
+            batch,
             policy_ids,
             runs: Default::default(),
         }),
@@ -209,6 +206,8 @@ struct Release {
     /// `name@version(args)`.
     description: String,
     max_rows: u64,
+    /// A batch call's values and key (`None`: one call).
+    batch: Option<super::batch::Batch>,
     /// The `invoke` permits that approved the call.
     policy_ids: Vec<String>,
     /// Runs of this call node so far (a recursive query runs it once a round).
@@ -395,12 +394,17 @@ async fn collect_whole(
     let name = &release.name;
     let mut rows = 0u64;
     let mut out = Vec::new();
+    let mut per_key = HashMap::new();
+    let max_rows = release.max_rows.saturating_mul(release.calls());
     while let Some(batch) = stream.next().await {
         // Every error of the product's plan is withheld, limits too: their sizes are computed
         // from inner rows (attacker round 22 H1 read a diagnosis's length off a repeat() limit).
         let batch = batch.map_err(|e| withheld(name, "running", &e))?;
         rows += batch.num_rows() as u64;
-        if rows > release.max_rows {
+        if let Some(b) = &release.batch {
+            b.check(name, &batch, &mut per_key)?;
+        }
+        if rows > max_rows {
             return Err(DataFusionError::Execution(format!(
                 "data product {name} returned more than its [review] max_rows = {} rows for \
                  one call; nothing of the call is released",
@@ -434,6 +438,11 @@ fn digest(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String> {
 const MAX_RUNS_PER_CALL: u64 = 1_000;
 
 impl Release {
+    /// The calls one run counts: a batch's values, else one.
+    fn calls(&self) -> u64 {
+        self.batch.as_ref().map_or(1, |b| b.values.max(1))
+    }
+
     /// Admits one run of the call now: still approved under the policies in force, within
     /// its statement's runs, and one taken from the user's `max_calls_per_day`. Returns the
     /// policy set it was decided under.
@@ -463,7 +472,7 @@ impl Release {
             .and_then(|s| s.max_calls_per_day);
         env.sessions
             .calls
-            .take(&env.user, &env.scenario, 1, limit, now)
+            .take(&env.user, &env.scenario, self.calls(), limit, now)
             .map_err(DataFusionError::ResourcesExhausted)?;
         Ok(policies)
     }
@@ -496,6 +505,7 @@ impl Release {
         record.policy_ids = self.policy_ids.clone();
         record.products = vec![self.description.clone()];
         record.rows_out = rows;
+        record.calls = self.batch.as_ref().map(|_| self.calls());
         record.result_digest = digest;
         record.reason = reason;
         env.sessions.audit.append(record).map_err(|e| {

@@ -8,6 +8,7 @@
 //!   `name(args)` into a [`ProductCall`] leaf, only for a product the session may `invoke`
 //!   (any other name fails as an unknown function does).
 //! - `listing.rs`: `lakegate.products`, the products the session may call.
+//! - `batch.rs`: list parameters (a batch call), and what the gateway holds their output to.
 //! - `exec.rs`: planning a call with the product as principal, through the same planning,
 //!   secure scans and checks as any query, and running it behind a leaf
 //!   ([`ProductCallExec`]) that hides the inner plan and holds its output to `max_rows`.
@@ -23,11 +24,14 @@ use lake_config::products::{ParamType, ProductFile};
 use crate::session::Sessions;
 use crate::GatewayError;
 
+mod batch;
 mod call;
 mod exec;
 mod listing;
 
-pub(crate) use call::{accepts_kind, Calls, ProductCall, PARAM_KIND_KEY};
+pub(crate) use batch::type_placeholders;
+
+pub(crate) use call::{accepts_kind, Calls, ProductCall, PARAM_KIND_KEY, PARAM_NAME_KEY};
 pub(crate) use exec::CallPlanner;
 pub use exec::ProductCallExec;
 pub(crate) use listing::SessionCatalog;
@@ -162,10 +166,82 @@ impl ProductSet {
         files: Vec<ProductFile>,
         sessions: &Sessions,
     ) -> Result<ProductSet, GatewayError> {
-        let policies = sessions.policies();
+        Self::load_with(files, sessions, None).await
+    }
+
+    /// [`ProductSet::load`] for a reload: a product that no longer plans (a policy change
+    /// revoked what it reads, say) is left out and logged, and the others load. A revocation
+    /// must take effect even when it breaks a product: refusing the whole reload kept the
+    /// revoked access alive.
+    /// A product whose edited file does not plan keeps its last good version, if that still
+    /// plans under the new policies.
+    pub(crate) async fn load_serving(
+        files: Vec<ProductFile>,
+        sessions: &Sessions,
+        last: &ProductSet,
+    ) -> ProductSet {
+        match Self::load_with(files, sessions, Some(last)).await {
+            Ok(set) => set,
+            Err(e) => {
+                tracing::error!("data products: {e}");
+                ProductSet::default()
+            }
+        }
+    }
+
+    /// The product files this set was loaded from (for a reload whose folder does not read).
+    pub(crate) fn files(&self) -> Vec<ProductFile> {
+        self.products.values().map(|p| p.file.clone()).collect()
+    }
+
+    /// Strict without `last` (the first failure is the error); else failures are left out.
+    async fn load_with(
+        files: Vec<ProductFile>,
+        sessions: &Sessions,
+        last: Option<&ProductSet>,
+    ) -> Result<ProductSet, GatewayError> {
         let mut products = BTreeMap::new();
         let mut unapproved = Vec::new();
         for file in files {
+            let name = file.name.clone();
+            match Self::load_one(file, sessions).await {
+                Ok(Some(product)) => {
+                    products.insert(name, product);
+                }
+                Ok(None) => unapproved.push(name),
+                Err(e) => {
+                    let Some(last) = last else { return Err(e) };
+                    let previous = last.get(&name).map(|p| p.file.clone());
+                    let kept = match previous {
+                        Some(file) => Self::load_one(file, sessions).await.ok().flatten(),
+                        None => None,
+                    };
+                    match kept {
+                        Some(product) => {
+                            tracing::error!("{e}; its last good version keeps serving");
+                            products.insert(name, product);
+                        }
+                        None => {
+                            tracing::error!("{e}; it cannot be called until it plans again")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(ProductSet {
+            products,
+            unapproved,
+        })
+    }
+
+    /// One product checked and planned under every scenario that approves it; `None` when no
+    /// scenario does.
+    async fn load_one(
+        file: ProductFile,
+        sessions: &Sessions,
+    ) -> Result<Option<Arc<Product>>, GatewayError> {
+        let policies = sessions.policies();
+        {
             let refuse = |why: String| {
                 GatewayError::Config(format!(
                     "data product {} ({}): {why}",
@@ -185,25 +261,16 @@ impl ProductSet {
                     product = %file.name,
                     "no scenario approves the data product (Scenario.products): no one can call it"
                 );
-                unapproved.push(file.name.clone());
-                continue;
+                return Ok(None);
             }
             let mut output: Option<Schema> = None;
             for scenario in &scenarios {
-                let planned = sessions
-                    .plan_read(
-                        policy::Principal::Product(file.name.clone()),
-                        scenario,
-                        &file.sql,
-                        None,
-                    )
-                    .await
-                    .map_err(|e| {
-                        refuse(format!(
-                            "does not plan under its own grants in scenario {scenario}: {}",
-                            e.client_text()
-                        ))
-                    })?;
+                let planned = sessions.plan_product(&file, scenario).await.map_err(|e| {
+                    refuse(format!(
+                        "does not plan under its own grants in scenario {scenario}: {}",
+                        e.client_text()
+                    ))
+                })?;
                 check_params(&file, &planned.plan).map_err(&refuse)?;
                 // Bound with typed NULLs, so that an output column that is a parameter has
                 // its type (unbound, it has none, and every call would fail).
@@ -211,7 +278,7 @@ impl ProductSet {
                     file.params
                         .iter()
                         .map(|p| {
-                            datafusion::common::ScalarValue::try_from(&arrow_type(p.ty))
+                            datafusion::common::ScalarValue::try_from(&batch::param_type(p))
                                 .map(|v| (p.name.clone(), v))
                         })
                         .collect::<Result<_, _>>()
@@ -233,22 +300,43 @@ impl ProductSet {
                 }
             }
             let output = output.expect("one scenario at least");
+            if let Some(key) = &file.batch_key {
+                if output.index_of(key).is_err() {
+                    return Err(refuse(format!(
+                        "[review] batch_key = \"{key}\": its output has no column {key}; a \
+                         batch product repeats each value it answers about in a column named \
+                         as the list"
+                    )));
+                }
+            }
             let output = DFSchema::try_from_qualified_schema(file.name.as_str(), &output)
                 .map_err(|e| refuse(e.strip_backtrace()))?;
-            let types = file.params.iter().map(|p| arrow_type(p.ty)).collect();
-            products.insert(
-                file.name.clone(),
-                Arc::new(Product {
-                    file,
-                    types,
-                    output: Arc::new(output),
-                }),
-            );
+            let types = file.params.iter().map(batch::param_type).collect();
+            Ok(Some(Arc::new(Product {
+                file,
+                types,
+                output: Arc::new(output),
+            })))
         }
-        Ok(ProductSet {
-            products,
-            unapproved,
-        })
+    }
+}
+
+impl Sessions {
+    /// Plans `file`'s SQL with the product as principal under `scenario`, its list
+    /// parameters typed; placeholders stay unbound.
+    pub(crate) async fn plan_product(
+        &self,
+        file: &ProductFile,
+        scenario: &str,
+    ) -> Result<crate::session::Planned, GatewayError> {
+        self.plan_read_typed(
+            policy::Principal::Product(file.name.clone()),
+            scenario,
+            &file.sql,
+            None,
+            batch::typed_lists(file),
+        )
+        .await
     }
 }
 
