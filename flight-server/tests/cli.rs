@@ -263,3 +263,54 @@ fn sigterm_drains_and_says_so() {
     // No colours in a log that is not a terminal.
     assert!(!log.contains('\u{1b}'), "{log}");
 }
+
+#[test]
+fn an_operator_lists_checks_and_calls_the_demo_products() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (ok, out, err) = lakegate(&["demo", "--dir", d, "--rows", "1000", "--build-only"]);
+    assert!(ok, "{out}{err}");
+    let config = dir.path().join("lakegate.toml");
+    let c = config.to_str().unwrap();
+    let (ok, out, err) = lakegate(&["product", "list", "--config", c]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("identity_check") && out.contains("identity-verification"),
+        "{out}"
+    );
+    let (ok, out, err) = lakegate(&["product", "check", "--config", c]);
+    assert!(ok && out.contains("8 data product(s) plan"), "{out}{err}");
+    // Called as the caseworker would, decided, recorded and billed.
+    let call = |name: &str, arg: &str| {
+        lakegate(&[
+            "product",
+            "call",
+            "--config",
+            c,
+            "--user",
+            "caseworker",
+            "--scenario",
+            "benefit-eligibility",
+            name,
+            arg,
+        ])
+    };
+    let (ok, out, err) = call("lapse_check", "110107196506133947");
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("110107196506133947") && l.contains("true")),
+        "{out}"
+    );
+    // Another scenario's product is unknown here.
+    let (ok, out, err) = call("risk_grade", "110107196506133947");
+    assert!(!ok && err.contains("not found"), "{out}{err}");
+    let (ok, out, err) = lakegate(&["usage", "--config", c]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.lines().any(|l| l.contains("caseworker")
+            && l.contains("lapse_check")
+            && l.trim_end().ends_with(" 1")),
+        "{out}"
+    );
+}

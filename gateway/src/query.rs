@@ -307,8 +307,9 @@ impl Query {
                         .cloned()
                         .unwrap_or_else(|| "a data product argument".into());
                     return Err(GatewayError::Parameters(format!(
-                        "parameter {}: {argument} must be a {kind}, not {}",
+                        "parameter {}: {argument} must be {}, not {}",
                         f.name(),
+                        crate::products::a_word(kind),
                         v.data_type()
                     )));
                 }

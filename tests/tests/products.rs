@@ -298,15 +298,15 @@ async fn calls_are_refused_clearly_and_release_nothing_past_the_product_limit() 
     for (sql, why) in [
         (
             "SELECT * FROM employee_check('one')",
-            "argument 1 (id) must be a int, not Utf8",
+            "argument 1 (id) must be an int, not Utf8",
         ),
         (
             "SELECT * FROM employee_check('1')",
-            "argument 1 (id) must be a int, not Utf8",
+            "argument 1 (id) must be an int, not Utf8",
         ),
         (
             "SELECT * FROM employee_check(1.7)",
-            "argument 1 (id) must be a int, not Float64",
+            "argument 1 (id) must be an int, not Float64",
         ),
         (
             "SELECT * FROM diagnosis_count(1)",
@@ -341,7 +341,7 @@ async fn calls_are_refused_clearly_and_release_nothing_past_the_product_limit() 
         Ok(info) => fetch(&mut c, info).await.unwrap_err(),
     };
     assert!(
-        e.contains("data product employee_check: argument 1 (id) must be a int, not Float64"),
+        e.contains("data product employee_check: argument 1 (id) must be an int, not Float64"),
         "{e}"
     );
 

@@ -143,9 +143,9 @@ pub(crate) fn bound_batch(
             }
             Some(other) => {
                 return Err(DataFusionError::Plan(format!(
-                    "data product {name}: argument {} must be a {}, not {}",
+                    "data product {name}: argument {} must be {}, not {}",
                     p.name,
-                    p.type_word(),
+                    super::call::a_word(&p.type_word()),
                     other.data_type()
                 )))
             }

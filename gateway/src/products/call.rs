@@ -196,10 +196,10 @@ fn argument(product: &Product, i: usize, expr: Expr) -> Result<Expr> {
         }
         other => match literal_value(&other) {
             Some(v) if !accepts_param(param, &v.data_type()) => plan_err!(
-                "data product {name}: argument {} ({}) must be a {}, not {}",
+                "data product {name}: argument {} ({}) must be {}, not {}",
                 i + 1,
                 param.name,
-                param.type_word(),
+                a_word(&param.type_word()),
                 v.data_type()
             ),
             Some(v) => Ok(Expr::Literal(
@@ -352,11 +352,21 @@ pub(crate) fn cast_argument(
             );
         }
         plan_err!(
-            "data product {product}: argument {} ({param}) must be a {}, not {kind}",
+            "data product {product}: argument {} ({param}) must be {}, not {kind}",
             i + 1,
-            type_word(ty)
+            a_word(type_word(ty))
         )
     })
+}
+
+/// `word` with its article: "an int", "a string".
+pub(crate) fn a_word(word: &str) -> String {
+    let article = if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {word}")
 }
 
 /// The product file's word for an Arrow type it binds.

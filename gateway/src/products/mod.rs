@@ -31,7 +31,7 @@ mod listing;
 
 pub(crate) use batch::type_placeholders;
 
-pub(crate) use call::{accepts_kind, Calls, ProductCall, PARAM_KIND_KEY, PARAM_NAME_KEY};
+pub(crate) use call::{a_word, accepts_kind, Calls, ProductCall, PARAM_KIND_KEY, PARAM_NAME_KEY};
 pub(crate) use exec::CallPlanner;
 pub use exec::ProductCallExec;
 pub(crate) use listing::SessionCatalog;
