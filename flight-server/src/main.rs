@@ -321,7 +321,7 @@ async fn run() -> anyhow::Result<()> {
                 args,
             } => {
                 let config = load(&config)?;
-                let gateway = std::sync::Arc::new(gateway::Gateway::open(&config).await?);
+                let gateway = std::sync::Arc::new(gateway::Gateway::open_serving(&config).await?);
                 let who = gateway::Principal {
                     user,
                     scenario: Some(scenario),
@@ -348,7 +348,7 @@ async fn run() -> anyhow::Result<()> {
                 std::env::temp_dir().join(format!("lakegate-explain-{}", uuid::Uuid::new_v4()));
             config.audit.dir = scratch.clone();
             let explained = async {
-                let gateway = gateway::Gateway::open(&config).await?;
+                let gateway = gateway::Gateway::open_serving(&config).await?;
                 let who = gateway::Principal {
                     user,
                     scenario: Some(scenario),

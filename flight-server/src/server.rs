@@ -48,7 +48,7 @@ const POLICY_POLL: Duration = Duration::from_secs(2);
 impl Server {
     /// Opens the gateway for `config` and binds `listen` (or the configured address).
     pub async fn bind(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<Self> {
-        let gateway = Arc::new(Gateway::open(config).await?);
+        let gateway = Arc::new(Gateway::open_serving(config).await?);
         let ttl = Duration::from_secs(config.server.token_ttl_secs);
         let jwt = config
             .jwt

@@ -125,8 +125,21 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Opens the lake and loads the policy folder named by `config`.
+    /// Opens the lake and loads the policy folder named by `config`; every data product must
+    /// plan under its own grants (`lakegate product check`, and anything that opens a gateway
+    /// to inspect it).
     pub async fn open(config: &Config) -> Result<Self, GatewayError> {
+        Self::open_with(config, true).await
+    }
+
+    /// [`Gateway::open`] for a server: a data product that does not plan is left out and
+    /// logged (it cannot be called), as on a reload, so that a server restarted after a
+    /// revocation that broke a product still starts and still enforces the revocation.
+    pub async fn open_serving(config: &Config) -> Result<Self, GatewayError> {
+        Self::open_with(config, false).await
+    }
+
+    async fn open_with(config: &Config, strict: bool) -> Result<Self, GatewayError> {
         let lake = Arc::new(
             Lake::open(&config.lake)
                 .await?
@@ -176,7 +189,11 @@ impl Gateway {
                     .map_err(|e| GatewayError::Audit(e.to_string()))?,
             ),
         });
-        let loaded = products::ProductSet::load(product_files, &sessions).await?;
+        let loaded = if strict {
+            products::ProductSet::load(product_files, &sessions).await?
+        } else {
+            products::ProductSet::load_serving(product_files, &sessions, &Default::default()).await
+        };
         let serving = sessions.policies();
         tracing::info!(
             tables = description.tables.len(),

@@ -819,4 +819,23 @@ async fn a_revocation_that_breaks_a_product_takes_effect_and_the_product_stops()
     query(&mut c, "SELECT count(*) FROM org.departments")
         .await
         .unwrap();
+
+    // Restarted so, the server starts (the products left out), and still enforces it;
+    // `lakegate product check`'s strict opening names the product that does not plan.
+    drop(c);
+    drop(server);
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server, SCENARIO).await;
+    let e = seen(&mut c, "SELECT * FROM employee_check(1)").await;
+    assert!(e.contains("not found"), "{e}");
+    query(&mut c, "SELECT count(*) FROM org.departments")
+        .await
+        .unwrap();
+    let mut strict = lake_config::Config::load(&config).unwrap();
+    strict.audit.dir = dir.path().join("scratch-audit");
+    let err = gateway::Gateway::open(&strict)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not plan under its own grants"), "{err}");
 }
