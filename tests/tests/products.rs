@@ -677,14 +677,14 @@ async fn a_batch_call_answers_about_each_value_sent_and_nothing_else() {
         ("[]", "holds 0 values"),
         ("[1, NULL]", "NULL values"),
     ] {
-        // Refused when the statement is planned, or its call when it runs: nothing runs.
+        // Refused when the statement is planned: nothing is prepared, nothing runs.
         let e = seen(
             &mut c,
             &format!("SELECT * FROM employee_check_batch({args})"),
         )
         .await;
         assert!(
-            e.contains("ERROR") && e.contains("employee_check_batch") && e.contains(says),
+            e.starts_with("ERROR") && e.contains("employee_check_batch") && e.contains(says),
             "{args}: {e}"
         );
     }
@@ -798,13 +798,13 @@ async fn a_revocation_that_breaks_a_product_takes_effect_and_the_product_stops()
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
+    // A query planned just before the change is stopped by it ("the policies changed while
+    // the query ran"); the next ones do not find the table.
     let e = loop {
         match query(&mut c, "SELECT count(*) FROM hr.employees").await {
-            Err(e) => break e,
-            Ok(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Ok(_) => panic!("the revocation did not take effect"),
+            Err(e) if e.contains("not found") => break e,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => panic!("the revocation did not take effect: {other:?}"),
         }
     };
     assert!(e.contains("not found"), "{e}");

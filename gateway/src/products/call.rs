@@ -147,6 +147,17 @@ impl RelationPlanner for Calls {
             let expr = context.sql_to_expr(sql.clone(), &DFSchema::empty())?;
             exprs.push(argument(&product, i, expr)?);
         }
+        // Literal lists are checked now (length, NULLs, lengths alike), as bound ones are
+        // when the call is planned to run: the statement is refused before it is prepared.
+        let lists: Option<std::collections::HashMap<String, ScalarValue>> = params
+            .iter()
+            .zip(&exprs)
+            .filter(|(p, _)| p.list)
+            .map(|(p, e)| literal_value(e).map(|v| (p.name.clone(), v)))
+            .collect();
+        if let Some(values) = lists.filter(|v| !v.is_empty()) {
+            super::batch::bound_batch(&product.file, product.output.as_arrow(), &values)?;
+        }
         let plan = ProductCall {
             product,
             args: exprs,
