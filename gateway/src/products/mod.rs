@@ -180,13 +180,10 @@ impl ProductSet {
         sessions: &Sessions,
         last: &ProductSet,
     ) -> ProductSet {
-        match Self::load_with(files, sessions, Some(last)).await {
-            Ok(set) => set,
-            Err(e) => {
-                tracing::error!("data products: {e}");
-                ProductSet::default()
-            }
-        }
+        // With a last set, failures are logged and left out, never returned.
+        Self::load_with(files, sessions, Some(last))
+            .await
+            .unwrap_or_default()
     }
 
     /// The product files this set was loaded from (for a reload whose folder does not read).
