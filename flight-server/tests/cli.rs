@@ -29,11 +29,22 @@ fn demo_build_then_policy_check_and_schema() {
     // A second run reuses the lake.
     let (ok, out, _) = lakegate(&["demo", "--dir", d, "--build-only"]);
     assert!(ok && out.contains("reusing the demo lake"), "{out}");
+    // One built by an older lakegate (no edition in its marker) is rebuilt, not reused
+    // without the tables, users and products this one's README shows.
+    std::fs::write(dir.path().join(".demo-complete"), "rows = 1000\n").unwrap();
+    let (ok, out, _) = lakegate(&["demo", "--dir", d, "--rows", "1000", "--build-only"]);
+    assert!(
+        ok && out.contains("built by an older lakegate: rebuilding"),
+        "{out}"
+    );
+    assert!(out.contains("wrote gas.meter_readings (500 rows)"), "{out}");
+    let (ok, out, _) = lakegate(&["demo", "--dir", d, "--build-only"]);
+    assert!(ok && out.contains("reusing the demo lake"), "{out}");
 
     let c = config.to_str().unwrap();
     let (ok, out, err) = lakegate(&["policy", "check", "--config", c]);
     assert!(ok, "{out}{err}");
-    assert!(out.starts_with("ok: 30 policies validate"), "{out}");
+    assert!(out.starts_with("ok: 35 policies validate"), "{out}");
     assert!(!out.contains("warning"), "{out}");
 
     // A misspelt column validates, and is warned about with its file and line.

@@ -146,7 +146,11 @@ impl Gateway {
                 .with_parquet_pushdown(config.execution.parquet_pushdown),
         );
         let product_dir = config.products.as_ref().map(|p| p.dir.clone());
-        let product_files = products::read_files(product_dir.as_deref())?;
+        let product_files = if strict {
+            products::read_files(product_dir.as_deref())?
+        } else {
+            products::read_files_serving(product_dir.as_deref(), None)?
+        };
         let mut description = describe_lake(&lake).await?;
         description.products = product_files.iter().map(|p| p.name.clone()).collect();
         let policies = PolicySet::load(&config.policy.dir, &description)?;
@@ -275,7 +279,10 @@ impl Gateway {
         self.lake.refresh().await?;
         // A product folder that does not read does not hold back the policies: the files
         // last loaded are planned again under them.
-        let files = match products::read_files(self.product_dir.as_deref()) {
+        let files = match products::read_files_serving(
+            self.product_dir.as_deref(),
+            Some(&self.sessions.products()),
+        ) {
             Ok(files) => files,
             Err(e) => {
                 tracing::error!("{e}; the data products last loaded keep serving");
@@ -468,7 +475,9 @@ impl Gateway {
         Ok(query)
     }
 
-    /// The tables `who` may query, with their served schemas. Empty without a scenario.
+    /// The tables `who` may query, with their served schemas, and `lakegate.products` (the
+    /// data products the session may call), so BI tools discover it as they discover tables.
+    /// Empty without a scenario.
     pub async fn visible_tables(&self, who: &Principal) -> Result<Vec<VisibleTable>, GatewayError> {
         let Some(scenario) = &who.scenario else {
             return Ok(Vec::new());
@@ -492,6 +501,10 @@ impl Gateway {
                 });
             }
         }
+        out.push(VisibleTable {
+            table: TableRef::new(products::LISTING_SCHEMA, products::LISTING_TABLE),
+            schema: products::listing_schema(),
+        });
         Ok(out)
     }
 

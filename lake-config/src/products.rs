@@ -183,6 +183,19 @@ pub fn valid_name(name: &str) -> bool {
 /// Every `*.toml` file of `dir`, in name order, each checked; the first bad one is the error
 /// (its file and what is wrong). Other files are ignored.
 pub fn read_products(dir: &Path) -> Result<Vec<ProductFile>, ConfigError> {
+    read_products_each(dir)?
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect()
+}
+
+/// One file of a product folder and what reading it gave.
+pub type ReadProduct = (PathBuf, Result<ProductFile, ConfigError>);
+
+/// Every `*.toml` file of `dir`, in name order, with what reading it gave: a server leaves a
+/// bad file out (or keeps its last good version) and serves the rest. A folder that does not
+/// read is the error.
+pub fn read_products_each(dir: &Path) -> Result<Vec<ReadProduct>, ConfigError> {
     let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Read {
         path: dir.to_path_buf(),
         source,
@@ -192,7 +205,13 @@ pub fn read_products(dir: &Path) -> Result<Vec<ProductFile>, ConfigError> {
         .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
         .collect();
     paths.sort();
-    paths.iter().map(|p| read_product(p)).collect()
+    Ok(paths
+        .into_iter()
+        .map(|p| {
+            let read = read_product(&p);
+            (p, read)
+        })
+        .collect())
 }
 
 /// One product file.

@@ -96,6 +96,14 @@ pub enum Predicate {
     Or(Vec<Predicate>),
     /// The part does not hold.
     Not(Box<Predicate>),
+    /// The row's subject is in the deployment's sample (`@sample`, `policy-model.md` §8): a
+    /// keyed hash of the subject key with the deployment's secret, the same in every query.
+    Sample {
+        /// The table's subject key column.
+        column: String,
+        /// The share of subjects kept, in hundredths of a percent (1..=10,000).
+        basis_points: u16,
+    },
 }
 
 /// A side of a comparison.
@@ -127,7 +135,8 @@ impl Predicate {
             }
             Predicate::InSet { column, .. }
             | Predicate::Like { column, .. }
-            | Predicate::Has(column) => {
+            | Predicate::Has(column)
+            | Predicate::Sample { column, .. } => {
                 out.insert(column.clone());
             }
             Predicate::And(ps) | Predicate::Or(ps) => {
@@ -209,7 +218,46 @@ impl fmt::Display for Predicate {
             Predicate::And(ps) => join(f, ps, "AND"),
             Predicate::Or(ps) => join(f, ps, "OR"),
             Predicate::Not(p) => write!(f, "NOT ({p})"),
+            Predicate::Sample {
+                column,
+                basis_points,
+            } => write!(
+                f,
+                "{} IN SAMPLE ({})",
+                Operand::Column(column.clone()),
+                percent(*basis_points)
+            ),
         }
+    }
+}
+
+/// `@sample("N")`: N percent of subjects, 0 < N <= 100, at most two decimals; in hundredths
+/// of a percent.
+pub fn parse_sample(text: &str) -> Result<u16, String> {
+    let why = || {
+        format!("@sample(\"{text}\") must be a percentage above 0 and at most 100 with at most two decimals, e.g. @sample(\"10\") or @sample(\"0.5\")")
+    };
+    let (int, frac) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
+    let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+    if int.is_empty() || int.len() > 3 || frac.len() > 2 || !digits(int) || !digits(frac) {
+        return Err(why());
+    }
+    let int: u16 = int.parse().map_err(|_| why())?;
+    let frac: u16 = format!("{frac:0<2}").parse().map_err(|_| why())?;
+    let bp = int * 100 + frac;
+    if bp == 0 || bp > 10_000 {
+        return Err(why());
+    }
+    Ok(bp)
+}
+
+/// `12.5%` from hundredths of a percent.
+fn percent(basis_points: u16) -> String {
+    let (int, frac) = (basis_points / 100, basis_points % 100);
+    match frac {
+        0 => format!("{int}%"),
+        f if f % 10 == 0 => format!("{int}.{}%", f / 10),
+        f => format!("{int}.{f:02}%"),
     }
 }
 
@@ -261,6 +309,11 @@ fn flatten(parts: Vec<Predicate>, conjunction: bool) -> Predicate {
         _ if conjunction => Predicate::And(out),
         _ => Predicate::Or(out),
     }
+}
+
+/// Every one of `parts`, flattened and folded.
+pub fn all(parts: Vec<Predicate>) -> Predicate {
+    simplify_and(parts)
 }
 
 /// `permits OR-ed, AND NOT each forbid`.

@@ -117,7 +117,13 @@ def test_get_objects_lists_the_scenario_tables(server):
     catalogs = {c["catalog_name"]: c for c in objects}
     assert list(catalogs) == ["lake"]
     schemas = {s["db_schema_name"]: s for s in catalogs["lake"]["catalog_db_schemas"]}
-    assert sorted(schemas) == ["market", "social_security"]
+    assert sorted(schemas) == ["lakegate", "market", "social_security"]
+    # The products listing is discovered as a table, with its columns.
+    (listing,) = schemas["lakegate"]["db_schema_tables"]
+    assert listing["table_name"] == "products"
+    assert [c["column_name"] for c in listing["table_columns"]] == [
+        "name", "description", "parameters", "output", "max_rows"
+    ]
     tables = {t["table_name"]: t for t in schemas["market"]["db_schema_tables"]}
     assert sorted(tables) == ["enterprises", "penalties"]
     columns = [c["column_name"] for c in tables["enterprises"]["table_columns"]]

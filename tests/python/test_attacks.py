@@ -144,6 +144,7 @@ DEMO_USERS = [
     ("officer", "district-services", "SELECT count(*) FROM health.visits"),
     ("regulator", "supervision", "SELECT count(*) FROM market.penalties"),
     ("statistician", "health-statistics", "SELECT count(*) FROM health.visits"),
+    ("developer", "product-sandbox", "SELECT count(*) FROM civil.residents"),
 ]
 
 

@@ -18,8 +18,12 @@ def engine(uri):
 
 def test_reflection_lists_the_scenario_tables_with_real_types(server):  # noqa: F811
     i = inspect(engine(server))
-    assert set(i.get_schema_names()) == {"market", "social_security"}
+    assert set(i.get_schema_names()) == {"lakegate", "market", "social_security"}
     assert "enterprises" in i.get_table_names(schema="market")
+    # The data products listing is reflected as a table with typed columns.
+    assert i.get_table_names(schema="lakegate") == ["products"]
+    listing = {c["name"]: str(c["type"]) for c in i.get_columns("products", schema="lakegate")}
+    assert listing["name"] == "TEXT" and listing["max_rows"] == "BIGINT", listing
     types = {c["name"]: str(c["type"]) for c in i.get_columns("penalties", schema="market")}
     assert types["penalty_id"] == "BIGINT" and types["decided_on"] == "DATE", types
     assert types["amount"].startswith("DECIMAL") and types["reason"] == "TEXT", types

@@ -417,7 +417,8 @@ async fn refused_attacks_metadata_and_scans_are_on_the_trail() {
     }
     let listing = trail.iter().find(|r| r.sql == "GetTables").unwrap();
     assert_eq!(listing.decision, "allowed");
-    assert_eq!(listing.rows_out, Some(3));
+    // The scenario's three tables and lakegate.products.
+    assert_eq!(listing.rows_out, Some(4));
     let count = trail
         .iter()
         .find(|r| r.kind == "completion" && r.sql == "SELECT count(*) FROM market.enterprises")

@@ -138,9 +138,10 @@ async fn metadata_shows_the_scenario_tables_only() {
         .await
         .unwrap();
     let schemas = fetch(&mut c, info).await.unwrap();
+    // The lake's schemas the scenario reaches, and `lakegate` (the products listing).
     assert_eq!(
         strings(&schemas, "db_schema_name"),
-        vec!["market", "social_security"]
+        vec!["lakegate", "market", "social_security"]
     );
 
     let info = c
@@ -154,17 +155,41 @@ async fn metadata_shows_the_scenario_tables_only() {
         .await
         .unwrap();
     let tables = fetch(&mut c, info).await.unwrap();
+    let names = strings(&tables, "table_name");
     assert_eq!(
-        strings(&tables, "table_name"),
-        vec!["enterprises", "penalties", "contributions"]
+        names,
+        vec!["products", "enterprises", "penalties", "contributions"]
     );
     // The schema in GetTables is the schema a SELECT * returns.
     let schema_col = tables[0].column_by_name("table_schema").unwrap();
+    let listed_schema = |i: usize| {
+        let bytes = schema_col
+            .as_any()
+            .downcast_ref::<arrow::array::BinaryArray>()
+            .unwrap()
+            .value(i)
+            .to_vec();
+        Schema::try_from(IpcMessage(bytes.into())).unwrap()
+    };
+    let products = listed_schema(0);
+    let info = c
+        .execute("SELECT * FROM lakegate.products".into(), None)
+        .await
+        .unwrap();
+    let served = Schema::try_from(info.clone()).unwrap();
+    assert_eq!(
+        products
+            .fields()
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>(),
+        served.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+    );
     let bytes = schema_col
         .as_any()
         .downcast_ref::<arrow::array::BinaryArray>()
         .unwrap()
-        .value(0)
+        .value(names.iter().position(|n| n == "enterprises").unwrap())
         .to_vec();
     let listed = Schema::try_from(IpcMessage(bytes.into())).unwrap();
     let info = c
@@ -671,6 +696,7 @@ async fn the_catalog_reads_subject_keys_and_overrides() {
         lake.schema_names(),
         [
             "civil",
+            "gas",
             "health",
             "housing",
             "lakegate_audit",

@@ -839,3 +839,66 @@ async fn a_revocation_that_breaks_a_product_takes_effect_and_the_product_stops()
         .to_string();
     assert!(err.contains("does not plan under its own grants"), "{err}");
 }
+
+#[tokio::test]
+async fn a_product_file_that_does_not_parse_neither_stops_the_server_nor_the_others() {
+    let (dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server, SCENARIO).await;
+    query(&mut c, "SELECT * FROM employee_check(1)")
+        .await
+        .unwrap();
+    // A TOML syntax error in one file, a valid edit in another: the edit is served, and the
+    // broken product keeps its last good version.
+    let products = dir.path().join("products");
+    std::fs::write(
+        products.join("employee_check.toml"),
+        "sql = \"\"\"SELECT 1\n",
+    )
+    .unwrap();
+    let counting = std::fs::read_to_string(products.join("diagnosis_count.toml")).unwrap();
+    std::fs::write(
+        products.join("diagnosis_count.toml"),
+        counting.replace("How many", "Edited: how many"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lakegate_tests::pretty(
+        &query(&mut c, "SELECT description FROM lakegate.products")
+            .await
+            .unwrap(),
+    )
+    .contains("Edited")
+    {
+        assert!(Instant::now() < deadline, "the valid edit was not served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kept = query(&mut c, "SELECT * FROM employee_check(1)")
+        .await
+        .unwrap();
+    assert_eq!(column_strings(&kept, 1), ["true"]);
+
+    // Restarted so, the server starts without it and serves the others; the strict opening
+    // of `lakegate product check` names the file.
+    drop(c);
+    drop(server);
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server, SCENARIO).await;
+    let e = seen(&mut c, "SELECT * FROM employee_check(1)").await;
+    assert!(e.contains("not found"), "{e}");
+    let listed = query(&mut c, "SELECT name, description FROM lakegate.products")
+        .await
+        .unwrap();
+    assert!(
+        lakegate_tests::pretty(&listed).contains("Edited"),
+        "{}",
+        lakegate_tests::pretty(&listed)
+    );
+    let mut strict = lake_config::Config::load(&config).unwrap();
+    strict.audit.dir = dir.path().join("scratch-audit");
+    let err = gateway::Gateway::open(&strict)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("employee_check.toml"), "{err}");
+}

@@ -43,7 +43,7 @@ pub struct DemoUser {
 }
 
 /// The demo users.
-pub const USERS: [DemoUser; 7] = [
+pub const USERS: [DemoUser; 8] = [
     DemoUser {
         name: "insurer",
         password: "insurer-demo",
@@ -86,6 +86,12 @@ pub const USERS: [DemoUser; 7] = [
         scenario: "identity-verification",
         role: "home-services platform; data products only (also care-matching)",
     },
+    DemoUser {
+        name: "developer",
+        password: "developer-demo",
+        scenario: "product-sandbox",
+        role: "data-product developer; a fixed 10% sample of people, identities masked",
+    },
 ];
 
 /// Builds (or reuses) a demo lake folder.
@@ -96,6 +102,24 @@ pub struct DemoLake {
 }
 
 const MARKER: &str = ".demo-complete";
+
+/// The demo's edition: raised whenever its tables, users, policies or products change, so that
+/// a demo folder built by an older lakegate is rebuilt rather than reused.
+const EDITION: u32 = 2;
+
+/// `rows = N` and `edition = E` of a marker file (absent: before editions).
+fn marker_fields(text: &str) -> (Option<usize>, Option<u32>) {
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    };
+    (
+        field("rows").and_then(|v| v.parse().ok()),
+        field("edition").and_then(|v| v.parse().ok()),
+    )
+}
 
 impl DemoLake {
     /// A demo lake under `dir` with the default size (20,000 medical visits).
@@ -119,18 +143,27 @@ impl DemoLake {
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
         let dir = std::fs::canonicalize(&self.dir)?;
         let config = dir.join("lakegate.toml");
-        if dir.join(MARKER).exists() && config.exists() {
+        let built = std::fs::read_to_string(dir.join(MARKER)).unwrap_or_default();
+        let (built_rows, built_edition) = marker_fields(&built);
+        if config.exists() && built_edition == Some(EDITION) {
             println!("reusing the demo lake in {}", dir.display());
-            let built = std::fs::read_to_string(dir.join(MARKER)).unwrap_or_default();
-            if built.trim() != format!("rows = {}", self.rows) {
+            if built_rows != Some(self.rows) {
                 // The lake is not rebuilt under a running or audited demo: say so.
                 println!(
-                    "  it was built with {}; --rows {} applies to a new --dir (or delete this one)",
-                    built.trim(),
+                    "  it was built with {} rows; --rows {} applies to a new --dir (or delete this one)",
+                    built_rows.map_or("?".into(), |n| n.to_string()),
                     self.rows
                 );
             }
             return Ok(config);
+        }
+        if config.exists() {
+            // An older demo lacks tables, users or products this one's README shows: rebuilt,
+            // keeping its audit trail.
+            println!(
+                "the demo in {} was built by an older lakegate: rebuilding it (its audit folder is kept)",
+                dir.display()
+            );
         }
         println!("building the demo lake in {} ...", dir.display());
         let lake = dir.join("lake");
@@ -142,7 +175,10 @@ impl DemoLake {
         write_products(&dir.join("products"))?;
         std::fs::create_dir_all(dir.join("audit"))?;
         write_config(&config)?;
-        std::fs::write(dir.join(MARKER), format!("rows = {}\n", self.rows))?;
+        std::fs::write(
+            dir.join(MARKER),
+            format!("rows = {}\nedition = {EDITION}\n", self.rows),
+        )?;
         Ok(config)
     }
 }
@@ -272,6 +308,16 @@ async fn write_tables(lake: &Path, rows: usize) -> anyhow::Result<()> {
             "building_id",
         ),
     ];
+    // The gas company's own meter readings (a third department for the carbon grade): the gas
+    // of the utilities' table, so both tell the same story.
+    let energy = &tables[4].2;
+    let gas = energy.project(&[
+        energy.schema().index_of("building_id")?,
+        energy.schema().index_of("month")?,
+        energy.schema().index_of("gas_m3")?,
+    ])?;
+    let mut tables = tables;
+    tables.push(("gas", "meter_readings", gas, "building_id"));
     // lakegate's own tables, empty until the first audit segment closes, so that policies can
     // name them from the start.
     for (name, schema) in [
@@ -417,6 +463,7 @@ fn entities() -> serde_json::Value {
         org("public_health_institute"),
         org("social_assistance_office"),
         org("home_services_platform"),
+        org("data_lab"),
         role("underwriter"),
         role("credit_analyst"),
         role("district_officer"),
@@ -424,6 +471,7 @@ fn entities() -> serde_json::Value {
         role("statistician"),
         role("caseworker"),
         role("platform_operator"),
+        role("product_developer"),
         user("insurer", "Haidian", "underwriter", "taiping_insurance"),
         user(
             "banker",
@@ -456,6 +504,7 @@ fn entities() -> serde_json::Value {
             "platform_operator",
             "home_services_platform"
         ),
+        user("developer", "Dongcheng", "product_developer", "data_lab"),
         insurance,
         bank,
         scenario(
@@ -488,6 +537,19 @@ fn entities() -> serde_json::Value {
         eligibility,
         verification,
         care,
+        // Product developers build and validate products on a sample (§8).
+        scenario(
+            "product-sandbox",
+            "developing data products on a 10% sample of people, identities masked",
+            "data_lab",
+            &[
+                "civil.residents",
+                "health.insurance",
+                "health.visits",
+                "social_security.contributions"
+            ],
+            "2030-12-31T23:59:59Z"
+        ),
         // An approved scenario whose time is up: it exists, and grants nothing.
         scenario(
             "expired-pilot",

@@ -34,7 +34,7 @@ pub(crate) use batch::type_placeholders;
 pub(crate) use call::{a_word, accepts_kind, Calls, ProductCall, PARAM_KIND_KEY, PARAM_NAME_KEY};
 pub(crate) use exec::CallPlanner;
 pub use exec::ProductCallExec;
-pub(crate) use listing::SessionCatalog;
+pub(crate) use listing::{listing_schema, SessionCatalog, LISTING_SCHEMA, LISTING_TABLE};
 
 /// One loaded product.
 #[derive(Debug)]
@@ -128,6 +128,40 @@ pub(crate) fn read_files(dir: Option<&Path>) -> Result<Vec<ProductFile>, Gateway
         Some(dir) => lake_config::products::read_products(dir)
             .map_err(|e| GatewayError::Config(format!("data products: {e}"))),
     }
+}
+
+/// The product files of `dir` for a server: a file that does not read is logged and left
+/// out — or, when `last` served a product of that name, its last good version is kept — so one
+/// bad file does not stop a server or hold back the other products. A folder that does not
+/// read is the error.
+pub(crate) fn read_files_serving(
+    dir: Option<&Path>,
+    last: Option<&ProductSet>,
+) -> Result<Vec<ProductFile>, GatewayError> {
+    let Some(dir) = dir else {
+        return Ok(Vec::new());
+    };
+    let each = lake_config::products::read_products_each(dir)
+        .map_err(|e| GatewayError::Config(format!("data products: {e}")))?;
+    let mut files = Vec::new();
+    for (path, read) in each {
+        match read {
+            Ok(file) => files.push(file),
+            Err(e) => {
+                let name = path.file_stem().map(|s| s.to_string_lossy().to_string());
+                match last.zip(name).and_then(|(last, n)| last.get(&n)) {
+                    Some(product) => {
+                        tracing::error!("data products: {e}; its last good version keeps serving");
+                        files.push(product.file.clone());
+                    }
+                    None => {
+                        tracing::error!("data products: {e}; it cannot be called until it reads")
+                    }
+                }
+            }
+        }
+    }
+    Ok(files)
 }
 
 /// The Arrow type a parameter of `ty` is bound as.

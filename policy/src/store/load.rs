@@ -150,6 +150,7 @@ struct ReadPolicies {
     masks: HashMap<String, Mask>,
     min_groups: HashMap<String, u64>,
     privacy: HashMap<String, crate::Privacy>,
+    samples: HashMap<String, u16>,
 }
 
 /// The schema generated from `lake` composed with the admin's `*.cedarschema` fragments, and
@@ -202,6 +203,7 @@ fn read_policies(dir: &Path, hasher: &mut Sha256) -> Result<ReadPolicies, Policy
         masks: HashMap::new(),
         min_groups: HashMap::new(),
         privacy: HashMap::new(),
+        samples: HashMap::new(),
     };
     for path in files_with_ext(dir, "cedar")? {
         let src = Source::read(path)?;
@@ -250,7 +252,7 @@ fn read_policies(dir: &Path, hasher: &mut Sha256) -> Result<ReadPolicies, Policy
 }
 
 impl ReadPolicies {
-    /// Reads policy `id`'s annotations (@mask, @epsilon, @bounds, @min_group), refusing those
+    /// Reads policy `id`'s annotations (@mask, @epsilon, @bounds, @min_group, @sample), refusing those
     /// that do not belong on it.
     fn annotations(
         &mut self,
@@ -308,6 +310,18 @@ impl ReadPolicies {
                 .transpose()?;
             self.privacy
                 .insert(id.to_string(), crate::Privacy { epsilon, bounds });
+        }
+        if let Some(n) = p.annotation("sample") {
+            // Only a permit's rows can be sampled; on anything else the annotation would
+            // silently do nothing, so it is refused.
+            if !names("read_row") || !permit {
+                return Err(invalid(
+                    "@sample belongs on permits of the read_row action (`policy-model.md` §8)"
+                        .into(),
+                ));
+            }
+            let bp = crate::predicate::parse_sample(n).map_err(invalid)?;
+            self.samples.insert(id.to_string(), bp);
         }
         if let Some(k) = p.annotation("min_group") {
             let k = k.parse::<u64>().ok().filter(|k| *k > 0).ok_or_else(|| {
@@ -421,6 +435,7 @@ impl PolicySet {
             masks: read.masks,
             min_groups: read.min_groups,
             privacy: read.privacy,
+            samples: read.samples,
             hash: hex::encode(hasher.finalize()),
             authorizer: Authorizer::new(),
             grants: lru_cache(GRANT_CACHE_ENTRIES),

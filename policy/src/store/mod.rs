@@ -58,6 +58,8 @@ pub struct PolicySet {
     min_groups: HashMap<String, u64>,
     /// `@epsilon`/`@bounds` of each `aggregate` permit that has them, parsed at load.
     privacy: HashMap<String, crate::Privacy>,
+    /// `@sample` of each `read_row` permit that has one, in hundredths of a percent.
+    samples: HashMap<String, u16>,
     hash: String,
     authorizer: Authorizer,
     /// Grants by (user, scenario, table), with the second they were decided at.

@@ -60,7 +60,7 @@ impl PolicySet {
         let mut forbids = Vec::new();
         for id in response.true_permits() {
             ids.push(id_text(id));
-            permits.push(Predicate::Const(true));
+            permits.push(self.sampled(id, Predicate::Const(true), desc));
         }
         for id in response.true_forbids() {
             ids.push(id_text(id));
@@ -102,7 +102,7 @@ impl PolicySet {
         for id in sorted(response.residual_permits()) {
             ids.push(id_text(id));
             match residual(id) {
-                Ok(p) => permits.push(p),
+                Ok(p) => permits.push(self.sampled(id, p, desc)),
                 Err(e) => {
                     tracing::warn!(policy = %id, table = %desc.id(), "{e}: the permit admits no row")
                 }
@@ -125,5 +125,26 @@ impl PolicySet {
             p => RowPredicate::Where(p),
         };
         Ok((rows, ids))
+    }
+
+    /// A permit's rows narrowed to its `@sample` (§8): subjects in the keyed sample. A table
+    /// without a subject key has no subjects to sample, so the permit admits no row.
+    fn sampled(&self, id: &PolicyId, rows: Predicate, desc: &TableDescription) -> Predicate {
+        let Some(&basis_points) = self.samples.get(AsRef::<str>::as_ref(id)) else {
+            return rows;
+        };
+        match &desc.subject_key {
+            Some(column) => predicate::all(vec![
+                rows,
+                Predicate::Sample {
+                    column: column.clone(),
+                    basis_points,
+                },
+            ]),
+            None => {
+                tracing::warn!(policy = %id, table = %desc.id(), "a sampled permit on a table without a subject key: no rows");
+                Predicate::Const(false)
+            }
+        }
     }
 }

@@ -203,6 +203,75 @@ fn forbid_residuals_are_subtracted_and_no_permit_means_no_rows() {
 }
 
 #[test]
+fn sampled_permits_keep_a_keyed_share_of_subjects_and_nothing_without_a_subject_key() {
+    let sampled = POLICIES.replace(
+        "@id(\"hr-own-district\")",
+        "@id(\"hr-own-district\")\n@sample(\"12.5\")",
+    );
+    let dir = folder(&sampled);
+    let set = PolicySet::load(dir.path(), &hr_lake()).unwrap();
+    let g = set
+        .grant("alice", "hr-stats", "hr.employees", SystemTime::now())
+        .unwrap();
+    assert_eq!(
+        g.rows,
+        RowPredicate::Where(Predicate::And(vec![
+            Predicate::Cmp {
+                left: predicate::Operand::Column("district".into()),
+                op: predicate::CmpOp::Eq,
+                right: predicate::Operand::Literal(predicate::Value::String("North".into())),
+            },
+            Predicate::Sample {
+                column: "id".into(),
+                basis_points: 1250,
+            },
+        ]))
+    );
+    match &g.rows {
+        RowPredicate::Where(p) => assert_eq!(
+            p.to_string(),
+            "(\"district\" = 'North' AND \"id\" IN SAMPLE (12.5%))"
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    // A permit without conditions: the sample alone.
+    let unconditional = POLICIES.split("@id(\"hr-own-district\")").next().unwrap().to_string()
+        + "@id(\"all-rows-sampled\")\n@sample(\"3\")\npermit (principal, action == Lake::Action::\"read_row\", resource is Lake::Rows::hr::employees);\n";
+    let dir = folder(&unconditional);
+    let mut lake = hr_lake();
+    let set = PolicySet::load(dir.path(), &lake).unwrap();
+    let g = set
+        .grant("alice", "hr-stats", "hr.employees", SystemTime::now())
+        .unwrap();
+    assert_eq!(
+        g.rows,
+        RowPredicate::Where(Predicate::Sample {
+            column: "id".into(),
+            basis_points: 300,
+        })
+    );
+
+    // No subject key: no subjects to sample, so no rows.
+    lake.tables[0].subject_key = None;
+    let set = PolicySet::load(dir.path(), &lake).unwrap();
+    let g = set
+        .grant("alice", "hr-stats", "hr.employees", SystemTime::now())
+        .unwrap();
+    assert!(g.allowed);
+    assert_eq!(g.rows, RowPredicate::None);
+
+    // A sampled forbid is refused: it would not do what it says.
+    let text = format!(
+        "{POLICIES}\n@id(\"bad\")\n@sample(\"10\")\nforbid (principal, action == Lake::Action::\"read_row\", resource);\n"
+    );
+    let err = PolicySet::load(folder(&text).path(), &hr_lake())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("belongs on permits of the read_row"), "{err}");
+}
+
+#[test]
 fn bad_mask_and_min_group_annotations_are_refused_at_load() {
     for (annotation, action, expected) in [
         ("@mask(\"md5\")", "read_masked", "unknown mask `md5`"),
@@ -221,6 +290,16 @@ fn bad_mask_and_min_group_annotations_are_refused_at_load() {
             "@epsilon(\"1\")",
             "query",
             "belong on permits of the aggregate",
+        ),
+        ("@sample(\"0\")", "read_row", "@sample(\"0\")"),
+        ("@sample(\"100.01\")", "read_row", "@sample(\"100.01\")"),
+        ("@sample(\"1.234\")", "read_row", "at most two decimals"),
+        ("@sample(\"-5\")", "read_row", "@sample(\"-5\")"),
+        ("@sample(\"ten\")", "read_row", "@sample(\"ten\")"),
+        (
+            "@sample(\"10\")",
+            "read_column",
+            "belongs on permits of the read_row",
         ),
     ] {
         let text = format!(

@@ -339,7 +339,7 @@ fn scan_keeps(runtime: &tokio::runtime::Runtime, rows: &[Row], grant: &RowPredic
     let predicate = match grant {
         RowPredicate::All => return vec![true; rows.len()],
         RowPredicate::None => return vec![false; rows.len()],
-        RowPredicate::Where(p) => super::to_expr(p).unwrap(),
+        RowPredicate::Where(p) => super::to_expr(p, None).unwrap(),
     };
     let kept = runtime.block_on(async {
         SessionContext::new()

@@ -1,5 +1,9 @@
 //! The grant's row predicate as a DataFusion expression over the raw columns.
 
+mod sample;
+
+use std::sync::Arc;
+
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::error::{DataFusionError, Result};
@@ -9,8 +13,9 @@ use datafusion::prelude::{and, or};
 
 use policy::predicate::{CmpOp, Operand, Pattern, Predicate, Value};
 
-/// Translates a row predicate. Type coercion happens when the physical expression is created.
-pub(crate) fn to_expr(p: &Predicate) -> Result<Expr> {
+/// Translates a row predicate; `key` is the deployment's secret, which samples are keyed with.
+/// Type coercion happens when the physical expression is created.
+pub(crate) fn to_expr(p: &Predicate, key: Option<&Arc<[u8]>>) -> Result<Expr> {
     Ok(match p {
         Predicate::Const(b) => lit(*b),
         Predicate::Cmp { left, op, right } => {
@@ -47,14 +52,26 @@ pub(crate) fn to_expr(p: &Predicate) -> Result<Expr> {
             ))
         }
         Predicate::Has(column) => column_expr(column).is_not_null(),
-        Predicate::And(ps) => fold(ps, and)?,
-        Predicate::Or(ps) => fold(ps, or)?,
-        Predicate::Not(inner) => !to_expr(inner)?,
+        Predicate::And(ps) => fold(ps, and, key)?,
+        Predicate::Or(ps) => fold(ps, or, key)?,
+        Predicate::Not(inner) => !to_expr(inner, key)?,
+        Predicate::Sample {
+            column,
+            basis_points,
+        } => {
+            // Without the secret there is no sample: fail closed, naming the fix.
+            let key = key.ok_or_else(|| {
+                DataFusionError::Plan(
+                    "a sampled read_row permit (@sample) needs the deployment's mask key: set [policy] mask_key or LAKEGATE_MASK_KEY".into(),
+                )
+            })?;
+            sample::sample_expr(column_expr(column), *basis_points, key.clone())
+        }
     })
 }
 
-fn fold(ps: &[Predicate], f: fn(Expr, Expr) -> Expr) -> Result<Expr> {
-    let mut exprs = ps.iter().map(to_expr);
+fn fold(ps: &[Predicate], f: fn(Expr, Expr) -> Expr, key: Option<&Arc<[u8]>>) -> Result<Expr> {
+    let mut exprs = ps.iter().map(|p| to_expr(p, key));
     let first = exprs
         .next()
         .ok_or_else(|| DataFusionError::Internal("an empty AND/OR in a row predicate".into()))??;
@@ -127,7 +144,7 @@ mod tests {
             })),
         ]);
         assert_eq!(
-            to_expr(&p).unwrap().to_string(),
+            to_expr(&p, None).unwrap().to_string(),
             r#"district = Utf8("North") AND name NOT LIKE Utf8("1\%%") ESCAPE '\'"#
         );
         assert_eq!(
@@ -135,6 +152,21 @@ mod tests {
             ScalarValue::Decimal128(Some(-1250), 4, 2)
         );
         assert!(decimal("1e5").is_err());
+        // A sample is keyed: without the deployment's secret it is refused, not skipped.
+        let sample = Predicate::Sample {
+            column: "id".into(),
+            basis_points: 1000,
+        };
+        let refused = to_expr(&sample, None).unwrap_err().to_string();
+        assert!(
+            refused.contains("needs the deployment's mask key"),
+            "{refused}"
+        );
+        let key: Arc<[u8]> = Arc::from(&b"k"[..]);
+        assert!(to_expr(&sample, Some(&key))
+            .unwrap()
+            .to_string()
+            .contains("__lakegate_sample(id)"));
     }
 }
 

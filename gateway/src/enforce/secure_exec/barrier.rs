@@ -4,9 +4,13 @@
 use super::*;
 
 /// Compiles the row predicate against the raw scan's output schema (with type coercion).
-fn compile(p: &Predicate, input: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
+fn compile(
+    p: &Predicate,
+    input: &Schema,
+    key: Option<&Arc<[u8]>>,
+) -> Result<Arc<dyn PhysicalExpr>> {
     let df_schema = DFSchema::try_from(input.clone())?;
-    let expr = row_filter::to_expr(p)?;
+    let expr = row_filter::to_expr(p, key)?;
     let mut coerce = TypeCoercionRewriter::new(&df_schema);
     let expr = expr.rewrite(&mut coerce)?.data;
     create_physical_expr(
@@ -34,7 +38,7 @@ impl SecureScanExec {
         storage: Arc<HashMap<String, String>>,
     ) -> Result<Self> {
         let predicate = match &spec.predicate {
-            Some(p) => Some(compile(p, &input.schema())?),
+            Some(p) => Some(compile(p, &input.schema(), mask_key.as_ref())?),
             None => None,
         };
         let outputs = output_indices(&spec, &input.schema())?;
@@ -123,6 +127,7 @@ impl SecureScanExec {
     pub(super) async fn plan(
         spec: Arc<ScanSpec>,
         storage: Arc<HashMap<String, String>>,
+        key: Option<Arc<[u8]>>,
         ctx: Arc<TaskContext>,
     ) -> Result<Planned> {
         let table = deltalake::DeltaTableBuilder::from_url(spec.url.clone())
@@ -168,7 +173,7 @@ impl SecureScanExec {
             )));
         }
         let predicate = match &spec.predicate {
-            Some(p) => Some(compile(p, &input.schema())?),
+            Some(p) => Some(compile(p, &input.schema(), key.as_ref())?),
             None => None,
         };
         let outputs = output_indices(&spec, &input.schema())?;
@@ -262,7 +267,7 @@ mod tests {
             .collect();
         Planned {
             input: Arc::new(EmptyExec::new(input.clone())),
-            predicate: predicate.map(|p| compile(&p, &input).unwrap()),
+            predicate: predicate.map(|p| compile(&p, &input, None).unwrap()),
             outputs: spec_outputs
                 .iter()
                 .map(|(n, m)| (input.index_of(n).unwrap(), m.clone()))

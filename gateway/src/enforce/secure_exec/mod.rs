@@ -382,7 +382,7 @@ impl ExecutionPlan for SecureScanExec {
                     context.runtime_env(),
                 ));
                 futures::stream::once(async move {
-                    let planned = Self::plan(spec, storage, context.clone()).await?;
+                    let planned = Self::plan(spec, storage, key.clone(), context.clone()).await?;
                     let input = planned.input.execute(partition, context)?;
                     Ok::<_, DataFusionError>(input.map(move |b| {
                         b.and_then(|b| {
