@@ -4,7 +4,10 @@
 #
 #   scripts/bench.sh quick           SF 0.1, all 22 queries in all six modes (a few minutes)
 #   scripts/bench.sh modes SF        the same at scale factor SF (1 is the standard)
-#   scripts/bench.sh wire [ROWS]     10M-row result: raw DoGet vs Flight SQL vs ADBC, MB/s
+#   scripts/bench.sh wire [ROWS]     10M-row result: raw DoGet vs Flight SQL vs ADBC, MB/s,
+#                                    and lakegate's two paths again over TLS
+#   scripts/bench.sh products [ROWS] data product calls on a 10M-row register: 1 and 8 ADBC
+#                                    clients, a batch of 10,000, DuckDB on the same Parquet
 #   scripts/bench.sh micro           policy decision / rewrite / TPE micro-benchmarks
 #   scripts/bench.sh memory [SF]     SF 10 (default) under a 4 GiB memory pool with spilling
 #                                    (then Q18 again with sort-merge joins)
@@ -39,7 +42,10 @@ case "${1:-quick}" in
   wire)
     rows=${2:-10000000}
     "$BIN" gen --dir "$BENCH/wire" --sf 0.01 --wire-rows "$rows"
-    "$BIN" wire --dir "$BENCH/wire" --python "$PY" --runs "${RUNS:-3}"
+    "$BIN" wire --dir "$BENCH/wire" --python "$PY" --runs "${RUNS:-3}" --tls
+    ;;
+  products)
+    "$BIN" products --dir "$BENCH/products" --rows "${2:-10000000}" --python "$PY"
     ;;
   micro) cargo bench -p lakegate-benches --bench policy ;;
   memory)
@@ -49,5 +55,5 @@ case "${1:-quick}" in
     # The query whose hash join outgrows the pool, again with sort-merge joins (they spill).
     "$BIN" memory --dir "$BENCH/sf$sf" --limit $((4 << 30)) --sort-merge-joins --queries 18
     ;;
-  *) echo "usage: scripts/bench.sh quick | modes SF | wire [ROWS] | micro | memory [SF]"; exit 2 ;;
+  *) echo "usage: scripts/bench.sh quick | modes SF | wire [ROWS] | products [ROWS] | micro | memory [SF]"; exit 2 ;;
 esac

@@ -62,9 +62,12 @@ def adbc_connect(a):
     """A lakegate connection as the bench user, working under the run's scenario."""
     import adbc_driver_flightsql.dbapi as flightsql
 
+    db_kwargs = {"username": a.user, "password": a.password}
+    if a.tls_root_certs:
+        db_kwargs["adbc.flight.sql.client_option.tls_root_certs"] = Path(a.tls_root_certs).read_text()
     return flightsql.connect(
         a.endpoint,
-        db_kwargs={"username": a.user, "password": a.password},
+        db_kwargs=db_kwargs,
         conn_kwargs={"adbc.flight.sql.session.option.scenario": a.scenario},
     )
 
@@ -82,6 +85,7 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--wire", help="time one large result through ADBC instead")
+    p.add_argument("--tls-root-certs", help="a CA (PEM) to trust, for a grpc+tls:// endpoint")
     a = p.parse_args()
 
     if a.wire:

@@ -6,6 +6,7 @@ pub mod answers;
 pub mod harness;
 pub mod memory;
 pub mod modes;
+pub mod products;
 pub mod queries;
 pub mod tpch;
 pub mod wire;

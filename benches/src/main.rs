@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::{Parser, Subcommand};
 use lakegate_benches::harness::{self, RunOptions};
 use lakegate_benches::modes::Mode;
-use lakegate_benches::{queries, tpch, wire};
+use lakegate_benches::{products, queries, tpch, wire};
 
 /// The `lakegate` binary's allocator: see [`flight_server::allocator`].
 #[global_allocator]
@@ -78,6 +78,27 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Also stream it over TLS (`[server.tls]`, certificates generated into the dir).
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Data product calls: a verification lookup on a register of `rows` people by one and by
+    /// several ADBC clients, a batch call, and DuckDB on the same Parquet; p50/p99 and rates.
+    Products {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: usize,
+        /// Timed calls (single client; shared among the clients in the concurrent run).
+        #[arg(long, default_value_t = 1_000)]
+        calls: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// People per batch call.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
         #[arg(long)]
         python: Option<PathBuf>,
     },
@@ -186,9 +207,14 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Wire { dir, runs, python } => {
+        Command::Wire {
+            dir,
+            runs,
+            python,
+            tls,
+        } => {
             let python = python.or_else(default_python);
-            let r = wire::run(&dir, runs, python.as_deref()).await?;
+            let r = wire::run(&dir, runs, python.as_deref(), tls).await?;
             println!(
                 "{} rows, {:.1} MB of Arrow data\n\n| path | median s | MB/s | vs raw DoGet |\n|---|---|---|---|",
                 r.rows,
@@ -202,6 +228,37 @@ async fn main() -> anyhow::Result<()> {
                     f.median_s,
                     f.mb_per_s,
                     100.0 * f.mb_per_s / base
+                );
+            }
+        }
+        Command::Products {
+            dir,
+            rows,
+            calls,
+            clients,
+            batch,
+            python,
+        } => {
+            let Some(python) = python.or_else(default_python) else {
+                bail!(
+                    "the product benchmark needs Python with the ADBC driver and DuckDB: --python"
+                );
+            };
+            eprintln!(
+                "writing {} ({rows} rows) unless it is there",
+                products::TABLE
+            );
+            products::generate(&dir, rows).await?;
+            let r = products::run(&dir, rows, &python, calls, clients, batch).await?;
+            println!(
+                "{} rows in {}\n\n| what | calls | p50 ms | p99 ms | per second |\n|---|---|---|---|---|",
+                r.rows,
+                products::TABLE
+            );
+            for f in &r.figures {
+                println!(
+                    "| {} | {} | {:.2} | {:.2} | {:.0} |",
+                    f.what, f.calls, f.p50_ms, f.p99_ms, f.per_s
                 );
             }
         }

@@ -189,7 +189,25 @@ pub struct Remote {
 impl Remote {
     /// Connects to `addr`, logs in as the bench user and declares `scenario`.
     pub async fn connect(addr: SocketAddr, scenario: &str) -> anyhow::Result<Self> {
-        let channel = Channel::from_shared(format!("http://{addr}"))?
+        Self::connect_with(addr, scenario, None).await
+    }
+
+    /// [`Remote::connect`] over TLS when `ca_pem` (the CA to trust) is given.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        scenario: &str,
+        ca_pem: Option<&[u8]>,
+    ) -> anyhow::Result<Self> {
+        let scheme = if ca_pem.is_some() { "https" } else { "http" };
+        let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}"))?;
+        if let Some(ca) = ca_pem {
+            endpoint = endpoint.tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                    .domain_name("localhost"),
+            )?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("cannot connect to {addr}"))?;

@@ -191,8 +191,14 @@ pub struct WireReport {
     pub figures: Vec<WireFigure>,
 }
 
-/// Runs the wire benchmark over `wire.rows` of a bench dir.
-pub async fn run(dir: &Path, runs: usize, python: Option<&Path>) -> anyhow::Result<WireReport> {
+/// Runs the wire benchmark over `wire.rows` of a bench dir; with `tls`, lakegate's two paths
+/// again over TLS (`[server.tls]`, certificates generated into the bench dir).
+pub async fn run(
+    dir: &Path,
+    runs: usize,
+    python: Option<&Path>,
+    tls: bool,
+) -> anyhow::Result<WireReport> {
     let dir = std::fs::canonicalize(dir)?;
     crate::tpch::write_setup(&dir)?;
     let sql = format!("SELECT * FROM {TABLE}");
@@ -230,16 +236,7 @@ pub async fn run(dir: &Path, runs: usize, python: Option<&Path>) -> anyhow::Resu
     });
 
     let config = crate::tpch::config(&dir, None)?;
-    let server = flight_server::Server::bind(&config, Some("127.0.0.1:0".parse()?)).await?;
-    let addr = server.local_addr()?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await;
-    });
+    let (addr, tx) = serve(&config).await?;
 
     let mut figures = Vec::new();
     let raw_times = time_runs(runs, || raw_doget(raw_addr)).await?;
@@ -256,10 +253,43 @@ pub async fn run(dir: &Path, runs: usize, python: Option<&Path>) -> anyhow::Resu
     .await?;
     figures.push(figure("lakegate Flight SQL, Rust client", lg_times, mb));
     if let Some(python) = python {
-        let adbc = adbc_times(python, addr, &sql, runs).await?;
+        let adbc = adbc_times(python, addr, &sql, runs, None).await?;
         figures.push(figure("lakegate through ADBC into pyarrow", adbc, mb));
     }
     let _ = tx.send(());
+    if tls {
+        flight_server::tls::install_crypto_provider();
+        let files = flight_server::tls::generate(&dir.join("tls"))?;
+        let mut config = config.clone();
+        config.server.tls = Some(lake_config::TlsConfig {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            client_ca: None,
+        });
+        let (addr, tx) = serve(&config).await?;
+        let ca = std::fs::read(&files.ca)?;
+        let remote =
+            crate::modes::Remote::connect_with(addr, crate::tpch::PERMISSIVE, Some(&ca)).await?;
+        let times = time_runs(runs, || async {
+            let b = remote.run(&sql).await?;
+            Ok(b.iter().map(|b| b.num_rows() as u64).sum())
+        })
+        .await?;
+        figures.push(figure(
+            "lakegate Flight SQL over TLS, Rust client",
+            times,
+            mb,
+        ));
+        if let Some(python) = python {
+            let adbc = adbc_times(python, addr, &sql, runs, Some(&files.ca)).await?;
+            figures.push(figure(
+                "lakegate over TLS through ADBC into pyarrow",
+                adbc,
+                mb,
+            ));
+        }
+        let _ = tx.send(());
+    }
     for f in &mut figures {
         f.rows = rows;
     }
@@ -268,6 +298,23 @@ pub async fn run(dir: &Path, runs: usize, python: Option<&Path>) -> anyhow::Resu
         bytes,
         figures,
     })
+}
+
+/// Serves `config` in this process on a free port until the sender is used or dropped.
+async fn serve(
+    config: &lake_config::Config,
+) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    let server = flight_server::Server::bind(config, Some("127.0.0.1:0".parse()?)).await?;
+    let addr = server.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok((addr, tx))
 }
 
 fn tokio_stream_listener(
@@ -335,11 +382,19 @@ async fn adbc_times(
     addr: SocketAddr,
     sql: &str,
     runs: usize,
+    ca: Option<&Path>,
 ) -> anyhow::Result<(u64, Vec<f64>)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/modes.py");
-    let out = tokio::process::Command::new(python)
-        .arg(&script)
-        .args(["--wire", sql, "--endpoint", &format!("grpc://{addr}")])
+    let mut command = tokio::process::Command::new(python);
+    command.arg(&script);
+    match ca {
+        Some(ca) => command
+            .args(["--wire", sql, "--endpoint", &format!("grpc+tls://{addr}")])
+            .arg("--tls-root-certs")
+            .arg(ca),
+        None => command.args(["--wire", sql, "--endpoint", &format!("grpc://{addr}")]),
+    };
+    let out = command
         .args([
             "--user",
             crate::tpch::USER,

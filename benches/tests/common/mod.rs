@@ -28,6 +28,7 @@ pub fn python() -> Option<PathBuf> {
 /// All 22 queries once in every mode (e and f only with a Python): no problem, every query
 /// answered by every mode, and answers that are not all empty (the comparison compares
 /// something).
+#[allow(dead_code)] // each test binary compiles this module; not every one runs the modes
 pub async fn every_mode_agrees(dir: &Path) -> Report {
     let python = python();
     let modes: Vec<Mode> = Mode::ALL
