@@ -208,7 +208,8 @@ pub struct TableOverride {
 pub struct PolicyConfig {
     /// `dir`: holds `*.cedar`, `*.cedarschema` and `entities.json`.
     pub dir: PathBuf,
-    /// `mask_key`, overridden by `LAKEGATE_MASK_KEY`: the secret of keyed masks.
+    /// `mask_key`, overridden by `LAKEGATE_MASK_KEY`: the secret of keyed masks and samples, at
+    /// least [`MIN_MASK_KEY_BYTES`] long.
     pub mask_key: Option<String>,
 }
 
@@ -259,6 +260,10 @@ pub struct AuditConfig {
 /// `[audit] max_sql_bytes_per_user_minute` when not set: 128 MiB, a hundred and twenty-eight
 /// statements of the largest default size, or about 2 MiB/s per user into the trail.
 pub const DEFAULT_SQL_BYTES_PER_USER_MINUTE: u64 = 128 << 20;
+
+/// The shortest mask key accepted: a short key lets anyone who knows the values' format
+/// recompute hashed identities by trying every candidate.
+pub const MIN_MASK_KEY_BYTES: usize = 16;
 
 /// `[audit] min_free_bytes` when not set: 256 MiB.
 pub const DEFAULT_AUDIT_MIN_FREE_BYTES: u64 = 256 << 20;

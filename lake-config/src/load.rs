@@ -274,9 +274,31 @@ impl Config {
                 "write the folder holding *.cedar, *.cedarschema and entities.json, e.g. dir = \"policies\"",
             ));
         }
+        // A set but empty variable is a mistake (`LAKEGATE_MASK_KEY=$KEY` with KEY unset), not a
+        // key: every keyed mask and sample would be keyed with "" (attacker round 25 M1).
+        let mask_key = match env(env::LAKEGATE_MASK_KEY) {
+            Some(k) if k.is_empty() => {
+                return Err(invalid(
+                    "LAKEGATE_MASK_KEY",
+                    "the environment variable is set but empty".into(),
+                    "unset it to use [policy] mask_key, or give the deployment's secret (at least 16 bytes)",
+                ))
+            }
+            Some(k) => Some(k),
+            None => raw.policy.mask_key,
+        };
+        if let Some(k) = &mask_key {
+            if k.len() < MIN_MASK_KEY_BYTES {
+                return Err(invalid(
+                    "policy.mask_key",
+                    format!("the mask key is {} bytes long", k.len()),
+                    "hashed identities and samples are only as secret as this key: use at least 16 bytes, e.g. 32 random bytes in base64",
+                ));
+            }
+        }
         let policy = PolicyConfig {
             dir: base.join(&raw.policy.dir),
-            mask_key: env(env::LAKEGATE_MASK_KEY).or(raw.policy.mask_key),
+            mask_key,
         };
 
         let mut users = Vec::with_capacity(raw.users.len());

@@ -82,22 +82,28 @@ fn relative_root_resolves_against_the_file_folder() {
 
 #[test]
 fn env_overrides_secrets() {
-    let text = "[lake]\nroot = \"s3://b\"\n[lake.s3]\naccess_key_id = \"file-key\"\nsecret_access_key = \"file-secret\"\n[policy]\ndir = \"p\"\nmask_key = \"k1\"\n";
+    let text = "[lake]\nroot = \"s3://b\"\n[lake.s3]\naccess_key_id = \"file-key\"\nsecret_access_key = \"file-secret\"\n[policy]\ndir = \"p\"\nmask_key = \"file-mask-key-0123456789\"\n";
     let c = parse_with(
         text,
         &[
             ("AWS_SECRET_ACCESS_KEY", "env-secret"),
-            ("LAKEGATE_MASK_KEY", "k2"),
+            ("LAKEGATE_MASK_KEY", "env-mask-key-0123456789"),
         ],
     )
     .unwrap();
     let s3 = c.lake.s3.as_ref().unwrap();
     assert_eq!(s3.access_key_id.as_deref(), Some("file-key"));
     assert_eq!(s3.secret_access_key.as_deref(), Some("env-secret"));
-    assert_eq!(c.policy.mask_key.as_deref(), Some("k2"));
+    assert_eq!(
+        c.policy.mask_key.as_deref(),
+        Some("env-mask-key-0123456789")
+    );
     // Secrets never show in debug output.
     let dbg = format!("{c:?}");
-    assert!(!dbg.contains("env-secret") && !dbg.contains("k2"), "{dbg}");
+    assert!(
+        !dbg.contains("env-secret") && !dbg.contains("env-mask-key"),
+        "{dbg}"
+    );
     let opts = s3.storage_options();
     assert_eq!(opts["aws_secret_access_key"], "env-secret");
     assert_eq!(opts["aws_virtual_hosted_style_request"], "false");
@@ -298,4 +304,34 @@ fn connection_bounds_parse_with_defaults_and_zero_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("server.max_connections"), "{err}");
+}
+
+#[test]
+fn empty_and_short_mask_keys_are_refused_without_showing_them() {
+    let text =
+        "[lake]\nroot = \"l\"\n[policy]\ndir = \"p\"\nmask_key = \"file-mask-key-0123456789\"\n";
+    // Set but empty: a mistake, not a key, and not a reason to fall back silently.
+    let err = parse_with(text, &[("LAKEGATE_MASK_KEY", "")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("LAKEGATE_MASK_KEY") && err.contains("set but empty"),
+        "{err}"
+    );
+    for short in ["", "a", "fifteen-bytes!!"] {
+        let text = format!("[lake]\nroot = \"l\"\n[policy]\ndir = \"p\"\nmask_key = \"{short}\"\n");
+        let err = parse_with(&text, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("policy.mask_key") && err.contains("at least 16 bytes"),
+            "{err}"
+        );
+        let err = parse_with(text.as_str(), &[("LAKEGATE_MASK_KEY", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("1 bytes long") && !err.contains("\"x\""),
+            "{err}"
+        );
+    }
+    assert!(parse_with(text, &[("LAKEGATE_MASK_KEY", "sixteen-bytes!!!")]).is_ok());
 }

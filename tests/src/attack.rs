@@ -371,7 +371,7 @@ async fn build_with(
     std::fs::write(
         &config,
         format!(
-            "[lake]\nroot = \"lake\"\n[policy]\ndir = \"policies\"\nmask_key = \"attack-test-key\"\n\
+            "[lake]\nroot = \"lake\"\n[policy]\ndir = \"policies\"\nmask_key = \"attack-test-mask-key\"\n\
              [audit]\ndir = \"audit\"\n[[users]]\nname = \"alice\"\npassword_hash = \"{}\"\n",
             flight_server::auth::hash_password(ALICE_PASSWORD)
         ),

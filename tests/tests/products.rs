@@ -901,4 +901,32 @@ async fn a_product_file_that_does_not_parse_neither_stops_the_server_nor_the_oth
         .unwrap_err()
         .to_string();
     assert!(err.contains("employee_check.toml"), "{err}");
+
+    // The folder taken away withdraws every product, as deleting each file would (round 25
+    // L1: the last loaded kept serving); put back, they serve again.
+    let retired = dir.path().join("products.retired");
+    std::fs::rename(&products, &retired).unwrap();
+    async fn products_listed(c: &mut Client) -> usize {
+        rows(
+            &query(c, "SELECT name FROM lakegate.products")
+                .await
+                .unwrap(),
+        )
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while products_listed(&mut c).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the products outlived their folder"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let e = seen(&mut c, "SELECT * FROM diagnosis_count('x')").await;
+    assert!(e.contains("not found"), "{e}");
+    std::fs::rename(&retired, &products).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while products_listed(&mut c).await == 0 {
+        assert!(Instant::now() < deadline, "the products did not come back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -141,6 +141,15 @@ pub(crate) fn read_files_serving(
     let Some(dir) = dir else {
         return Ok(Vec::new());
     };
+    // A folder taken away on a running server withdraws its products, as deleting each file
+    // would (attacker round 25 L1: they kept serving). At start it is an error, as before.
+    if last.is_some() && !dir.exists() {
+        tracing::error!(
+            "data products: the folder {} is gone: no data product can be called until it is back",
+            dir.display()
+        );
+        return Ok(Vec::new());
+    }
     let each = lake_config::products::read_products_each(dir)
         .map_err(|e| GatewayError::Config(format!("data products: {e}")))?;
     let mut files = Vec::new();
