@@ -111,16 +111,9 @@ pub async fn generate(dir: &Path, rows: usize) -> anyhow::Result<()> {
     let dir = std::fs::canonicalize(dir)?;
     write_setup(&dir)?;
     let path = dir.join("lake").join("registry").join("people");
-    let marker = path.join(format!("_rows_{rows}"));
-    if marker.exists() {
+    let Some(mut table) = crate::tpch::fresh_table(&path, rows)? else {
         return Ok(());
-    }
-    if path.exists() {
-        std::fs::remove_dir_all(&path)?;
-    }
-    std::fs::create_dir_all(&path)?;
-    let mut table =
-        deltalake::DeltaTableBuilder::from_url(crate::tpch::table_url(&path)?)?.build()?;
+    };
     let districts = [
         "Chaoyang",
         "Haidian",
@@ -170,8 +163,7 @@ pub async fn generate(dir: &Path, rows: usize) -> anyhow::Result<()> {
         table = crate::tpch::write_part(table, vec![batch], start == 0).await?;
         start += n;
     }
-    std::fs::write(marker, b"")?;
-    Ok(())
+    crate::tpch::mark_written(&path, rows)
 }
 
 fn write_setup(dir: &Path) -> anyhow::Result<()> {
@@ -235,18 +227,8 @@ pub async fn run(
     batch: usize,
 ) -> anyhow::Result<ProductsReport> {
     let dir = std::fs::canonicalize(dir)?;
-    let mut config = lake_config::Config::load(&dir.join("lakegate.toml"))?;
-    config.server.listen = "127.0.0.1:0".parse()?;
-    let server = flight_server::Server::bind(&config, Some("127.0.0.1:0".parse()?)).await?;
-    let addr = server.local_addr()?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await;
-    });
+    let config = lake_config::Config::load(&dir.join("lakegate.toml"))?;
+    let (addr, tx) = crate::wire::serve(&config).await?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/products.py");
     let parquet = dir.join("lake").join("registry").join("people");
     let out = tokio::process::Command::new(python)

@@ -101,6 +101,27 @@ pub fn table_url(path: &Path) -> anyhow::Result<url::Url> {
         .map_err(|_| anyhow::anyhow!("{} is not an absolute path", path.display()))
 }
 
+/// A table folder to write `rows` rows into: `None` when it already holds them (its marker says
+/// so), else emptied and opened for writing; [`mark_written`] once every part is written.
+pub fn fresh_table(path: &Path, rows: usize) -> anyhow::Result<Option<deltalake::DeltaTable>> {
+    if path.join(format!("_rows_{rows}")).exists() {
+        return Ok(None);
+    }
+    if path.exists() {
+        std::fs::remove_dir_all(path)?;
+    }
+    std::fs::create_dir_all(path)?;
+    Ok(Some(
+        deltalake::DeltaTableBuilder::from_url(table_url(path)?)?.build()?,
+    ))
+}
+
+/// Marks a table folder [`fresh_table`] opened as holding `rows` rows.
+pub fn mark_written(path: &Path, rows: usize) -> anyhow::Result<()> {
+    std::fs::write(path.join(format!("_rows_{rows}")), b"")?;
+    Ok(())
+}
+
 /// Writes one part of a table: the first part replaces whatever is there, later ones append, so
 /// that a large table never has to be in memory at once.
 pub async fn write_part(

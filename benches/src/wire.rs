@@ -27,16 +27,9 @@ pub const TABLE: &str = "wire.rows";
 /// Writes `wire.rows` with `rows` rows into the bench dir's lake, unless it has that many.
 pub async fn generate(dir: &Path, rows: usize) -> anyhow::Result<()> {
     let path = crate::tpch::lake_dir(dir).join("wire").join("rows");
-    let marker = path.join(format!("_rows_{rows}"));
-    if marker.exists() {
+    let Some(mut table) = crate::tpch::fresh_table(&path, rows)? else {
         return Ok(());
-    }
-    if path.exists() {
-        std::fs::remove_dir_all(&path)?;
-    }
-    std::fs::create_dir_all(&path)?;
-    let mut table =
-        deltalake::DeltaTableBuilder::from_url(crate::tpch::table_url(&path)?)?.build()?;
+    };
     const CHUNK: usize = 1_000_000;
     let flags = ["A", "N", "R"];
     let mut start = 0usize;
@@ -79,8 +72,7 @@ pub async fn generate(dir: &Path, rows: usize) -> anyhow::Result<()> {
         table = crate::tpch::write_part(table, vec![batch], start == 0).await?;
         start += n;
     }
-    std::fs::write(marker, b"")?;
-    Ok(())
+    crate::tpch::mark_written(&path, rows)
 }
 
 /// A bare Flight server that answers every DoGet with the same in-memory batches.
@@ -301,7 +293,7 @@ pub async fn run(
 }
 
 /// Serves `config` in this process on a free port until the sender is used or dropped.
-async fn serve(
+pub(crate) async fn serve(
     config: &lake_config::Config,
 ) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
     let server = flight_server::Server::bind(config, Some("127.0.0.1:0".parse()?)).await?;

@@ -766,27 +766,7 @@ async fn a_revocation_that_breaks_a_product_takes_effect_and_the_product_stops()
         broken.replace("diagnosis =", "no_such_column ="),
     )
     .unwrap();
-    let counting = std::fs::read_to_string(products.join("diagnosis_count.toml")).unwrap();
-    std::fs::write(
-        products.join("diagnosis_count.toml"),
-        counting.replace("How many", "Edited: how many"),
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lakegate_tests::pretty(
-        &query(&mut c, "SELECT description FROM lakegate.products")
-            .await
-            .unwrap(),
-    )
-    .contains("Edited")
-    {
-        assert!(Instant::now() < deadline, "the valid edit was not served");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let kept = query(&mut c, "SELECT * FROM employee_check(1)")
-        .await
-        .unwrap();
-    assert_eq!(column_strings(&kept, 1), ["true"]);
+    edit_beside_and_keep(&mut c, &products).await;
     let file = dir.path().join("policies").join("policies.cedar");
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(
@@ -831,12 +811,7 @@ async fn a_revocation_that_breaks_a_product_takes_effect_and_the_product_stops()
     query(&mut c, "SELECT count(*) FROM org.departments")
         .await
         .unwrap();
-    let mut strict = lake_config::Config::load(&config).unwrap();
-    strict.audit.dir = dir.path().join("scratch-audit");
-    let err = gateway::Gateway::open(&strict)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = strict_open_error(dir.path(), &config).await;
     assert!(err.contains("does not plan under its own grants"), "{err}");
 }
 
@@ -856,27 +831,7 @@ async fn a_product_file_that_does_not_parse_neither_stops_the_server_nor_the_oth
         "sql = \"\"\"SELECT 1\n",
     )
     .unwrap();
-    let counting = std::fs::read_to_string(products.join("diagnosis_count.toml")).unwrap();
-    std::fs::write(
-        products.join("diagnosis_count.toml"),
-        counting.replace("How many", "Edited: how many"),
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lakegate_tests::pretty(
-        &query(&mut c, "SELECT description FROM lakegate.products")
-            .await
-            .unwrap(),
-    )
-    .contains("Edited")
-    {
-        assert!(Instant::now() < deadline, "the valid edit was not served");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let kept = query(&mut c, "SELECT * FROM employee_check(1)")
-        .await
-        .unwrap();
-    assert_eq!(column_strings(&kept, 1), ["true"]);
+    edit_beside_and_keep(&mut c, &products).await;
 
     // Restarted so, the server starts without it and serves the others; the strict opening
     // of `lakegate product check` names the file.
@@ -894,12 +849,7 @@ async fn a_product_file_that_does_not_parse_neither_stops_the_server_nor_the_oth
         "{}",
         lakegate_tests::pretty(&listed)
     );
-    let mut strict = lake_config::Config::load(&config).unwrap();
-    strict.audit.dir = dir.path().join("scratch-audit");
-    let err = gateway::Gateway::open(&strict)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = strict_open_error(dir.path(), &config).await;
     assert!(err.contains("employee_check.toml"), "{err}");
 
     // The folder taken away withdraws every product, as deleting each file would (round 25
@@ -929,4 +879,39 @@ async fn a_product_file_that_does_not_parse_neither_stops_the_server_nor_the_oth
         assert!(Instant::now() < deadline, "the products did not come back");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A valid edit of `diagnosis_count` beside a broken `employee_check`: waits until the edit is
+/// served, then checks that `employee_check` still answers with its last good version.
+async fn edit_beside_and_keep(c: &mut Client, products: &std::path::Path) {
+    let counting = std::fs::read_to_string(products.join("diagnosis_count.toml")).unwrap();
+    std::fs::write(
+        products.join("diagnosis_count.toml"),
+        counting.replace("How many", "Edited: how many"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lakegate_tests::pretty(
+        &query(c, "SELECT description FROM lakegate.products")
+            .await
+            .unwrap(),
+    )
+    .contains("Edited")
+    {
+        assert!(Instant::now() < deadline, "the valid edit was not served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kept = query(c, "SELECT * FROM employee_check(1)").await.unwrap();
+    assert_eq!(column_strings(&kept, 1), ["true"]);
+}
+
+/// The error of opening the lake strictly (as `lakegate product check` does), beside the
+/// server's audit folder.
+async fn strict_open_error(dir: &std::path::Path, config: &std::path::Path) -> String {
+    let mut strict = lake_config::Config::load(config).unwrap();
+    strict.audit.dir = dir.join("scratch-audit");
+    gateway::Gateway::open(&strict)
+        .await
+        .unwrap_err()
+        .to_string()
 }
