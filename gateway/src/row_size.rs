@@ -17,6 +17,23 @@ pub(crate) fn widest_row(batch: &RecordBatch) -> u64 {
     rows.into_iter().max().unwrap_or(0)
 }
 
+/// The bytes of values all rows of `batch` stand for (what copying them would build), where
+/// that is less than the buffers it holds: a slice or a view array shares the buffers of the
+/// batch it came from. Per column the smaller of the two: never more than the buffers held
+/// (types without a per-row measure count as their whole array).
+pub(crate) fn stands_for(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            let rows: u64 = row_sizes(c.as_ref())
+                .into_iter()
+                .fold(0u64, u64::saturating_add);
+            rows.min(c.get_array_memory_size() as u64)
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
 /// Each row's bytes of `a` (nested values included; fixed-width values their width).
 fn row_sizes(a: &dyn Array) -> Vec<u64> {
     match a.data_type() {
