@@ -105,7 +105,7 @@ const MARKER: &str = ".demo-complete";
 
 /// The demo's edition: raised whenever its tables, users, policies or products change, so that
 /// a demo folder built by an older lakegate is rebuilt rather than reused.
-const EDITION: u32 = 3;
+const EDITION: u32 = 4;
 
 /// `rows = N` and `edition = E` of a marker file (absent: before editions).
 fn marker_fields(text: &str) -> (Option<usize>, Option<u32>) {

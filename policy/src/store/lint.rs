@@ -6,7 +6,8 @@
 //! - a scenario whose `tables` name a table the lake does not have;
 //! - a `@mask` that cannot apply to the type of a column its permit may reach (`@mask("year")`
 //!   on a decimal): found by Cedar's type-aware partial evaluation of that permit alone, with
-//!   the principal and the context unknown.
+//!   the principal and the context unknown;
+//! - a `@sample` permit that may reach a table without a subject key (it admits no row there).
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -103,6 +104,8 @@ pub(super) struct Loaded<'a> {
     pub(super) schema: &'a Schema,
     pub(super) partial_entities: &'a PartialEntities,
     pub(super) read_masked: &'a cedar_policy::EntityUid,
+    pub(super) samples: &'a HashMap<String, u16>,
+    pub(super) read_row: &'a cedar_policy::EntityUid,
 }
 
 /// The warnings of one load, each `file:line: message`.
@@ -131,6 +134,9 @@ pub(super) fn warnings(l: &Loaded<'_>) -> Vec<String> {
         if let Some(mask) = l.masks.get(&id) {
             out.extend(mask_warnings(l, p, &id, mask, &at));
         }
+        if l.samples.contains_key(&id) {
+            out.extend(sample_warnings(l, p, &id, &at));
+        }
     }
     if let Ok(json) = serde_json::from_str::<serde_json::Value>(&l.entities.text) {
         let mut refs = Vec::new();
@@ -144,6 +150,47 @@ pub(super) fn warnings(l: &Loaded<'_>) -> Vec<String> {
                     "{at}: {ty}::\"{eid}\" is no {what} of the lake: a scenario or entity naming it grants nothing there"
                 ));
             }
+        }
+    }
+    out
+}
+
+/// A sampled permit that may reach a table without a subject key: no subjects to sample, so
+/// it admits no row there (`policy-model.md` §8).
+fn sample_warnings(l: &Loaded<'_>, p: &cedar_policy::Policy, id: &str, at: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut alone = cedar_policy::PolicySet::new();
+    let Ok(user) = EntityTypeName::from_str("Lake::User") else {
+        return out;
+    };
+    if alone.add(p.clone()).is_err() {
+        return out;
+    }
+    for t in l.lake.tables.iter().filter(|t| t.subject_key.is_none()) {
+        let Some(rows) = crate::lake_schema::row_type(t) else {
+            continue;
+        };
+        let Ok(rows) = EntityTypeName::from_str(&rows) else {
+            continue;
+        };
+        let Ok(request) = PartialRequest::new(
+            PartialEntityUid::new(user.clone(), None),
+            l.read_row.clone(),
+            PartialEntityUid::new(rows, None),
+            None,
+            l.schema,
+        ) else {
+            continue;
+        };
+        let Ok(response) = alone.tpe(&request, l.partial_entities, l.schema) else {
+            continue;
+        };
+        if response.true_permits().next().is_some() || response.residual_permits().next().is_some()
+        {
+            out.push(format!(
+                "{at}: policy `{id}`: @sample may reach {}, which has no subject key: it admits no row of it (set lakegate.subject_key or [lake.tables] subject_key)",
+                t.id()
+            ));
         }
     }
     out

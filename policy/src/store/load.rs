@@ -420,6 +420,8 @@ impl PolicySet {
             schema: &schema,
             partial_entities: &partial_entities,
             read_masked: &actions[Action::ReadMasked].0,
+            samples: &read.samples,
+            read_row: &actions[Action::ReadRow].0,
         });
         for w in &warnings {
             tracing::warn!("policy: {w}");

@@ -252,9 +252,18 @@ fn sampled_permits_keep_a_keyed_share_of_subjects_and_nothing_without_a_subject_
         })
     );
 
-    // No subject key: no subjects to sample, so no rows.
+    // No subject key: no subjects to sample, so no rows — and `policy check` says so.
+    assert!(set.warnings().is_empty(), "{:?}", set.warnings());
     lake.tables[0].subject_key = None;
     let set = PolicySet::load(dir.path(), &lake).unwrap();
+    let w = set.warnings().join("\n");
+    assert!(
+        w.contains(
+            "policy `all-rows-sampled`: @sample may reach hr.employees, which has no subject key"
+        ),
+        "{w}"
+    );
+    assert!(!w.contains("hr.payroll"), "{w}");
     let g = set
         .grant("alice", "hr-stats", "hr.employees", SystemTime::now())
         .unwrap();
