@@ -6,16 +6,12 @@ use std::collections::HashSet;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema};
-use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::CommandGetTables;
 use arrow_flight::IpcMessage;
-use tonic::transport::Channel;
 
 use lakegate_tests::{
-    as_user, column_strings, fetch, pretty, query, raw_query, rows, shared_demo, TestServer,
+    as_user, column_strings, fetch, pretty, query, raw_query, rows, seen, shared_demo, TestServer,
 };
-
-type Client = FlightSqlServiceClient<Channel>;
 
 /// Every distinct string value of `column` in the raw table.
 async fn raw_values(sql: &str) -> HashSet<String> {
@@ -25,29 +21,6 @@ async fn raw_values(sql: &str) -> HashSet<String> {
         out.extend(c.as_string::<i32>().iter().flatten().map(String::from));
     }
     out
-}
-
-/// Everything a client saw of a query: the FlightInfo (schema, ticket, descriptor), the schema and
-/// rows of the stream as text, or the error text.
-async fn seen(c: &mut Client, sql: &str) -> String {
-    let info = match c.execute(sql.to_string(), None).await {
-        Ok(info) => info,
-        Err(e) => return e.to_string(),
-    };
-    let mut text = format!("{info:?}\n");
-    if let Ok(schema) = Schema::try_from(info.clone()) {
-        text.push_str(&format!("{schema:?}\n"));
-    }
-    match fetch(c, info).await {
-        Ok(batches) => {
-            if let Some(b) = batches.first() {
-                text.push_str(&format!("{:?}\n", b.schema()));
-            }
-            text.push_str(&pretty(&batches));
-        }
-        Err(e) => text.push_str(&e),
-    }
-    text
 }
 
 fn assert_no_canary(what: &str, text: &str, canaries: &HashSet<String>) {
