@@ -155,45 +155,65 @@ pub(super) fn warnings(l: &Loaded<'_>) -> Vec<String> {
     out
 }
 
+/// One policy on its own, asked whether it may permit an action on a resource for some user
+/// in some context (Cedar's type-aware partial evaluation with those unknown).
+struct Alone<'a> {
+    l: &'a Loaded<'a>,
+    set: cedar_policy::PolicySet,
+    user: EntityTypeName,
+}
+
+impl<'a> Alone<'a> {
+    fn new(l: &'a Loaded<'a>, p: &cedar_policy::Policy) -> Option<Self> {
+        let mut set = cedar_policy::PolicySet::new();
+        set.add(p.clone()).ok()?;
+        let user = EntityTypeName::from_str("Lake::User").ok()?;
+        Some(Alone { l, set, user })
+    }
+
+    /// Whether the policy may permit `action` on `resource` (an error counts as no).
+    fn reaches(&self, action: &cedar_policy::EntityUid, resource: PartialEntityUid) -> bool {
+        let Ok(request) = PartialRequest::new(
+            PartialEntityUid::new(self.user.clone(), None),
+            action.clone(),
+            resource,
+            None,
+            self.l.schema,
+        ) else {
+            return false;
+        };
+        let Ok(response) = self
+            .set
+            .tpe(&request, self.l.partial_entities, self.l.schema)
+        else {
+            return false;
+        };
+        response.true_permits().next().is_some() || response.residual_permits().next().is_some()
+    }
+}
+
 /// A sampled permit that may reach a table without a subject key: no subjects to sample, so
 /// it admits no row there (`policy-model.md` §8).
 fn sample_warnings(l: &Loaded<'_>, p: &cedar_policy::Policy, id: &str, at: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut alone = cedar_policy::PolicySet::new();
-    let Ok(user) = EntityTypeName::from_str("Lake::User") else {
-        return out;
+    let Some(alone) = Alone::new(l, p) else {
+        return Vec::new();
     };
-    if alone.add(p.clone()).is_err() {
-        return out;
-    }
-    for t in l.lake.tables.iter().filter(|t| t.subject_key.is_none()) {
-        let Some(rows) = crate::lake_schema::row_type(t) else {
-            continue;
-        };
-        let Ok(rows) = EntityTypeName::from_str(&rows) else {
-            continue;
-        };
-        let Ok(request) = PartialRequest::new(
-            PartialEntityUid::new(user.clone(), None),
-            l.read_row.clone(),
-            PartialEntityUid::new(rows, None),
-            None,
-            l.schema,
-        ) else {
-            continue;
-        };
-        let Ok(response) = alone.tpe(&request, l.partial_entities, l.schema) else {
-            continue;
-        };
-        if response.true_permits().next().is_some() || response.residual_permits().next().is_some()
-        {
-            out.push(format!(
+    l.lake
+        .tables
+        .iter()
+        .filter(|t| t.subject_key.is_none())
+        .filter(|t| {
+            crate::lake_schema::row_type(t)
+                .and_then(|rows| EntityTypeName::from_str(&rows).ok())
+                .is_some_and(|rows| alone.reaches(l.read_row, PartialEntityUid::new(rows, None)))
+        })
+        .map(|t| {
+            format!(
                 "{at}: policy `{id}`: @sample may reach {}, which has no subject key: it admits no row of it (set lakegate.subject_key or [lake.tables] subject_key)",
                 t.id()
-            ));
-        }
-    }
-    out
+            )
+        })
+        .collect()
 }
 
 /// A mask permit that may reach a column it cannot mask.
@@ -205,13 +225,9 @@ fn mask_warnings(
     at: &str,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(user) = EntityTypeName::from_str("Lake::User") else {
+    let Some(alone) = Alone::new(l, p) else {
         return out;
     };
-    let mut alone = cedar_policy::PolicySet::new();
-    if alone.add(p.clone()).is_err() {
-        return out;
-    }
     for t in &l.lake.tables {
         for c in &t.columns {
             if mask_applies(mask, &c.data_type) {
@@ -220,21 +236,7 @@ fn mask_warnings(
             let Ok(column) = entity_uid("Lake::Column", &format!("{}.{}", t.id(), c.name)) else {
                 continue;
             };
-            let Ok(request) = PartialRequest::new(
-                PartialEntityUid::new(user.clone(), None),
-                l.read_masked.clone(),
-                PartialEntityUid::from_concrete(column),
-                None,
-                l.schema,
-            ) else {
-                continue;
-            };
-            let Ok(response) = alone.tpe(&request, l.partial_entities, l.schema) else {
-                continue;
-            };
-            let reaches = response.true_permits().next().is_some()
-                || response.residual_permits().next().is_some();
-            if reaches {
+            if alone.reaches(l.read_masked, PartialEntityUid::from_concrete(column)) {
                 out.push(format!(
                     "{at}: policy `{id}`: @mask(\"{mask}\") cannot mask {}.{} ({}), which this permit may reach: queries reading it under the permit fail",
                     t.id(),
