@@ -84,5 +84,9 @@ step "Rust tests"
 rm -rf "${TMPDIR:-/tmp}/lakegate-tests"
 cargo test --workspace --no-fail-fast
 
+step "Rust attacks with every table held in memory ([acceleration])"
+LAKEGATE_TEST_ACCELERATE=1 cargo test -p lakegate-tests --no-fail-fast \
+  --test attacks --test privacy --test products --test cancel
+
 step "Python ADBC tests"
 LAKEGATE_BIN="$ROOT/target/debug/lakegate" .venv/bin/python -m pytest -q tests/python

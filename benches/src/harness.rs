@@ -28,6 +28,9 @@ pub struct RunOptions {
     pub runs: usize,
     /// The Python with `adbc-driver-flightsql` and `duckdb` (modes e and f).
     pub python: Option<PathBuf>,
+    /// `[acceleration]` for every TPC-H table in the gateway modes (b–e), loaded before the
+    /// first query.
+    pub accelerate: bool,
 }
 
 /// One query in one mode.
@@ -252,7 +255,10 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
         .with_context(|| format!("no bench dir at {}", opts.dir.display()))?;
     let manifest = tpch::Manifest::read(&dir)?;
     tpch::write_setup(&dir)?;
-    let config = tpch::config(&dir, None)?;
+    let mut config = tpch::config(&dir, None)?;
+    if opts.accelerate {
+        config.acceleration = Some(tpch::acceleration());
+    }
     let want = |m: Mode| opts.modes.contains(&m);
 
     let raw = modes::Raw::open(&dir).await?;
@@ -265,12 +271,14 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
     let mut inproc_config = config.clone();
     inproc_config.audit.dir = dir.join("audit-inprocess");
     let gateway = Arc::new(gateway::Gateway::open(&inproc_config).await?);
+    tpch::held(&gateway).await?;
     let permissive = modes::InProcess::new(gateway.clone(), tpch::PERMISSIVE);
     let realistic = modes::InProcess::new(gateway.clone(), tpch::REALISTIC);
 
     let needs_server = want(Mode::FlightSql) || want(Mode::Adbc);
     let (addr, shutdown) = if needs_server {
         let server = flight_server::Server::bind(&config, Some("127.0.0.1:0".parse()?)).await?;
+        tpch::held(server.gateway()).await?;
         let addr = server.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {

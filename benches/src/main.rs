@@ -71,6 +71,9 @@ enum Command {
         /// Write the report as JSON here too.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Hold every table in memory (`[acceleration]`) in the gateway modes b–e.
+        #[arg(long)]
+        accelerate: bool,
     },
     /// Streams `wire.rows` by raw DoGet, lakegate Flight SQL and ADBC; prints MB/s.
     Wire {
@@ -170,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
             runs,
             python,
             json,
+            accelerate,
         } => {
             let mut selected = Vec::new();
             for c in modes.chars() {
@@ -193,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
                 warmup,
                 runs,
                 python: python.or_else(default_python),
+                accelerate,
             };
             let report = harness::run(&opts).await?;
             println!("{}", report.markdown(&selected));

@@ -397,6 +397,28 @@ pub fn config(dir: &Path, memory_limit: Option<u64>) -> anyhow::Result<lake_conf
     Ok(config)
 }
 
+/// `[acceleration]` holding every TPC-H table (8 GiB: SF 1 takes about 1.3 GiB, SF 10 does
+/// not fit this machine's spare memory twice over, so it falls back to Parquet per table).
+pub fn acceleration() -> lake_config::AccelerationConfig {
+    lake_config::AccelerationConfig {
+        max_bytes: 8 << 30,
+        tables: TABLES.iter().map(|(t, _)| format!("tpch.{t}")).collect(),
+        hot: false,
+    }
+}
+
+/// Waits until `gateway`'s accelerated tables are loaded (or refused), printing what each
+/// took; nothing when acceleration is off.
+pub async fn held(gateway: &gateway::Gateway) -> anyhow::Result<()> {
+    if gateway.lake().accelerator().is_none() {
+        return Ok(());
+    }
+    for s in gateway.lake().load_accelerated().await? {
+        eprintln!("acceleration: {} {:?}", s.table, s.state);
+    }
+    Ok(())
+}
+
 const ADMIN_SCHEMA: &str = include_str!("../policies/schema.cedarschema");
 
 /// Two scenarios over the same tables. `tpch-open` sees everything (mode b); `tpch-policed` is a

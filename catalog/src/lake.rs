@@ -69,6 +69,9 @@ pub struct TableSnapshot {
     /// Bounds of the raw columns over all of this version's files, from the Delta log (see
     /// [`ColumnBounds`]).
     pub bounds: Arc<HashMap<String, ColumnBounds>>,
+    /// The version as held in memory, when `provider` serves it from there
+    /// (`[acceleration]`, see [`crate::accel`]).
+    pub accelerated: Option<Arc<crate::accel::Held>>,
 }
 
 /// The smallest and largest value of a column over all files of a table version, read from the
@@ -199,6 +202,8 @@ pub struct Lake {
     overrides: BTreeMap<String, TableOverride>,
     /// `[execution] parquet_pushdown` for the scans of this lake's snapshots.
     parquet_pushdown: bool,
+    /// Tables held in memory (`[acceleration]`), if any.
+    accel: Option<Arc<crate::accel::Accelerator>>,
     /// Discovered tables; a table is opened on first use and refreshed on every use after.
     tables: RwLock<BTreeMap<TableRef, Arc<tokio::sync::Mutex<Option<Loaded>>>>>,
 }
@@ -256,6 +261,7 @@ impl Lake {
             options,
             overrides,
             parquet_pushdown: false,
+            accel: None,
             tables: RwLock::new(BTreeMap::new()),
         };
         lake.refresh().await?;
@@ -267,6 +273,61 @@ impl Lake {
     pub fn with_parquet_pushdown(mut self, on: bool) -> Self {
         self.parquet_pushdown = on;
         self
+    }
+
+    /// Holds the tables `config` names (or hot ones) in memory; see [`crate::accel`].
+    pub fn with_acceleration(mut self, config: &lake_config::AccelerationConfig) -> Self {
+        self.accel = Some(Arc::new(crate::accel::Accelerator::new(config)));
+        self
+    }
+
+    /// The accelerator, when `[acceleration]` is set.
+    pub fn accelerator(&self) -> Option<&Arc<crate::accel::Accelerator>> {
+        self.accel.as_ref()
+    }
+
+    /// Keeps the listed accelerated tables current: every `every`, a snapshot of each (which
+    /// starts loading a version not held yet). Stops when the lake is dropped.
+    pub fn keep_accelerated(self: &Arc<Self>, every: std::time::Duration) {
+        let Some(accel) = self.accel.clone() else {
+            return;
+        };
+        let lake = Arc::downgrade(self);
+        let tables: Vec<TableRef> = accel.listed().cloned().collect();
+        tokio::spawn(async move {
+            loop {
+                let Some(lake) = lake.upgrade() else { return };
+                for t in &tables {
+                    if let Err(e) = lake.touch_accelerated(t).await {
+                        tracing::warn!(table = %t, "acceleration: cannot read the table: {e}");
+                    }
+                }
+                drop(lake);
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// Loads the newest version of each listed accelerated table now, as a server would, and
+    /// waits until each is held or refused (`lakegate accel status`).
+    pub async fn load_accelerated(&self) -> Result<Vec<crate::accel::TableStatus>, CatalogError> {
+        let Some(accel) = self.accel.clone() else {
+            return Ok(vec![]);
+        };
+        for t in accel.listed().cloned().collect::<Vec<_>>() {
+            let Some(snapshot) = self.snapshot_counted(&t, false).await? else {
+                continue;
+            };
+            while accel.is_loading(&t, snapshot.version) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        Ok(accel.status())
+    }
+
+    /// A snapshot of `t` for the accelerator only (not counted as a read).
+    async fn touch_accelerated(&self, t: &TableRef) -> Result<(), CatalogError> {
+        self.snapshot_counted(t, false).await.map(|_| ())
     }
 
     /// The root URI (ends with `/`).
@@ -357,6 +418,14 @@ impl Lake {
     /// The newest committed version of `t`, or `None` when there is no such table. A table that
     /// appeared since the last discovery is found here too.
     pub async fn snapshot(&self, t: &TableRef) -> Result<Option<TableSnapshot>, CatalogError> {
+        self.snapshot_counted(t, true).await
+    }
+
+    async fn snapshot_counted(
+        &self,
+        t: &TableRef,
+        read: bool,
+    ) -> Result<Option<TableSnapshot>, CatalogError> {
         if !valid_name(&t.schema) || !valid_name(&t.table) {
             return Ok(None);
         }
@@ -416,14 +485,23 @@ impl Lake {
         let Loaded { table, bounds } = loaded;
         let version = table.version().unwrap_or_default();
         let subject_key = self.subject_key(t, &table).map_err(delta_err)?;
-        let provider = delta_scan(&table, self.parquet_pushdown)
+        let delta = delta_scan(&table, self.parquet_pushdown)
             .await
             .map_err(|e| CatalogError::Delta {
                 table: t.to_string(),
                 url: self.table_url(t).to_string(),
                 source: Box::new(deltalake::DeltaTableError::from(e)),
             })?;
-        let schema = provider.schema();
+        let schema = delta.schema();
+        let accelerated = self.accel.as_ref().and_then(|a| {
+            a.serve(t, version, &table, subject_key.as_deref(), read)
+                // Held batches stand for the Delta scan only with its exact columns.
+                .filter(|held| held.schema() == &schema)
+        });
+        let provider: Arc<dyn TableProvider> = match &accelerated {
+            Some(held) => Arc::new(crate::accel::HeldTable::new(held.clone())),
+            None => delta,
+        };
         if let Some(key) = &subject_key {
             if schema.field_with_name(key).is_err() {
                 return Err(CatalogError::SubjectKey {
@@ -441,6 +519,7 @@ impl Lake {
             provider,
             parquet_pushdown: self.parquet_pushdown,
             bounds,
+            accelerated,
         }))
     }
 

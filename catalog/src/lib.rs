@@ -10,6 +10,7 @@
 //! [`TableGate`], which the gateway implements: that is where the secure scan is put in front of
 //! the Delta scan, and where a table the session may not see disappears.
 
+pub mod accel;
 mod error;
 mod lake;
 mod provider;

@@ -95,6 +95,23 @@ enum Command {
     },
     /// Print an argon2id hash for a [[users]] password_hash (reads the password from stdin).
     HashPassword,
+    /// Tables held in memory (`[acceleration]`).
+    Accel {
+        #[command(subcommand)]
+        command: AccelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccelCommand {
+    /// Load the newest version of every listed table as a server would, and print what each
+    /// takes (rows, bytes held, load time, index) against `max_bytes`: a sizing check. A
+    /// running server's state is in its metrics (`lakegate_accel_*`).
+    Status {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -371,6 +388,20 @@ async fn run() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Accel {
+            command: AccelCommand::Status { config },
+        } => {
+            let config = load(&config)?;
+            let Some(accel) = &config.acceleration else {
+                anyhow::bail!("the configuration has no [acceleration] section");
+            };
+            let lake = catalog::Lake::open(&config.lake)
+                .await?
+                .with_acceleration(accel);
+            let status = lake.load_accelerated().await?;
+            print!("{}", accel_report(accel.max_bytes, &status));
+            Ok(())
+        }
         Command::Usage {
             config,
             scenario,
@@ -476,4 +507,72 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `lakegate accel status`: one line per table.
+fn accel_report(max_bytes: u64, status: &[catalog::accel::TableStatus]) -> String {
+    use catalog::accel::TableState;
+    use std::fmt::Write;
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
+    let held: u64 = status
+        .iter()
+        .map(|s| match s.state {
+            TableState::Held { bytes, .. } => bytes,
+            _ => 0,
+        })
+        .sum();
+    let mut out = format!(
+        "acceleration: {} of max_bytes {} held\n{:<36} {:<12} {:>8} {:>12} {:>12} {:>9}  index\n",
+        mib(held),
+        mib(max_bytes),
+        "table",
+        "state",
+        "version",
+        "rows",
+        "bytes",
+        "load ms"
+    );
+    for s in status {
+        let line = match &s.state {
+            TableState::Held {
+                version,
+                bytes,
+                rows,
+                load_time,
+                indexed,
+            } => format!(
+                "{:<36} {:<12} {:>8} {:>12} {:>12} {:>9}  {}",
+                s.table,
+                "held",
+                version,
+                rows,
+                mib(*bytes),
+                load_time.as_millis(),
+                indexed.as_deref().unwrap_or("-")
+            ),
+            TableState::OverBudget {
+                version,
+                needed_at_least,
+            } => format!(
+                "{:<36} {:<12} {:>8} {:>12} {:>12}  does not fit: read from Parquet",
+                s.table,
+                "over budget",
+                version,
+                "-",
+                format!(">{}", mib(*needed_at_least))
+            ),
+            TableState::Failed { version, reason } => {
+                format!("{:<36} {:<12} {:>8}  {reason}", s.table, "failed", version)
+            }
+            TableState::Loading { version } => {
+                format!("{:<36} {:<12} {:>8}", s.table, "loading", version)
+            }
+            TableState::Cold => format!(
+                "{:<36} {:<12}  (no such table, or not loaded)",
+                s.table, "cold"
+            ),
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    out
 }

@@ -27,6 +27,11 @@ struct Code {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Table {
+    table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reload {
     result: String,
 }
@@ -43,6 +48,12 @@ pub struct Metrics {
     reloads: Family<Reload, Counter>,
     audit_write: Histogram,
     connections_refused: Counter,
+    accel_bytes: Family<Table, Gauge>,
+    accel_version: Family<Table, Gauge>,
+    accel_hits: Family<Table, Gauge>,
+    accel_misses: Family<Table, Gauge>,
+    accel_load_ms: Family<Table, Gauge>,
+    accel_loads: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -65,6 +76,12 @@ impl Metrics {
             reloads: Family::default(),
             audit_write: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             connections_refused: Counter::default(),
+            accel_bytes: Family::default(),
+            accel_version: Family::default(),
+            accel_hits: Family::default(),
+            accel_misses: Family::default(),
+            accel_load_ms: Family::default(),
+            accel_loads: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -108,7 +125,62 @@ impl Metrics {
             "Connections closed at accept: past server.max_connections or max_connections_per_client",
             m.connections_refused.clone(),
         );
+        registry.register(
+            "accel_bytes",
+            "[acceleration] bytes held in memory per table (batches and key index; 0 = read from Parquet)",
+            m.accel_bytes.clone(),
+        );
+        registry.register(
+            "accel_version",
+            "[acceleration] the Delta version held per table (-1 = none)",
+            m.accel_version.clone(),
+        );
+        registry.register(
+            "accel_hits",
+            "[acceleration] reads served from memory since start, per table",
+            m.accel_hits.clone(),
+        );
+        registry.register(
+            "accel_misses",
+            "[acceleration] reads of an accelerated table served from Parquet since start (loading, over budget, failed)",
+            m.accel_misses.clone(),
+        );
+        registry.register(
+            "accel_load_milliseconds",
+            "[acceleration] how long decoding the held version took, per table",
+            m.accel_load_ms.clone(),
+        );
+        registry.register(
+            "accel_loads",
+            "[acceleration] table versions loaded into memory since start",
+            m.accel_loads.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// The accelerator's state, read when metrics are scraped.
+    fn accelerated(&self, accel: &catalog::accel::Accelerator) {
+        use catalog::accel::TableState;
+        self.accel_loads.set(accel.loads() as i64);
+        for s in accel.status() {
+            let label = Table {
+                table: s.table.to_string(),
+            };
+            let (version, bytes, load_ms) = match s.state {
+                TableState::Held {
+                    version,
+                    bytes,
+                    load_time,
+                    ..
+                } => (version as i64, bytes as i64, load_time.as_millis() as i64),
+                _ => (-1, 0, 0),
+            };
+            self.accel_version.get_or_create(&label).set(version);
+            self.accel_bytes.get_or_create(&label).set(bytes);
+            self.accel_load_ms.get_or_create(&label).set(load_ms);
+            self.accel_hits.get_or_create(&label).set(s.hits as i64);
+            self.accel_misses.get_or_create(&label).set(s.misses as i64);
+        }
     }
 
     /// The metrics as Prometheus text.
@@ -166,11 +238,15 @@ pub(crate) fn tracked(gateway: &Arc<Gateway>, query: &Query, started: Instant) -
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     sessions: std::sync::Arc<crate::auth::Sessions>,
+    accel: Option<Arc<catalog::accel::Accelerator>>,
 ) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || async move {
             metrics().sessions.set(sessions.active() as i64);
+            if let Some(accel) = &accel {
+                metrics().accelerated(accel);
+            }
             (
                 [(
                     axum::http::header::CONTENT_TYPE,

@@ -98,6 +98,11 @@ impl Server {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The gateway it serves.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
     /// Whether it serves TLS.
     pub fn tls(&self) -> bool {
         self.tls.is_some()
@@ -117,9 +122,10 @@ impl Server {
         let reloader = tokio::spawn(reload_policies(self.gateway.clone()));
         let anchorer = tokio::spawn(anchor_audit(self.gateway.clone(), self.anchor_interval));
         let sessions = self.sessions.clone();
+        let accel = self.gateway.lake().accelerator().cloned();
         let metrics = self
             .metrics
-            .map(|l| tokio::spawn(crate::metrics::serve(l, sessions)));
+            .map(|l| tokio::spawn(crate::metrics::serve(l, sessions, accel)));
         // Once `shutdown` fires, tonic stops accepting and lets running calls finish; past the
         // grace period the rest are dropped (their streams record `cancelled`).
         let stopping = Arc::new(tokio::sync::Notify::new());

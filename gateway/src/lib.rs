@@ -124,6 +124,10 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// How often a server looks for new versions of its listed accelerated tables (queries see a
+/// new commit at once from Parquet; this bounds how long until it is served from memory).
+pub const ACCELERATION_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Gateway {
     /// Opens the lake and loads the policy folder named by `config`; every data product must
     /// plan under its own grants (`lakegate product check`, and anything that opens a gateway
@@ -140,11 +144,17 @@ impl Gateway {
     }
 
     async fn open_with(config: &Config, strict: bool) -> Result<Self, GatewayError> {
-        let lake = Arc::new(
-            Lake::open(&config.lake)
-                .await?
-                .with_parquet_pushdown(config.execution.parquet_pushdown),
-        );
+        let mut lake = Lake::open(&config.lake)
+            .await?
+            .with_parquet_pushdown(config.execution.parquet_pushdown);
+        if let Some(accel) = &config.acceleration {
+            lake = lake.with_acceleration(accel);
+        }
+        let lake = Arc::new(lake);
+        if !strict {
+            // A server keeps its listed tables loaded; commands that only inspect do not load.
+            lake.keep_accelerated(ACCELERATION_REFRESH);
+        }
         let product_dir = config.products.as_ref().map(|p| p.dir.clone());
         let product_files = if strict {
             products::read_files(product_dir.as_deref())?

@@ -48,7 +48,27 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     /// `[products]`: the data products folder (`policy-model.md` §7), if any.
     pub products: Option<ProductsConfig>,
+    /// `[acceleration]`: tables served from memory, if any.
+    pub acceleration: Option<AccelerationConfig>,
 }
+
+/// `[acceleration]`: tables whose current Delta version is held in memory as Arrow batches and
+/// served from there (below the secure scan, as Parquet is).
+#[derive(Debug, Clone)]
+pub struct AccelerationConfig {
+    /// `max_bytes`: the memory all held tables (batches and key indexes) may take together. A
+    /// budget of its own, apart from `[execution] memory_limit_bytes`: size the pool for the
+    /// rest of the machine. A table that does not fit is read from Parquet.
+    pub max_bytes: u64,
+    /// `tables`: `schema.table` names always held (while they fit), loaded at start.
+    pub tables: Vec<String>,
+    /// `hot`: also hold other tables, once read twice, most read first, within what the listed
+    /// tables leave of the budget.
+    pub hot: bool,
+}
+
+/// The smallest `[acceleration] max_bytes` accepted (1 MiB).
+pub const MIN_ACCELERATION_BYTES: u64 = 1 << 20;
 
 /// `[products]`: where the data products' files are.
 #[derive(Debug, Clone)]

@@ -20,6 +20,17 @@ struct RawConfig {
     #[serde(default)]
     auth: RawAuth,
     products: Option<RawProducts>,
+    acceleration: Option<RawAcceleration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcceleration {
+    max_bytes: u64,
+    #[serde(default)]
+    tables: Vec<String>,
+    #[serde(default)]
+    hot: bool,
 }
 
 #[derive(Deserialize)]
@@ -468,6 +479,40 @@ impl Config {
             ));
         }
 
+        let acceleration = match raw.acceleration {
+            None => None,
+            Some(a) => {
+                for name in &a.tables {
+                    let parts: Vec<&str> = name.split('.').collect();
+                    if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+                        return Err(invalid(
+                            "acceleration.tables",
+                            format!("`{name}` is not a schema.table name"),
+                            "write tables = [\"department.table\", ...]",
+                        ));
+                    }
+                }
+                if a.tables.is_empty() && !a.hot {
+                    return Err(invalid(
+                        "acceleration",
+                        "names no table and is not hot".into(),
+                        "write tables = [\"department.table\"], or hot = true (the most read tables that fit)",
+                    ));
+                }
+                if a.max_bytes < MIN_ACCELERATION_BYTES {
+                    return Err(invalid(
+                        "acceleration.max_bytes",
+                        format!("{} bytes hold no table", a.max_bytes),
+                        "write at least 1 MiB (1048576), e.g. max_bytes = 4294967296 for 4 GiB",
+                    ));
+                }
+                Some(AccelerationConfig {
+                    max_bytes: a.max_bytes,
+                    tables: a.tables,
+                    hot: a.hot,
+                })
+            }
+        };
         let jwt = match raw.auth.jwt {
             None => None,
             Some(j) => {
@@ -530,6 +575,7 @@ impl Config {
             products: raw.products.map(|p| ProductsConfig {
                 dir: base.join(p.dir),
             }),
+            acceleration,
         })
     }
 }

@@ -335,3 +335,33 @@ fn empty_and_short_mask_keys_are_refused_without_showing_them() {
     }
     assert!(parse_with(text, &[("LAKEGATE_MASK_KEY", "sixteen-bytes!!!")]).is_ok());
 }
+
+#[test]
+fn acceleration_parses_and_names_what_is_wrong() {
+    let base = "[lake]\nroot = \"lake\"\n[policy]\ndir = \"p\"\n";
+    assert!(parse(base).unwrap().acceleration.is_none());
+    let c = parse(&format!(
+        "{base}[acceleration]\nmax_bytes = 1073741824\ntables = [\"health.visits\"]\n"
+    ))
+    .unwrap();
+    let a = c.acceleration.unwrap();
+    assert_eq!(
+        (a.max_bytes, a.tables, a.hot),
+        (1 << 30, vec!["health.visits".to_string()], false)
+    );
+    for (bad, key) in [
+        (
+            "max_bytes = 1073741824\ntables = [\"visits\"]\n",
+            "acceleration.tables",
+        ),
+        ("max_bytes = 1073741824\n", "acceleration"),
+        ("max_bytes = 1000\nhot = true\n", "acceleration.max_bytes"),
+    ] {
+        let err = parse(&format!("{base}[acceleration]\n{bad}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{bad}: {err}");
+    }
+    // max_bytes is required: no silent default budget.
+    assert!(parse(&format!("{base}[acceleration]\nhot = true\n")).is_err());
+}

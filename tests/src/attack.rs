@@ -374,11 +374,27 @@ async fn build_with(
             "[lake]\nroot = \"lake\"\n[policy]\ndir = \"policies\"\nmask_key = \"attack-test-mask-key\"\n\
              [audit]\ndir = \"audit\"\n[[users]]\nname = \"alice\"\npassword_hash = \"{}\"\n",
             flight_server::auth::hash_password(ALICE_PASSWORD)
-        ),
+        ) + &acceleration(),
     )
     .unwrap();
     config
 }
+
+/// With `LAKEGATE_TEST_ACCELERATE` set (the test command runs the attacks once more so), the
+/// canary lake's tables are held in memory: every attack then runs against the held versions.
+fn acceleration() -> String {
+    match std::env::var_os(ACCELERATE_ENV) {
+        Some(_) => ACCELERATED.to_string(),
+        None => String::new(),
+    }
+}
+
+/// The environment variable that turns [`ACCELERATED`] on for every canary lake.
+pub const ACCELERATE_ENV: &str = "LAKEGATE_TEST_ACCELERATE";
+
+/// `[acceleration]` holding both tables of the canary lake.
+pub const ACCELERATED: &str =
+    "[acceleration]\nmax_bytes = 268435456\ntables = [\"hr.employees\", \"org.departments\"]\n";
 
 async fn write(path: &Path, batch: RecordBatch, subject_key: &str) {
     std::fs::create_dir_all(path).unwrap();

@@ -89,6 +89,21 @@ impl TestServer {
         let server = flight_server::Server::bind(&config, Some("127.0.0.1:0".parse().unwrap()))
             .await
             .expect("server binds");
+        if config.acceleration.is_some() {
+            // Tests mean the held versions: wait until every listed table is held.
+            let status = server
+                .gateway()
+                .lake()
+                .load_accelerated()
+                .await
+                .expect("accelerated tables load");
+            for s in status {
+                assert!(
+                    matches!(s.state, catalog::accel::TableState::Held { .. }),
+                    "{s:?}"
+                );
+            }
+        }
         let addr = server.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {

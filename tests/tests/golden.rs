@@ -77,13 +77,54 @@ async fn render(gateway: &Gateway, text: &str) -> String {
     out
 }
 
-#[tokio::test]
-async fn golden_files_per_scenario() {
+fn golden_config() -> lake_config::Config {
     let mut config = lake_config::Config::load(&shared_demo().join("lakegate.toml")).unwrap();
     // A fixed key, so that hashed values are the same in every run.
     config.policy.mask_key = Some("golden-files-mask-key".into());
-    let gateway = Gateway::open(&config).await.unwrap();
+    config
+}
+
+#[tokio::test]
+async fn golden_files_per_scenario() {
+    let gateway = Gateway::open(&golden_config()).await.unwrap();
     let update = std::env::var("LAKEGATE_UPDATE_GOLDEN").as_deref() == Ok("1");
+    check(&gateway, update).await;
+}
+
+/// The same decisions and rows with every table of the lake held in memory (`[acceleration]`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_files_hold_with_every_table_accelerated() {
+    let mut config = golden_config();
+    // One writer per audit folder: the other test writes the demo's.
+    config.audit.dir = lakegate_tests::scratch_dir("lakegate-golden-accel-");
+    let lake = catalog::Lake::open(&config.lake).await.unwrap();
+    config.acceleration = Some(lake_config::AccelerationConfig {
+        max_bytes: 1 << 30,
+        tables: lake.tables().iter().map(|t| t.to_string()).collect(),
+        hot: false,
+    });
+    let gateway = Gateway::open(&config).await.unwrap();
+    let status = gateway.lake().load_accelerated().await.unwrap();
+    assert!(status.len() >= 10, "{status:?}");
+    for s in &status {
+        assert!(
+            matches!(s.state, catalog::accel::TableState::Held { .. }),
+            "{s:?}"
+        );
+    }
+    check(&gateway, false).await;
+    let hits: u64 = gateway
+        .lake()
+        .accelerator()
+        .unwrap()
+        .status()
+        .iter()
+        .map(|s| s.hits)
+        .sum();
+    assert!(hits > 20, "the golden queries read memory ({hits} hits)");
+}
+
+async fn check(gateway: &Gateway, update: bool) {
     let mut files: Vec<PathBuf> = std::fs::read_dir(golden_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -94,7 +135,7 @@ async fn golden_files_per_scenario() {
     let mut failures = Vec::new();
     for path in files {
         let expected = std::fs::read_to_string(&path).unwrap();
-        let actual = render(&gateway, &expected).await;
+        let actual = render(gateway, &expected).await;
         if update {
             std::fs::write(&path, &actual).unwrap();
         } else if actual != expected {

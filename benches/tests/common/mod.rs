@@ -30,6 +30,13 @@ pub fn python() -> Option<PathBuf> {
 /// something).
 #[allow(dead_code)] // each test binary compiles this module; not every one runs the modes
 pub async fn every_mode_agrees(dir: &Path) -> Report {
+    every_mode_agrees_with(dir, false).await
+}
+
+/// [`every_mode_agrees`], with every table held in memory in the gateway modes when
+/// `accelerate`.
+#[allow(dead_code)]
+pub async fn every_mode_agrees_with(dir: &Path, accelerate: bool) -> Report {
     let python = python();
     let modes: Vec<Mode> = Mode::ALL
         .into_iter()
@@ -42,6 +49,7 @@ pub async fn every_mode_agrees(dir: &Path) -> Report {
         warmup: 0,
         runs: 1,
         python,
+        accelerate,
     })
     .await
     .unwrap();

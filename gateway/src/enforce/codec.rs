@@ -149,6 +149,7 @@ impl PhysicalExtensionCodec for SecureScanCodec {
             partitions: wire.partitions,
             repartition: wire.repartition,
             parquet_pushdown: wire.parquet_pushdown,
+            accelerated: None,
         };
         Ok(Arc::new(SecureScanExec::new(
             spec,

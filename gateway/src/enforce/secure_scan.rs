@@ -242,6 +242,33 @@ impl SecureTable {
         &self.grant
     }
 
+    /// Whether `filter` is a lookup of the subject key that the held version's index answers,
+    /// on a key served raw: an equality of the bare column with literals of its own type,
+    /// which cannot fail or differ on any row (hidden rows are looked up, then dropped by the
+    /// barrier, as a scan reads them and drops them).
+    fn lookup(&self, filter: &Expr) -> bool {
+        let Some(held) = &self.snapshot.accelerated else {
+            return false;
+        };
+        let Some(key) = held.indexed_column() else {
+            return false;
+        };
+        matches!(self.grant.column(key), ColumnTreatment::Raw)
+            && self.schema.field_with_name(key).is_ok()
+            && held.lookup_keys(filter).is_some()
+    }
+
+    /// What EXPLAIN says of the raw rows' source when they are held in memory.
+    fn accelerated(&self, filters: &[Expr]) -> Option<String> {
+        let held = self.snapshot.accelerated.as_ref()?;
+        let lookup = filters.iter().any(|f| held.lookup_keys(f).is_some());
+        Some(format!(
+            "accelerated=memory (version {}{})",
+            held.version(),
+            if lookup { ", key lookup" } else { "" }
+        ))
+    }
+
     fn serves_everything_raw(&self) -> bool {
         self.served.len() == self.snapshot.schema.fields().len()
             && self.served.iter().all(|c| c.mask.is_none())
@@ -268,11 +295,15 @@ impl TableProvider for SecureTable {
             // Nothing is hidden, so the raw scan may prune with the user's filters.
             self.snapshot.provider.supports_filters_pushdown(filters)
         } else {
-            // Everything stays above the barrier.
-            Ok(vec![
-                TableProviderFilterPushDown::Unsupported;
-                filters.len()
-            ])
+            // Everything stays above the barrier, except key lookups a held version answers:
+            // they only narrow the raw rows read, and stay above too.
+            Ok(filters
+                .iter()
+                .map(|f| match self.lookup(f) {
+                    true => TableProviderFilterPushDown::Inexact,
+                    false => TableProviderFilterPushDown::Unsupported,
+                })
+                .collect())
         }
     }
 
@@ -307,13 +338,15 @@ impl TableProvider for SecureTable {
             }
         }
         let everything_raw = self.serves_everything_raw();
+        // Restricted: only key lookups reach the held version (never the Delta scan).
+        let lookups: Vec<Expr> = filters.iter().filter(|f| self.lookup(f)).cloned().collect();
         let inner = self
             .snapshot
             .provider
             .scan(
                 state,
                 Some(&raw),
-                if everything_raw { filters } else { &[] },
+                if everything_raw { filters } else { &lookups },
                 if predicate.is_none() { limit } else { None },
             )
             .await?;
@@ -342,6 +375,7 @@ impl TableProvider for SecureTable {
             partitions: inner.output_partitioning().partition_count(),
             repartition: None,
             parquet_pushdown: self.snapshot.parquet_pushdown,
+            accelerated: self.accelerated(if everything_raw { filters } else { &lookups }),
         };
         let bounds = inner
             .schema()

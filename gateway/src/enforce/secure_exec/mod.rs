@@ -78,6 +78,10 @@ pub(crate) struct ScanSpec {
     /// Whether the Delta scan evaluates `filters` inside the Parquet reader
     /// (`[execution] parquet_pushdown` where the query was planned).
     pub parquet_pushdown: bool,
+    /// How the raw rows are read when not from Parquet, for display: the held version in
+    /// memory (`[acceleration]`), and whether by key lookup. Not sent over the wire: a decoded
+    /// scan reads Parquet.
+    pub accelerated: Option<String>,
 }
 
 /// The Delta scan as planned in this process, and the compiled row predicate.
@@ -137,6 +141,9 @@ impl DisplayAs for SecureScanExec {
             .collect();
         if !masked.is_empty() {
             write!(f, ", masks=[{}]", masked.join(", "))?;
+        }
+        if let Some(a) = &self.spec.accelerated {
+            write!(f, ", {a}")?;
         }
         if !self.spec.filters.is_empty() {
             let filters: Vec<String> = self.spec.filters.iter().map(|e| e.to_string()).collect();
