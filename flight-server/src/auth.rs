@@ -3,7 +3,7 @@
 //!
 //! Logins are verified on a bounded pool (argon2 takes tens of MiB and milliseconds of CPU per
 //! check: unbounded, a flood of handshakes takes the machine), an unknown user is checked against
-//! a dummy hash with the same parameters as the real ones (same time), and repeated failures for
+//! a dummy hash with the parameters of a user the name picks (same time), and repeated failures for
 //! one user name or one client address are refused for a growing while without any check.
 
 use std::collections::HashMap;
@@ -145,9 +145,11 @@ pub struct Session {
 /// The users who may log in and the live sessions.
 pub struct Sessions {
     users: HashMap<String, String>,
-    /// The hash of a random password, checked when the user does not exist, so that an unknown
-    /// user takes as long as a wrong password.
-    dummy_hash: String,
+    /// Hashes of random passwords, one per user with that user's parameters: an unknown name
+    /// is checked against the one its keyed hash picks, so it takes as long as a wrong password
+    /// of some user, and names cost what users' names cost (attacker round 26 L5: one dummy of
+    /// the costliest parameters told users with cheaper hashes apart from unknown names).
+    dummy_hashes: Dummies,
     ttl: Duration,
     live: Mutex<HashMap<String, Session>>,
     /// When expired sessions were last swept out.
@@ -172,7 +174,7 @@ impl Sessions {
                 .iter()
                 .map(|u| (u.name.clone(), u.password_hash.clone()))
                 .collect(),
-            dummy_hash: dummy_hash(users),
+            dummy_hashes: Dummies::new(users),
             ttl,
             live: Mutex::new(HashMap::new()),
             swept: Mutex::new(Instant::now()),
@@ -300,7 +302,7 @@ impl Sessions {
             return Ok(self.open(user, identity.scenario, left.min(self.ttl)));
         }
         let hash = self.users.get(user).map(String::as_str);
-        let ok = verify(hash.unwrap_or(&self.dummy_hash), password) && hash.is_some();
+        let ok = verify(hash.unwrap_or(self.dummy_hashes.of(user)), password) && hash.is_some();
         if !ok {
             return Err(AuthError::BadCredentials);
         }
@@ -415,20 +417,57 @@ impl Sessions {
     }
 }
 
-/// A hash of a random password with the costliest parameters among the users' hashes, so that
-/// checking an unknown user costs what checking a known one does.
-fn dummy_hash(users: &[UserConfig]) -> String {
-    let costliest = users
-        .iter()
-        .filter_map(|u| {
-            let h = PasswordHash::new(&u.password_hash).ok()?;
-            Params::try_from(&h).ok()
-        })
-        .max_by_key(|p| u64::from(p.m_cost()) * u64::from(p.t_cost()) * u64::from(p.p_cost()))
-        .unwrap_or_default();
+/// Dummy hashes for unknown user names (see `Sessions::dummy_hashes`).
+struct Dummies {
+    /// One per user, in name order, with that user's parameters (default ones without users).
+    hashes: Vec<String>,
+    /// Keys the choice per process, so which cost a name gets cannot be computed.
+    pick: std::collections::hash_map::RandomState,
+}
+
+impl Dummies {
+    fn new(users: &[UserConfig]) -> Self {
+        let mut sorted: Vec<&UserConfig> = users.iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut made: Vec<(Params, String)> = Vec::new();
+        let mut hashes = Vec::with_capacity(sorted.len().max(1));
+        for u in sorted {
+            let params = PasswordHash::new(&u.password_hash)
+                .ok()
+                .and_then(|h| Params::try_from(&h).ok())
+                .unwrap_or_default();
+            let hash = match made.iter().find(|(p, _)| *p == params) {
+                Some((_, h)) => h.clone(),
+                None => {
+                    let h = dummy_with(params.clone());
+                    made.push((params, h.clone()));
+                    h
+                }
+            };
+            hashes.push(hash);
+        }
+        if hashes.is_empty() {
+            hashes.push(dummy_with(Params::default()));
+        }
+        Self {
+            hashes,
+            pick: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    /// The dummy an unknown `name` is checked against (always the same for a name).
+    fn of(&self, name: &str) -> &str {
+        use std::hash::BuildHasher;
+        let i = self.pick.hash_one(name) as usize % self.hashes.len();
+        &self.hashes[i]
+    }
+}
+
+/// A hash of a random password with `params`.
+fn dummy_with(params: Params) -> String {
     hash_with(
         &URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()),
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, costliest),
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
     )
 }
 
@@ -563,9 +602,36 @@ mod tests {
             password_hash: hash_with("secret", strong),
         }];
         let s = Sessions::new(&users, Duration::from_secs(60));
-        let dummy = PasswordHash::new(&s.dummy_hash).unwrap();
+        let dummy = PasswordHash::new(s.dummy_hashes.of("nobody")).unwrap();
         let p = Params::try_from(&dummy).unwrap();
         assert_eq!((p.m_cost(), p.t_cost(), p.p_cost()), (32 * 1024, 3, 1));
+    }
+
+    #[test]
+    fn unknown_names_cost_what_the_users_of_mixed_parameters_cost() {
+        let cheap = Params::new(8 * 1024, 1, 1, None).unwrap();
+        let dear = Params::new(16 * 1024, 2, 1, None).unwrap();
+        let user = |name: &str, p: &Params| UserConfig {
+            name: name.into(),
+            default_scenario: None,
+            password_hash: hash_with(
+                "secret",
+                Argon2::new(Algorithm::Argon2id, Version::V0x13, p.clone()),
+            ),
+        };
+        let users = [user("a", &cheap), user("b", &dear), user("c", &cheap)];
+        let s = Sessions::new(&users, Duration::from_secs(60));
+        let cost = |name: &str| {
+            let h = PasswordHash::new(s.dummy_hashes.of(name)).unwrap();
+            Params::try_from(&h).unwrap().m_cost()
+        };
+        // Each name always gets the same dummy; across names, both costs occur.
+        let costs: Vec<u32> = (0..200).map(|i| cost(&format!("name{i}"))).collect();
+        assert!(costs.contains(&(8 * 1024)) && costs.contains(&(16 * 1024)));
+        assert_eq!(cost("name7"), cost("name7"));
+        // One dummy per distinct parameter set.
+        assert_eq!(s.dummy_hashes.hashes.len(), 3);
+        assert_eq!(s.dummy_hashes.hashes[0], s.dummy_hashes.hashes[2]);
     }
 
     #[tokio::test]

@@ -380,10 +380,10 @@ impl Gateway {
                 "the statement carries no record of its grants; prepare it again".into(),
             ));
         };
-        if self.grants_unchanged(query)? {
+        if self.grants_unchanged(query)? && self.versions_current(origin).await {
             return Ok(query.clone());
         }
-        tracing::info!(user = %origin.who.user, scenario = ?origin.who.scenario, "grants changed since planning: planning again");
+        tracing::info!(user = %origin.who.user, scenario = ?origin.who.scenario, "grants or table versions changed since planning: planning again");
         let fresh = self
             .prepare_audited(&origin.who, &origin.sql, origin.client.clone())
             .await?;
@@ -399,6 +399,19 @@ impl Gateway {
         }
     }
 
+    /// Whether every table `origin`'s plan reads is still at the version it was planned on: a
+    /// department's commit (an erasure) reaches a prepared statement's next execution, as it
+    /// reaches the next query (attacker round 26 L2). One listing of each table's log.
+    async fn versions_current(&self, origin: &query::Origin) -> bool {
+        for (t, version) in &origin.versions {
+            match self.lake().snapshot(t).await {
+                Ok(Some(s)) if s.version == *version => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
     /// Whether the policies in force now grant `query`'s user and scenario exactly what they
     /// granted when it was planned (the cached decisions of the current set). Fails closed: a
     /// query that does not record its grants, or whose scenario is gone, is not unchanged.
@@ -408,6 +421,12 @@ impl Gateway {
         };
         let scenario = self.scenario_of(&origin.who)?;
         let policies = self.policies();
+        // The scenario's output review is part of what was decided (attacker round 26 M1: a
+        // max_rows cut after prepare did not reach the prepared statement).
+        let max_rows = policies.scenario(&scenario).and_then(|s| s.max_rows);
+        if query.audit_context().map(|c| c.max_rows) != Some(max_rows) {
+            return Ok(false);
+        }
         let now = SystemTime::now();
         for (table, planned) in &origin.grants {
             let current = policies.grant(&origin.who.user, &scenario, &table.to_string(), now)?;

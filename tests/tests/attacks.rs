@@ -764,3 +764,49 @@ async fn a_release_counts_the_subjects_of_the_value_it_releases() {
         .unwrap();
     assert_eq!(column_strings(&got, 0), ["__lakegate_subject"]);
 }
+
+/// Attacker round 26 M3 and L1: an aggregate-only column read by outer reference (LATERAL,
+/// correlated scalar or EXISTS subqueries) is refused by the rule; statements that read no
+/// aggregate-only column are not (ROLLUP over other keys, `*` over a parenthesized join or
+/// beside an UNNEST), and their `*` leaves the column out.
+#[tokio::test]
+async fn outer_references_are_uses_and_statements_without_the_column_pass() {
+    let (_dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server).await;
+    for sql in [
+        "SELECT * FROM hr.employees e, LATERAL (SELECT e.diagnosis) t",
+        "SELECT e.id, (SELECT e.diagnosis) FROM hr.employees e",
+        "SELECT e.id FROM hr.employees e WHERE EXISTS (SELECT 1 WHERE e.diagnosis = 'CANARY-DX-RARE')",
+        "SELECT e.id FROM hr.employees e WHERE e.id IN (SELECT d.id FROM org.departments d \
+         WHERE e.diagnosis LIKE 'C%')",
+    ] {
+        let text = seen(&mut c, sql).await;
+        assert!(
+            text.contains("ERROR") && text.contains("aggregate-only"),
+            "{sql}: {text}"
+        );
+        no_canary(sql, &text);
+    }
+    for sql in [
+        "SELECT district, count(*) AS n FROM hr.employees GROUP BY ROLLUP(district)",
+        "SELECT district, count(*) AS n FROM hr.employees GROUP BY GROUPING SETS ((district), ())",
+        "SELECT * FROM (hr.employees e JOIN org.departments d ON e.id = d.id)",
+        "SELECT * FROM hr.employees CROSS JOIN unnest([1, 2])",
+    ] {
+        let got = query(&mut c, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(rows(&got) > 0, "{sql}");
+        let text = pretty(&got);
+        no_canary(sql, &text);
+        assert!(!text.contains("diagnosis"), "{sql}: {text}");
+    }
+    // ROLLUP over the aggregate-only column itself stays refused.
+    let sql = "SELECT diagnosis, count(*) FROM hr.employees GROUP BY ROLLUP(diagnosis)";
+    let text = seen(&mut c, sql).await;
+    assert!(
+        text.contains("ROLLUP, CUBE and GROUPING SETS are refused"),
+        "{sql}: {text}"
+    );
+}

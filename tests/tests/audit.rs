@@ -714,3 +714,31 @@ async fn refused_statements_are_kept_cut_and_statements_that_run_whole() {
     assert_eq!(trail[trail.len() - 1].sql, long);
     verify(&config.audit.dir).unwrap();
 }
+
+/// Attacker round 26 L6: an allowed statement's decision record keeps its text whole once; the
+/// policy-rewritten form, which repeats the literals, is cut as completion records cut theirs.
+#[tokio::test]
+async fn a_decision_record_keeps_a_long_statement_whole_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path(), None, None);
+    let server = TestServer::start_with(&config).await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let literal = "x".repeat(200_000);
+    let sql = format!("SELECT count(*) FROM market.enterprises WHERE district <> '{literal}'");
+    // Allowed at planning; at execution refused for the literal's size (either way recorded).
+    let _ = query(&mut c, &sql).await;
+    drop(c);
+    drop(server);
+    let records = lakegate_tests::audit_records(&config.audit.dir);
+    let decision = records
+        .iter()
+        .find(|r| r.kind == gateway::audit::RecordKind::Decision && r.sql == sql)
+        .expect("the decision keeps the statement whole");
+    let rewritten = decision.rewritten_sql.as_deref().unwrap();
+    assert!(rewritten.len() < 20_000, "{}", rewritten.len());
+    assert!(
+        rewritten.contains("the statement is whole in `sql`"),
+        "{}",
+        &rewritten[rewritten.len() - 200..]
+    );
+}

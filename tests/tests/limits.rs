@@ -671,3 +671,59 @@ async fn statement_text_per_user_is_bounded_per_minute_and_the_trail_with_it() {
     assert_eq!(refused.len(), 1, "{refused:#?}");
     assert!(refused[0].reason.as_deref().unwrap().contains("rate limit"));
 }
+
+/// Attacker round 26 H1: a 3 KB statement joining a table a hundred times held 5–14 MB
+/// planned, and one user 256 of them (4 GB). Handles count what the plan holds when it is more
+/// than the text: this user's older ones go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_join_chain_counts_what_it_holds_not_its_text() {
+    let config = demo_config(|c| c.execution.max_sql_bytes = 64 << 10);
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    let from: Vec<String> = (0..100)
+        .map(|i| format!("market.enterprises e{i}"))
+        .collect();
+    let sql = format!("SELECT count(*) FROM {}", from.join(", "));
+    assert!(sql.len() < 4 << 10);
+    let mut prepared = Vec::new();
+    for _ in 0..3 {
+        prepared.push(banker.prepare(sql.clone(), None).await.unwrap());
+    }
+    // By its text, 3 KB of 256 KiB: all would be kept.
+    let err = prepared.remove(0).close().await.unwrap_err().to_string();
+    assert!(err.contains("unknown or expired"), "{err}");
+    prepared.pop().unwrap().close().await.unwrap();
+}
+
+/// Attacker round 26 M2: a client that stops reading does not keep its query past the
+/// timeout: at the deadline the query is cancelled and its slot goes back (here the user's
+/// only one), and the client is told when it reads on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_whose_client_stopped_reading_ends_at_its_timeout() {
+    let config = demo_config(|c| {
+        c.execution.query_timeout_secs = 2;
+        c.execution.max_concurrent_queries_per_user = 1;
+    });
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    // Wide rows without end (up to max_rows): far more than the connection's buffers.
+    let big = "SELECT a.*, b.*, c.* FROM market.enterprises a, market.enterprises b, \
+               market.enterprises c";
+    let info = banker.execute(big.into(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = banker.do_get(ticket).await.unwrap();
+    assert!(matches!(stream.next().await, Some(Ok(_))));
+    // The client reads nothing more for twice the timeout.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut again = as_user(&server, "banker", "bank-credit").await;
+    assert_eq!(first_i64(&query(&mut again, SHORT).await.unwrap()), 200);
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => break e.to_string(),
+            Ok(None) => panic!("the paused query ended as if complete"),
+            Err(_) => panic!("no end after 30 s"),
+        }
+    };
+    assert!(err.contains("query timeout"), "{err}");
+}

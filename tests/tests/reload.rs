@@ -86,3 +86,95 @@ async fn policy_changes_apply_without_a_restart_and_bad_sets_are_refused() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The rows of a prepared statement's result, once it runs (asked again when a reload
+/// overtook it between planning and its first batch).
+async fn prepared_rows(
+    p: &mut arrow_flight::sql::client::PreparedStatement<tonic::transport::Channel>,
+    c: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+) -> Result<usize, String> {
+    let mut tries = 0;
+    loop {
+        let info = p.execute().await.map_err(|e| e.to_string())?;
+        match lakegate_tests::fetch(c, info).await {
+            Err(e) if e.contains("policies changed while the query ran") && tries < 3 => tries += 1,
+            other => return other.map(|b| lakegate_tests::rows(&b)),
+        }
+    }
+}
+
+/// Attacker round 26 M1 and L2: what a prepared statement was decided under includes the
+/// scenario's `max_rows` (cut after prepare, it holds at the next execution) and the tables'
+/// versions (a department's commit reaches the next execution, as it reaches the next query).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_statement_follows_a_narrowed_max_rows_and_new_commits() {
+    let dir = lakegate_tests::scratch_dir("lakegate-reload-");
+    let config = lakegate_tests::private_demo(&dir).await;
+    let server = TestServer::start_with(&config).await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let mut all = c
+        .prepare("SELECT * FROM market.enterprises".into(), None)
+        .await
+        .unwrap();
+    let mut some = c
+        .prepare("SELECT credit_code FROM market.penalties".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(prepared_rows(&mut all, &mut c).await.unwrap(), 200);
+    let before = prepared_rows(&mut some, &mut c).await.unwrap();
+    assert!(before > 0);
+
+    // A department commits more penalties: the prepared statement reads them.
+    let url = url::Url::from_directory_path(
+        config
+            .lake
+            .root
+            .to_file_path()
+            .unwrap()
+            .join("market/penalties"),
+    )
+    .unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    let batches: Vec<arrow::array::RecordBatch> = {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("p", table.table_provider().await.unwrap())
+            .unwrap();
+        ctx.sql("SELECT * FROM p LIMIT 3")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+    };
+    table
+        .write(batches)
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .await
+        .unwrap();
+    assert_eq!(prepared_rows(&mut some, &mut c).await.unwrap(), before + 3);
+
+    // The scenario's max_rows is cut to 5: the prepared statement is refused by it.
+    let entities = config.policy.dir.join("entities.json");
+    let text = std::fs::read_to_string(&entities).unwrap();
+    assert!(text.contains("\"max_rows\": 100000"), "{text}");
+    std::fs::write(
+        &entities,
+        text.replace("\"max_rows\": 100000", "\"max_rows\": 5"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let err = loop {
+        match prepared_rows(&mut all, &mut c).await {
+            Err(e) => break e,
+            Ok(n) => {
+                assert_eq!(n, 200);
+                assert!(
+                    Instant::now() < deadline,
+                    "max_rows 5 never reached the statement"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(err.contains("max_rows (5)"), "{err}");
+}

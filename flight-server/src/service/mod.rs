@@ -216,6 +216,7 @@ impl FlightSqlService for LakegateService {
         let handle = self.handles.store(
             &caller.principal,
             &query.query,
+            planned.footprint(),
             HandleKind::Statement(planned),
         )?;
         let ticket = TicketStatementQuery {
@@ -253,6 +254,7 @@ impl FlightSqlService for LakegateService {
         let handle = self.handles.store(
             &caller.principal,
             &query.query,
+            planned.footprint(),
             HandleKind::Prepared {
                 query: planned,
                 bound: None,

@@ -26,11 +26,13 @@ impl Gateway {
         };
         let result = planned.map(|mut q| {
             let grants = q.grants();
+            let versions = q.versions();
             q.set_origin(query::Origin {
                 who: who.clone(),
                 sql: sql.to_string(),
                 client: client.clone(),
                 grants,
+                versions,
             });
             q
         });
@@ -82,7 +84,10 @@ impl Gateway {
         let audit = self.audit.clone();
         let written = tokio::task::spawn_blocking(move || {
             record.decision = audit::Decision::Allowed;
-            record.rewritten_sql = info.rewritten_sql;
+            record.rewritten_sql = info
+                .rewritten_sql
+                .as_deref()
+                .map(audit::rewritten_statement);
             record.policy_ids = info.policy_ids;
             record.tables = info.tables;
             record.products = info.products;

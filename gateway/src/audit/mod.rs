@@ -92,6 +92,13 @@ pub fn repeated_statement(sql: &str) -> String {
     cut_statement(sql, "whole in its decision record")
 }
 
+/// A statement's policy-rewritten form as an allowing decision record keeps it: the user's
+/// text is kept whole beside it, and the rewritten form repeats its literals (a 1 MB literal
+/// wrote 2 MB per statement while the text budget counted 1, attacker round 26 L6).
+pub fn rewritten_statement(sql: &str) -> String {
+    cut_statement(sql, "the statement is whole in `sql`")
+}
+
 fn cut_statement(sql: &str, why: &str) -> String {
     if sql.len() <= MAX_CUT_SQL_BYTES {
         return sql.to_string();

@@ -16,8 +16,8 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
     ExcludeSelectItem, Ident, ObjectName, Query, Select, SelectItem,
-    SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, VisitMut, VisitorMut,
-    WildcardAdditionalOptions,
+    SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut,
+    VisitorMut, WildcardAdditionalOptions,
 };
 
 /// What the session sees of a lake table: its served columns and which are aggregate-only.
@@ -95,6 +95,19 @@ impl Rewriter<'_> {
                 };
                 Relation { qualifier, served }
             }
+            // An UNNEST holds no lake column: nothing of it is aggregate-only, and its columns
+            // are its aliases' (without aliases, names no lake column has).
+            TableFactor::UNNEST { alias, .. } => Relation {
+                qualifier: alias.as_ref().map(|a| normalized(&a.name)),
+                served: Some(Served {
+                    columns: alias
+                        .iter()
+                        .flat_map(|a| &a.columns)
+                        .map(|c| normalized(&c.name))
+                        .collect(),
+                    aggregate_only: vec![],
+                }),
+            },
             TableFactor::Derived { alias, .. } => Relation {
                 qualifier: alias.as_ref().map(|a| normalized(&a.name)),
                 served: None,
@@ -106,16 +119,33 @@ impl Rewriter<'_> {
         }
     }
 
+    /// The relations of `twj`, a parenthesized join without alias taken apart (its tables
+    /// are named as if not parenthesized); whether any of its joins is USING or NATURAL.
+    fn relations(&self, twj: &TableWithJoins, out: &mut Vec<Relation>) -> bool {
+        let mut using = false;
+        let factors = std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| {
+            let text = j.to_string().to_uppercase();
+            using |= text.contains("USING") || text.contains("NATURAL");
+            &j.relation
+        }));
+        let mut nested = false;
+        for factor in factors.collect::<Vec<_>>() {
+            match factor {
+                TableFactor::NestedJoin {
+                    table_with_joins,
+                    alias: None,
+                } => nested |= self.relations(table_with_joins, out),
+                f => out.push(self.relation(f)),
+            }
+        }
+        using || nested
+    }
+
     fn select(&self, select: &mut Select) {
         let mut relations = Vec::new();
         let mut using = false;
         for twj in &select.from {
-            relations.push(self.relation(&twj.relation));
-            for j in &twj.joins {
-                relations.push(self.relation(&j.relation));
-                let text = j.to_string().to_uppercase();
-                using |= text.contains("USING") || text.contains("NATURAL");
-            }
+            using |= self.relations(twj, &mut relations);
         }
         let any_hidden = relations.iter().any(|r| {
             r.served

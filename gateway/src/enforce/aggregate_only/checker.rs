@@ -130,14 +130,37 @@ impl Checker {
     fn walk_node(&mut self, plan: &LogicalPlan, outer: &Taint) -> Result<Taint, GatewayError> {
         // Subqueries in this node's expressions: their results must carry no aggregate-only
         // column, and their outer references are uses too.
-        let inputs: Vec<Taint> = plan
-            .inputs()
-            .into_iter()
-            .map(|p| self.walk(p, outer))
-            .collect::<Result<_, _>>()?;
+        // Each input sees the enclosing query's columns and its earlier siblings': a LATERAL
+        // subquery (a join's later input) reads the earlier ones by outer reference.
         let mut visible: Taint = outer.clone();
-        for t in &inputs {
+        let mut inputs: Vec<Taint> = Vec::new();
+        for p in plan.inputs() {
+            let t = self.walk(p, &visible)?;
             visible.extend(t.iter().map(|(k, v)| (k.clone(), v.clone())));
+            inputs.push(t);
+        }
+        // An aggregate-only column read by outer reference (a correlated or LATERAL
+        // subquery's `outer_ref(v.diagnosis)`) is read row by row: refused (attacker round 26
+        // M3: nine such statements were allowed, and failed only because DataFusion 55
+        // cannot run them yet).
+        let mut outer_err = None;
+        let _ = plan.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::OuterReferenceColumn(_, c) = e {
+                    if let Some((c, o)) = lookup(outer, c) {
+                        outer_err = Some(refuse(
+                            "it may not be read by a correlated or LATERAL subquery",
+                            c,
+                            o,
+                        ));
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        });
+        if let Some(e) = outer_err {
+            return Err(e);
         }
         let mut subquery_err = None;
         let _ = plan.apply_expressions(|e| {
@@ -177,7 +200,13 @@ impl Checker {
         let mut consumed: Vec<Column> = Vec::new();
         for g in &a.group_expr {
             if let Expr::GroupingSet(_) = g {
-                if let Some((c, o)) = tainted_in(g, t).or_else(|| t.iter().next()) {
+                // Refused only when this aggregate consumes an aggregate-only column (as a
+                // key or in an aggregate): one that merely has them in its input releases
+                // nothing of them (attacker round 26 L1: `GROUP BY ROLLUP(hospital)` with
+                // count(*) was refused).
+                let consumed =
+                    tainted_in(g, t).or_else(|| a.aggr_expr.iter().find_map(|e| tainted_in(e, t)));
+                if let Some((c, o)) = consumed {
                     return Err(refuse("ROLLUP, CUBE and GROUPING SETS are refused", c, o));
                 }
             }
