@@ -104,6 +104,9 @@ enum Command {
         batch: usize,
         #[arg(long)]
         python: Option<PathBuf>,
+        /// Hold the register in memory (`[acceleration]`, key index).
+        #[arg(long)]
+        accelerate: bool,
     },
     /// Runs each query through the gateway (mode b) under a memory pool with spilling; reports
     /// which complete, the time and the peak RSS.
@@ -243,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
             clients,
             batch,
             python,
+            accelerate,
         } => {
             let Some(python) = python.or_else(default_python) else {
                 bail!(
@@ -254,7 +258,7 @@ async fn main() -> anyhow::Result<()> {
                 products::TABLE
             );
             products::generate(&dir, rows).await?;
-            let r = products::run(&dir, rows, &python, calls, clients, batch).await?;
+            let r = products::run(&dir, rows, &python, calls, clients, batch, accelerate).await?;
             println!(
                 "{} rows in {}\n\n| what | calls | p50 ms | p99 ms | per second |\n|---|---|---|---|---|",
                 r.rows,

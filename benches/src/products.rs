@@ -225,9 +225,18 @@ pub async fn run(
     calls: usize,
     clients: usize,
     batch: usize,
+    accelerate: bool,
 ) -> anyhow::Result<ProductsReport> {
     let dir = std::fs::canonicalize(dir)?;
-    let config = lake_config::Config::load(&dir.join("lakegate.toml"))?;
+    let mut config = lake_config::Config::load(&dir.join("lakegate.toml"))?;
+    if accelerate {
+        // The register held in memory, its subject key indexed (issue 20's point lookups).
+        config.acceleration = Some(lake_config::AccelerationConfig {
+            max_bytes: 8 << 30,
+            tables: vec!["registry.people".into()],
+            hot: false,
+        });
+    }
     let (addr, tx) = crate::wire::serve(&config).await?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/products.py");
     let parquet = dir.join("lake").join("registry").join("people");

@@ -297,6 +297,8 @@ pub(crate) async fn serve(
     config: &lake_config::Config,
 ) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
     let server = flight_server::Server::bind(config, Some("127.0.0.1:0".parse()?)).await?;
+    // With [acceleration], measured once the tables are held.
+    crate::tpch::held(server.gateway()).await?;
     let addr = server.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {

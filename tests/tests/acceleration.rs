@@ -68,6 +68,22 @@ async fn held(lake: &Lake, t: &TableRef) -> TableSnapshot {
     }
 }
 
+/// Waits (at most 30 s) until `t` is held, reading only the accelerator's status.
+async fn settled(lake: &Lake, t: &TableRef) {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = lake.accelerator().unwrap().status();
+        if status
+            .iter()
+            .any(|s| s.table == *t && matches!(s.state, TableState::Held { .. }))
+        {
+            return;
+        }
+        assert!(Instant::now() < until, "{t} never held: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn sql(s: &TableSnapshot, query: &str) -> String {
     let ctx = SessionContext::new();
     ctx.register_table("t", s.provider.clone()).unwrap();
@@ -316,4 +332,65 @@ async fn key_lookups_under_a_row_filter_return_only_visible_rows() {
         explain.contains("accelerated=memory") && !explain.contains("key lookup"),
         "{explain}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_tables_load_once_read_twice_and_the_more_read_one_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (TableRef::new("civil", "a"), TableRef::new("civil", "b"));
+    for t in [&a, &b] {
+        flight_server::demo::write_delta_table(
+            table_url(dir.path(), t),
+            HashMap::new(),
+            people(0..20_000),
+            "person_id",
+        )
+        .await
+        .unwrap();
+    }
+    let lake = Lake::open(&lake_config::LakeConfig {
+        root: url::Url::from_directory_path(dir.path()).unwrap(),
+        s3: None,
+        tables: BTreeMap::new(),
+    })
+    .await
+    .unwrap()
+    // Room for one of the two (each takes about 0.6 MB).
+    .with_acceleration(&lake_config::AccelerationConfig {
+        max_bytes: 1 << 20,
+        tables: vec![],
+        hot: true,
+    });
+    let lake = Arc::new(lake);
+    // Read once: not hot yet.
+    let first = lake.snapshot(&a).await.unwrap().unwrap();
+    assert!(first.accelerated.is_none());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(lake
+        .snapshot(&a)
+        .await
+        .unwrap()
+        .unwrap()
+        .accelerated
+        .is_none());
+    // The second read made it hot: it loads (watched without reading it again).
+    settled(&lake, &a).await;
+    assert!(lake
+        .snapshot(&a)
+        .await
+        .unwrap()
+        .unwrap()
+        .accelerated
+        .is_some());
+    // b, read more than a (3 times), takes its place.
+    for _ in 0..6 {
+        let _ = lake.snapshot(&b).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    settled(&lake, &b).await;
+    let status = lake.accelerator().unwrap().status();
+    let of = |t: &TableRef| status.iter().find(|s| s.table == *t).unwrap().state.clone();
+    assert!(matches!(of(&b), TableState::Held { .. }), "{status:?}");
+    assert!(matches!(of(&a), TableState::Cold), "{status:?}");
+    assert!(lake.accelerator().unwrap().bytes_held() <= 1 << 20);
 }

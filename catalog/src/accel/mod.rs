@@ -224,16 +224,22 @@ impl Accelerator {
                 return None;
             }
             entry.misses += u64::from(read);
+            let reads = entry.reads;
+            let recent =
+                |v: &u64| *v == version && entry.since.is_some_and(|s| s.elapsed() < RETRY_AFTER);
             let tried = match &entry.state {
-                Some(TableState::OverBudget { version: v, .. })
-                | Some(TableState::Failed { version: v, .. }) => {
-                    *v == version && entry.since.is_some_and(|s| s.elapsed() < RETRY_AFTER)
+                Some(TableState::Failed { version: v, .. }) => recent(v),
+                // A hot table that did not fit is tried again once it is read more than a held
+                // hot table it could take the place of.
+                Some(TableState::OverBudget { version: v, .. }) => {
+                    recent(v) && (listed || !self.could_evict(&entries, t, reads))
                 }
                 _ => false,
             };
             if tried {
                 return None;
             }
+            let entry = entries.get_mut(t).expect("made above");
             // A held version older than the one read is never served again: free it now (the
             // queries reading it keep their copy) so the new one has its room.
             if entry.held.as_ref().is_some_and(|h| h.version < version) {
@@ -332,6 +338,13 @@ impl Accelerator {
         let entry = entries.entry(t.clone()).or_default();
         entry.since = Some(Instant::now());
         entry.state = Some(state);
+    }
+
+    /// Whether a hot table read `reads` times could evict a held one.
+    fn could_evict(&self, entries: &BTreeMap<TableRef, Entry>, t: &TableRef, reads: u64) -> bool {
+        entries
+            .iter()
+            .any(|(o, e)| o != t && e.held.is_some() && evictable(&self.listed, false, reads, o, e))
     }
 
     /// Bytes a load of `t` may take: the budget less every other held table it may not evict.
