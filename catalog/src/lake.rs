@@ -71,7 +71,7 @@ pub struct TableSnapshot {
     pub bounds: Arc<HashMap<String, ColumnBounds>>,
     /// The version as held in memory, when `provider` serves it from there
     /// (`[acceleration]`, see [`crate::accel`]).
-    pub accelerated: Option<Arc<crate::accel::Held>>,
+    pub accelerated: Option<crate::accel::Accelerated>,
 }
 
 /// The smallest and largest value of a column over all files of a table version, read from the
@@ -94,13 +94,45 @@ pub struct ColumnBounds {
 struct Loaded {
     table: DeltaTable,
     bounds: Arc<HashMap<String, ColumnBounds>>,
+    /// The version's files, fingerprinted (only with `[acceleration]`).
+    files: u64,
+    /// The version's log entry as listed when it was loaded: the same version number with
+    /// another entry is a table written anew (see [`Lake::log_since`]).
+    log_entry: Option<object_store::ObjectMeta>,
 }
 
 impl Loaded {
-    fn new(table: DeltaTable) -> Self {
+    fn new(table: DeltaTable, fingerprint: bool) -> Self {
         let bounds = Arc::new(column_bounds(&table));
-        Self { table, bounds }
+        let files = if fingerprint {
+            files_fingerprint(&table)
+        } else {
+            0
+        };
+        Self {
+            table,
+            bounds,
+            files,
+            log_entry: None,
+        }
     }
+}
+
+/// A hash of the active files of `table`'s version: path, size and modification time of each.
+fn files_fingerprint(table: &DeltaTable) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Ok(state) = table.snapshot() else {
+        return 0;
+    };
+    let mut files: Vec<(String, i64, i64)> = state
+        .log_data()
+        .iter()
+        .map(|f| (f.path().into_owned(), f.size(), f.modification_time()))
+        .collect();
+    files.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    files.hash(&mut h);
+    h.finish()
 }
 
 /// [`ColumnBounds`] of every column of `table` that has them in every file of its version.
@@ -315,17 +347,17 @@ impl Lake {
             return Ok(vec![]);
         };
         for t in accel.listed().cloned().collect::<Vec<_>>() {
-            let Some(snapshot) = self.snapshot_counted(&t, false).await? else {
+            if self.snapshot_counted(&t, false).await?.is_none() {
                 continue;
-            };
-            while accel.is_loading(&t, snapshot.version) {
+            }
+            while accel.is_loading(&t) {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }
         Ok(accel.status())
     }
 
-    /// A snapshot of `t` for the accelerator only (not counted as a read).
+    /// A snapshot of `t` for the accelerator only.
     async fn touch_accelerated(&self, t: &TableRef) -> Result<(), CatalogError> {
         self.snapshot_counted(t, false).await.map(|_| ())
     }
@@ -418,6 +450,14 @@ impl Lake {
     /// The newest committed version of `t`, or `None` when there is no such table. A table that
     /// appeared since the last discovery is found here too.
     pub async fn snapshot(&self, t: &TableRef) -> Result<Option<TableSnapshot>, CatalogError> {
+        self.snapshot_counted(t, false).await
+    }
+
+    /// [`Lake::snapshot`] for a statement being planned: counted as a read of `t` (what makes
+    /// a table hot, and the hits and misses of `[acceleration]`). The server's own snapshots
+    /// (listings, checks at execution, the refresh) are not (attacker round 27 F3: with
+    /// `hot = true` they made every table hot without a client query).
+    pub async fn snapshot_read(&self, t: &TableRef) -> Result<Option<TableSnapshot>, CatalogError> {
         self.snapshot_counted(t, true).await
     }
 
@@ -450,8 +490,8 @@ impl Lake {
         };
         let loaded = {
             let mut guard = slot.lock().await;
-            let log = match guard.as_ref().and_then(|l| l.table.version()) {
-                Some(version) => self.log_since(t, version).await?,
+            let log = match guard.as_ref().and_then(|l| Some((l.table.version()?, l))) {
+                Some((version, l)) => self.log_since(t, version, l.log_entry.as_ref()).await?,
                 None => LogState::Replaced,
             };
             match log {
@@ -459,7 +499,9 @@ impl Lake {
                 LogState::Moved => {
                     let mut table = guard.as_ref().expect("a loaded table").table.clone();
                     table.update_state().await.map_err(delta_err)?;
-                    *guard = Some(Loaded::new(table));
+                    let mut loaded = Loaded::new(table, self.accel.is_some());
+                    loaded.log_entry = self.log_entry(t, loaded.table.version()).await;
+                    *guard = Some(loaded);
                 }
                 LogState::Replaced => {
                     let table = DeltaTableBuilder::from_url(self.table_url(t))
@@ -468,7 +510,9 @@ impl Lake {
                         .load()
                         .await
                         .map_err(delta_err)?;
-                    *guard = Some(Loaded::new(table));
+                    let mut loaded = Loaded::new(table, self.accel.is_some());
+                    loaded.log_entry = self.log_entry(t, loaded.table.version()).await;
+                    *guard = Some(loaded);
                 }
                 LogState::Gone => {
                     *guard = None;
@@ -482,7 +526,12 @@ impl Lake {
             }
             guard.clone().expect("set above")
         };
-        let Loaded { table, bounds } = loaded;
+        let Loaded {
+            table,
+            bounds,
+            files,
+            ..
+        } = loaded;
         let version = table.version().unwrap_or_default();
         let subject_key = self.subject_key(t, &table).map_err(delta_err)?;
         let delta = delta_scan(&table, self.parquet_pushdown)
@@ -493,13 +542,15 @@ impl Lake {
                 source: Box::new(deltalake::DeltaTableError::from(e)),
             })?;
         let schema = delta.schema();
-        let accelerated = self.accel.as_ref().and_then(|a| {
-            a.serve(t, version, &table, subject_key.as_deref(), read)
+        let identity = crate::accel::Identity { version, files };
+        let held = self.accel.as_ref().and_then(|a| {
+            a.serve(t, identity, &table, subject_key.as_deref(), read)
                 // Held batches stand for the Delta scan only with its exact columns.
                 .filter(|held| held.schema() == &schema)
         });
-        let provider: Arc<dyn TableProvider> = match &accelerated {
-            Some(held) => Arc::new(crate::accel::HeldTable::new(held.clone())),
+        let accelerated = held.as_ref().map(crate::accel::Accelerated::new);
+        let provider: Arc<dyn TableProvider> = match &held {
+            Some(held) => Arc::new(crate::accel::HeldTable::new(held, delta)),
             None => delta,
         };
         if let Some(key) = &subject_key {
@@ -579,7 +630,23 @@ impl Lake {
     /// (delta-rs's own refresh takes a LIST, a read of `_last_checkpoint` and a blocking task
     /// per table and query: about 0.15 ms more on a local lake, a round trip more on S3).
     /// A log that no longer holds `version` asks for a full reload.
-    async fn log_since(&self, t: &TableRef, version: u64) -> Result<LogState, CatalogError> {
+    /// The listing of `t`'s log entry for `version` (its commit file), if it has one.
+    async fn log_entry(
+        &self,
+        t: &TableRef,
+        version: Option<u64>,
+    ) -> Option<object_store::ObjectMeta> {
+        let name = format!("{:020}.json", version?);
+        let path = Path::from_iter([t.schema.as_str(), t.table.as_str(), "_delta_log", &name]);
+        self.store.head(&path).await.ok()
+    }
+
+    async fn log_since(
+        &self,
+        t: &TableRef,
+        version: u64,
+        entry: Option<&object_store::ObjectMeta>,
+    ) -> Result<LogState, CatalogError> {
         use futures::TryStreamExt;
         let log = Path::from_iter([t.schema.as_str(), t.table.as_str(), "_delta_log"]);
         // Every name sorting after `<version>` (zero-padded): that version's own files on.
@@ -611,6 +678,16 @@ impl Lake {
                 return Ok(LogState::Moved);
             }
             if v == version && (kind == "json" || kind.starts_with("checkpoint.")) {
+                // The same version's commit, written again: the table was deleted and written
+                // anew up to the same version (attacker round 27 F1: the old copy's rows were
+                // served from memory, and the plain scan failed on its deleted files).
+                let rewritten = kind == "json"
+                    && entry.is_some_and(|e| {
+                        e.size != meta.size || e.last_modified != meta.last_modified
+                    });
+                if rewritten {
+                    return Ok(LogState::Replaced);
+                }
                 own = true;
             }
         }

@@ -69,7 +69,7 @@ impl LakeCatalogProvider {
         // A statement may name hundreds of tables: a bounded number of requests at a time.
         let taken: Vec<_> = futures::stream::iter(wanted)
             .map(|t| async move {
-                let snapshot = self.lake.snapshot(&t).await;
+                let snapshot = self.lake.snapshot_read(&t).await;
                 (t, snapshot)
             })
             .buffer_unordered(PREFETCH_CONCURRENCY)
@@ -151,7 +151,7 @@ impl SchemaProvider for LakeSchemaProvider {
             .remove(&t);
         let snapshot = match prefetched {
             Some(snapshot) => Ok(Some(snapshot)),
-            None => self.lake.snapshot(&t).await,
+            None => self.lake.snapshot_read(&t).await,
         };
         match snapshot {
             Ok(Some(snapshot)) => {

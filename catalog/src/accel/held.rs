@@ -31,6 +31,8 @@ const INDEX_HASH: RandomState = RandomState::with_seed(0x6c61_6b65_6761_7465);
 pub struct Held {
     pub(super) table: TableRef,
     pub(super) version: u64,
+    /// The version's files (see [`crate::accel::Identity`]).
+    pub(super) identity: super::Identity,
     pub(super) schema: SchemaRef,
     pub(super) partitions: Vec<Vec<RecordBatch>>,
     pub(super) index: Option<KeyIndex>,
@@ -204,21 +206,56 @@ pub(super) fn indexable(t: &DataType) -> bool {
 }
 
 /// A held version as a table provider: what the secure scan wraps instead of the Delta scan.
+/// It holds the version weakly: a plan kept for later (a prepared statement) does not keep a
+/// retired version in memory past the budget (attacker round 27 F4); planned after the
+/// version was let go, it reads the same version from Parquet. A running scan holds the
+/// batches it reads until it ends.
 #[derive(Debug)]
 pub struct HeldTable {
-    held: Arc<Held>,
+    held: std::sync::Weak<Held>,
+    /// The Delta scan of the same version.
+    parquet: Arc<dyn TableProvider>,
 }
 
 impl HeldTable {
-    pub(crate) fn new(held: Arc<Held>) -> Self {
-        Self { held }
+    pub(crate) fn new(held: &Arc<Held>, parquet: Arc<dyn TableProvider>) -> Self {
+        Self {
+            held: Arc::downgrade(held),
+            parquet,
+        }
+    }
+}
+
+/// A snapshot's held version, as the secure scan sees it (weakly, see [`HeldTable`]).
+#[derive(Debug, Clone)]
+pub struct Accelerated {
+    version: u64,
+    held: std::sync::Weak<Held>,
+}
+
+impl Accelerated {
+    pub(crate) fn new(held: &Arc<Held>) -> Self {
+        Self {
+            version: held.version,
+            held: Arc::downgrade(held),
+        }
+    }
+
+    /// The version held.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The held version, unless it was let go since (then the scan reads Parquet).
+    pub fn get(&self) -> Option<Arc<Held>> {
+        self.held.upgrade()
     }
 }
 
 #[async_trait]
 impl TableProvider for HeldTable {
     fn schema(&self) -> SchemaRef {
-        self.held.schema.clone()
+        self.parquet.schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -229,10 +266,13 @@ impl TableProvider for HeldTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
+        let Some(held) = self.held.upgrade() else {
+            return self.parquet.supports_filters_pushdown(filters);
+        };
         // A lookup narrows the rows read; the filter itself stays above.
         Ok(filters
             .iter()
-            .map(|f| match self.held.lookup_keys(f) {
+            .map(|f| match held.lookup_keys(f) {
                 Some(_) => TableProviderFilterPushDown::Inexact,
                 None => TableProviderFilterPushDown::Unsupported,
             })
@@ -241,21 +281,24 @@ impl TableProvider for HeldTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let looked_up = filters.iter().find_map(|f| self.held.lookup_keys(f));
+        let Some(held) = self.held.upgrade() else {
+            return self.parquet.scan(state, projection, filters, limit).await;
+        };
+        let looked_up = filters.iter().find_map(|f| held.lookup_keys(f));
         let source = match looked_up {
             Some(keys) => MemorySourceConfig::try_new(
-                &[self.held.lookup(&keys)?],
-                self.held.schema.clone(),
+                &[held.lookup(&keys)?],
+                held.schema.clone(),
                 projection.cloned(),
             )?,
             None => MemorySourceConfig::try_new(
-                &self.held.partitions,
-                self.held.schema.clone(),
+                &held.partitions,
+                held.schema.clone(),
                 projection.cloned(),
             )?,
         };

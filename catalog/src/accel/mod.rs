@@ -27,7 +27,18 @@ use datafusion::physical_plan::ExecutionPlanProperties;
 use deltalake::DeltaTable;
 use futures::StreamExt;
 
-pub use held::{Held, HeldTable, MAX_LOOKUP_KEYS};
+pub use held::{Accelerated, Held, HeldTable, MAX_LOOKUP_KEYS};
+
+/// Which table version a held copy is: its version number and a fingerprint of its files
+/// (paths, sizes, times). A table deleted and written anew reaches the same version numbers
+/// with other files: held by number alone, its erased rows came back (attacker round 27 F1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// The Delta version.
+    pub version: u64,
+    /// A hash of the version's active files.
+    pub files: u64,
+}
 
 use crate::TableRef;
 use lake_config::AccelerationConfig;
@@ -96,8 +107,10 @@ pub struct TableStatus {
 struct Entry {
     held: Option<Arc<Held>>,
     state: Option<TableState>,
-    /// When the state was last set to OverBudget/Failed.
-    since: Option<Instant>,
+    /// The version queries read now (the last snapshot's).
+    current: Option<Identity>,
+    /// The version last refused (over budget or failed), and when.
+    refused: Option<(Identity, Instant)>,
     reads: u64,
     hits: u64,
     misses: u64,
@@ -111,7 +124,7 @@ pub struct Accelerator {
     hot: bool,
     entries: Mutex<BTreeMap<TableRef, Entry>>,
     /// Versions being loaded.
-    loading: Mutex<HashSet<(TableRef, u64)>>,
+    loading: Mutex<HashSet<(TableRef, Identity)>>,
     /// One load at a time: decoding takes the cores and the memory of a whole table.
     loader: tokio::sync::Semaphore,
     loads: AtomicU64,
@@ -157,12 +170,13 @@ impl Accelerator {
             .sum()
     }
 
-    /// Whether `t` at `version` is being loaded (or waits to be).
-    pub fn is_loading(&self, t: &TableRef, version: u64) -> bool {
+    /// Whether a version of `t` is being loaded (or waits to be).
+    pub fn is_loading(&self, t: &TableRef) -> bool {
         self.loading
             .lock()
             .expect("accelerator poisoned")
-            .contains(&(t.clone(), version))
+            .iter()
+            .any(|(o, _)| o == t)
     }
 
     /// Versions loaded since start.
@@ -205,7 +219,7 @@ impl Accelerator {
     pub(crate) fn serve(
         self: &Arc<Self>,
         t: &TableRef,
-        version: u64,
+        identity: Identity,
         table: &DeltaTable,
         subject_key: Option<&str>,
         read: bool,
@@ -215,9 +229,16 @@ impl Accelerator {
             let mut entries = self.entries.lock().expect("accelerator poisoned");
             let entry = entries.entry(t.clone()).or_default();
             entry.reads += u64::from(read);
-            if let Some(held) = entry.held.as_ref().filter(|h| h.version == version) {
+            entry.current = Some(identity);
+            if let Some(held) = entry.held.as_ref().filter(|h| h.identity == identity) {
                 entry.hits += u64::from(read);
                 return Some(held.clone());
+            }
+            // Any other version held is never served again (older, or another table's):
+            // let it go now (planned queries read Parquet instead, running ones keep their
+            // batches) so the new one has its room.
+            if entry.held.take().is_some() {
+                entry.state = Some(TableState::Cold);
             }
             let hot = self.hot && entry.reads >= HOT_AFTER_READS;
             if !(listed || hot) {
@@ -225,32 +246,22 @@ impl Accelerator {
             }
             entry.misses += u64::from(read);
             let reads = entry.reads;
-            let recent =
-                |v: &u64| *v == version && entry.since.is_some_and(|s| s.elapsed() < RETRY_AFTER);
-            let tried = match &entry.state {
-                Some(TableState::Failed { version: v, .. }) => recent(v),
-                // A hot table that did not fit is tried again once it is read more than a held
-                // hot table it could take the place of.
-                Some(TableState::OverBudget { version: v, .. }) => {
-                    recent(v) && (listed || !self.could_evict(&entries, t, reads))
-                }
-                _ => false,
-            };
-            if tried {
+            let refused = entry
+                .refused
+                .filter(|(i, at)| *i == identity && at.elapsed() < RETRY_AFTER)
+                .is_some();
+            let over_budget = matches!(entry.state, Some(TableState::OverBudget { .. }));
+            // A hot table that did not fit is tried again once it is read more than a held
+            // hot table it could take the place of.
+            if refused && (listed || !over_budget || !self.could_evict(&entries, t, reads)) {
                 return None;
-            }
-            let entry = entries.get_mut(t).expect("made above");
-            // A held version older than the one read is never served again: free it now (the
-            // queries reading it keep their copy) so the new one has its room.
-            if entry.held.as_ref().is_some_and(|h| h.version < version) {
-                entry.held = None;
             }
         }
         if !self
             .loading
             .lock()
             .expect("accelerator poisoned")
-            .insert((t.clone(), version))
+            .insert((t.clone(), identity))
         {
             return None;
         }
@@ -258,7 +269,7 @@ impl Accelerator {
             self.loading
                 .lock()
                 .expect("accelerator poisoned")
-                .remove(&(t.clone(), version));
+                .remove(&(t.clone(), identity));
             return None;
         };
         let (this, t, table, key) = (
@@ -269,26 +280,34 @@ impl Accelerator {
         );
         runtime.spawn(async move {
             let _turn = this.loader.acquire().await;
-            this.load(&t, version, &table, key.as_deref()).await;
+            this.load(&t, identity, &table, key.as_deref()).await;
             this.loading
                 .lock()
                 .expect("accelerator poisoned")
-                .remove(&(t, version));
+                .remove(&(t, identity));
         });
         None
     }
 
     /// Decodes `t` at `version` and holds it if it fits (after evicting colder hot tables).
-    async fn load(&self, t: &TableRef, version: u64, table: &DeltaTable, key: Option<&str>) {
+    async fn load(&self, t: &TableRef, identity: Identity, table: &DeltaTable, key: Option<&str>) {
+        let version = identity.version;
         let listed = self.listed.contains(t);
+        // Already superseded while it waited for its turn: nothing to do.
+        if self.current(t) != Some(identity) {
+            return;
+        }
         let room = self.room_for(t, listed);
         self.set_state(t, TableState::Loading { version });
         let started = Instant::now();
-        match decode(t, version, table, key, room).await {
+        match decode(t, identity, table, key, room).await {
             Ok(Decoded::Fits(mut held)) => {
                 held.load_time = started.elapsed();
                 let held = Arc::new(held);
-                if self.admit(t, listed, held.clone()) {
+                if self.current(t) != Some(identity) {
+                    // A newer version (or another table) is read now: this one never serves.
+                    self.set_state(t, TableState::Cold);
+                } else if self.admit(t, listed, held.clone()) {
                     self.loads.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         table = %t,
@@ -299,10 +318,10 @@ impl Accelerator {
                         "acceleration: table version held in memory"
                     );
                 } else {
-                    self.over_budget(t, version, held.bytes);
+                    self.over_budget(t, identity, held.bytes);
                 }
             }
-            Ok(Decoded::OverBudget(at_least)) => self.over_budget(t, version, at_least),
+            Ok(Decoded::OverBudget(at_least)) => self.over_budget(t, identity, at_least),
             Err(e) => {
                 tracing::warn!(table = %t, version, "acceleration: cannot load, read from Parquet: {e}");
                 self.set_state(
@@ -312,11 +331,23 @@ impl Accelerator {
                         reason: e.to_string(),
                     },
                 );
+                self.refused(t, identity);
             }
         }
     }
 
-    fn over_budget(&self, t: &TableRef, version: u64, at_least: u64) {
+    fn current(&self, t: &TableRef) -> Option<Identity> {
+        let entries = self.entries.lock().expect("accelerator poisoned");
+        entries.get(t).and_then(|e| e.current)
+    }
+
+    fn refused(&self, t: &TableRef, identity: Identity) {
+        let mut entries = self.entries.lock().expect("accelerator poisoned");
+        entries.entry(t.clone()).or_default().refused = Some((identity, Instant::now()));
+    }
+
+    fn over_budget(&self, t: &TableRef, identity: Identity, at_least: u64) {
+        let version = identity.version;
         tracing::warn!(
             table = %t,
             version,
@@ -331,13 +362,12 @@ impl Accelerator {
                 needed_at_least: at_least,
             },
         );
+        self.refused(t, identity);
     }
 
     fn set_state(&self, t: &TableRef, state: TableState) {
         let mut entries = self.entries.lock().expect("accelerator poisoned");
-        let entry = entries.entry(t.clone()).or_default();
-        entry.since = Some(Instant::now());
-        entry.state = Some(state);
+        entries.entry(t.clone()).or_default().state = Some(state);
     }
 
     /// Whether a hot table read `reads` times could evict a held one.
@@ -396,14 +426,6 @@ impl Accelerator {
             e.state = Some(TableState::Cold);
         }
         let entry = entries.entry(t.clone()).or_default();
-        // A newer version may have been held meanwhile: never go back.
-        if entry
-            .held
-            .as_ref()
-            .is_some_and(|h| h.version > held.version)
-        {
-            return true;
-        }
         entry.state = Some(TableState::Held {
             version: held.version,
             bytes: held.bytes,
@@ -436,7 +458,7 @@ enum Decoded {
 /// Reads every row of `table` (at `version`) into memory, stopping past `room` bytes.
 async fn decode(
     t: &TableRef,
-    version: u64,
+    identity: Identity,
     table: &DeltaTable,
     key: Option<&str>,
     room: u64,
@@ -476,7 +498,8 @@ async fn decode(
     };
     Ok(Decoded::Fits(Held {
         table: t.clone(),
-        version,
+        version: identity.version,
+        identity,
         schema,
         partitions,
         index,

@@ -247,7 +247,7 @@ impl SecureTable {
     /// which cannot fail or differ on any row (hidden rows are looked up, then dropped by the
     /// barrier, as a scan reads them and drops them).
     fn lookup(&self, filter: &Expr) -> bool {
-        let Some(held) = &self.snapshot.accelerated else {
+        let Some(held) = self.snapshot.accelerated.as_ref().and_then(|a| a.get()) else {
             return false;
         };
         let Some(key) = held.indexed_column() else {
@@ -260,7 +260,8 @@ impl SecureTable {
 
     /// What EXPLAIN says of the raw rows' source when they are held in memory.
     fn accelerated(&self, filters: &[Expr]) -> Option<String> {
-        let held = self.snapshot.accelerated.as_ref()?;
+        // Let go since planning: the scan reads Parquet.
+        let held = self.snapshot.accelerated.as_ref()?.get()?;
         let lookup = filters.iter().any(|f| held.lookup_keys(f).is_some());
         Some(format!(
             "accelerated=memory (version {}{})",
