@@ -33,6 +33,18 @@ fn people(ids: std::ops::Range<i64>) -> RecordBatch {
     .unwrap()
 }
 
+/// Writes `t` anew under `root` with the people `ids` (two commits), subject key person_id.
+async fn register(root: &Path, t: &TableRef, ids: std::ops::Range<i64>) {
+    flight_server::demo::write_delta_table(
+        table_url(root, t),
+        HashMap::new(),
+        people(ids),
+        "person_id",
+    )
+    .await
+    .unwrap();
+}
+
 fn table_url(root: &Path, t: &TableRef) -> url::Url {
     let path = root.join(&t.schema).join(&t.table);
     std::fs::create_dir_all(&path).unwrap();
@@ -95,14 +107,7 @@ async fn sql(s: &TableSnapshot, query: &str) -> String {
 async fn held_versions_answer_as_parquet_swap_on_commit_and_never_mix() {
     let dir = tempfile::tempdir().unwrap();
     let t = TableRef::new("civil", "register");
-    flight_server::demo::write_delta_table(
-        table_url(dir.path(), &t),
-        HashMap::new(),
-        people(0..5000),
-        "person_id",
-    )
-    .await
-    .unwrap();
+    register(dir.path(), &t, 0..5000).await;
     let lake = open(dir.path(), 64 << 20, &["civil.register"]).await;
 
     // The first read starts the load and is answered from Parquet.
@@ -164,14 +169,7 @@ async fn held_versions_answer_as_parquet_swap_on_commit_and_never_mix() {
 async fn a_table_over_the_budget_is_read_from_parquet() {
     let dir = tempfile::tempdir().unwrap();
     let t = TableRef::new("civil", "register");
-    flight_server::demo::write_delta_table(
-        table_url(dir.path(), &t),
-        HashMap::new(),
-        people(0..200_000),
-        "person_id",
-    )
-    .await
-    .unwrap();
+    register(dir.path(), &t, 0..200_000).await;
     // 200,000 ids of 7 bytes and amounts take more than 1 MiB.
     let lake = open(dir.path(), 1 << 20, &["civil.register"]).await;
     let status = lake.load_accelerated().await.unwrap();
@@ -339,14 +337,7 @@ async fn hot_tables_load_once_read_twice_and_the_more_read_one_stays() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (TableRef::new("civil", "a"), TableRef::new("civil", "b"));
     for t in [&a, &b] {
-        flight_server::demo::write_delta_table(
-            table_url(dir.path(), t),
-            HashMap::new(),
-            people(0..20_000),
-            "person_id",
-        )
-        .await
-        .unwrap();
+        register(dir.path(), t, 0..20_000).await;
     }
     let lake = Lake::open(&lake_config::LakeConfig {
         root: url::Url::from_directory_path(dir.path()).unwrap(),
@@ -403,15 +394,7 @@ async fn hot_tables_load_once_read_twice_and_the_more_read_one_stays() {
 async fn a_rewritten_table_is_never_served_from_the_old_copy_and_old_copies_go() {
     let dir = tempfile::tempdir().unwrap();
     let t = TableRef::new("civil", "register");
-    let write = |ids: std::ops::Range<i64>| {
-        let url = table_url(dir.path(), &t);
-        async move {
-            flight_server::demo::write_delta_table(url, HashMap::new(), people(ids), "person_id")
-                .await
-                .unwrap()
-        }
-    };
-    write(0..3000).await;
+    register(dir.path(), &t, 0..3000).await;
     let lake = open(dir.path(), 64 << 20, &["civil.register"]).await;
     let old = held(&lake, &t).await;
     let total = "SELECT count(*) AS n FROM t";
@@ -419,7 +402,7 @@ async fn a_rewritten_table_is_never_served_from_the_old_copy_and_old_copies_go()
 
     // Erased: the folder goes, and a smaller table is written at the same version numbers.
     std::fs::remove_dir_all(dir.path().join("civil/register")).unwrap();
-    write(0..100).await;
+    register(dir.path(), &t, 0..100).await;
     let new = lake.snapshot_read(&t).await.unwrap().unwrap();
     assert_eq!(new.version, old.version, "the same version number");
     assert!(
