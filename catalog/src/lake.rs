@@ -69,6 +69,10 @@ pub struct TableSnapshot {
     /// Bounds of the raw columns over all of this version's files, from the Delta log (see
     /// [`ColumnBounds`]).
     pub bounds: Arc<HashMap<String, ColumnBounds>>,
+    /// Which table this version is, beyond its number: a hash of the version, its commit
+    /// entry and (with `[acceleration]`) its files. A table deleted and written anew up to the
+    /// same version number has another stamp; a plan kept for later compares it.
+    pub stamp: u64,
     /// The version as held in memory, when `provider` serves it from there
     /// (`[acceleration]`, see [`crate::accel`]).
     pub accelerated: Option<crate::accel::Accelerated>,
@@ -115,6 +119,22 @@ impl Loaded {
             files,
             log_entry: None,
         }
+    }
+}
+
+impl Loaded {
+    /// See [`TableSnapshot::stamp`].
+    fn stamp(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.table.version().hash(&mut h);
+        self.files.hash(&mut h);
+        if let Some(e) = &self.log_entry {
+            e.e_tag.hash(&mut h);
+            e.size.hash(&mut h);
+            e.last_modified.timestamp().hash(&mut h);
+        }
+        h.finish()
     }
 }
 
@@ -526,6 +546,7 @@ impl Lake {
             }
             guard.clone().expect("set above")
         };
+        let stamp = loaded.stamp();
         let Loaded {
             table,
             bounds,
@@ -570,6 +591,7 @@ impl Lake {
             provider,
             parquet_pushdown: self.parquet_pushdown,
             bounds,
+            stamp,
             accelerated,
         }))
     }
@@ -681,9 +703,15 @@ impl Lake {
                 // The same version's commit, written again: the table was deleted and written
                 // anew up to the same version (attacker round 27 F1: the old copy's rows were
                 // served from memory, and the plain scan failed on its deleted files).
+                // By entity tag where both have one (S3 lists times in milliseconds but
+                // answers HEAD in seconds), else by size and time to the second.
                 let rewritten = kind == "json"
-                    && entry.is_some_and(|e| {
-                        e.size != meta.size || e.last_modified != meta.last_modified
+                    && entry.is_some_and(|e| match (&e.e_tag, &meta.e_tag) {
+                        (Some(a), Some(b)) => a != b,
+                        _ => {
+                            e.size != meta.size
+                                || e.last_modified.timestamp() != meta.last_modified.timestamp()
+                        }
                     });
                 if rewritten {
                     return Ok(LogState::Replaced);

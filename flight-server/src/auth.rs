@@ -421,8 +421,11 @@ impl Sessions {
 struct Dummies {
     /// One per user, in name order, with that user's parameters (default ones without users).
     hashes: Vec<String>,
-    /// Keys the choice per process, so which cost a name gets cannot be computed.
-    pick: std::collections::hash_map::RandomState,
+    /// Keys the choice, so which cost a name gets cannot be computed: the digest of every
+    /// configured hash (salted, so secret), the same across restarts of the same
+    /// configuration — a choice keyed per process flipped unknown names between costs at each
+    /// restart while real names never flip (attacker round 28 F7).
+    pick: [u8; 32],
 }
 
 impl Dummies {
@@ -449,17 +452,27 @@ impl Dummies {
         if hashes.is_empty() {
             hashes.push(dummy_with(Params::default()));
         }
+        use sha2::Digest;
+        let mut key = sha2::Sha256::new();
+        for u in users {
+            key.update(u.password_hash.as_bytes());
+            key.update([0u8]);
+        }
         Self {
             hashes,
-            pick: std::collections::hash_map::RandomState::new(),
+            pick: key.finalize().into(),
         }
     }
 
     /// The dummy an unknown `name` is checked against (always the same for a name).
     fn of(&self, name: &str) -> &str {
-        use std::hash::BuildHasher;
-        let i = self.pick.hash_one(name) as usize % self.hashes.len();
-        &self.hashes[i]
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(self.pick)
+            .chain_update(name.as_bytes())
+            .finalize();
+        let n = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+        &self.hashes[(n % self.hashes.len() as u64) as usize]
     }
 }
 
@@ -629,6 +642,17 @@ mod tests {
         let costs: Vec<u32> = (0..200).map(|i| cost(&format!("name{i}"))).collect();
         assert!(costs.contains(&(8 * 1024)) && costs.contains(&(16 * 1024)));
         assert_eq!(cost("name7"), cost("name7"));
+        // The same after a restart with the same users (round 28 F7): a name never flips.
+        let again = Sessions::new(&users, Duration::from_secs(60));
+        for i in 0..50 {
+            let name = format!("name{i}");
+            let h = PasswordHash::new(again.dummy_hashes.of(&name)).unwrap();
+            assert_eq!(
+                Params::try_from(&h).unwrap().m_cost(),
+                cost(&name),
+                "{name}"
+            );
+        }
         // One dummy per distinct parameter set.
         assert_eq!(s.dummy_hashes.hashes.len(), 3);
         assert_eq!(s.dummy_hashes.hashes[0], s.dummy_hashes.hashes[2]);

@@ -387,25 +387,30 @@ impl Gateway {
         let fresh = self
             .prepare_audited(&origin.who, &origin.sql, origin.client.clone())
             .await?;
+        // Bound as the statement was before its columns are compared: a bare parameter's
+        // column is typed by its value (attacker round 28 F9).
+        let fresh = match query.bound_values() {
+            Some(values) => fresh.bind(values.to_vec())?,
+            None => fresh,
+        };
         if fresh.schema() != query.schema() {
             return Err(GatewayError::PolicyChanged(
                 "the result's columns are not the same any more; prepare or execute the statement again"
                     .into(),
             ));
         }
-        match query.bound_values() {
-            Some(values) => fresh.bind(values.to_vec()),
-            None => Ok(fresh),
-        }
+        Ok(fresh)
     }
 
     /// Whether every table `origin`'s plan reads is still at the version it was planned on: a
     /// department's commit (an erasure) reaches a prepared statement's next execution, as it
     /// reaches the next query (attacker round 26 L2). One listing of each table's log.
     async fn versions_current(&self, origin: &query::Origin) -> bool {
-        for (t, version) in &origin.versions {
+        for (t, stamp) in &origin.versions {
             match self.lake().snapshot(t).await {
-                Ok(Some(s)) if s.version == *version => {}
+                // The same number is not enough: a table rewritten up to it is another table
+                // (attacker round 28 F1).
+                Ok(Some(s)) if s.stamp == *stamp => {}
                 _ => return false,
             }
         }

@@ -54,7 +54,8 @@ pub(crate) struct Origin {
     pub(crate) client: Option<String>,
     /// The grant of every table the plan reads, as decided at planning.
     pub(crate) grants: Vec<(catalog::TableRef, policy::Grant)>,
-    /// The Delta version of every table the plan reads.
+    /// The version of every table the plan reads, as its stamp (`TableSnapshot::stamp`: the
+    /// number, and which table it is).
     pub(crate) versions: Vec<(catalog::TableRef, u64)>,
 }
 
@@ -139,26 +140,34 @@ impl Query {
         self.bound.as_deref()
     }
 
-    /// The grant of every secure table the plan reads.
-    /// About how many bytes the planned statement holds: every plan node's schema, at
-    /// [`FIELD_BYTES`] per field (a join's schema repeats its inputs' fields, so a long join
-    /// chain holds tables² × columns of them). An upper estimate, for bounds on what clients
+    /// About how many bytes the planned statement holds: every plan node's schema fields and
+    /// every expression node, at [`FIELD_BYTES`] each (a join's schema repeats its inputs'
+    /// fields, so a long join chain holds tables² × columns of them; a CTE used many times
+    /// is inlined, so its expressions are held once per use: 256 copies of a 700-value IN
+    /// list held 23 MB, attacker round 28 F2). An upper estimate, for bounds on what clients
     /// may keep planned.
     pub fn footprint(&self) -> usize {
-        use datafusion::common::tree_node::TreeNodeRecursion;
-        let mut fields = 0usize;
+        use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+        let mut nodes = 0usize;
         let _ = self.plan.apply_with_subqueries(|p| {
-            fields = fields.saturating_add(p.schema().fields().len());
+            nodes = nodes.saturating_add(p.schema().fields().len());
+            p.apply_expressions(|e| {
+                e.apply(|_| {
+                    nodes = nodes.saturating_add(1);
+                    Ok(TreeNodeRecursion::Continue)
+                })
+            })?;
             Ok(TreeNodeRecursion::Continue)
         });
-        fields.saturating_mul(FIELD_BYTES)
+        nodes.saturating_mul(FIELD_BYTES)
     }
 
-    /// The Delta version of every lake table the plan reads.
+    /// The stamp of every lake table the plan reads (its version, and which table it is).
     pub(crate) fn versions(&self) -> Vec<(catalog::TableRef, u64)> {
-        self.per_table(|t| t.snapshot().version)
+        self.per_table(|t| t.snapshot().stamp)
     }
 
+    /// `of` each secure table the plan reads, once per table.
     fn per_table<T>(&self, of: impl Fn(&crate::SecureTable) -> T) -> Vec<(catalog::TableRef, T)> {
         use datafusion::catalog::default_table_source::source_as_provider;
         use datafusion::common::tree_node::TreeNodeRecursion;
@@ -180,6 +189,7 @@ impl Query {
         out
     }
 
+    /// The grant of every secure table the plan reads.
     pub(crate) fn grants(&self) -> Vec<(catalog::TableRef, policy::Grant)> {
         self.per_table(|t| t.grant().clone())
     }

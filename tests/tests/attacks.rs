@@ -780,6 +780,9 @@ async fn outer_references_are_uses_and_statements_without_the_column_pass() {
         "SELECT e.id FROM hr.employees e WHERE EXISTS (SELECT 1 WHERE e.diagnosis = 'CANARY-DX-RARE')",
         "SELECT e.id FROM hr.employees e WHERE e.id IN (SELECT d.id FROM org.departments d \
          WHERE e.diagnosis LIKE 'C%')",
+        // Round 28 F4: ORDER BY reads the FROM scope below the SELECT's columns.
+        "SELECT e.id FROM hr.employees e ORDER BY (SELECT e.diagnosis) LIMIT 3",
+        "SELECT e.id FROM hr.employees e ORDER BY EXISTS (SELECT 1 WHERE e.diagnosis LIKE 'C%')",
     ] {
         let text = seen(&mut c, sql).await;
         assert!(

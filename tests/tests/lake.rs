@@ -290,4 +290,7 @@ async fn a_table_written_anew_at_the_same_version_is_read_anew() {
     let again = snapshot(&lake, &t).await;
     assert_eq!(again.version, first.version);
     assert_eq!(rows(again.provider).await, 2);
+    // Unchanged since: not loaded again.
+    let same = snapshot(&lake, &t).await;
+    assert!(Arc::ptr_eq(&again.bounds, &same.bounds));
 }

@@ -683,16 +683,36 @@ async fn a_planned_join_chain_counts_what_it_holds_not_its_text() {
     let from: Vec<String> = (0..100)
         .map(|i| format!("market.enterprises e{i}"))
         .collect();
-    let sql = format!("SELECT count(*) FROM {}", from.join(", "));
-    assert!(sql.len() < 4 << 10);
-    let mut prepared = Vec::new();
-    for _ in 0..3 {
-        prepared.push(banker.prepare(sql.clone(), None).await.unwrap());
+    let join = format!("SELECT count(*) FROM {}", from.join(", "));
+    // Round 28 F2: a CTE doubled 8 times inlines a 700-value IN list 256 times (23 MB).
+    let values: Vec<String> = (0..700).map(|i| i.to_string()).collect();
+    let mut ctes = vec![format!(
+        "a0 AS (SELECT credit_code FROM market.enterprises WHERE registered_capital IN ({}))",
+        values.join(",")
+    )];
+    for i in 1..=8 {
+        ctes.push(format!(
+            "a{i} AS (SELECT * FROM a{} UNION ALL SELECT * FROM a{})",
+            i - 1,
+            i - 1
+        ));
     }
-    // By its text, 3 KB of 256 KiB: all would be kept.
-    let err = prepared.remove(0).close().await.unwrap_err().to_string();
-    assert!(err.contains("unknown or expired"), "{err}");
-    prepared.pop().unwrap().close().await.unwrap();
+    let doubled = format!("WITH {} SELECT count(*) FROM a8", ctes.join(", "));
+    // The doubled CTE inlines to 0.9 MB: under the default max_sql_bytes only (per user then
+    // 4 MiB of text weight, which 8 of these pass).
+    let default_server = TestServer::start_with(&demo_config(|_| {})).await;
+    let mut default_banker = as_user(&default_server, "banker", "bank-credit").await;
+    for (sql, banker, n) in [(join, &mut banker, 3), (doubled, &mut default_banker, 8)] {
+        assert!(sql.len() < 4 << 10);
+        let mut prepared = Vec::new();
+        for _ in 0..n {
+            prepared.push(banker.prepare(sql.clone(), None).await.unwrap());
+        }
+        // By its text, 3 KB of 256 KiB: all would be kept.
+        let err = prepared.remove(0).close().await.unwrap_err().to_string();
+        assert!(err.contains("unknown or expired"), "{sql}: {err}");
+        prepared.pop().unwrap().close().await.unwrap();
+    }
 }
 
 /// Attacker round 26 M2: a client that stops reading does not keep its query past the
@@ -726,4 +746,40 @@ async fn a_query_whose_client_stopped_reading_ends_at_its_timeout() {
         }
     };
     assert!(err.contains("query timeout"), "{err}");
+}
+
+/// Attacker round 28 F3: a query executed to the end whose last batches wait for a paused
+/// client gives its slot back, and its buffered batches, at the deadline (not when the client
+/// reads on); the client, reading on, gets the timeout — a query is timed from its start to its
+/// last batch taken — never a cut result as if complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_query_waiting_for_its_client_holds_no_slot() {
+    let config = demo_config(|c| {
+        c.execution.query_timeout_secs = 2;
+        c.execution.max_concurrent_queries_per_user = 1;
+    });
+    let server = TestServer::start_with(&config).await;
+    let mut banker = as_user(&server, "banker", "bank-credit").await;
+    // Three batches of 1,000 rows of about 15 KB: far more than the connection's window.
+    let part = "SELECT repeat(district, 2000) AS h FROM social_security.contributions";
+    let sql = format!("{part} UNION ALL {part} UNION ALL {part}");
+    let info = banker.execute(sql, None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = banker.do_get(ticket).await.unwrap();
+    let mut rows = match stream.next().await {
+        Some(Ok(b)) => b.num_rows(),
+        other => panic!("{other:?}"),
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut again = as_user(&server, "banker", "bank-credit").await;
+    assert_eq!(first_i64(&query(&mut again, SHORT).await.unwrap()), 200);
+    let err = loop {
+        match stream.next().await {
+            Some(Ok(b)) => rows += b.num_rows(),
+            Some(Err(e)) => break e.to_string(),
+            None => panic!("the paused query ended as if complete after {rows} rows"),
+        }
+    };
+    assert!(err.contains("query timeout"), "{err}");
+    assert!(rows < 3_000, "{rows}");
 }

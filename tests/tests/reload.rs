@@ -120,9 +120,27 @@ async fn a_prepared_statement_follows_a_narrowed_max_rows_and_new_commits() {
         .prepare("SELECT credit_code FROM market.penalties".into(), None)
         .await
         .unwrap();
+    // A bare parameter among the result's columns (round 28 F9: after a commit the
+    // statement was planned again and compared unbound, and refused at every execution).
+    let mut tagged = c
+        .prepare(
+            "SELECT credit_code, $1 AS tag FROM market.penalties".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let tag = arrow::array::RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("$1", DataType::Int64, false),
+        ])),
+        vec![std::sync::Arc::new(arrow::array::Int64Array::from(vec![7]))],
+    )
+    .unwrap();
+    tagged.set_parameters(tag).unwrap();
     assert_eq!(prepared_rows(&mut all, &mut c).await.unwrap(), 200);
     let before = prepared_rows(&mut some, &mut c).await.unwrap();
     assert!(before > 0);
+    assert_eq!(prepared_rows(&mut tagged, &mut c).await.unwrap(), before);
 
     // A department commits more penalties: the prepared statement reads them.
     let url = url::Url::from_directory_path(
@@ -152,6 +170,43 @@ async fn a_prepared_statement_follows_a_narrowed_max_rows_and_new_commits() {
         .await
         .unwrap();
     assert_eq!(prepared_rows(&mut some, &mut c).await.unwrap(), before + 3);
+    assert_eq!(
+        prepared_rows(&mut tagged, &mut c).await.unwrap(),
+        before + 3
+    );
+
+    // A department deletes the enterprises' log and writes the table anew up to the same
+    // version number, without a quarter of the rows (the old data files stay, orphaned):
+    // the prepared statement reads the new table, not the one it was planned on (attacker
+    // round 28 F1: the number alone was compared).
+    let enterprises = config
+        .lake
+        .root
+        .to_file_path()
+        .unwrap()
+        .join("market/enterprises");
+    let url = url::Url::from_directory_path(&enterprises).unwrap();
+    let kept: Vec<arrow::array::RecordBatch> = {
+        let table = deltalake::open_table(url.clone()).await.unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("e", table.table_provider().await.unwrap())
+            .unwrap();
+        ctx.sql("SELECT * FROM e LIMIT 150")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+    };
+    let version_before = deltalake::open_table(url.clone()).await.unwrap().version();
+    std::fs::remove_dir_all(enterprises.join("_delta_log")).unwrap();
+    let batch = arrow::compute::concat_batches(&kept[0].schema(), &kept).unwrap();
+    flight_server::demo::write_delta_table(url.clone(), Default::default(), batch, "credit_code")
+        .await
+        .unwrap();
+    let version_after = deltalake::open_table(url).await.unwrap().version();
+    assert_eq!(version_before, version_after, "the same version number");
+    assert_eq!(prepared_rows(&mut all, &mut c).await.unwrap(), 150);
 
     // The scenario's max_rows is cut to 5: the prepared statement is refused by it.
     let entities = config.policy.dir.join("entities.json");
@@ -167,7 +222,7 @@ async fn a_prepared_statement_follows_a_narrowed_max_rows_and_new_commits() {
         match prepared_rows(&mut all, &mut c).await {
             Err(e) => break e,
             Ok(n) => {
-                assert_eq!(n, 200);
+                assert_eq!(n, 150);
                 assert!(
                     Instant::now() < deadline,
                     "max_rows 5 never reached the statement"

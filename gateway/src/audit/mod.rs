@@ -27,6 +27,7 @@ pub mod lifecycle;
 mod review;
 pub mod statement_budget;
 pub mod table;
+mod timed;
 mod usage;
 
 pub use chain::*;

@@ -194,11 +194,7 @@ impl QueryToken {
     }
 
     /// `stream`, cut off once `limit` has passed since the start, whether or not the client
-    /// reads: the query runs in a task of its own that drops its execution (cancelling it and
-    /// giving back its memory) at the deadline, even while the client has stopped reading
-    /// (attacker round 26 M2: a paused client kept a query and its pool share past the
-    /// timeout). The client then gets the timeout, never a cut result as if complete; a
-    /// client that goes away cancels the query at once, as before.
+    /// reads (see [`super::timed`]).
     fn within(
         &self,
         stream: BoxStream<'static, Result<RecordBatch, GatewayError>>,
@@ -209,59 +205,16 @@ impl QueryToken {
             "the query ran longer than execution.query_timeout_secs ({} s) and was cancelled",
             limit.as_secs()
         );
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let token = self.clone();
-        let ended = reason.clone();
-        let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let cut = timed_out.clone();
-        tokio::spawn(async move {
-            let mut stream = stream;
-            let timer = tokio::time::sleep_until(deadline);
-            tokio::pin!(timer);
-            loop {
-                let item = tokio::select! {
-                    biased;
-                    _ = &mut timer => break,
-                    _ = tx.closed() => return,
-                    item = stream.next() => match item {
-                        Some(item) => item,
-                        None => return,
-                    },
-                };
-                tokio::select! {
-                    biased;
-                    _ = &mut timer => break,
-                    sent = tx.send(item) => if sent.is_err() { return },
-                }
-            }
-            drop(stream);
+        let (ended, released) = (self.clone(), self.clone());
+        let why = reason.clone();
+        super::timed::run_until(
+            stream,
+            deadline,
+            reason,
+            move || ended.end(Outcome::Failed, why),
             // Its slot among the running queries goes back now, not when the client reads.
-            token.state().held = None;
-            cut.store(true, std::sync::atomic::Ordering::SeqCst);
-            token.end(Outcome::Failed, ended);
-        });
-        futures::stream::unfold(Some(rx), move |rx| {
-            let reason = reason.clone();
-            let timed_out = timed_out.clone();
-            async move {
-                let mut rx = rx?;
-                tokio::select! {
-                    biased;
-                    _ = tokio::time::sleep_until(deadline) => {
-                        Some((Err(GatewayError::Timeout(reason)), None))
-                    }
-                    item = rx.recv() => match item {
-                        Some(item) => Some((item, Some(rx))),
-                        // Ended by the driver at the deadline, or complete.
-                        None if timed_out.load(std::sync::atomic::Ordering::SeqCst) => {
-                            Some((Err(GatewayError::Timeout(reason)), None))
-                        }
-                        None => None,
-                    },
-                }
-            }
-        })
-        .boxed()
+            move || released.state().held = None,
+        )
     }
 }
 

@@ -115,6 +115,10 @@ pub(super) struct Checker {
     pub(super) needs_check: Vec<(DFSchemaRef, Vec<Column>)>,
     /// Aggregates with a release above them (on an optimized plan), by output schema.
     pub(super) released: Vec<DFSchemaRef>,
+    /// Every aggregate-only column any node walked so far has carried: an outer reference
+    /// may name a column the node's inputs no longer carry (an ORDER BY subquery reads the
+    /// FROM scope below the SELECT's projection, attacker round 28 F4).
+    pub(super) seen: Taint,
 }
 
 impl Checker {
@@ -137,6 +141,8 @@ impl Checker {
         for p in plan.inputs() {
             let t = self.walk(p, &visible)?;
             visible.extend(t.iter().map(|(k, v)| (k.clone(), v.clone())));
+            self.seen
+                .extend(t.iter().map(|(k, v)| (k.clone(), v.clone())));
             inputs.push(t);
         }
         // An aggregate-only column read by outer reference (a correlated or LATERAL
@@ -147,7 +153,7 @@ impl Checker {
         let _ = plan.apply_expressions(|e| {
             e.apply(|e| {
                 if let Expr::OuterReferenceColumn(_, c) = e {
-                    if let Some((c, o)) = lookup(outer, c) {
+                    if let Some((c, o)) = lookup(outer, c).or_else(|| lookup(&self.seen, c)) {
                         outer_err = Some(refuse(
                             "it may not be read by a correlated or LATERAL subquery",
                             c,

@@ -61,6 +61,7 @@ pub(crate) fn enforce(
     let mut checker = Checker {
         needs_check: Vec::new(),
         released: Vec::new(),
+        seen: Taint::new(),
     };
     let root = checker.walk(&plan, &Taint::new())?;
     if let Some((c, o)) = root.iter().next() {
@@ -100,6 +101,7 @@ pub(crate) fn verify(plan: &LogicalPlan) -> Result<(), GatewayError> {
     let mut checker = Checker {
         needs_check: Vec::new(),
         released: Vec::new(),
+        seen: Taint::new(),
     };
     let root = checker.walk(plan, &Taint::new())?;
     if let Some((c, o)) = root.iter().next() {

@@ -233,6 +233,7 @@ mod tests {
         let mut checker = Checker {
             needs_check: vec![],
             released: vec![],
+            seen: Taint::new(),
         };
         let inputs = vec![tainted(); plan.inputs().len()];
         checker.node(&plan, &inputs)
@@ -294,6 +295,7 @@ mod tests {
         let mut checker = Checker {
             needs_check: vec![],
             released: vec![],
+            seen: Taint::new(),
         };
         // Nothing flows on above the aggregate; it waits for a minimum-group check.
         assert!(checker.node(&counted, &[tainted()]).unwrap().is_empty());
@@ -326,6 +328,7 @@ mod tests {
         let mut checker = Checker {
             needs_check: vec![],
             released: vec![],
+            seen: Taint::new(),
         };
         assert!(checker.node(&plan, &[Taint::new()]).unwrap().is_empty());
     }
