@@ -98,43 +98,41 @@ pub struct ColumnBounds {
 struct Loaded {
     table: DeltaTable,
     bounds: Arc<HashMap<String, ColumnBounds>>,
-    /// The version's files, fingerprinted (only with `[acceleration]`).
-    files: u64,
     /// The version's log entry as listed when it was loaded: the same version number with
     /// another entry is a table written anew (see [`Lake::log_since`]).
     log_entry: Option<object_store::ObjectMeta>,
+    /// See [`TableSnapshot::stamp`].
+    stamp: u64,
 }
 
 impl Loaded {
-    fn new(table: DeltaTable, fingerprint: bool) -> Self {
+    /// `table` as loaded, with its commit entry as listed now (`log_entry`).
+    fn new(
+        table: DeltaTable,
+        fingerprint: bool,
+        log_entry: Option<object_store::ObjectMeta>,
+    ) -> Self {
+        use std::hash::{Hash, Hasher};
         let bounds = Arc::new(column_bounds(&table));
         let files = if fingerprint {
             files_fingerprint(&table)
         } else {
             0
         };
-        Self {
-            table,
-            bounds,
-            files,
-            log_entry: None,
-        }
-    }
-}
-
-impl Loaded {
-    /// See [`TableSnapshot::stamp`].
-    fn stamp(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.table.version().hash(&mut h);
-        self.files.hash(&mut h);
-        if let Some(e) = &self.log_entry {
+        table.version().hash(&mut h);
+        files.hash(&mut h);
+        if let Some(e) = &log_entry {
             e.e_tag.hash(&mut h);
             e.size.hash(&mut h);
             e.last_modified.timestamp().hash(&mut h);
         }
-        h.finish()
+        Self {
+            table,
+            bounds,
+            log_entry,
+            stamp: h.finish(),
+        }
     }
 }
 
@@ -481,11 +479,15 @@ impl Lake {
         self.snapshot_counted(t, true).await
     }
 
-    async fn snapshot_counted(
-        &self,
-        t: &TableRef,
-        read: bool,
-    ) -> Result<Option<TableSnapshot>, CatalogError> {
+    /// The stamp of `t`'s newest version (see [`TableSnapshot::stamp`]), or `None` when there
+    /// is no such table: the refresh a snapshot takes (one listing of the log), without
+    /// building the scan — for checking a plan kept for later.
+    pub async fn stamp(&self, t: &TableRef) -> Result<Option<u64>, CatalogError> {
+        Ok(self.current(t).await?.map(|l| l.stamp))
+    }
+
+    /// `t`'s newest version as loaded, its log read again since the version loaded last.
+    async fn current(&self, t: &TableRef) -> Result<Option<Loaded>, CatalogError> {
         if !valid_name(&t.schema) || !valid_name(&t.table) {
             return Ok(None);
         }
@@ -519,9 +521,7 @@ impl Lake {
                 LogState::Moved => {
                     let mut table = guard.as_ref().expect("a loaded table").table.clone();
                     table.update_state().await.map_err(delta_err)?;
-                    let mut loaded = Loaded::new(table, self.accel.is_some());
-                    loaded.log_entry = self.log_entry(t, loaded.table.version()).await;
-                    *guard = Some(loaded);
+                    *guard = Some(self.loaded(t, table).await);
                 }
                 LogState::Replaced => {
                     let table = DeltaTableBuilder::from_url(self.table_url(t))
@@ -530,9 +530,7 @@ impl Lake {
                         .load()
                         .await
                         .map_err(delta_err)?;
-                    let mut loaded = Loaded::new(table, self.accel.is_some());
-                    loaded.log_entry = self.log_entry(t, loaded.table.version()).await;
-                    *guard = Some(loaded);
+                    *guard = Some(self.loaded(t, table).await);
                 }
                 LogState::Gone => {
                     *guard = None;
@@ -546,11 +544,32 @@ impl Lake {
             }
             guard.clone().expect("set above")
         };
-        let stamp = loaded.stamp();
+        Ok(Some(loaded))
+    }
+
+    /// A version of `t` just read, as kept between snapshots.
+    async fn loaded(&self, t: &TableRef, table: DeltaTable) -> Loaded {
+        let entry = self.log_entry(t, table.version()).await;
+        Loaded::new(table, self.accel.is_some(), entry)
+    }
+
+    async fn snapshot_counted(
+        &self,
+        t: &TableRef,
+        read: bool,
+    ) -> Result<Option<TableSnapshot>, CatalogError> {
+        let Some(loaded) = self.current(t).await? else {
+            return Ok(None);
+        };
+        let delta_err = |source| CatalogError::Delta {
+            table: t.to_string(),
+            url: self.table_url(t).to_string(),
+            source: Box::new(source),
+        };
         let Loaded {
             table,
             bounds,
-            files,
+            stamp,
             ..
         } = loaded;
         let version = table.version().unwrap_or_default();
@@ -563,7 +582,7 @@ impl Lake {
                 source: Box::new(deltalake::DeltaTableError::from(e)),
             })?;
         let schema = delta.schema();
-        let identity = crate::accel::Identity { version, files };
+        let identity = crate::accel::Identity { version, stamp };
         let held = self.accel.as_ref().and_then(|a| {
             a.serve(t, identity, &table, subject_key.as_deref(), read)
                 // Held batches stand for the Delta scan only with its exact columns.

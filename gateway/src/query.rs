@@ -56,7 +56,7 @@ pub(crate) struct Origin {
     pub(crate) grants: Vec<(catalog::TableRef, policy::Grant)>,
     /// The version of every table the plan reads, as its stamp (`TableSnapshot::stamp`: the
     /// number, and which table it is).
-    pub(crate) versions: Vec<(catalog::TableRef, u64)>,
+    pub(crate) stamps: Vec<(catalog::TableRef, u64)>,
 }
 
 /// What one field of a plan node's schema holds, counted high (measured: 77–94 bytes per
@@ -163,7 +163,7 @@ impl Query {
     }
 
     /// The stamp of every lake table the plan reads (its version, and which table it is).
-    pub(crate) fn versions(&self) -> Vec<(catalog::TableRef, u64)> {
+    pub(crate) fn stamps(&self) -> Vec<(catalog::TableRef, u64)> {
         self.per_table(|t| t.snapshot().stamp)
     }
 

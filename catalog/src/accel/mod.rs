@@ -29,15 +29,16 @@ use futures::StreamExt;
 
 pub use held::{Accelerated, Held, HeldTable, MAX_LOOKUP_KEYS};
 
-/// Which table version a held copy is: its version number and a fingerprint of its files
-/// (paths, sizes, times). A table deleted and written anew reaches the same version numbers
-/// with other files: held by number alone, its erased rows came back (attacker round 27 F1).
+/// Which table version a held copy is: its version number and its stamp
+/// ([`crate::TableSnapshot::stamp`]: the commit entry and the version's files). A table
+/// deleted and written anew reaches the same version numbers with other files: held by
+/// number alone, its erased rows came back (attacker round 27 F1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Identity {
     /// The Delta version.
     pub version: u64,
-    /// A hash of the version's active files.
-    pub files: u64,
+    /// The version's stamp.
+    pub stamp: u64,
 }
 
 use crate::TableRef;

@@ -26,13 +26,13 @@ impl Gateway {
         };
         let result = planned.map(|mut q| {
             let grants = q.grants();
-            let versions = q.versions();
+            let stamps = q.stamps();
             q.set_origin(query::Origin {
                 who: who.clone(),
                 sql: sql.to_string(),
                 client: client.clone(),
                 grants,
-                versions,
+                stamps,
             });
             q
         });
