@@ -173,7 +173,7 @@ impl InProcess {
         let (stream, plan) = query
             .execute_with_plan()
             .await
-            .inspect_err(|e| token.end(gateway::Outcome::Failed, e.client_text()))?;
+            .inspect_err(|e| token.end(gateway::Outcome::Failed, e.record_text()))?;
         token.executing(plan);
         let batches: Vec<RecordBatch> = token.review(stream, None).try_collect().await?;
         token.completed();

@@ -7,6 +7,10 @@ use tonic::Status;
 /// Chooses the status code by the error's kind; the text is [`GatewayError::client_text`].
 pub fn to_status(e: GatewayError) -> Status {
     let text = e.client_text();
+    if e.is_storage_failure() {
+        // The client is told only that storage failed; the operator needs the rest.
+        tracing::warn!(error = %e.record_text(), "a query failed reading the lake");
+    }
     match e {
         // Not FAILED_PRECONDITION: ADBC drivers report that as UNKNOWN.
         GatewayError::NoScenario => Status::invalid_argument(text),

@@ -1,8 +1,11 @@
 //! Statement tickets and prepared statements: what a client holds between calls. Each is bound
 //! to the user and scenario that made it (another's fails exactly as an unknown one), expires,
-//! and is bounded per user and in all by count and by the SQL it holds.
+//! goes with the session that made it (CloseSession), and is bounded per user and in all by
+//! count and by the SQL it holds.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,6 +40,8 @@ pub(crate) enum HandleKind<Q> {
 }
 
 struct Handle<Q> {
+    /// The session that made it (a keyed digest of its token), so closing the session frees it.
+    session: u64,
     user: String,
     scenario: Option<String>,
     created: Instant,
@@ -55,6 +60,8 @@ pub(crate) struct Handles<Q> {
     prepared_ttl: Duration,
     /// Bytes of SQL one user, and all users, may hold ([`crate::limits::Limits::max_handle_bytes`]).
     most: (usize, usize),
+    /// Keys the digests of session tokens.
+    sessions: RandomState,
 }
 
 impl<Q: Clone> Handles<Q> {
@@ -65,6 +72,7 @@ impl<Q: Clone> Handles<Q> {
             map: Mutex::new(HashMap::new()),
             prepared_ttl,
             most,
+            sessions: RandomState::new(),
         }
     }
 
@@ -82,6 +90,7 @@ impl<Q: Clone> Handles<Q> {
     /// join held 14 MB planned, and 256 of them 4 GB (attacker round 26 H1).
     pub(crate) fn store(
         &self,
+        session: &str,
         who: &Principal,
         sql: &str,
         footprint: usize,
@@ -129,6 +138,7 @@ impl<Q: Clone> Handles<Q> {
         handles.insert(
             handle.clone(),
             Handle {
+                session: self.sessions.hash_one(session),
                 user: who.user.clone(),
                 scenario: who.scenario.clone(),
                 created: now,
@@ -240,6 +250,16 @@ impl<Q: Clone> Handles<Q> {
         })
     }
 
+    /// Forgets every handle the session with token `session` made: a closed session's
+    /// statements are not kept for its token's lifetime.
+    pub(crate) fn close_session(&self, session: &str) {
+        let digest = self.sessions.hash_one(session);
+        self.map
+            .lock()
+            .expect("handle map poisoned")
+            .retain(|_, h| h.session != digest);
+    }
+
     /// Forgets a prepared statement.
     pub(crate) fn close(&self, who: &Principal, handle: &[u8]) -> Result<(), Status> {
         self.with(who, handle, |handles, key| {
@@ -269,7 +289,13 @@ mod tests {
         let s = store();
         let alice = who("alice", "credit");
         let t = s
-            .store(&alice, "q", 0, HandleKind::Statement("planned".into()))
+            .store(
+                "s1",
+                &alice,
+                "q",
+                0,
+                HandleKind::Statement("planned".into()),
+            )
             .unwrap();
         for other in [who("bob", "credit"), who("alice", "claims")] {
             let err = s.take_statement(&other, t.as_bytes()).unwrap_err();
@@ -281,6 +307,7 @@ mod tests {
         assert!(s.take_statement(&alice, t.as_bytes()).is_err());
         let p = s
             .store(
+                "s1",
                 &alice,
                 "q",
                 0,
@@ -303,19 +330,34 @@ mod tests {
     }
 
     #[test]
+    fn closing_a_session_frees_its_handles_only() {
+        let s = store();
+        let alice = who("alice", "credit");
+        let mine = s
+            .store("s1", &alice, "q", 0, HandleKind::Statement("1".into()))
+            .unwrap();
+        let other = s
+            .store("s2", &alice, "q", 0, HandleKind::Statement("2".into()))
+            .unwrap();
+        s.close_session("s1");
+        assert!(s.take_statement(&alice, mine.as_bytes()).is_err());
+        assert_eq!(s.take_statement(&alice, other.as_bytes()).unwrap(), "2");
+    }
+
+    #[test]
     fn a_users_oldest_go_past_their_bytes_and_the_total_refuses() {
         let s = store();
         let alice = who("alice", "credit");
         let sql = "x".repeat(40);
         let first = s
-            .store(&alice, &sql, 0, HandleKind::Statement("1".into()))
+            .store("s1", &alice, &sql, 0, HandleKind::Statement("1".into()))
             .unwrap();
         let second = s
-            .store(&alice, &sql, 0, HandleKind::Statement("2".into()))
+            .store("s1", &alice, &sql, 0, HandleKind::Statement("2".into()))
             .unwrap();
         // 120 bytes would pass alice's 100: her oldest goes.
         let third = s
-            .store(&alice, &sql, 0, HandleKind::Statement("3".into()))
+            .store("s1", &alice, &sql, 0, HandleKind::Statement("3".into()))
             .unwrap();
         assert!(s.take_statement(&alice, first.as_bytes()).is_err());
         assert!(s.take_statement(&alice, second.as_bytes()).is_ok());
@@ -323,6 +365,7 @@ mod tests {
         // Other users fill the total: then a new handle is refused, and nobody else's evicted.
         for i in 0..10 {
             s.store(
+                "s1",
                 &who(&format!("u{i}"), "s"),
                 &"y".repeat(100),
                 0,
@@ -331,7 +374,7 @@ mod tests {
             .unwrap();
         }
         let err = s
-            .store(&alice, &sql, 0, HandleKind::Statement("4".into()))
+            .store("s1", &alice, &sql, 0, HandleKind::Statement("4".into()))
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     }
@@ -342,16 +385,16 @@ mod tests {
         let alice = who("alice", "credit");
         // Three bytes of text planned into 3,600 bytes count as 60: alice's 100 holds one.
         let first = s
-            .store(&alice, "q", 3_600, HandleKind::Statement("1".into()))
+            .store("s1", &alice, "q", 3_600, HandleKind::Statement("1".into()))
             .unwrap();
         let second = s
-            .store(&alice, "q", 3_600, HandleKind::Statement("2".into()))
+            .store("s1", &alice, "q", 3_600, HandleKind::Statement("2".into()))
             .unwrap();
         assert!(s.take_statement(&alice, first.as_bytes()).is_err());
         assert!(s.take_statement(&alice, second.as_bytes()).is_ok());
         // Past the total of all users (1,000), refused.
         let err = s
-            .store(&alice, "q", 61_000, HandleKind::Statement("3".into()))
+            .store("s1", &alice, "q", 61_000, HandleKind::Statement("3".into()))
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     }
@@ -362,6 +405,7 @@ mod tests {
         let alice = who("alice", "credit");
         let prepared = |s: &Handles<String>| {
             s.store(
+                "s1",
                 &alice,
                 "q",
                 0,

@@ -74,6 +74,9 @@ pub struct SetSessionOptionsError {
 /// `SetSessionOptionsResult.ErrorValue.INVALID_NAME`.
 pub const ERROR_INVALID_NAME: i32 = 1;
 
+/// `SetSessionOptionsResult.ErrorValue.INVALID_VALUE`.
+pub const ERROR_INVALID_VALUE: i32 = 2;
+
 /// `GetSessionOptionsResult`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct GetSessionOptionsResult {

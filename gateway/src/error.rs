@@ -70,8 +70,18 @@ pub const MAX_CLIENT_TEXT_BYTES: usize = 4 << 10;
 
 impl GatewayError {
     /// The text a client is told: the error's own message without backtraces, cut to
-    /// [`MAX_CLIENT_TEXT_BYTES`]. Completion records keep the same text.
+    /// [`MAX_CLIENT_TEXT_BYTES`]. A storage failure is told only as such: its text names the
+    /// lake's paths, bucket and files, which are the operator's business, not the caller's
+    /// (attacker round 28); [`GatewayError::record_text`] keeps them for the audit trail.
     pub fn client_text(&self) -> String {
+        if self.is_storage_failure() {
+            return STORAGE_FAILURE.to_owned();
+        }
+        self.record_text()
+    }
+
+    /// The text a completion record keeps: the client's text, with storage failures in full.
+    pub fn record_text(&self) -> String {
         let text = match self {
             GatewayError::Sql(d) | GatewayError::Execution(d) => d.strip_backtrace(),
             other => other.to_string(),
@@ -82,6 +92,16 @@ impl GatewayError {
             "`[execution] max_spill_bytes`",
         );
         bounded_text(&text, MAX_CLIENT_TEXT_BYTES).into_owned()
+    }
+
+    /// Whether the lake's storage failed (a table's files or log could not be read), as opposed
+    /// to the statement or the policies.
+    pub fn is_storage_failure(&self) -> bool {
+        match self {
+            GatewayError::Catalog(_) => true,
+            GatewayError::Sql(d) | GatewayError::Execution(d) => storage_root(d),
+            _ => false,
+        }
     }
 
     /// Classifies a DataFusion error raised while planning user SQL: lake and policy failures
@@ -104,6 +124,44 @@ impl GatewayError {
             other => GatewayError::Sql(other),
         }
     }
+}
+
+/// What a client is told of a storage failure.
+pub const STORAGE_FAILURE: &str = "the lake could not be read (a storage failure); \
+    the query was not answered; the operator's log and audit trail have the details";
+
+/// Whether a DataFusion error comes from the object store or the catalog (delta-rs), however
+/// deeply DataFusion, arrow and parquet wrapped it. Local I/O errors are not it: spilling
+/// reports its own limit as one.
+fn storage_root(e: &DataFusionError) -> bool {
+    match e {
+        DataFusionError::ObjectStore(_) => true,
+        DataFusionError::Context(_, inner) => storage_root(inner),
+        DataFusionError::Shared(inner) => storage_root(inner),
+        DataFusionError::Diagnostic(_, inner) => storage_root(inner),
+        DataFusionError::Collection(all) => all.iter().any(storage_root),
+        DataFusionError::External(inner) => storage_chain(inner.as_ref()),
+        DataFusionError::ArrowError(a, _) => storage_chain(a.as_ref()),
+        DataFusionError::ParquetError(p) => storage_chain(p.as_ref()),
+        _ => false,
+    }
+}
+
+/// [`storage_root`] along an error's `source` chain.
+fn storage_chain(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<catalog::CatalogError>()
+            || e.is::<deltalake::DeltaTableError>()
+            || e.is::<deltalake::ObjectStoreError>()
+            || e.downcast_ref::<DataFusionError>()
+                .is_some_and(storage_root)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// `text` cut to at most `most` bytes (on a character boundary), saying how much was left out.
@@ -134,5 +192,44 @@ mod tests {
         assert_eq!(bounded_text("short", 10), "short");
         let cut = bounded_text("ééééé", 3);
         assert_eq!(cut, "é… (8 more bytes not shown)");
+    }
+
+    #[test]
+    fn storage_failures_are_told_only_as_such_wherever_they_are_wrapped() {
+        use super::{GatewayError, STORAGE_FAILURE};
+        use datafusion::arrow::error::ArrowError;
+        use datafusion::error::DataFusionError;
+        use std::sync::Arc;
+        let missing = || deltalake::ObjectStoreError::NotFound {
+            path: "/srv/lake/hr/employees/part-0.parquet".into(),
+            source: "gone".into(),
+        };
+        for e in [
+            DataFusionError::ObjectStore(Box::new(missing())),
+            DataFusionError::External(Box::new(missing())),
+            DataFusionError::Context(
+                "scan".into(),
+                Box::new(DataFusionError::ObjectStore(Box::new(missing()))),
+            ),
+            DataFusionError::ArrowError(
+                Box::new(ArrowError::ExternalError(Box::new(missing()))),
+                None,
+            ),
+            DataFusionError::Shared(Arc::new(DataFusionError::External(Box::new(
+                DataFusionError::ObjectStore(Box::new(missing())),
+            )))),
+        ] {
+            let e = GatewayError::Execution(e);
+            assert_eq!(e.client_text(), STORAGE_FAILURE);
+            assert!(e.record_text().contains("/srv/lake"), "{}", e.record_text());
+        }
+        // Not the lake's storage: told as they are.
+        for e in [
+            DataFusionError::ResourcesExhausted("spill limit".into()),
+            DataFusionError::IoError(std::io::Error::other("spill file")),
+            DataFusionError::Plan("no such column".into()),
+        ] {
+            assert_ne!(GatewayError::Execution(e).client_text(), STORAGE_FAILURE);
+        }
     }
 }

@@ -142,6 +142,17 @@ def test_get_objects_lists_the_scenario_tables(server):
         ), c
 
 
+def test_the_current_catalog_is_the_lake(server):
+    # BI tools ask for (and may set) the current catalog; there is one.
+    with connect(server) as conn:
+        assert conn.adbc_current_catalog == "lake"
+        conn.adbc_current_catalog = "lake"
+        with pytest.raises(adbc_driver_manager.ProgrammingError):
+            conn.adbc_current_catalog = "elsewhere"
+        assert conn.adbc_current_catalog == "lake"
+        assert scalar(conn, "SELECT count(*) FROM market.penalties") > 0
+
+
 def test_result_columns_carry_flight_sql_type_metadata(server):
     with connect(server) as conn:
         with conn.cursor() as cur:

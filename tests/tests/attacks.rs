@@ -296,6 +296,44 @@ async fn select_star_leaves_aggregate_only_columns_out() {
     .await
     .unwrap();
     assert_eq!(got[0].schema().fields().len(), 7);
+    // An inner USING join keeps one copy of the key, where DataFusion keeps it (the alias
+    // that sorts first), and leaves the aggregate-only column of both sides out.
+    let names = |got: &[RecordBatch]| -> Vec<String> {
+        let schema = got[0].schema();
+        schema.fields().iter().map(|f| f.name().clone()).collect()
+    };
+    for (sql, want) in [
+        (
+            "SELECT * FROM hr.employees a JOIN hr.employees b USING (id) ORDER BY id",
+            "id name district salary id_card name district salary id_card",
+        ),
+        (
+            "SELECT * FROM hr.employees z INNER JOIN hr.employees b USING (id) ORDER BY id",
+            "name district salary id_card id name district salary id_card",
+        ),
+    ] {
+        let got = query(&mut c, sql).await.unwrap();
+        assert_eq!(names(&got).join(" "), want, "{sql}");
+        assert_eq!(rows(&got), 47, "{sql}");
+        no_canary(sql, &pretty(&got));
+    }
+    // DataFusion's own choice, over a table the rewrite leaves alone.
+    let got = query(
+        &mut c,
+        "SELECT * FROM org.departments z JOIN org.departments b USING (id)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(names(&got).join(" "), "parent id parent");
+    // Outer USING joins are left as written, and refused (fail closed).
+    let err = query(
+        &mut c,
+        "SELECT * FROM hr.employees a LEFT JOIN hr.employees b USING (id)",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("aggregate-only"), "{err}");
+    no_canary("left using", &err);
     // DISTINCT ON without an aggregate-only column is no business of the rule.
     let got = query(
         &mut c,
@@ -811,5 +849,70 @@ async fn outer_references_are_uses_and_statements_without_the_column_pass() {
     assert!(
         text.contains("ROLLUP, CUBE and GROUPING SETS are refused"),
         "{sql}: {text}"
+    );
+}
+
+/// A storage failure tells the client only that storage failed: the store's own text names the
+/// lake's folder, bucket and data files (attacker round 28). The audit trail keeps the detail.
+#[tokio::test]
+async fn storage_failures_do_not_tell_the_lake_layout() {
+    if std::env::var_os("LAKEGATE_TEST_ACCELERATE").is_some() {
+        // Held tables answer from memory without their files: nothing fails to read.
+        return;
+    }
+    let (dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server).await;
+    let mut prepared = c
+        .prepare("SELECT id FROM org.departments".into(), None)
+        .await
+        .unwrap();
+    assert!(
+        rows(
+            &fetch(&mut c, prepared.execute().await.unwrap())
+                .await
+                .unwrap()
+        ) > 0
+    );
+    // Data files gone behind the log's back: the read fails.
+    let table = dir.path().join("lake/org/departments");
+    for f in std::fs::read_dir(&table).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|e| e == "parquet") {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    let fresh = match c
+        .execute("SELECT id FROM org.departments".into(), None)
+        .await
+    {
+        Ok(info) => fetch(&mut c, info).await.unwrap_err(),
+        Err(e) => e.to_string(),
+    };
+    let old = match prepared.execute().await {
+        Ok(info) => fetch(&mut c, info).await.unwrap_err(),
+        Err(e) => e.to_string(),
+    };
+    let root = dir.path().to_str().unwrap();
+    for err in [&fresh, &old] {
+        assert!(err.contains("storage failure"), "{err}");
+        assert!(
+            !err.contains(root) && !err.contains(".parquet") && !err.contains("lake/org"),
+            "{err}"
+        );
+    }
+    // Still serving: other tables answer.
+    assert!(query(&mut c, "SELECT count(*) FROM hr.employees")
+        .await
+        .is_ok());
+    let audit = dir.path().join("audit");
+    let failed: Vec<String> = lakegate_tests::audit_records(&audit)
+        .into_iter()
+        .filter(|r| r.kind == "completion" && r.decision == "failed")
+        .filter_map(|r| r.reason)
+        .collect();
+    assert!(
+        failed.iter().any(|r| r.contains(".parquet")),
+        "the trail keeps what failed: {failed:?}"
     );
 }

@@ -375,11 +375,23 @@ async fn authentication_is_required_and_checked() {
         "{err}"
     );
 
-    // A closed session's token stops working.
+    // A closed session's token stops working, and its statements go with it: another session
+    // of the same user and scenario cannot redeem them.
     let mut c = as_user(&server, "banker", "bank-credit").await;
+    let kept = c.execute("SELECT 1".into(), None).await.unwrap();
+    let ticket = kept.endpoint[0].ticket.clone().unwrap();
     action(&mut c, "CloseSession", vec![]).await.unwrap();
     let err = query(&mut c, "SELECT 1").await.unwrap_err();
     assert!(err.contains("invalid bearer token"), "{err}");
+    let mut again = as_user(&server, "banker", "bank-credit").await;
+    let err = match again.do_get(ticket).await {
+        Ok(mut s) => match futures::StreamExt::next(&mut s).await {
+            Some(Err(e)) => e.to_string(),
+            other => panic!("a closed session's ticket was redeemed: {other:?}"),
+        },
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("unknown or expired statement handle"), "{err}");
 }
 
 #[tokio::test]

@@ -60,6 +60,8 @@ mod session;
 pub const SCENARIO_HEADER: &str = "x-lakegate-scenario";
 /// The session option that sets the scenario.
 pub const SCENARIO_OPTION: &str = "scenario";
+/// The session option of the current catalog (ADBC's `adbc_current_catalog`): always the lake.
+pub const CATALOG_OPTION: &str = "catalog";
 
 pub(crate) type DoGetStream =
     Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
@@ -214,6 +216,7 @@ impl FlightSqlService for LakegateService {
         let planned = self.plan(&caller, &query.query, client(&request)).await?;
         let schema = described(&planned.schema(), None);
         let handle = self.handles.store(
+            &caller.token,
             &caller.principal,
             &query.query,
             planned.footprint(),
@@ -252,6 +255,7 @@ impl FlightSqlService for LakegateService {
         let dataset_schema = schema_bytes(&described(&planned.schema(), None))?;
         let parameter_schema = schema_bytes(&planned.parameter_schema())?;
         let handle = self.handles.store(
+            &caller.token,
             &caller.principal,
             &query.query,
             planned.footprint(),
@@ -490,6 +494,7 @@ impl FlightSqlService for LakegateService {
             so::GET_SESSION_OPTIONS => self.get_session_options(&caller),
             so::CLOSE_SESSION => {
                 self.sessions.close(&caller.token);
+                self.handles.close_session(&caller.token);
                 let result = so::CloseSessionResult {
                     status: so::SESSION_CLOSED,
                 };

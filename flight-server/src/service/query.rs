@@ -30,19 +30,19 @@ impl LakegateService {
                 gateway::executor::holding(turn.clone(), self.gateway.revalidate(planned))
                     .await
                     .map(|q| (q, turn))
-                    .map_err(to_status)
+                    .map_err(|e| (e.record_text(), to_status(e)))
             }
-            Err(refused) => Err(refused),
+            Err(refused) => Err((refused.message().to_owned(), refused)),
         };
         let (query, turn) = match revalidated {
             Ok(q) => q,
-            Err(status) => {
+            Err((detail, status)) => {
                 let outcome = if status.code() == tonic::Code::ResourceExhausted {
                     gateway::Outcome::Refused
                 } else {
                     gateway::Outcome::Failed
                 };
-                token.end(outcome, status.message());
+                token.end(outcome, detail);
                 token.finish().await;
                 return Err(status);
             }
@@ -60,8 +60,8 @@ impl LakegateService {
                 )))
             }
             Err(e) => {
+                token.end(gateway::Outcome::Failed, e.record_text());
                 let status = to_status(e);
-                token.end(gateway::Outcome::Failed, status.message());
                 token.finish().await;
                 Err(status)
             }

@@ -12,6 +12,20 @@ impl LakegateService {
             .map_err(|e| Status::invalid_argument(format!("bad SetSessionOptionsRequest: {e}")))?;
         let mut result = so::SetSessionOptionsResult::default();
         for (name, value) in request.session_options {
+            if name == CATALOG_OPTION {
+                // One catalog: choosing it changes nothing, choosing another is refused.
+                let lake = matches!(&value.option_value,
+                    Some(OptionValue::StringValue(s)) if s == catalog::LAKE_CATALOG);
+                if !lake {
+                    result.errors.insert(
+                        name,
+                        so::SetSessionOptionsError {
+                            value: so::ERROR_INVALID_VALUE,
+                        },
+                    );
+                }
+                continue;
+            }
             if name != SCENARIO_OPTION {
                 result.errors.insert(
                     name,
@@ -47,6 +61,12 @@ impl LakegateService {
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
         let session = self.sessions.resolve(&caller.token).map_err(auth_status)?;
         let mut result = so::GetSessionOptionsResult::default();
+        result.session_options.insert(
+            CATALOG_OPTION.to_string(),
+            SessionOptionValue {
+                option_value: Some(OptionValue::StringValue(catalog::LAKE_CATALOG.into())),
+            },
+        );
         if let Some(s) = session.scenario {
             result.session_options.insert(
                 SCENARIO_OPTION.to_string(),

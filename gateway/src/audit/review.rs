@@ -160,7 +160,7 @@ impl QueryToken {
         let mut decided_at = Instant::now();
         let reviewed = stream.map(move |batch| {
             let batch = batch.map_err(GatewayError::Execution).inspect_err(|e| {
-                token.end(Outcome::Failed, e.client_text());
+                token.end(Outcome::Failed, e.record_text());
             })?;
             let serving = gateway.policies();
             if !Arc::ptr_eq(&serving, &decided_under) || decided_at.elapsed() >= RECHECK {

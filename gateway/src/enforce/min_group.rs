@@ -461,11 +461,13 @@ impl datafusion::execution::context::QueryPlanner for LakegateQueryPlanner {
         logical_plan: &LogicalPlan,
         session_state: &dyn datafusion::catalog::Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![
+        let plan = DefaultPhysicalPlanner::with_extension_planners(vec![
             Arc::new(ReleasePlanner),
             Arc::new(crate::products::CallPlanner),
         ])
         .create_physical_plan(logical_plan, session_state)
-        .await
+        .await?;
+        crate::enforce::leaves::check(&plan)?;
+        Ok(plan)
     }
 }

@@ -29,10 +29,12 @@
 //!   the rewrite that puts a release directly above each releasing aggregate —
 //!   [`min_group`] (k distinct subjects) or [`dp_release`] (differential privacy) — checked again
 //!   on the optimized plan; [`release_shape`]: what a releasing query's aggregates may count.
+//! - [`leaves`]: every physical plan reads data only through the secure scan (checked last).
 
 pub(crate) mod aggregate_only;
 pub(crate) mod codec;
 pub(crate) mod dp_release;
+pub(crate) mod leaves;
 pub(crate) mod masks;
 pub(crate) mod min_group;
 pub(crate) mod release_shape;

@@ -9,16 +9,27 @@
 //! SELECT * FROM hr.employees e JOIN … d  →  SELECT e.* EXCLUDE ("diagnosis"), d.* FROM …
 //! ```
 //!
-//! A wildcard this cannot resolve (over a relation whose columns it does not know, or a USING
-//! join) is left as written; the aggregate-only checker then refuses it if it reaches one.
+//! An inner USING join of two tables keeps one copy of each USING column, as DataFusion does
+//! (the copy of the relation whose reference sorts first):
+//!
+//! ```text
+//! SELECT * FROM hr.employees a JOIN hr.employees b USING (id)
+//!   →  SELECT "a".* EXCLUDE ("diagnosis"), "b".* EXCLUDE ("diagnosis", "id") FROM …
+//! ```
+//!
+//! A wildcard this cannot resolve (over a relation whose columns it does not know, or other
+//! USING and NATURAL joins) is left as written; the aggregate-only checker then refuses it if
+//! it reaches one.
 
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    ExcludeSelectItem, Ident, ObjectName, Query, Select, SelectItem,
+    ExcludeSelectItem, Ident, JoinConstraint, JoinOperator, ObjectName, Query, Select, SelectItem,
     SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut,
     VisitorMut, WildcardAdditionalOptions,
 };
+
+use datafusion::common::TableReference;
 
 /// What the session sees of a lake table: its served columns and which are aggregate-only.
 pub(crate) struct Served {
@@ -65,6 +76,8 @@ impl VisitorMut for Rewriter<'_> {
 struct Relation {
     /// The name a qualified wildcard uses for it (alias, or the table's last name part).
     qualifier: Option<String>,
+    /// How DataFusion qualifies its columns (alias, or the name as written).
+    reference: Option<TableReference>,
     /// Its columns, when it is a lake table without column aliases.
     served: Option<Served>,
 }
@@ -87,18 +100,37 @@ impl Rewriter<'_> {
                     Some(a) => Some(normalized(&a.name)),
                     None => name.0.last().and_then(|p| p.as_ident()).map(normalized),
                 };
+                let parts: Option<Vec<String>> = name
+                    .0
+                    .iter()
+                    .map(|p| p.as_ident().map(normalized))
+                    .collect();
+                let reference = match (alias, parts.as_deref()) {
+                    (Some(a), _) => Some(TableReference::bare(normalized(&a.name))),
+                    (None, Some([t])) => Some(TableReference::bare(t.as_str())),
+                    (None, Some([s, t])) => Some(TableReference::partial(s.as_str(), t.as_str())),
+                    (None, Some([c, s, t])) => {
+                        Some(TableReference::full(c.as_str(), s.as_str(), t.as_str()))
+                    }
+                    _ => None,
+                };
                 let renamed = alias.as_ref().is_some_and(|a| !a.columns.is_empty());
                 let served = if args.is_none() && !renamed {
                     (self.lookup)(name)
                 } else {
                     None
                 };
-                Relation { qualifier, served }
+                Relation {
+                    qualifier,
+                    reference,
+                    served,
+                }
             }
             // An UNNEST holds no lake column: nothing of it is aggregate-only, and its columns
             // are its aliases' (without aliases, names no lake column has).
             TableFactor::UNNEST { alias, .. } => Relation {
                 qualifier: alias.as_ref().map(|a| normalized(&a.name)),
+                reference: None,
                 served: Some(Served {
                     columns: alias
                         .iter()
@@ -110,10 +142,12 @@ impl Rewriter<'_> {
             },
             TableFactor::Derived { alias, .. } => Relation {
                 qualifier: alias.as_ref().map(|a| normalized(&a.name)),
+                reference: None,
                 served: None,
             },
             _ => Relation {
                 qualifier: None,
+                reference: None,
                 served: None,
             },
         }
@@ -155,10 +189,14 @@ impl Rewriter<'_> {
         if !any_hidden {
             return;
         }
+        let using_pair = inner_using_pair(select);
         let mut items = Vec::with_capacity(select.projection.len());
         for item in std::mem::take(&mut select.projection) {
             match item {
-                SelectItem::Wildcard(opts) => items.extend(self.wildcard(opts, &relations, using)),
+                SelectItem::Wildcard(opts) => match &using_pair {
+                    Some(columns) => items.extend(self.using_wildcard(opts, &relations, columns)),
+                    None => items.extend(self.wildcard(opts, &relations, using)),
+                },
                 SelectItem::QualifiedWildcard(
                     SelectItemQualifiedWildcardKind::ObjectName(n),
                     mut opts,
@@ -230,6 +268,82 @@ impl Rewriter<'_> {
                 SelectItem::QualifiedWildcard(
                     SelectItemQualifiedWildcardKind::ObjectName(ObjectName::from(vec![
                         Ident::with_quote('"', r.qualifier.clone().expect("checked")),
+                    ])),
+                    o,
+                )
+            })
+            .collect()
+    }
+}
+
+/// The USING columns of a FROM clause that is one inner USING join of two relations.
+fn inner_using_pair(select: &Select) -> Option<Vec<String>> {
+    let [twj] = select.from.as_slice() else {
+        return None;
+    };
+    let [join] = twj.joins.as_slice() else {
+        return None;
+    };
+    let (JoinOperator::Join(JoinConstraint::Using(names))
+    | JoinOperator::Inner(JoinConstraint::Using(names))) = &join.join_operator
+    else {
+        return None;
+    };
+    let nested = |f: &TableFactor| matches!(f, TableFactor::NestedJoin { .. });
+    if nested(&twj.relation) || nested(&join.relation) {
+        return None;
+    }
+    names
+        .iter()
+        .map(|n| match n.0.as_slice() {
+            [part] => part.as_ident().map(normalized),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Rewriter<'_> {
+    /// `*` over an inner USING join of two known relations: one qualified wildcard each, the
+    /// aggregate-only columns left out of both and the USING columns out of the relation whose
+    /// copy DataFusion drops (it keeps the copy whose qualified column sorts first); as
+    /// written when that cannot be told.
+    fn using_wildcard(
+        &self,
+        opts: WildcardAdditionalOptions,
+        relations: &[Relation],
+        using: &[String],
+    ) -> Vec<SelectItem> {
+        let plain = opts == WildcardAdditionalOptions::default();
+        let [first, second] = relations else {
+            return vec![SelectItem::Wildcard(opts)];
+        };
+        let known = |r: &Relation| {
+            r.qualifier.is_some()
+                && r.served.as_ref().is_some_and(|s| {
+                    using.iter().all(|u| s.columns.contains(u))
+                        && using.iter().all(|u| !s.aggregate_only.contains(u))
+                })
+        };
+        let (Some(a), Some(b)) = (&first.reference, &second.reference) else {
+            return vec![SelectItem::Wildcard(opts)];
+        };
+        if !plain || !known(first) || !known(second) || a == b {
+            return vec![SelectItem::Wildcard(opts)];
+        }
+        let kept_first = a < b;
+        [(first, kept_first), (second, !kept_first)]
+            .into_iter()
+            .map(|(r, keeps)| {
+                let mut o = WildcardAdditionalOptions::default();
+                let served = r.served.as_ref().expect("known");
+                let mut names = served.aggregate_only.clone();
+                if !keeps {
+                    names.extend(using.iter().cloned());
+                }
+                exclude(&mut o, &names);
+                SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(ObjectName::from(vec![
+                        Ident::with_quote('"', r.qualifier.clone().expect("known")),
                     ])),
                     o,
                 )

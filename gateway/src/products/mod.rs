@@ -473,7 +473,7 @@ impl crate::Gateway {
                 stream
             }
             Err(e) => {
-                token.end(crate::Outcome::Failed, e.client_text());
+                token.end(crate::Outcome::Failed, e.record_text());
                 token.finish().await;
                 return Err(e);
             }
