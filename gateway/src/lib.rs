@@ -25,6 +25,7 @@ mod query_memory;
 mod row_size;
 mod session;
 mod statement;
+mod type_depth;
 mod unparse;
 
 use std::path::PathBuf;
@@ -255,7 +256,18 @@ impl Gateway {
     pub async fn reload_policies(&self) -> Result<(), GatewayError> {
         *self.policy_fingerprint.lock().expect("fingerprint lock") = self.fingerprint_now();
         match self.load_sets().await {
-            Ok((set, products, warmed)) => {
+            Ok((set, files, warmed)) => {
+                // The policies serve at once: a revocation must not wait for the products to
+                // be planned, which needs the query runtime (a query computing without pause
+                // held a revocation back 69 s, attacker round 29). A call meanwhile is decided
+                // and planned under the new set as every call is.
+                *self.policies.write().expect("policy lock poisoned") = set.clone();
+                let products = products::ProductSet::load_serving(
+                    files,
+                    &self.sessions.with_policies(set.clone()),
+                    &self.sessions.products(),
+                )
+                .await;
                 tracing::info!(
                     policies = set.policy_count(),
                     products = products.len(),
@@ -268,7 +280,6 @@ impl Gateway {
                     .products
                     .write()
                     .expect("product lock poisoned") = Arc::new(products);
-                *self.policies.write().expect("policy lock poisoned") = set;
                 Ok(())
             }
             Err(e) => {
@@ -281,11 +292,18 @@ impl Gateway {
         }
     }
 
-    /// The policy set and products as the folders hold them now, with how many recent grants
-    /// the new set decided before it serves.
+    /// The policy set and product files as the folders hold them now, with how many recent
+    /// grants the new set decided before it serves.
     async fn load_sets(
         &self,
-    ) -> Result<(Arc<PolicySet>, products::ProductSet, usize), GatewayError> {
+    ) -> Result<
+        (
+            Arc<PolicySet>,
+            Vec<lake_config::products::ProductFile>,
+            usize,
+        ),
+        GatewayError,
+    > {
         self.lake.refresh().await?;
         // A product folder that does not read does not hold back the policies: the files
         // last loaded are planned again under them.
@@ -313,14 +331,7 @@ impl Gateway {
         })
         .await
         .map_err(|e| GatewayError::Config(format!("policy reload stopped: {e}")))??;
-        let set = Arc::new(set);
-        let products = products::ProductSet::load_serving(
-            files,
-            &self.sessions.with_policies(set.clone()),
-            &self.sessions.products(),
-        )
-        .await;
-        Ok((set, products, warmed))
+        Ok((Arc::new(set), files, warmed))
     }
 
     /// Names, sizes and modification times of the policy and product folders' files.

@@ -201,3 +201,68 @@ async fn table_schemas_carry_sql_types_and_keys_are_empty_listings() {
     let got = fetch(&mut c, info).await.unwrap();
     assert_eq!(rows(&got), wanted.len());
 }
+
+/// Attacker round 29 H1: a 15 MB table name pattern took 7.5 GB (and aborted a server with
+/// less memory) before it was refused; 15 M SqlInfo ids 2.8 GB. Filters are bounded before
+/// any work, at GetFlightInfo and at DoGet of a hand-made ticket alike.
+#[tokio::test]
+async fn oversized_listing_filters_are_refused_before_any_work() {
+    use arrow_flight::sql::{CommandGetDbSchemas, CommandGetSqlInfo};
+    use arrow_flight::Ticket;
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let long = "%a".repeat(1_000);
+    let tables = CommandGetTables {
+        table_name_filter_pattern: Some(long.clone()),
+        ..Default::default()
+    };
+    let err = c.get_tables(tables.clone()).await.unwrap_err().to_string();
+    assert!(err.contains("at most 1024 bytes"), "{err}");
+    let tickets = [
+        tables.as_any().encode_to_vec(),
+        CommandGetDbSchemas {
+            db_schema_filter_pattern: Some(long),
+            ..Default::default()
+        }
+        .as_any()
+        .encode_to_vec(),
+        CommandGetSqlInfo {
+            info: (0..2_000).collect(),
+        }
+        .as_any()
+        .encode_to_vec(),
+        CommandGetTables {
+            table_types: vec!["TABLE".into(); 2_000],
+            ..Default::default()
+        }
+        .as_any()
+        .encode_to_vec(),
+    ];
+    for ticket in tickets {
+        let err = match c.do_get(Ticket::new(ticket)).await {
+            Err(e) => e.to_string(),
+            Ok(s) => match futures::TryStreamExt::try_collect::<Vec<_>>(s).await {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("an oversized listing was answered"),
+            },
+        };
+        assert!(err.contains("at most 1024"), "{err}");
+    }
+    // Within the bound, a pattern is a pattern.
+    let count = |pattern: String| {
+        let mut c = c.clone();
+        async move {
+            let info = c
+                .get_tables(CommandGetTables {
+                    table_name_filter_pattern: Some(pattern),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            rows(&fetch(&mut c, info).await.unwrap())
+        }
+    };
+    let all = count("%".into()).await;
+    assert!(all >= 3, "{all}");
+    assert_eq!(count("%".repeat(1_024)).await, all);
+}

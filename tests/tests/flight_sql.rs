@@ -890,3 +890,139 @@ async fn parameter_dictionaries_count_toward_the_parameter_bound() {
         .unwrap();
     assert_eq!(first_i64(&batches), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_parameters_count_what_they_decode_to() {
+    // Attacker round 29 H2: 74 KB of zstd-compressed parameters decoded to 6.9 GB before any
+    // bound was looked at. Counted by what each message declares, before decoding.
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
+    use arrow::ipc::CompressionType;
+    use arrow_flight::FlightData;
+
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let prepare = |sql: &str| {
+        let request = ActionCreatePreparedStatementRequest {
+            query: sql.into(),
+            transaction_id: None,
+        };
+        let mut c = c.clone();
+        async move {
+            let body = lakegate_tests::action(
+                &mut c,
+                "CreatePreparedStatement",
+                request.as_any().encode_to_vec(),
+            )
+            .await
+            .unwrap();
+            let created: ActionCreatePreparedStatementResult = Any::decode(body[0].clone())
+                .unwrap()
+                .unpack()
+                .unwrap()
+                .unwrap();
+            created.prepared_statement_handle
+        }
+    };
+    let send = |handle: bytes::Bytes, batch: RecordBatch, codec: CompressionType| {
+        let mut c = c.clone();
+        async move {
+            let options = IpcWriteOptions::default()
+                .try_with_compression(Some(codec))
+                .unwrap();
+            let generator = IpcDataGenerator::default();
+            let mut tracker = DictionaryTracker::new(false);
+            let schema_message = generator.schema_to_bytes_with_dictionary_tracker(
+                &batch.schema(),
+                &mut tracker,
+                &options,
+            );
+            let mut context = arrow::ipc::writer::IpcWriteContext::default();
+            let (_, data) = generator
+                .encode(&batch, &mut tracker, &options, &mut context)
+                .unwrap();
+            let wire = data.arrow_data.len();
+            let command = CommandPreparedStatementQuery {
+                prepared_statement_handle: handle,
+            };
+            let messages = vec![
+                FlightData::from(schema_message)
+                    .with_descriptor(FlightDescriptor::new_cmd(command.as_any().encode_to_vec())),
+                FlightData::from(data),
+            ];
+            let err = match c.do_put(futures::stream::iter(messages)).await {
+                Err(e) => e.to_string(),
+                Ok(results) => results
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .map(|r| format!("accepted: {r:?}"))
+                    .unwrap_or_else(|e| e.to_string()),
+            };
+            (wire, err)
+        }
+    };
+    for codec in [CompressionType::ZSTD, CompressionType::LZ4_FRAME] {
+        // Many rows in a small body: refused from the header.
+        let handle = prepare("SELECT ? AS x").await;
+        let many = RecordBatch::try_from_iter([(
+            "0",
+            Arc::new(Int64Array::from(vec![0i64; 5_000_000])) as _,
+        )])
+        .unwrap();
+        let (wire, err) = send(handle, many, codec).await;
+        assert!(wire < 1 << 20, "{wire}");
+        assert!(err.contains("exactly one row"), "{err}");
+        // One row, one value of 64 MiB compressed to almost nothing: refused by its size.
+        let handle = prepare("SELECT count(*) FROM market.penalties WHERE district = ?").await;
+        let big = "x".repeat(64 << 20);
+        let one = RecordBatch::try_from_iter([("0", Arc::new(StringArray::from(vec![big])) as _)])
+            .unwrap();
+        let (wire, err) = send(handle, one, codec).await;
+        assert!(wire < 2 << 20, "{wire}");
+        assert!(err.contains("bytes of parameter values"), "{err}");
+    }
+    // Compressed and small, it binds.
+    let handle = prepare("SELECT count(*) FROM market.penalties WHERE district = ?").await;
+    let one =
+        RecordBatch::try_from_iter([("0", Arc::new(StringArray::from(vec!["Haidian"])) as _)])
+            .unwrap();
+    let (_, answer) = send(handle, one, CompressionType::ZSTD).await;
+    assert!(answer.starts_with("accepted"), "{answer}");
+    let batches = query(&mut c, "SELECT count(*) FROM market.enterprises")
+        .await
+        .unwrap();
+    assert_eq!(first_i64(&batches), 200);
+}
+
+#[tokio::test]
+async fn set_session_options_names_at_most_a_few_options() {
+    use flight_server::session_options::{SetSessionOptionsRequest, SET_SESSION_OPTIONS};
+    // Attacker round 29: a million unknown option names were each answered.
+    let server = TestServer::demo().await;
+    let mut c = as_user(&server, "banker", "bank-credit").await;
+    let request = SetSessionOptionsRequest {
+        session_options: (0..100)
+            .map(|i| {
+                (
+                    format!("option{i}"),
+                    flight_server::session_options::SessionOptionValue {
+                        option_value: Some(OptionValue::StringValue("x".into())),
+                    },
+                )
+            })
+            .collect(),
+    };
+    let err = action(&mut c, SET_SESSION_OPTIONS, request.encode_to_vec())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at most 16 session options"), "{err}");
+    assert_eq!(
+        first_i64(
+            &query(&mut c, "SELECT count(*) FROM market.enterprises")
+                .await
+                .unwrap()
+        ),
+        200
+    );
+}

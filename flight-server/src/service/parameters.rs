@@ -24,7 +24,17 @@ impl LakegateService {
                 .into_inner()
                 .map_err(FlightError::from)
                 .and_then(move |data| {
-                    arrived = arrived.saturating_add(data.data_header.len() + data.data_body.len());
+                    // What the message declares it holds, before it is decoded: a compressed
+                    // body stands for far more (74 KB of zstd decoded to 6.9 GB, round 29 H2).
+                    let declared = match declared_size(&data.data_header, &data.data_body) {
+                        Ok(d) => d,
+                        Err(why) => {
+                            return futures::future::ready(Err(FlightError::Tonic(Box::new(
+                                Status::invalid_argument(format!("parameters: {why}")),
+                            ))))
+                        }
+                    };
+                    arrived = arrived.saturating_add(data.data_header.len() + declared);
                     futures::future::ready(if arrived > most {
                         Err(FlightError::Tonic(Box::new(Status::invalid_argument(
                             format!(
@@ -101,5 +111,106 @@ impl LakegateService {
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(query.prepared_statement_handle),
         })
+    }
+}
+
+/// The bytes an IPC message's body stands for once decoded: its buffers as the decoder will
+/// allocate them (a compressed buffer by the length it declares), and one per value of its
+/// field nodes (values without buffers, such as nulls, are made too). A record batch of more
+/// than one row is refused before it is decoded.
+fn declared_size(header: &[u8], body: &[u8]) -> Result<usize, String> {
+    use arrow::ipc::{root_as_message, MessageHeader};
+    if header.is_empty() {
+        return Ok(body.len());
+    }
+    let message = root_as_message(header).map_err(|e| format!("not an Arrow IPC message: {e}"))?;
+    let batch = match message.header_type() {
+        MessageHeader::RecordBatch => {
+            let batch = message.header_as_record_batch().ok_or("no record batch")?;
+            if batch.length() > 1 {
+                return Err(
+                    "a query takes exactly one row of parameter values, more were sent".into(),
+                );
+            }
+            batch
+        }
+        MessageHeader::DictionaryBatch => message
+            .header_as_dictionary_batch()
+            .and_then(|d| d.data())
+            .ok_or("a dictionary batch without data")?,
+        // A schema message: what it says is bounded by its own length.
+        _ => return Ok(body.len()),
+    };
+    let mut size = body.len();
+    if let Some(nodes) = batch.nodes() {
+        for node in nodes {
+            size = size.saturating_add(usize::try_from(node.length()).unwrap_or(usize::MAX));
+        }
+    }
+    if batch.compression().is_some() {
+        for buffer in batch.buffers().into_iter().flatten() {
+            let (offset, length) = (buffer.offset(), buffer.length());
+            if length == 0 {
+                continue;
+            }
+            let start = usize::try_from(offset).map_err(|_| "a negative buffer offset")?;
+            let prefix = body
+                .get(start..start.saturating_add(8))
+                .ok_or("a compressed buffer outside the message body")?;
+            let declared = i64::from_le_bytes(prefix.try_into().expect("eight bytes"));
+            // -1: the buffer was left uncompressed.
+            let decoded = if declared == -1 {
+                length.saturating_sub(8)
+            } else {
+                declared
+            };
+            let decoded = usize::try_from(decoded).map_err(|_| "a negative buffer length")?;
+            size = size.saturating_add(decoded);
+        }
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::declared_size;
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
+    use arrow::ipc::CompressionType;
+    use std::sync::Arc;
+
+    fn encoded(rows: usize, compression: Option<CompressionType>) -> (Vec<u8>, Vec<u8>) {
+        let batch =
+            RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![0i64; rows])) as _)])
+                .unwrap();
+        let options = IpcWriteOptions::default()
+            .try_with_compression(compression)
+            .unwrap();
+        let (_, data) = IpcDataGenerator::default()
+            .encode(
+                &batch,
+                &mut DictionaryTracker::new(false),
+                &options,
+                &mut Default::default(),
+            )
+            .unwrap();
+        (data.ipc_message, data.arrow_data)
+    }
+
+    #[test]
+    fn compressed_bodies_count_what_they_decode_to() {
+        let (header, body) = encoded(1, None);
+        assert!(declared_size(&header, &body).unwrap() >= 8);
+        for codec in [CompressionType::ZSTD, CompressionType::LZ4_FRAME] {
+            // One row: a few bytes; the count is what it decodes to.
+            let (header, body) = encoded(1, Some(codec));
+            assert!(declared_size(&header, &body).unwrap() >= 8);
+            // Many rows are refused from the header alone, however small the body.
+            let (header, body) = encoded(1_000_000, Some(codec));
+            assert!(body.len() < 100_000, "{}", body.len());
+            let err = declared_size(&header, &body).unwrap_err();
+            assert!(err.contains("exactly one row"), "{err}");
+        }
+        assert!(declared_size(b"garbage", b"").is_err());
     }
 }

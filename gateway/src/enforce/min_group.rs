@@ -468,6 +468,7 @@ impl datafusion::execution::context::QueryPlanner for LakegateQueryPlanner {
         .create_physical_plan(logical_plan, session_state)
         .await?;
         crate::enforce::leaves::check(&plan)?;
+        crate::type_depth::check_physical(&plan)?;
         Ok(plan)
     }
 }

@@ -107,6 +107,8 @@ fn parse_and_bound(sql: &str, limits: StatementLimits) -> Result<Statement, Gate
         _ => None,
     }) {
         depth::check(s, limits.max_depth)?;
+        crate::type_depth::check_statement(s)?;
+        crate::enforce::wildcard::refuse_ignored_options(s)?;
         check_cte_copies(s, limits.max_sql_bytes)?;
         crate::expansion::check(s, limits.max_sql_bytes)?;
     }
