@@ -124,6 +124,7 @@ impl Report {
             (Mode::FlightSql, Mode::Raw),
             (Mode::Adbc, Mode::Raw),
             (Mode::FlightSql, Mode::DuckDb),
+            (Mode::FlightSql, Mode::DuckDbMemory),
         ]
         .into_iter()
         .filter(|(a, b)| modes.contains(a) && modes.contains(b))
@@ -357,14 +358,14 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
         report.results.insert(q.name.clone(), results);
     }
 
-    if want(Mode::Adbc) || want(Mode::DuckDb) {
-        let letters: String = [Mode::Adbc, Mode::DuckDb]
+    if want(Mode::Adbc) || want(Mode::DuckDb) || want(Mode::DuckDbMemory) {
+        let letters: String = [Mode::Adbc, Mode::DuckDb, Mode::DuckDbMemory]
             .into_iter()
             .filter(|m| want(*m))
             .map(|m| m.letter())
             .collect();
         let python = opts.python.clone().context(
-            "modes e and f need --python (a Python with adbc-driver-flightsql and duckdb)",
+            "modes e, f and g need --python (a Python with adbc-driver-flightsql and duckdb)",
         )?;
         eprintln!("  modes {letters} (Python) ...");
         let out = run_python(&python, &letters, addr, &dir, opts).await?;

@@ -55,7 +55,8 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
         /// Mode letters: a raw DataFusion, b gateway permissive, c gateway realistic,
-        /// d Flight SQL (Rust), e ADBC (Python), f DuckDB (Python).
+        /// d Flight SQL (Rust), e ADBC (Python), f DuckDB (Python), g DuckDB (Python) with the
+        /// tables loaded into its memory (not run by default).
         #[arg(long, default_value = "abcdef")]
         modes: String,
         /// Query numbers, e.g. `1,6,14` (default: all 22).
@@ -65,7 +66,7 @@ enum Command {
         warmup: usize,
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// The Python for modes e and f (default: `.venv/bin/python` when it exists).
+        /// The Python for modes e, f and g (default: `.venv/bin/python` when it exists).
         #[arg(long)]
         python: Option<PathBuf>,
         /// Write the report as JSON here too.
@@ -182,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
             for c in modes.chars() {
                 match Mode::from_letter(c) {
                     Some(m) => selected.push(m),
-                    None => bail!("unknown mode `{c}`: use letters a to f"),
+                    None => bail!("unknown mode `{c}`: use letters a to g"),
                 }
             }
             selected.sort();

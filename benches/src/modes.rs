@@ -30,17 +30,21 @@ pub enum Mode {
     Adbc,
     /// (f) DuckDB in-process on the same Parquet files.
     DuckDb,
+    /// (g) DuckDB in-process with the same tables loaded into its own memory first (what a
+    /// DuckDB user could do too; issue 20 compares held tables with it).
+    DuckDbMemory,
 }
 
 impl Mode {
     /// All modes in report order.
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Raw,
         Mode::Permissive,
         Mode::Realistic,
         Mode::FlightSql,
         Mode::Adbc,
         Mode::DuckDb,
+        Mode::DuckDbMemory,
     ];
 
     /// The letter.
@@ -52,6 +56,7 @@ impl Mode {
             Mode::FlightSql => 'd',
             Mode::Adbc => 'e',
             Mode::DuckDb => 'f',
+            Mode::DuckDbMemory => 'g',
         }
     }
 
@@ -69,6 +74,7 @@ impl Mode {
             Mode::FlightSql => "Flight SQL, Rust client",
             Mode::Adbc => "ADBC (Python) → pyarrow",
             Mode::DuckDb => "DuckDB (Python)",
+            Mode::DuckDbMemory => "DuckDB (Python), tables in its memory",
         }
     }
 }

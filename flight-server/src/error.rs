@@ -25,6 +25,8 @@ pub fn to_status(e: GatewayError) -> Status {
             Status::failed_precondition(text)
         }
         GatewayError::Timeout(_) => Status::deadline_exceeded(text),
+        // The lake's storage, not the caller's statement.
+        _ if e.is_storage_failure() => Status::unavailable(text),
         GatewayError::Execution(d) => match d.find_root() {
             DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => {
                 Status::unavailable(text)

@@ -158,6 +158,7 @@ impl Sessions {
             .map_err(joined)?;
         let plan = plan.map_err(GatewayError::from_planning)?;
         plan_depth::check(&plan)?;
+        crate::type_depth::check_logical(&plan)?;
         statement::verify_read_plan(&plan)?;
         let suppressed = enforce::aggregate_only::Suppressed::default();
         let (plan, suppressed) = executor

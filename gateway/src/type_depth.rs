@@ -23,6 +23,15 @@ use crate::GatewayError;
 /// The deepest nesting of a data type accepted (`List(List(Int64))` is 3 levels deep).
 pub const MAX_TYPE_DEPTH: usize = 32;
 
+/// The most types one column's type may hold (`Struct(a Int64, b List(Int64))` holds 4): a
+/// struct of eight copies of the column before it, eight times over in CTEs, made a type
+/// only 9 levels deep with 16.8 M fields; physical planning walked it whole and took 8 GB
+/// before the process died (attacker round 30 H1). Shared parts count each time they occur.
+pub const MAX_TYPE_NODES: usize = 10_000;
+
+/// The most types all columns of all the plan's operators may hold together.
+pub const MAX_PLAN_TYPE_NODES: usize = 1_000_000;
+
 fn too_deep() -> String {
     format!(
         "a data type nested more than {MAX_TYPE_DEPTH} levels deep (lists, structs, maps); \
@@ -30,10 +39,19 @@ fn too_deep() -> String {
     )
 }
 
-/// Refuses a parsed statement that names a type deeper than [`MAX_TYPE_DEPTH`]: a cast's SQL
-/// type or the type string of `arrow_cast` / `arrow_try_cast`.
+/// Refuses a parsed statement that names a type deeper than [`MAX_TYPE_DEPTH`] (a cast's SQL
+/// type or the type string of `arrow_cast` / `arrow_try_cast`), or whose struct constructors
+/// could multiply into more than [`MAX_PLAN_TYPE_NODES`] fields (see [`struct_growth`]).
 pub(crate) fn check_statement(statement: &ast::Statement) -> Result<(), GatewayError> {
     use std::ops::ControlFlow;
+    let growth = struct_growth(statement);
+    if growth > MAX_PLAN_TYPE_NODES as u64 {
+        return Err(GatewayError::TooLarge(format!(
+            "its struct constructors could build types of {growth} fields (each struct of \
+             earlier structs multiplies their fields; at most {MAX_PLAN_TYPE_NODES}); build \
+             fewer or narrower structs"
+        )));
+    }
     let found = ast::visit_expressions(statement, |e| {
         let deep = match e {
             ast::Expr::Cast { data_type, .. } => sql_depth(data_type, 0) > MAX_TYPE_DEPTH,
@@ -57,6 +75,45 @@ pub(crate) fn check_statement(statement: &ast::Statement) -> Result<(), GatewayE
         ControlFlow::Break(()) => Err(GatewayError::TooLarge(too_deep())),
         ControlFlow::Continue(()) => Ok(()),
     }
+}
+
+/// The product of the field counts of every struct the statement constructs (`struct(…)`,
+/// `named_struct(…)`, `row(…)`, tuples, `{…}` and `STRUCT<…>(…)` literals): a bound on the
+/// widest type they can build by taking each other as fields through CTEs and subqueries.
+/// DataFusion's logical planning walks such a type whole (8 CTEs of `struct(v, v, v, v, v, v,
+/// v, v)`: 2 s, each one more ×8, attacker round 30 H1), so this is checked before it.
+fn struct_growth(statement: &ast::Statement) -> u64 {
+    use std::ops::ControlFlow;
+    let mut product = 1u64;
+    let _ = ast::visit_expressions(statement, |e| {
+        let fields = match e {
+            ast::Expr::Function(f) => {
+                let name = f
+                    .name
+                    .0
+                    .last()
+                    .and_then(|p| p.as_ident())
+                    .map(|i| i.value.to_ascii_lowercase())
+                    .unwrap_or_default();
+                let args = match &f.args {
+                    ast::FunctionArguments::List(l) => l.args.len(),
+                    _ => 0,
+                };
+                match name.as_str() {
+                    "struct" | "row" => args,
+                    "named_struct" => args / 2,
+                    _ => 1,
+                }
+            }
+            ast::Expr::Tuple(values) => values.len(),
+            ast::Expr::Struct { values, .. } => values.len(),
+            ast::Expr::Dictionary(fields) => fields.len(),
+            _ => 1,
+        };
+        product = product.saturating_mul(fields.max(1) as u64);
+        ControlFlow::<()>::Continue(())
+    });
+    product
 }
 
 fn is_arrow_cast(name: &ast::ObjectName) -> bool {
@@ -127,6 +184,66 @@ fn arrow_depth(t: &DataType, at: usize) -> usize {
         .map(|c| arrow_depth(c, at + 1))
         .max()
         .unwrap_or(at + 1)
+}
+
+/// How many types `t` holds, counting at most to `budget` (then `None`).
+fn type_nodes(t: &DataType, budget: usize) -> Option<usize> {
+    let mut pending = vec![t];
+    let mut seen = 0usize;
+    while let Some(t) = pending.pop() {
+        seen += 1;
+        if seen > budget {
+            return None;
+        }
+        match t {
+            DataType::List(f)
+            | DataType::LargeList(f)
+            | DataType::ListView(f)
+            | DataType::LargeListView(f)
+            | DataType::FixedSizeList(f, _)
+            | DataType::Map(f, _) => pending.push(f.data_type()),
+            DataType::Struct(fs) => pending.extend(fs.iter().map(|f| f.data_type())),
+            DataType::Union(fs, _) => pending.extend(fs.iter().map(|(_, f)| f.data_type())),
+            DataType::Dictionary(_, v) => pending.push(v.as_ref()),
+            DataType::RunEndEncoded(_, v) => pending.push(v.data_type()),
+            _ => {}
+        }
+    }
+    Some(seen)
+}
+
+/// Refuses a logical plan (subqueries included) whose columns hold types wider than
+/// [`MAX_TYPE_NODES`] each or [`MAX_PLAN_TYPE_NODES`] in all, before it is planned physically.
+pub(crate) fn check_logical(
+    plan: &datafusion::logical_expr::LogicalPlan,
+) -> Result<(), GatewayError> {
+    let mut total = 0usize;
+    let mut refusal = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        for field in node.schema().fields() {
+            match type_nodes(field.data_type(), MAX_TYPE_NODES) {
+                Some(n) if total + n <= MAX_PLAN_TYPE_NODES => total += n,
+                Some(_) => {
+                    refusal = Some(format!(
+                        "its columns hold more than {MAX_PLAN_TYPE_NODES} types in all"
+                    ));
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                None => {
+                    refusal = Some(format!(
+                        "a column's type holds more than {MAX_TYPE_NODES} types (struct fields, \
+                         list elements); write a narrower type"
+                    ));
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    match refusal {
+        Some(why) => Err(GatewayError::TooLarge(why)),
+        None => Ok(()),
+    }
 }
 
 fn check_type(t: &DataType) -> Result<()> {
@@ -215,6 +332,49 @@ mod tests {
             assert!(err.contains("nested more than 32 levels"), "{err}");
         }
         check_statement(&parsed("SELECT CAST(x AS INT[][]), arrow_cast(1, 'Int64')")).unwrap();
+        // Structs that could multiply: eight of eight fields each.
+        let mut chain = "WITH c0 AS (SELECT 1 AS v)".to_string();
+        for i in 1..=8 {
+            chain += &format!(
+                ", c{i} AS (SELECT struct(v, v, v, v, v, v, v, v) AS v FROM c{})",
+                i - 1
+            );
+        }
+        chain += " SELECT v FROM c8";
+        let err = check_statement(&parsed(&chain)).unwrap_err().to_string();
+        assert!(err.contains("struct constructors"), "{err}");
+        // A few ordinary structs pass.
+        check_statement(&parsed(
+            "SELECT named_struct('a', x, 'b', y), struct(x, y, z), {'k': 1, 'l': 2} FROM t",
+        ))
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn wide_types_are_refused_before_physical_planning() {
+        let ctx = SessionContext::new();
+        // Each CTE a struct of eight copies of the one before: 8^n fields.
+        let chain = |n: usize| {
+            let mut sql = "WITH c0 AS (SELECT 1 AS v)".to_string();
+            for i in 1..=n {
+                sql += &format!(
+                    ", c{i} AS (SELECT struct(v, v, v, v, v, v, v, v) AS v FROM c{})",
+                    i - 1
+                );
+            }
+            sql + &format!(" SELECT v IS NULL FROM c{n}")
+        };
+        let logical = |sql: String| {
+            let ctx = ctx.clone();
+            async move { ctx.state().create_logical_plan(&sql).await.unwrap() }
+        };
+        check_logical(&logical(chain(3)).await).unwrap();
+        for n in [5, 7] {
+            let err = check_logical(&logical(chain(n)).await)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("more than 10000 types"), "{n}: {err}");
+        }
     }
 
     #[tokio::test]

@@ -232,6 +232,52 @@ def test_writes_are_refused_and_the_server_keeps_serving(server, sql):
         assert scalar(conn, "SELECT count(*) FROM market.enterprises") == 200
 
 
+def test_bulk_ingest_and_executemany_are_refused_and_the_server_keeps_serving(server):
+    with connect(server) as conn:
+        with conn.cursor() as cur:
+            for mode, table in [("create", "newtable"), ("append", "enterprises")]:
+                with pytest.raises(adbc_driver_manager.Error, match="read-only"):
+                    cur.adbc_ingest(table, pa.table({"a": [1, 2]}), mode=mode,
+                                    db_schema_name="market")
+            # DB-API executemany is for writes: the driver sends it as an update.
+            with pytest.raises(adbc_driver_manager.Error, match="read-only"):
+                cur.executemany(
+                    "SELECT count(*) FROM market.penalties WHERE district = ?",
+                    [("Haidian",), ("Chaoyang",)],
+                )
+        assert scalar(conn, "SELECT count(*) FROM market.enterprises") == 200
+
+
+def test_partitioned_results_read_back_as_one_result(server):
+    sql = "SELECT district, count(*) AS n FROM market.enterprises GROUP BY district ORDER BY district"
+    with connect(server) as conn:
+        whole = conn.cursor()
+        whole.execute(sql)
+        expected = whole.fetch_arrow_table()
+        whole.close()
+        # The driver runs it as a prepared statement: its partitions live while it is open.
+        with conn.cursor() as cur:
+            partitions, schema = cur.adbc_execute_partitions(sql)
+            assert partitions and schema.names == ["district", "n"]
+            tables = []
+            for p in partitions:
+                with conn.cursor() as reader:
+                    reader.adbc_read_partition(p)
+                    tables.append(reader.fetch_arrow_table())
+            assert pa.concat_tables(tables).equals(expected)
+            # A partition is its maker's: another user cannot read it.
+            with connect(server, user="insurer", scenario="insurance-underwriting") as other:
+                with other.cursor() as reader:
+                    with pytest.raises(adbc_driver_manager.Error, match="unknown or expired"):
+                        reader.adbc_read_partition(partitions[0])
+                        reader.fetch_arrow_table()
+        # Closed with its statement.
+        with conn.cursor() as reader:
+            with pytest.raises(adbc_driver_manager.Error, match="unknown or expired"):
+                reader.adbc_read_partition(partitions[0])
+                reader.fetch_arrow_table()
+
+
 def test_the_printed_connect_snippet_runs_when_pasted(tmp_path):
     """What `lakegate demo` prints runs as pasted, without the driver's autocommit warning."""
     import sys

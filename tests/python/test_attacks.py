@@ -145,6 +145,9 @@ DEMO_USERS = [
     ("regulator", "supervision", "SELECT count(*) FROM market.penalties"),
     ("statistician", "health-statistics", "SELECT count(*) FROM health.visits"),
     ("developer", "product-sandbox", "SELECT count(*) FROM civil.residents"),
+    # Scenarios of data products only: they list what they may call.
+    ("caseworker", "benefit-eligibility", "SELECT count(*) FROM lakegate.products"),
+    ("platform", "identity-verification", "SELECT count(*) FROM lakegate.products"),
 ]
 
 

@@ -967,6 +967,22 @@ async fn storage_failures_do_not_tell_the_lake_layout() {
     assert!(query(&mut c, "SELECT count(*) FROM hr.employees")
         .await
         .is_ok());
+    // A data file cut short: Parquet keeps only the store's text (attacker round 30 M1).
+    for f in std::fs::read_dir(dir.path().join("lake/hr/employees")).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|e| e == "parquet") {
+            let bytes = std::fs::read(&f).unwrap();
+            std::fs::write(&f, &bytes[..bytes.len().min(100)]).unwrap();
+        }
+    }
+    let err = query(&mut c, "SELECT count(*), max(name) FROM hr.employees")
+        .await
+        .unwrap_err();
+    assert!(err.contains("storage failure"), "{err}");
+    assert!(
+        !err.contains(root.trim_start_matches('/')) && !err.contains(".parquet"),
+        "{err}"
+    );
     let audit = dir.path().join("audit");
     let failed: Vec<String> = lakegate_tests::audit_records(&audit)
         .into_iter()
@@ -1012,6 +1028,24 @@ async fn deeply_nested_types_are_refused_before_they_run() {
         let err = query(&mut c, &sql).await.unwrap_err();
         assert!(err.contains("nested more than 32 levels"), "{err}");
     }
+    // Wide rather than deep (round 30 H1: 9 levels, 16.8 M fields, 8 GB, the process died):
+    // structs of structs through CTEs.
+    let chain = |n: usize| {
+        let mut sql = "WITH c0 AS (SELECT salary AS v FROM hr.employees)".to_string();
+        for i in 1..=n {
+            sql += &format!(
+                ", c{i} AS (SELECT struct(v, v, v, v, v, v, v, v) AS v FROM c{})",
+                i - 1
+            );
+        }
+        sql + &format!(" SELECT count(*) FROM c{n} WHERE v IS NOT NULL")
+    };
+    let err = query(&mut c, &chain(8)).await.unwrap_err();
+    assert!(err.contains("struct constructors"), "{err}");
+    assert_eq!(
+        column_strings(&query(&mut c, &chain(3)).await.unwrap(), 0),
+        ["47"]
+    );
     // Within the bound, it answers.
     let sql = format!(
         "SELECT count(*) FROM (SELECT arrow_cast(NULL, '{}') x FROM hr.employees) t GROUP BY x",
