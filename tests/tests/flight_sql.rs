@@ -836,23 +836,11 @@ async fn parameter_dictionaries_count_toward_the_parameter_bound() {
 
     let server = TestServer::demo().await;
     let mut c = as_user(&server, "banker", "bank-credit").await;
-    let request = ActionCreatePreparedStatementRequest {
-        query: "SELECT count(*) FROM market.penalties WHERE district = ?".into(),
-        transaction_id: None,
-    };
-    let body = lakegate_tests::action(
-        &mut c,
-        "CreatePreparedStatement",
-        request.as_any().encode_to_vec(),
+    let handle = prepare_raw(
+        &c,
+        "SELECT count(*) FROM market.penalties WHERE district = ?",
     )
-    .await
-    .unwrap();
-    let created: ActionCreatePreparedStatementResult = Any::decode(body[0].clone())
-        .unwrap()
-        .unpack()
-        .unwrap()
-        .unwrap();
-    let handle = created.prepared_statement_handle;
+    .await;
 
     let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
     let schema = Arc::new(Schema::new(vec![Field::new("0", dictionary, true)]));
@@ -875,14 +863,7 @@ async fn parameter_dictionaries_count_toward_the_parameter_bound() {
     let mut messages = vec![FlightData::from(schema_message)
         .with_descriptor(FlightDescriptor::new_cmd(command.as_any().encode_to_vec()))];
     messages.extend(std::iter::repeat_n(dictionary, 64));
-    let err = match c.do_put(futures::stream::iter(messages)).await {
-        Err(e) => e.to_string(),
-        Ok(results) => results
-            .try_collect::<Vec<_>>()
-            .await
-            .map(|r| format!("accepted: {r:?}"))
-            .unwrap_or_else(|e| e.to_string()),
-    };
+    let err = put_answer(&c, messages).await;
     assert!(err.contains("bytes of parameter values"), "{err}");
     // The server keeps serving the same client.
     let batches = query(&mut c, "SELECT count(*) FROM market.enterprises")
@@ -902,30 +883,9 @@ async fn compressed_parameters_count_what_they_decode_to() {
 
     let server = TestServer::demo().await;
     let mut c = as_user(&server, "banker", "bank-credit").await;
-    let prepare = |sql: &str| {
-        let request = ActionCreatePreparedStatementRequest {
-            query: sql.into(),
-            transaction_id: None,
-        };
-        let mut c = c.clone();
-        async move {
-            let body = lakegate_tests::action(
-                &mut c,
-                "CreatePreparedStatement",
-                request.as_any().encode_to_vec(),
-            )
-            .await
-            .unwrap();
-            let created: ActionCreatePreparedStatementResult = Any::decode(body[0].clone())
-                .unwrap()
-                .unpack()
-                .unwrap()
-                .unwrap();
-            created.prepared_statement_handle
-        }
-    };
+    let prepare = |sql: &'static str| prepare_raw(&c, sql);
     let send = |handle: bytes::Bytes, batch: RecordBatch, codec: CompressionType| {
-        let mut c = c.clone();
+        let c = c.clone();
         async move {
             let options = IpcWriteOptions::default()
                 .try_with_compression(Some(codec))
@@ -950,15 +910,7 @@ async fn compressed_parameters_count_what_they_decode_to() {
                     .with_descriptor(FlightDescriptor::new_cmd(command.as_any().encode_to_vec())),
                 FlightData::from(data),
             ];
-            let err = match c.do_put(futures::stream::iter(messages)).await {
-                Err(e) => e.to_string(),
-                Ok(results) => results
-                    .try_collect::<Vec<_>>()
-                    .await
-                    .map(|r| format!("accepted: {r:?}"))
-                    .unwrap_or_else(|e| e.to_string()),
-            };
-            (wire, err)
+            (wire, put_answer(&c, messages).await)
         }
     };
     for codec in [CompressionType::ZSTD, CompressionType::LZ4_FRAME] {
@@ -1025,4 +977,43 @@ async fn set_session_options_names_at_most_a_few_options() {
         ),
         200
     );
+}
+
+/// Creates a prepared statement by the raw action; its handle.
+async fn prepare_raw(
+    c: &arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    sql: &str,
+) -> bytes::Bytes {
+    let request = ActionCreatePreparedStatementRequest {
+        query: sql.into(),
+        transaction_id: None,
+    };
+    let body = lakegate_tests::action(
+        &mut c.clone(),
+        "CreatePreparedStatement",
+        request.as_any().encode_to_vec(),
+    )
+    .await
+    .unwrap();
+    let created: ActionCreatePreparedStatementResult = Any::decode(body[0].clone())
+        .unwrap()
+        .unpack()
+        .unwrap()
+        .unwrap();
+    created.prepared_statement_handle
+}
+
+/// What a DoPut of `messages` is answered: the error, or `accepted: …`.
+async fn put_answer(
+    c: &arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    messages: Vec<arrow_flight::FlightData>,
+) -> String {
+    match c.clone().do_put(futures::stream::iter(messages)).await {
+        Err(e) => e.to_string(),
+        Ok(results) => results
+            .try_collect::<Vec<_>>()
+            .await
+            .map(|r| format!("accepted: {r:?}"))
+            .unwrap_or_else(|e| e.to_string()),
+    }
 }
