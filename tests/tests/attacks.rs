@@ -1042,6 +1042,20 @@ async fn deeply_nested_types_are_refused_before_they_run() {
     };
     let err = query(&mut c, &chain(8)).await.unwrap_err();
     assert!(err.contains("struct constructors"), "{err}");
+    // Maps of maps double (round 31 H1: 13 of them after 4 structs planned for minutes).
+    let mut maps = "WITH c0 AS (SELECT salary AS v FROM hr.employees)".to_string();
+    for i in 1..=4 {
+        maps += &format!(
+            ", c{i} AS (SELECT struct(v, v, v, v, v, v, v, v) AS v FROM c{})",
+            i - 1
+        );
+    }
+    for i in 5..=17 {
+        maps += &format!(", c{i} AS (SELECT map([v], [v]) AS v FROM c{})", i - 1);
+    }
+    maps += " SELECT count(*) FROM c17";
+    let err = query(&mut c, &maps).await.unwrap_err();
+    assert!(err.contains("struct constructors"), "{err}");
     assert_eq!(
         column_strings(&query(&mut c, &chain(3)).await.unwrap(), 0),
         ["47"]
