@@ -1070,3 +1070,30 @@ async fn deeply_nested_types_are_refused_before_they_run() {
         ["47"]
     );
 }
+
+/// Attacker round 31 M1: one table whose log cannot be read made every listing that shows it
+/// fail. It is left out; the others are listed, and queries of them answer.
+#[tokio::test]
+async fn a_damaged_table_is_left_out_of_listings_not_the_others() {
+    use arrow_flight::sql::CommandGetTables;
+    let (dir, config) = lake().await;
+    let server = TestServer::start(&config).await;
+    let mut c = alice(&server).await;
+    let log = dir.path().join("lake/org/departments/_delta_log");
+    for f in std::fs::read_dir(&log).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|e| e == "json") {
+            std::fs::write(&f, "{ not json").unwrap();
+        }
+    }
+    let info = c.get_tables(CommandGetTables::default()).await.unwrap();
+    let listed = fetch(&mut c, info).await.unwrap();
+    let names = column_strings(&listed, 2);
+    assert!(names.contains(&"employees".to_string()), "{names:?}");
+    assert!(!names.contains(&"departments".to_string()), "{names:?}");
+    let text = pretty(&listed);
+    assert!(!text.contains(dir.path().to_str().unwrap()), "{text}");
+    assert!(query(&mut c, "SELECT count(*) FROM hr.employees")
+        .await
+        .is_ok());
+}
