@@ -171,12 +171,9 @@ fn sql_depth(t: &ast::DataType, at: usize) -> usize {
     inner.max(at + 1)
 }
 
-/// The nesting of an arrow type, stopping past the bound.
-fn arrow_depth(t: &DataType, at: usize) -> usize {
-    if at > MAX_TYPE_DEPTH {
-        return at;
-    }
-    let children: Vec<&DataType> = match t {
+/// The types directly inside `t` (a list's element, a struct's fields, a map's entries, …).
+fn children(t: &DataType) -> Vec<&DataType> {
+    match t {
         DataType::List(f)
         | DataType::LargeList(f)
         | DataType::ListView(f)
@@ -188,8 +185,15 @@ fn arrow_depth(t: &DataType, at: usize) -> usize {
         DataType::Dictionary(_, v) => vec![v.as_ref()],
         DataType::RunEndEncoded(_, v) => vec![v.data_type()],
         _ => vec![],
-    };
-    children
+    }
+}
+
+/// The nesting of an arrow type, stopping past the bound.
+fn arrow_depth(t: &DataType, at: usize) -> usize {
+    if at > MAX_TYPE_DEPTH {
+        return at;
+    }
+    children(t)
         .into_iter()
         .map(|c| arrow_depth(c, at + 1))
         .max()
@@ -205,19 +209,7 @@ fn type_nodes(t: &DataType, budget: usize) -> Option<usize> {
         if seen > budget {
             return None;
         }
-        match t {
-            DataType::List(f)
-            | DataType::LargeList(f)
-            | DataType::ListView(f)
-            | DataType::LargeListView(f)
-            | DataType::FixedSizeList(f, _)
-            | DataType::Map(f, _) => pending.push(f.data_type()),
-            DataType::Struct(fs) => pending.extend(fs.iter().map(|f| f.data_type())),
-            DataType::Union(fs, _) => pending.extend(fs.iter().map(|(_, f)| f.data_type())),
-            DataType::Dictionary(_, v) => pending.push(v.as_ref()),
-            DataType::RunEndEncoded(_, v) => pending.push(v.data_type()),
-            _ => {}
-        }
+        pending.extend(children(t));
     }
     Some(seen)
 }
